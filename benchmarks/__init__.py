@@ -1,0 +1,1 @@
+"""Benchmark harness: vidrt engines against the diffusers baseline, one run, same inputs."""

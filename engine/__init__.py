@@ -1,0 +1,17 @@
+"""vidrt: a compiled inference engine for video diffusion models.
+
+``import vidrt`` is light: torch, ONNX Runtime and the rest load when first used.
+"""
+
+from .errors import VidrtError
+
+__version__ = "0.1.0"
+__all__ = ["VideoPipeline", "VideoPipelineOutput", "VidrtError", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("VideoPipeline", "VideoPipelineOutput"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'vidrt' has no attribute {name!r}")

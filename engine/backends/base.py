@@ -1,0 +1,103 @@
+"""The backend interface: build an artifact from ONNX, load it, run it on named tensors.
+
+A backend implements four small methods (``version``, ``build``, ``load`` and
+``Engine._run``); input checks, output buffers, timing and error wording live
+here, once.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ..components import ComponentSpec
+from ..errors import VidrtError
+
+
+class Engine(abc.ABC):
+    """One compiled component. Call it with named input tensors.
+
+    Output tensors are allocated once per input shape and reused: a result is
+    valid until the next call with the same shape. Pass ``out=`` to have an
+    engine write straight into the caller's tensors instead.
+    """
+
+    def __init__(self, spec: ComponentSpec):
+        self.spec = spec
+        self._buffers: dict[tuple, dict[str, torch.Tensor]] = {}
+        self.last_seconds = 0.0
+
+    def __call__(self, out: Mapping[str, torch.Tensor] | None = None, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        dims = self.spec.bind({k: tuple(v.shape) for k, v in feeds.items()})
+        self.spec.check(dims)
+        for name, tensor in feeds.items():
+            if tensor.dtype != torch.float32:
+                raise VidrtError(f"{self.spec.name}: input '{name}' is {tensor.dtype}, this engine takes float32")
+        feeds = {k: v if v.is_contiguous() else v.contiguous() for k, v in feeds.items()}
+        outputs = self._outputs(dims, feeds, out)
+        start = time.perf_counter()
+        self._run(feeds, outputs)
+        self.last_seconds = time.perf_counter() - start
+        return outputs
+
+    def _outputs(self, dims, feeds, out) -> dict[str, torch.Tensor]:
+        shapes = self.spec.output_shapes(dims)
+        device = next(iter(feeds.values())).device
+        if out is not None:
+            for name, shape in shapes.items():
+                t = out.get(name)
+                if t is None or tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != torch.float32:
+                    raise VidrtError(f"{self.spec.name}: out['{name}'] must be a contiguous float32 tensor of {shape}")
+            return dict(out)
+        key = (device.type, tuple(sorted(dims.items())))
+        if key not in self._buffers:
+            self._buffers[key] = {n: torch.empty(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
+        return self._buffers[key]
+
+    @abc.abstractmethod
+    def _run(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        """Runs the engine, writing every output tensor in place."""
+
+
+class Backend(abc.ABC):
+    """Builds engine artifacts from ONNX and loads them."""
+
+    name: str = ""
+    precisions: tuple[str, ...] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when usable here, else one line saying why not and how to fix it."""
+
+    @classmethod
+    @abc.abstractmethod
+    def version(cls) -> str:
+        """Version string recorded in manifests (a different version rebuilds)."""
+
+    @classmethod
+    def machine(cls) -> dict:
+        """What the artifact is specific to, beyond the backend version."""
+        return {}
+
+    @classmethod
+    def check_precision(cls, precision: str) -> None:
+        if precision not in cls.precisions:
+            raise VidrtError(
+                f"backend {cls.name} builds {', '.join(cls.precisions)} engines, not {precision}; "
+                "choose --precision " + " or ".join(cls.precisions)
+            )
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, onnx_path: Path, out_dir: Path, spec: ComponentSpec, precision: str) -> list[Path]:
+        """Builds the artifact into ``out_dir``; returns the files written."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str) -> Engine:
+        """Loads a built artifact as an Engine."""

@@ -1,0 +1,250 @@
+"""build-engines: export each component to ONNX and build it for a backend, reusing
+whatever is already built from the same inputs.
+
+Build and run are separate: this module imports the exporter (and torch models)
+only when something has to be exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import time
+from pathlib import Path
+
+from . import settings
+from .errors import VidrtError
+from .fsutil import atomic_dir, atomic_write_json, sha256_json
+from .manifest import (
+    BUILD_MANIFEST,
+    EXPORT_MANIFEST,
+    SCHEMA,
+    files_record,
+    read_manifest,
+    refuse,
+    source_hashes,
+    verify,
+)
+from .svd import COMPONENTS, WEIGHTS_FOLDER, SvdModel
+
+EXPORT_FORMAT = 1  # bump when export code changes what it writes
+
+
+@dataclasses.dataclass
+class ComponentBuild:
+    """What prepare_engines did for one component."""
+
+    component: str
+    artifact_dir: Path
+    exported: bool
+    built: bool
+    build_s: float  # export + build seconds spent now (0 when reused)
+    recorded_build_s: float  # seconds the current artifact took when it was built
+    size_bytes: int
+    reason: str  # why it was (re)built, or "reused"
+
+
+def versions() -> dict:
+    """Versions of everything an artifact depends on."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("torch", "diffusers", "transformers", "onnx", "onnxslim", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def default_engine_dir(model: SvdModel, unet_weights: str | None, backend: str, precision: str) -> Path:
+    ident = hashlib.sha256(f"{model.folder.resolve()}|{unet_weights or ''}".encode()).hexdigest()[:10]
+    return settings.cache_dir() / "engines" / f"{model.folder.name}-{ident}-{backend}-{precision}"
+
+
+def weight_files(model: SvdModel, component: str, unet_weights: str | None) -> list[Path]:
+    folder = model.folder / WEIGHTS_FOLDER[component]
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    if component == "unet" and unet_weights:
+        files.append(Path(unet_weights).resolve())
+    return files
+
+
+def prepare_engines(
+    model: SvdModel,
+    engine_dir: Path,
+    backend,
+    precision: str,
+    *,
+    unet_weights: str | None = None,
+    build: bool = True,
+    full_verify: bool = False,
+    progress: bool = True,
+) -> dict[str, ComponentBuild]:
+    """Makes sure every component has a verified artifact for ``backend``/``precision``.
+
+    Args:
+        model: the resolved model folder.
+        engine_dir: where engines live.
+        backend: backend class (from vidrt.backends.get_backend).
+        precision: engine precision.
+        unet_weights: optional replacement UNet state dict.
+        build: export/build what is missing or stale; when False, refuse instead.
+        full_verify: re-hash every file, not only those whose size/mtime changed.
+        progress: show progress bars.
+
+    Raises:
+        VidrtError: something is stale and ``build`` is False, or a build failed.
+    """
+    backend.check_precision(precision)
+    engine_dir = Path(engine_dir)
+    specs = model.specs()
+    vers = versions()
+    hashes = _source_hashes(model, engine_dir, unet_weights)
+    export_keys = {
+        c: sha256_json(
+            {
+                "component": c,
+                "format": EXPORT_FORMAT,
+                "spec": specs[c].describe(),
+                "sources": {p: hashes[p]["sha256"] for p in map(str, weight_files(model, c, unet_weights))},
+                "versions": {k: vers[k] for k in ("torch", "diffusers", "transformers", "onnx", "onnxslim")},
+            }
+        )
+        for c in COMPONENTS
+    }
+    results: dict[str, ComponentBuild] = {}
+    stale_exports = {}
+    for c in COMPONENTS:
+        _, reason = verify(engine_dir / c / "onnx", EXPORT_MANIFEST, export_keys[c], full_verify)
+        if reason:
+            stale_exports[c] = reason
+    if stale_exports and not build:
+        c, reason = next(iter(stale_exports.items()))
+        raise refuse(c, engine_dir / c / "onnx", reason)
+    export_s = _export_all(model, engine_dir, stale_exports, export_keys, unet_weights, vers, hashes, progress)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(COMPONENTS, desc=f"build {backend.name}-{precision}", disable=not progress, unit="component")
+    for c in bar:
+        bar.set_postfix_str(c)
+        results[c] = _build_one(c, model, engine_dir, backend, precision, specs[c], vers, build, full_verify)
+        results[c].exported = c in stale_exports
+        results[c].build_s += export_s.get(c, 0.0)
+        if c in stale_exports:
+            results[c].reason = f"exported ({stale_exports[c]})"
+    return results
+
+
+def _source_hashes(model: SvdModel, engine_dir: Path, unet_weights: str | None) -> dict:
+    cache_file = engine_dir / "sources.json"
+    cache = (read_manifest(cache_file) or {}).get("files", {})
+    paths = sorted({p for c in COMPONENTS for p in weight_files(model, c, unet_weights)})
+    for p in paths:
+        if not p.is_file():
+            raise VidrtError(f"{p} is missing; the model folder is incomplete")
+    hashes = source_hashes(paths, cache)
+    if hashes != cache:
+        atomic_write_json(cache_file, {"schema": SCHEMA, "files": hashes})
+    return hashes
+
+
+def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, progress) -> dict[str, float]:
+    if not stale:
+        return {}
+    from tqdm.auto import tqdm
+
+    from .sources import load_torch_components
+
+    from vidrt.export.graphs import component_graphs
+    from vidrt.export.onnx_export import export_component
+
+    pipe = load_torch_components(model, unet_weights)
+    graphs = component_graphs(pipe)
+    specs = model.specs()
+    seconds = {}
+    bar = tqdm(list(stale), desc="export onnx", disable=not progress, unit="component")
+    for c in bar:
+        bar.set_postfix_str(c)
+        with atomic_dir(engine_dir / c / "onnx") as tmp:
+            result = export_component(graphs[c], specs[c], tmp)
+            atomic_write_json(
+                tmp / EXPORT_MANIFEST,
+                {
+                    "schema": SCHEMA,
+                    "component": c,
+                    "key": keys[c],
+                    "model": model.label,
+                    "random_weights": bool(model.preset),
+                    "spec": specs[c].describe(),
+                    "sources": {p: hashes[p] for p in map(str, weight_files(model, c, unet_weights))},
+                    "files": files_record(result.files(), tmp),
+                    "export_s": round(result.seconds, 3),
+                    "parity_check": result.check,
+                    "tensorrt_ops": result.ops,
+                    "versions": vers,
+                },
+            )
+        seconds[c] = result.seconds
+        if not result.ops["ok"]:
+            print(f"vidrt: warning: {c} uses ops TensorRT cannot parse: {', '.join(result.ops['unsupported'])}")
+    del graphs, pipe
+    gc.collect()
+    return seconds
+
+
+def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full_verify) -> ComponentBuild:
+    onnx_dir = engine_dir / c / "onnx"
+    export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
+    out_dir = engine_dir / c / f"{backend.name}-{precision}"
+    key = sha256_json(
+        {
+            "onnx": export_manifest["files"],
+            "backend": backend.name,
+            "version": backend.version(),
+            "machine": backend.machine(),
+            "precision": precision,
+            "spec": spec.describe(),
+        }
+    )
+    manifest, reason = verify(out_dir, BUILD_MANIFEST, key, full_verify)
+    if manifest is not None:
+        return ComponentBuild(c, out_dir, False, False, 0.0, manifest["build_s"], _size(manifest), "reused")
+    if not build:
+        raise refuse(c, out_dir, reason)
+    start = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        files = backend.build(onnx_dir / "model.onnx", tmp, spec, precision)
+        seconds = time.perf_counter() - start
+        manifest = {
+            "schema": SCHEMA,
+            "component": c,
+            "key": key,
+            "backend": backend.name,
+            "backend_version": backend.version(),
+            "machine": backend.machine(),
+            "precision": precision,
+            "model": model.label,
+            "random_weights": bool(model.preset),
+            "shape_ranges": spec.describe()["ranges"],
+            "spec": spec.describe(),
+            "onnx_sha256": {k: v["sha256"] for k, v in export_manifest["files"].items()},
+            "weights_sha256": {k: v["sha256"] for k, v in export_manifest["sources"].items()},
+            "files": files_record(files, tmp),
+            "build_s": round(seconds, 3),
+            "versions": vers,
+        }
+        atomic_write_json(tmp / BUILD_MANIFEST, manifest)
+    return ComponentBuild(c, out_dir, False, True, seconds, seconds, _size(manifest), reason)
+
+
+def _size(manifest: dict) -> int:
+    return sum(rec["size"] for rec in manifest["files"].values())
+
+
+def load_engines(engine_dir: Path, backend, precision: str, model: SvdModel) -> dict:
+    """Loads every component's verified artifact as an Engine."""
+    specs = model.specs()
+    return {c: backend.load(engine_dir / c / f"{backend.name}-{precision}", specs[c], precision) for c in COMPONENTS}

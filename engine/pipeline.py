@@ -1,0 +1,270 @@
+"""VideoPipeline: a drop-in for diffusers' StableVideoDiffusionPipeline on compiled engines.
+
+The request flows as diffusers' does (same preprocessing, same random draws in
+the same order) but conditioning is computed once, classifier-free guidance is
+one batched UNet call, and every per-step tensor lives in a buffer allocated
+once per request shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .backends import get_backend
+from .build import default_engine_dir, load_engines, prepare_engines
+from .errors import VidrtError
+from .imageops import clip_pixel_values
+from .loop import Conditioning, denoise
+from .samplers import make_sampler
+from .sources import resolve_model
+from .svd import SvdModel
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclasses.dataclass
+class VideoPipelineOutput:
+    """frames: list of PIL frame lists, or [B, F, H, W, 3] array, or [B, F, 3, H, W] tensor."""
+
+    frames: list | np.ndarray | torch.Tensor
+
+
+@dataclasses.dataclass
+class StageTimings:
+    """Seconds spent per stage in the last call."""
+
+    image_encoder: float = 0.0
+    vae_encoder: float = 0.0
+    unet_steps: list = dataclasses.field(default_factory=list)
+    vae_decoder: float = 0.0
+    end_to_end: float = 0.0
+
+    @property
+    def unet(self) -> float:
+        return float(sum(self.unet_steps))
+
+
+class VideoPipeline:
+    """Image-to-video generation on compiled engines (see ``from_pretrained``)."""
+
+    def __init__(self, model: SvdModel, engines: dict, sampler: str, backend: str, precision: str, engine_dir: Path):
+        from diffusers.video_processor import VideoProcessor
+
+        self.model = model
+        self.engines = engines
+        self.sampler_name = sampler
+        self.backend = backend
+        self.precision = precision
+        self.engine_dir = engine_dir
+        self.builds: dict = {}
+        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
+        self.timings = StageTimings()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        engine_dir: str | Path | None = None,
+        backend: str = "auto",
+        precision: str = "fp32",
+        sampler: str = "euler",
+        *,
+        unet_weights: str | Path | None = None,
+        seed: int = 0,
+        build: bool = True,
+        progress: bool = True,
+    ) -> "VideoPipeline":
+        """Loads (building what is missing) the engines for a model.
+
+        Args:
+            model: preset (tiny-svd, svd, svd-xt), local diffusers folder or hub id.
+            engine_dir: where engines live (default: under $VIDRT_CACHE).
+            backend: "auto" or a backend name.
+            precision: engine precision.
+            sampler: "euler" (diffusers' SVD sampler) or "animatelcm".
+            unet_weights: safetensors UNet state dict replacing the model's (AnimateLCM-SVD-xt).
+            seed: weight seed of random presets.
+            build: build missing/stale engines; False refuses with an error instead.
+            progress: show progress bars and what was chosen.
+
+        Raises:
+            VidrtError: any problem with the model, the engines or the options.
+        """
+        m = resolve_model(str(model), seed=seed, progress=progress)
+        make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
+        backend_cls = get_backend(backend, announce=progress and backend == "auto")
+        unet_weights = str(Path(unet_weights).resolve()) if unet_weights else None
+        engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(m, unet_weights, backend_cls.name, precision)
+        builds = prepare_engines(
+            m, engine_dir, backend_cls, precision, unet_weights=unet_weights, build=build, progress=progress
+        )
+        pipe = cls(m, load_engines(engine_dir, backend_cls, precision, m), sampler, backend_cls.name, precision, engine_dir)
+        pipe.builds = builds
+        return pipe
+
+    # -- request ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        height: int = 576,
+        width: int = 1024,
+        num_frames: int | None = None,
+        num_inference_steps: int = 25,
+        min_guidance_scale: float = 1.0,
+        max_guidance_scale: float = 3.0,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        decode_chunk_size: int | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        progress: bool = False,
+    ):
+        """Generates videos from conditioning image(s), as diffusers' pipeline does.
+
+        Args mirror StableVideoDiffusionPipeline.__call__. ``image`` is a PIL image,
+        a list of them, or a [B, 3, H, W] tensor in [0, 1]. Each image times
+        ``num_videos_per_prompt`` becomes one video; all are one UNet batch.
+
+        Returns:
+            VideoPipelineOutput (or its frames when return_dict is False).
+
+        Raises:
+            VidrtError: invalid arguments, or a shape outside the engines' ranges.
+        """
+        start = time.perf_counter()
+        num_frames = num_frames if num_frames is not None else self.model.default_num_frames
+        decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
+        images = self._as_images(image)
+        batch = len(images) if isinstance(images, list) else images.shape[0]
+        _check_args(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)
+        do_cfg = max_guidance_scale > 1.0
+        videos = batch * num_videos_per_prompt
+        self._check_ranges(batch, videos * (2 if do_cfg else 1), num_frames, height, width, decode_chunk_size)
+        sampler = make_sampler(self.sampler_name, self.model.scheduler)
+        sampler.set_timesteps(num_inference_steps)
+        self.timings = StageTimings()
+
+        cond = self._condition(images, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt, do_cfg, generator)
+        shape = (videos, num_frames, self.model.latent_channels, height // self.model.vae_scale_factor, width // self.model.vae_scale_factor)
+        latents = _initial_latents(shape, latents, generator, sampler.init_noise_sigma)
+        guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).view(1, num_frames, 1, 1, 1)
+        latents = denoise(
+            self.engines["unet"], sampler, latents, cond, guidance if do_cfg else None, generator,
+            self.timings.unet_steps, progress=progress,
+        )
+        if output_type == "latent":
+            frames = latents
+        else:
+            video = self._decode(latents, num_frames, decode_chunk_size)
+            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
+        self.timings.end_to_end = time.perf_counter() - start
+        return VideoPipelineOutput(frames=frames) if return_dict else frames
+
+    def _as_images(self, image):
+        if isinstance(image, PIL.Image.Image):
+            image = [image]
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 4 or image.shape[1] != 3:
+                raise VidrtError(f"image tensor must be [B, 3, H, W] in [0, 1], got shape {list(image.shape)}")
+            return image.float()
+        if isinstance(image, list) and image and all(isinstance(i, PIL.Image.Image) for i in image):
+            out = []
+            for im in image:
+                if im.mode != "RGB":
+                    warnings.warn(f"vidrt: converted a {im.mode} image to RGB (SVD conditions on RGB)", stacklevel=3)
+                    im = im.convert("RGB")
+                out.append(im)
+            return out
+        raise VidrtError(f"image must be a PIL image, a non-empty list of them or a [B,3,H,W] tensor, not {type(image).__name__}")
+
+    def _check_ranges(self, batch, unet_batch, frames, height, width, chunk):
+        s = self.model.vae_scale_factor
+        specs = {c: e.spec for c, e in self.engines.items()}
+        specs["image_encoder"].check({"B": batch})
+        specs["vae_encoder"].check({"B": batch, "H": height, "W": width})
+        specs["unet"].check({"B": unet_batch, "F": frames, "h": height // s, "w": width // s})
+        specs["vae_decoder"].check({"N": min(chunk, frames * unet_batch), "h": height // s, "w": width // s})
+
+    def _condition(self, images, height, width, fps, motion_bucket_id, aug, per_prompt, do_cfg, generator) -> Conditioning:
+        """CLIP embedding, VAE latent (of the noise-augmented image) and time ids, once per request."""
+        m = self.model
+        if isinstance(images, list):
+            pixels01 = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(images))
+            clip_in = clip_pixel_values(pixels01, m.clip_image_size, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
+        else:
+            clip_in = clip_pixel_values(images, None, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
+        t0 = time.perf_counter()
+        embeds = self.engines["image_encoder"](pixel_values=clip_in)["image_embeds"]
+        embeds = embeds.repeat_interleave(per_prompt, dim=0).unsqueeze(1)
+        self.timings.image_encoder = time.perf_counter() - t0
+
+        image = self.video_processor.preprocess(images, height=height, width=width).float().contiguous()
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
+        image = image + aug * noise
+        t0 = time.perf_counter()
+        image_latent = self.engines["vae_encoder"](image=image)["latent"]
+        # One video per (image, repeat), repeats of an image adjacent, matching the
+        # embeddings' order. (diffusers tiles latents but interleaves embeddings,
+        # which pairs them wrongly when there are several images AND several videos each.)
+        image_latent = image_latent.repeat_interleave(per_prompt, dim=0)
+        self.timings.vae_encoder = time.perf_counter() - t0
+        time_ids = torch.tensor([[fps - 1, motion_bucket_id, aug]], dtype=torch.float32).repeat(embeds.shape[0], 1)
+        if do_cfg:
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
+            image_latent = torch.cat([torch.zeros_like(image_latent), image_latent])
+            time_ids = torch.cat([time_ids, time_ids])
+        return Conditioning(embeds.contiguous(), image_latent.contiguous(), time_ids.contiguous())
+
+    def _decode(self, latents: torch.Tensor, num_frames: int, chunk: int) -> torch.Tensor:
+        """Temporal VAE decode in chunks of ``chunk`` frames, straight into one frames buffer."""
+        t0 = time.perf_counter()
+        flat = latents.flatten(0, 1)
+        s = self.model.vae_scale_factor
+        frames = torch.empty((flat.shape[0], 3, flat.shape[2] * s, flat.shape[3] * s), dtype=torch.float32)
+        decoder = self.engines["vae_decoder"]
+        for i in range(0, flat.shape[0], chunk):
+            decoder(latents=flat[i : i + chunk], out={"frames": frames[i : i + chunk]})
+        self.timings.vae_decoder = time.perf_counter() - t0
+        return frames.reshape(-1, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def _check_args(height, width, frames, steps, chunk, per_prompt, output_type, generator):
+    if height % 8 or width % 8 or height < 8 or width < 8:
+        raise VidrtError(f"height and width must be positive multiples of 8, got {height}x{width}")
+    if frames < 1:
+        raise VidrtError(f"num_frames={frames}: need at least 1 frame")
+    if steps < 1:
+        raise VidrtError(f"num_inference_steps={steps}: need at least 1 step")
+    if chunk < 1:
+        raise VidrtError(f"decode_chunk_size={chunk}: need at least 1")
+    if per_prompt < 1:
+        raise VidrtError(f"num_videos_per_prompt={per_prompt}: need at least 1")
+    if output_type not in OUTPUT_TYPES:
+        raise VidrtError(f"output_type='{output_type}': choose one of {', '.join(OUTPUT_TYPES)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise VidrtError("generator must be one torch.Generator (lists of generators are not supported)")
+
+
+def _initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor:
+    if latents is None:
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+    else:
+        if tuple(latents.shape) != tuple(shape):
+            raise VidrtError(f"latents have shape {list(latents.shape)}, this request needs {list(shape)}")
+        if not torch.isfinite(latents).all():
+            raise VidrtError("latents contain NaN or Inf; pass finite values (e.g. torch.randn)")
+        latents = latents.to(torch.float32).clone()
+    return latents.mul_(init_noise_sigma)

@@ -1,0 +1,144 @@
+"""Samplers: pure math over latents, no backend and no I/O.
+
+Each sampler precomputes, per step, the scalars it needs, so a step is one or
+two fused in-place tensor ops and allocates nothing. Random draws come only from
+the request's generator, in the order diffusers draws them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import VidrtError
+
+SAMPLERS = ("euler", "animatelcm")
+
+
+class EulerEDMSampler:
+    """diffusers' EulerDiscreteScheduler as SVD configures it (EDM, Karras sigmas,
+    continuous timesteps), deterministic (s_churn = 0).
+
+    The schedule comes from diffusers' own scheduler class, so any scheduler
+    config a model folder ships gives the same sigmas as diffusers; the step is
+    vidrt's, fused into ``x ← a·x + b·model_output``.
+    """
+
+    name = "euler"
+
+    def __init__(self, scheduler_config: dict):
+        self.config = dict(scheduler_config)
+        self.prediction_type = self.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise VidrtError(f"euler sampler: prediction_type '{self.prediction_type}' is not supported")
+        self.sigmas = torch.empty(0)
+        self.timesteps = torch.empty(0)
+        self.init_noise_sigma = 1.0
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Computes sigmas and timesteps for ``num_inference_steps`` steps."""
+        from diffusers import EulerDiscreteScheduler
+
+        if num_inference_steps < 1:
+            raise VidrtError(f"num_inference_steps={num_inference_steps}: need at least 1 step")
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        scheduler = EulerDiscreteScheduler.from_config(config)
+        scheduler.set_timesteps(num_inference_steps)
+        self.sigmas = scheduler.sigmas.to(torch.float32)
+        self.timesteps = scheduler.timesteps.to(torch.float32)
+        self.init_noise_sigma = float(scheduler.init_noise_sigma)
+        s = self.sigmas.double()
+        self._in_scale = (1.0 / (s[:-1] ** 2 + 1).sqrt()).tolist()
+        self._coeffs = [self._step_coeffs(float(s[i]), float(s[i + 1])) for i in range(len(s) - 1)]
+
+    def _step_coeffs(self, sigma: float, sigma_next: float) -> tuple[float, float]:
+        # x_next = x + (x - denoised) / sigma * (sigma_next - sigma), denoised = c_skip·x + c_out·out
+        if self.prediction_type == "v_prediction":
+            c_skip, c_out = 1.0 / (sigma**2 + 1), -sigma / math.sqrt(sigma**2 + 1)
+        elif self.prediction_type == "epsilon":
+            c_skip, c_out = 1.0, -sigma
+        else:
+            c_skip, c_out = 0.0, 1.0
+        ratio = (sigma_next - sigma) / sigma
+        return 1.0 + (1.0 - c_skip) * ratio, -c_out * ratio
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def input_scale(self, i: int) -> float:
+        """Factor applied to the latents before the model (scale_model_input)."""
+        return self._in_scale[i]
+
+    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """Advances ``x`` in place from step i to i+1; returns ``x``."""
+        a, b = self._coeffs[i]
+        return x.mul_(a).add_(model_output, alpha=b)
+
+
+class AnimateLCMSampler:
+    """The AnimateLCM-SVD consistency sampler.
+
+    40 training steps, Karras sigmas over sigma_min..sigma_max with rho 7 and the
+    ramp ``arange(n)·(40//n)/39``, timestep ``0.25·ln(sigma)``, boundary-condition
+    scalings ``denoised = c_out·out + c_skip·x``, then fresh noise scaled by the
+    next sigma after every step (drawn on the last step too), no clipping.
+    """
+
+    name = "animatelcm"
+    num_train_timesteps = 40
+
+    def __init__(self, sigma_min=0.002, sigma_max=700.0, sigma_data=1.0, rho=7.0):
+        self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
+        self.init_noise_sigma = float(sigma_max)
+        self.sigmas = torch.empty(0)
+        self.timesteps = torch.empty(0)
+        self._noise: torch.Tensor | None = None
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        n = num_inference_steps
+        if not 1 <= n <= self.num_train_timesteps:
+            raise VidrtError(
+                f"num_inference_steps={n}: the animatelcm sampler takes 1..{self.num_train_timesteps} steps (4 is usual)"
+            )
+        ramp = np.arange(n) * (self.num_train_timesteps // n) / (self.num_train_timesteps - 1)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        sigmas = (hi + ramp * (lo - hi)) ** self.rho
+        self.timesteps = torch.from_numpy(0.25 * np.log(sigmas + 1e-44)).to(torch.float32)
+        self.sigmas = torch.from_numpy(np.append(sigmas, self.sigma_min)).to(torch.float32)
+        s = self.sigmas.double().tolist()
+        sd, smin = self.sigma_data, self.sigma_min
+        self._in_scale = [1.0 / math.sqrt(x**2 + sd**2) for x in s[:-1]]
+        self._coeffs = []
+        for i in range(n):
+            c_skip = sd**2 / ((s[i] - smin) ** 2 + sd**2)
+            c_out = (s[i] - smin) * sd / math.sqrt(s[i] ** 2 + sd**2)
+            noise_scale = min(max(s[i + 1], smin), self.sigma_max)
+            self._coeffs.append((c_skip, c_out, noise_scale))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def input_scale(self, i: int) -> float:
+        return self._in_scale[i]
+
+    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """x ← c_skip·x + c_out·out + sigma_next·noise, in place; noise from ``generator``."""
+        c_skip, c_out, noise_scale = self._coeffs[i]
+        if self._noise is None or self._noise.shape != x.shape:
+            self._noise = torch.empty_like(x)
+        torch.randn(x.shape, generator=generator, dtype=x.dtype, out=self._noise)
+        x.mul_(c_skip).add_(model_output, alpha=c_out).add_(self._noise, alpha=noise_scale)
+        return x
+
+
+def make_sampler(name: str, scheduler_config: dict):
+    """Builds the sampler called ``name`` for a model's scheduler config."""
+    if name == "euler":
+        return EulerEDMSampler(scheduler_config)
+    if name == "animatelcm":
+        return AnimateLCMSampler()
+    raise VidrtError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}")

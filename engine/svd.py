@@ -1,0 +1,194 @@
+"""The Stable Video Diffusion family (SVD, SVD-XT, AnimateLCM-SVD-xt): what vidrt
+needs to know about a model folder, and the four component descriptions.
+
+Everything here reads JSON configs only; no torch model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .components import ComponentSpec, DimRange, TensorSpec
+from .errors import VidrtError
+
+COMPONENTS = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
+
+# Subfolder of the model folder that holds each component's weights.
+WEIGHTS_FOLDER = {"image_encoder": "image_encoder", "vae_encoder": "vae", "unet": "unet", "vae_decoder": "vae"}
+
+MAX_BATCH = 16
+MAX_FRAMES = 64
+MAX_PIXELS = 2048  # per side
+
+PRESET_MARKER = "vidrt_preset.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SvdModel:
+    """Configs of an SVD-family model folder (model_index.json layout)."""
+
+    folder: Path
+    unet: dict
+    vae: dict
+    image_encoder: dict
+    feature_extractor: dict
+    scheduler: dict
+    preset: dict | None  # set for vidrt's random-weight presets
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "SvdModel":
+        """Reads the configs of a diffusers StableVideoDiffusionPipeline folder.
+
+        Raises:
+            VidrtError: the folder or one of its config files is missing or malformed.
+        """
+        folder = Path(folder)
+        index = _read_json(folder / "model_index.json", folder)
+        cls_name = index.get("_class_name", "")
+        if cls_name != "StableVideoDiffusionPipeline":
+            raise VidrtError(
+                f"{folder} holds a '{cls_name}', not a StableVideoDiffusionPipeline; "
+                "vidrt's image-to-video path needs an SVD-family model folder"
+            )
+        preset_file = folder / PRESET_MARKER
+        return cls(
+            folder=folder,
+            unet=_read_json(folder / "unet" / "config.json", folder),
+            vae=_read_json(folder / "vae" / "config.json", folder),
+            image_encoder=_read_json(folder / "image_encoder" / "config.json", folder),
+            feature_extractor=_read_json(folder / "feature_extractor" / "preprocessor_config.json", folder),
+            scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
+            preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+        )
+
+    @property
+    def label(self) -> str:
+        """How results name this model; random weights are always said."""
+        if self.preset:
+            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
+        return str(self.folder)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def unet_up_factor(self) -> int:
+        """Latent sides must be multiples of this (one per UNet downsampling)."""
+        return 2 ** (len(self.unet["block_out_channels"]) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale_factor * self.unet_up_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.get("out_channels", 4))
+
+    @property
+    def default_num_frames(self) -> int:
+        return int(self.unet.get("num_frames", 25))
+
+    @property
+    def clip_image_size(self) -> int:
+        return int(self.image_encoder.get("image_size", 224))
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.image_encoder.get("projection_dim", 512))
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        side = int(self.unet.get("sample_size") or 96) * self.vae_scale_factor
+        return side, side
+
+    def specs(self) -> dict[str, ComponentSpec]:
+        """The four component descriptions, keyed by component name."""
+        return {
+            "image_encoder": image_encoder_spec(self),
+            "vae_encoder": vae_encoder_spec(self),
+            "unet": unet_spec(self),
+            "vae_decoder": vae_decoder_spec(self),
+        }
+
+
+def image_encoder_spec(m: SvdModel) -> ComponentSpec:
+    s = m.clip_image_size
+    return ComponentSpec(
+        name="image_encoder",
+        inputs=(TensorSpec("pixel_values", ("B", 3, s, s)),),
+        outputs=(TensorSpec("image_embeds", ("B", m.embed_dim)),),
+        ranges={"B": DimRange(1, MAX_BATCH)},
+        opt={"B": 1},
+    )
+
+
+def _pixel_ranges(m: SvdModel) -> dict[str, DimRange]:
+    mult = m.pixel_multiple
+    top = (MAX_PIXELS // mult) * mult
+    return {"H": DimRange(mult, top, mult), "W": DimRange(mult, top, mult)}
+
+
+def vae_encoder_spec(m: SvdModel) -> ComponentSpec:
+    s = m.vae_scale_factor
+    h, w = m.default_size
+    return ComponentSpec(
+        name="vae_encoder",
+        inputs=(TensorSpec("image", ("B", 3, "H", "W")),),
+        outputs=(TensorSpec("latent", ("B", m.latent_channels, f"H//{s}", f"W//{s}")),),
+        ranges={"B": DimRange(1, MAX_BATCH), **_pixel_ranges(m)},
+        opt={"B": 1, "H": h, "W": w},
+    )
+
+
+def unet_spec(m: SvdModel) -> ComponentSpec:
+    c = m.latent_channels
+    up = m.unet_up_factor
+    top = (MAX_PIXELS // m.vae_scale_factor // up) * up
+    h, w = m.default_size
+    return ComponentSpec(
+        name="unet",
+        inputs=(
+            TensorSpec("sample", ("B", "F", 2 * c, "h", "w")),
+            TensorSpec("timestep", (1,)),
+            TensorSpec("encoder_hidden_states", ("B", 1, int(m.unet.get("cross_attention_dim", 1024)))),
+            TensorSpec("added_time_ids", ("B", 3)),
+        ),
+        outputs=(TensorSpec("noise_pred", ("B", "F", c, "h", "w")),),
+        ranges={
+            "B": DimRange(1, MAX_BATCH),
+            "F": DimRange(1, MAX_FRAMES),
+            "h": DimRange(up, top, up),
+            "w": DimRange(up, top, up),
+        },
+        opt={"B": 2, "F": m.default_num_frames, "h": h // m.vae_scale_factor, "w": w // m.vae_scale_factor},
+    )
+
+
+def vae_decoder_spec(m: SvdModel) -> ComponentSpec:
+    s = m.vae_scale_factor
+    top = MAX_PIXELS // s
+    h, w = m.default_size
+    return ComponentSpec(
+        name="vae_decoder",
+        inputs=(TensorSpec("latents", ("N", m.latent_channels, "h", "w")),),
+        outputs=(TensorSpec("frames", ("N", 3, f"h*{s}", f"w*{s}")),),
+        ranges={"N": DimRange(1, MAX_FRAMES), "h": DimRange(1, top), "w": DimRange(1, top)},
+        opt={"N": m.default_num_frames, "h": h // s, "w": w // s},
+    )
+
+
+def _read_json(path: Path, folder: Path) -> dict:
+    if not folder.is_dir():
+        raise VidrtError(f"model folder {folder} does not exist; pass a diffusers model folder, a hub id or a preset")
+    if not path.is_file():
+        raise VidrtError(
+            f"{folder} is not a complete diffusers model folder: {path.relative_to(folder)} is missing; "
+            "save the pipeline with save_pretrained() or pass a preset (tiny-svd, svd, svd-xt)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VidrtError(f"{path} is not valid JSON ({e}); re-save the model folder") from None

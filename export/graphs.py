@@ -1,0 +1,112 @@
+"""torch modules whose forward matches each component description exactly.
+
+Export traces these; the export-time check runs them as the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vidrt.components import ComponentSpec
+
+
+class ImageEncoderGraph(torch.nn.Module):
+    """CLIPVisionModelWithProjection → image_embeds."""
+
+    def __init__(self, image_encoder):
+        super().__init__()
+        self.image_encoder = image_encoder
+
+    def forward(self, pixel_values):
+        return self.image_encoder(pixel_values).image_embeds
+
+
+class VaeEncoderGraph(torch.nn.Module):
+    """Image in [-1, 1] → latent distribution mode (unscaled, as SVD conditions on it)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode(image).latent_dist.mode()
+
+
+class UNetGraph(torch.nn.Module):
+    """UNetSpatioTemporalConditionModel with positional inputs and a tensor output."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids):
+        return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
+
+
+class VaeDecoderGraph(torch.nn.Module):
+    """Scaled latents of one decode chunk → frames; the chunk is the temporal window.
+
+    Folding ``1/scaling_factor`` in here saves a pass over the latents at run time.
+    """
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.inv_scale = 1.0 / vae.config.scaling_factor
+
+    def forward(self, latents):
+        return self.vae.decode(latents * self.inv_scale, num_frames=latents.shape[0]).sample
+
+
+def component_graphs(pipe) -> dict[str, torch.nn.Module]:
+    """The four exportable graphs of a diffusers StableVideoDiffusionPipeline."""
+    return {
+        "image_encoder": ImageEncoderGraph(pipe.image_encoder).eval(),
+        "vae_encoder": VaeEncoderGraph(pipe.vae).eval(),
+        "unet": UNetGraph(pipe.unet).eval(),
+        "vae_decoder": VaeDecoderGraph(pipe.vae).eval(),
+    }
+
+
+def sample_inputs(spec: ComponentSpec, dims: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of the spec's shapes at ``dims`` (timestep set to a real SVD value)."""
+    gen = torch.Generator().manual_seed(seed)
+    feeds = {}
+    for name, shape in spec.shapes_at(dims).items():
+        if name == "timestep":
+            feeds[name] = torch.full(shape, 0.25 * torch.log(torch.tensor(20.0)).item())
+        elif name == "added_time_ids":
+            feeds[name] = torch.tensor([[6.0, 127.0, 0.02]]).repeat(shape[0], 1)
+        else:
+            feeds[name] = torch.randn(shape, generator=gen)
+    return feeds
+
+
+def trace_point(spec: ComponentSpec) -> dict[str, int]:
+    """Shape to trace at: small, distinct values so no dynamic dim is specialised."""
+    point = {}
+    for i, (name, rng) in enumerate(sorted(spec.ranges.items())):
+        want = rng.multiple * (2 + i % 2)
+        want = min(max(want, rng.min + (i % 2) * rng.multiple), rng.max)
+        point[name] = max(rng.min, (want // rng.multiple) * rng.multiple)
+    if "B" in point:
+        point["B"] = min(2, spec.ranges["B"].max)
+    if "F" in point:
+        point["F"] = min(3, spec.ranges["F"].max)
+    if "N" in point:
+        point["N"] = min(3, spec.ranges["N"].max)
+    return point
+
+
+def check_point(spec: ComponentSpec) -> dict[str, int]:
+    """A second shape, unlike the trace shape, to prove the axes are really dynamic."""
+    point = {}
+    for name, rng in spec.ranges.items():
+        point[name] = rng.min if name not in ("F", "N") else min(5, rng.max)
+    if "h" in point and "w" in point:
+        rng = spec.ranges["w"]
+        point["w"] = min(rng.max, max(rng.min, 3 * rng.multiple, 3))
+    if "H" in point and "W" in point:
+        rng = spec.ranges["W"]
+        point["W"] = min(rng.max, 3 * rng.multiple)
+    return point
