@@ -156,20 +156,20 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
         return {}
     from tqdm.auto import tqdm
 
-    from .sources import load_torch_components
+    from .sources import load_torch_component
 
-    from vidrt.export.graphs import component_graphs
+    from vidrt.export.graphs import component_graph
     from vidrt.export.onnx_export import export_component
 
-    pipe = load_torch_components(model, unet_weights)
-    graphs = component_graphs(pipe)
     specs = model.specs()
     seconds = {}
     bar = tqdm(list(stale), desc="export onnx", disable=not progress, unit="component")
     for c in bar:
         bar.set_postfix_str(c)
+        # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
+        graph = component_graph(c, load_torch_component(model, c, unet_weights))
         with atomic_dir(engine_dir / c / "onnx") as tmp:
-            result = export_component(graphs[c], specs[c], tmp)
+            result = export_component(graph, specs[c], tmp)
             atomic_write_json(
                 tmp / EXPORT_MANIFEST,
                 {
@@ -190,8 +190,8 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
         seconds[c] = result.seconds
         if not result.ops["ok"]:
             print(f"vidrt: warning: {c} uses ops TensorRT cannot parse: {', '.join(result.ops['unsupported'])}")
-    del graphs, pipe
-    gc.collect()
+        del graph
+        gc.collect()
     return seconds
 
 

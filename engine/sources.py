@@ -96,11 +96,10 @@ def load_torch_components(model: SvdModel, unet_weights: str | Path | None = Non
     Raises:
         VidrtError: weights unreadable or not matching the UNet.
     """
-    import torch
     from diffusers import StableVideoDiffusionPipeline
 
     try:
-        pipe = StableVideoDiffusionPipeline.from_pretrained(model.folder, torch_dtype=torch.float32)
+        pipe = StableVideoDiffusionPipeline.from_pretrained(model.folder)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VidrtError(f"cannot load the model in {model.folder}: {str(e).splitlines()[0]}") from None
     if unet_weights is not None:
@@ -108,6 +107,33 @@ def load_torch_components(model: SvdModel, unet_weights: str | Path | None = Non
     for module in (pipe.unet, pipe.vae, pipe.image_encoder):
         module.eval().requires_grad_(False)
     return pipe
+
+
+def load_torch_component(model: SvdModel, component: str, unet_weights: str | Path | None = None):
+    """Loads only the torch module a component needs (fp32, eval), to keep export memory low.
+
+    Returns the UNet, the VAE (for vae_encoder and vae_decoder) or the CLIP vision model.
+
+    Raises:
+        VidrtError: the weights cannot be loaded.
+    """
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    classes = {
+        "unet": (UNetSpatioTemporalConditionModel, "unet"),
+        "vae_encoder": (AutoencoderKLTemporalDecoder, "vae"),
+        "vae_decoder": (AutoencoderKLTemporalDecoder, "vae"),
+        "image_encoder": (CLIPVisionModelWithProjection, "image_encoder"),
+    }
+    cls, sub = classes[component]
+    try:
+        module = cls.from_pretrained(model.folder / sub)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise VidrtError(f"cannot load {sub} from {model.folder}: {str(e).splitlines()[0]}") from None
+    if component == "unet" and unet_weights is not None:
+        load_unet_weights(module, unet_weights)
+    return module.eval().requires_grad_(False)
 
 
 def load_unet_weights(unet, path: str | Path) -> None:

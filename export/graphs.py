@@ -58,14 +58,18 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latents * self.inv_scale, num_frames=latents.shape[0]).sample
 
 
-def component_graphs(pipe) -> dict[str, torch.nn.Module]:
-    """The four exportable graphs of a diffusers StableVideoDiffusionPipeline."""
-    return {
-        "image_encoder": ImageEncoderGraph(pipe.image_encoder).eval(),
-        "vae_encoder": VaeEncoderGraph(pipe.vae).eval(),
-        "unet": UNetGraph(pipe.unet).eval(),
-        "vae_decoder": VaeDecoderGraph(pipe.vae).eval(),
-    }
+GRAPHS = {
+    "image_encoder": ImageEncoderGraph,
+    "vae_encoder": VaeEncoderGraph,
+    "unet": UNetGraph,
+    "vae_decoder": VaeDecoderGraph,
+}
+
+
+def component_graph(component: str, module) -> torch.nn.Module:
+    """The exportable graph of one component around its torch module
+    (UNet, VAE or CLIP vision model, as the component needs)."""
+    return GRAPHS[component](module).eval()
 
 
 def sample_inputs(spec: ComponentSpec, dims: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:

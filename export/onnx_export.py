@@ -57,13 +57,18 @@ def export_component(
 ) -> ExportResult:
     """Exports ``graph`` (whose forward matches ``spec``) to ``out_dir/model.onnx``.
 
+    Graphs whose weights fit in protobuf are cleaned up with onnxslim in memory.
+    Larger ones (the real UNet and CLIP) are never held in memory as ONNX: the
+    exporter's per-tensor files are streamed into one data file, and shapes are
+    inferred through the file (the exporter has already folded constants).
+
     Args:
         graph: torch module taking the spec's inputs in order.
         spec: the component description (names, dynamic axes, ranges).
         out_dir: folder to write into (callers make it atomic).
         opset: ONNX opset.
-        external_data_threshold: total weight bytes above which weights go to
-            one external-data file (protobuf cannot hold more than 2 GB).
+        external_data_threshold: weight bytes from which weights go to one
+            external-data file (protobuf cannot hold more than 2 GB).
 
     Returns:
         ExportResult with the export-time parity check and TensorRT op check.
@@ -73,9 +78,20 @@ def export_component(
     """
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = _trace_to_onnx(graph, spec, out_dir, opset)
-    model = _cleanup(model)
-    onnx_path, data_path = _save(model, out_dir, external_data_threshold)
+    trace_dir = out_dir / "_trace"
+    try:
+        _trace_to_onnx(graph, spec, trace_dir / GRAPH_FILE, opset)
+        model = onnx.load(str(trace_dir / GRAPH_FILE), load_external_data=False)
+        onnx_path, data_path = out_dir / GRAPH_FILE, None
+        if _initializer_bytes(model, trace_dir) < external_data_threshold:
+            onnx.load_external_data_for_model(model, str(trace_dir))
+            model = _cleanup(model)
+        else:
+            data_path = out_dir / DATA_FILE
+            _gather_external_data(model, trace_dir, data_path)
+        onnx.save_model(model, str(onnx_path))
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
     ops = check_tensorrt_ops(model).as_dict()
     del model
     # Shape inference through the file: works past protobuf's 2 GB limit.
@@ -84,9 +100,8 @@ def export_component(
     return ExportResult(onnx_path, data_path, time.perf_counter() - start, check, ops)
 
 
-def _trace_to_onnx(graph, spec: ComponentSpec, out_dir: Path, opset: int) -> onnx.ModelProto:
-    trace_dir = out_dir / "_trace"
-    trace_dir.mkdir(exist_ok=True)
+def _trace_to_onnx(graph, spec: ComponentSpec, path: Path, opset: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     feeds = sample_inputs(spec, trace_point(spec))
     args = tuple(feeds[name] for name in spec.input_names)
     try:
@@ -95,7 +110,7 @@ def _trace_to_onnx(graph, spec: ComponentSpec, out_dir: Path, opset: int) -> onn
             torch.onnx.export(
                 graph,
                 args,
-                str(trace_dir / GRAPH_FILE),
+                str(path),
                 input_names=spec.input_names,
                 output_names=spec.output_names,
                 dynamic_axes=spec.dynamic_axes(),
@@ -103,18 +118,15 @@ def _trace_to_onnx(graph, spec: ComponentSpec, out_dir: Path, opset: int) -> onn
                 do_constant_folding=True,
                 dynamo=False,
             )
-        return onnx.load(str(trace_dir / GRAPH_FILE), load_external_data=True)
     except Exception as e:
         raise VidrtError(f"exporting {spec.name} to ONNX failed: {type(e).__name__}: {e}") from e
-    finally:
-        shutil.rmtree(trace_dir, ignore_errors=True)
 
 
 def _cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding, dead-node removal and op fusion with onnxslim.
 
-    onnxslim's own shape inference serialises the model in memory, which fails
-    past 2 GB; shapes are inferred after saving instead (see export_component).
+    onnxslim's own shape inference serialises the model in memory; shapes are
+    inferred after saving instead, one way for every size (see export_component).
     """
     import onnxslim
 
@@ -123,30 +135,53 @@ def _cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnxslim.slim(model, no_shape_infer=True)
 
 
-def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of all initializers (what decides whether protobuf can hold the graph)."""
+def _is_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _external_info(t: onnx.TensorProto) -> dict:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _initializer_bytes(model: onnx.ModelProto, base: Path) -> int:
+    """Bytes of all initializers, whether embedded or in external files."""
     total = 0
     for t in model.graph.initializer:
-        total += len(t.raw_data) if t.HasField("raw_data") else onnx.helper.tensor_dtype_to_np_dtype(
-            t.data_type
-        ).itemsize * int(np.prod(t.dims))
+        if _is_external(t):
+            info = _external_info(t)
+            total += int(info["length"]) if "length" in info else (base / info["location"]).stat().st_size
+        elif t.HasField("raw_data"):
+            total += len(t.raw_data)
+        else:
+            total += onnx.numpy_helper.to_array(t).nbytes
     return total
 
 
-def _save(model: onnx.ModelProto, out_dir: Path, threshold: int) -> tuple[Path, Path | None]:
-    onnx_path = out_dir / GRAPH_FILE
-    if weight_bytes(model) < threshold:
-        onnx.save_model(model, str(onnx_path))
-        return onnx_path, None
-    onnx.save_model(
-        model,
-        str(onnx_path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=DATA_FILE,
-        size_threshold=1024,
-    )
-    return onnx_path, out_dir / DATA_FILE
+def _gather_external_data(model: onnx.ModelProto, base: Path, data_path: Path, align: int = 4096) -> None:
+    """Streams every initializer into one external-data file, one tensor in memory at a time."""
+    with open(data_path, "wb") as out:
+        for t in model.graph.initializer:
+            if _is_external(t):
+                info = _external_info(t)
+                with open(base / info["location"], "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    blob = f.read(int(info["length"])) if "length" in info else f.read()
+            elif t.HasField("raw_data"):
+                blob = t.raw_data
+            else:
+                blob = onnx.numpy_helper.to_array(t).tobytes()
+            pad = (-out.tell()) % align
+            out.write(b"\0" * pad)
+            offset = out.tell()
+            out.write(blob)
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                t.ClearField(field)
+            t.ClearField("raw_data")
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(blob)))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
 
 
 def check_against_torch(graph, spec: ComponentSpec, onnx_path: Path) -> dict:
@@ -164,6 +199,8 @@ def check_against_torch(graph, spec: ComponentSpec, onnx_path: Path) -> dict:
     feeds = sample_inputs(spec, point, seed=1)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Basic optimisation only: enough for a numerical check, and no second copy of large weights.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     got = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
     del session

@@ -1,0 +1,193 @@
+"""run-bench: vidrt's engines and the diffusers baseline, in one run, on the same inputs.
+
+Recipe: load both, then warm-up and N timed runs, interleaved (engine, baseline,
+engine, ...) so machine noise hits both alike; median/min/max per stage and end
+to end; parity of the two sides' frames; JSON tagged with git sha, versions and
+machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from vidrt.errors import VidrtError
+
+from .environment import environment
+from .memory import PeakRss, rss_mb
+
+STAGES = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
+SCHEMA = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One run-bench invocation; CLI flags map one-to-one onto these fields."""
+
+    model: str = "svd-xt"
+    unet_weights: str | None = None
+    engine_dir: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    height: int = 128
+    width: int = 128
+    num_frames: int = 14
+    steps: int = 2
+    sampler: str = "euler"
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+    batch_size: int = 1
+    seed: int = 0
+    runs: int = 2
+    warmup: int = 1
+    baseline_precision: str | None = None  # None: same as precision; "none": skip
+    image: str | None = None
+    output: str | None = None
+
+
+def summary(values: list[float], scale: float = 1.0) -> dict:
+    return {
+        "median": statistics.median(values) * scale,
+        "min": min(values) * scale,
+        "max": max(values) * scale,
+    }
+
+
+def bench_image(cfg: BenchConfig) -> PIL.Image.Image:
+    """The conditioning image: --image, or a fixed synthetic gradient with shapes."""
+    if cfg.image:
+        from vidrt.video_io import load_image
+
+        return load_image(cfg.image)
+    h, w = cfg.height, cfg.width
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x / max(w - 1, 1), y / max(h - 1, 1), ((x // 16 + y // 16) % 2) * 0.8], axis=-1)
+    return PIL.Image.fromarray((img * 255).astype(np.uint8))
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    """Runs the benchmark; returns the result dict (see README for the schema).
+
+    Raises:
+        VidrtError: bad options, or a model/engine problem.
+    """
+    from vidrt import VideoPipeline
+
+    if cfg.runs < 1 or cfg.warmup < 0:
+        raise VidrtError(f"--runs must be >= 1 and --warmup >= 0 (got {cfg.runs}, {cfg.warmup})")
+    if cfg.batch_size < 1:
+        raise VidrtError(f"--batch-size={cfg.batch_size}: need at least 1")
+    baseline_precision = cfg.baseline_precision or cfg.precision
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    pipe = VideoPipeline.from_pretrained(
+        cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
+        sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed, progress=progress,
+    )
+    engine_load_s = time.perf_counter() - t0
+    engine_resident = rss_mb() - rss0
+    baseline = None
+    if baseline_precision != "none":
+        from .baseline import DiffusersBaseline
+
+        rss1 = rss_mb()
+        baseline = DiffusersBaseline(pipe.model, baseline_precision, cfg.unet_weights)
+        if cfg.sampler == "animatelcm":
+            from .reference_schedulers import AnimateLCMReferenceScheduler
+
+            baseline.pipe.scheduler = AnimateLCMReferenceScheduler()
+        baseline_resident = rss_mb() - rss1
+    image = bench_image(cfg)
+    images = [image] * cfg.batch_size if cfg.batch_size > 1 else image
+    kwargs = dict(
+        height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_inference_steps=cfg.steps,
+        min_guidance_scale=cfg.min_guidance, max_guidance_scale=cfg.max_guidance,
+    )
+    engine_runs, base_runs = [], []
+    from tqdm.auto import tqdm
+
+    for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
+        measured = r >= cfg.warmup
+        with PeakRss() as mem:
+            out = pipe(images, generator=torch.Generator().manual_seed(cfg.seed), output_type="np", **kwargs)
+        t = pipe.timings
+        if measured:
+            engine_runs.append({
+                "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "unet": t.unet, "vae_decoder": t.vae_decoder},
+                "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak": mem.peak_mb - mem.start_mb, "frames": out.frames,
+            })
+        if baseline is not None:
+            if cfg.sampler == "animatelcm":
+                baseline.pipe.scheduler.generator = torch.Generator().manual_seed(cfg.seed)
+                gen = baseline.pipe.scheduler.generator
+            else:
+                gen = torch.Generator().manual_seed(cfg.seed)
+            with PeakRss() as mem:
+                frames, stages, steps, total = baseline(images, gen, **kwargs)
+            if measured:
+                base_runs.append({"stages": stages, "unet_steps": steps, "total": total, "peak": mem.peak_mb - mem.start_mb, "frames": frames})
+
+    videos = cfg.batch_size
+    builds = pipe.builds
+    engine = _side(engine_runs, videos, cfg.num_frames, engine_resident)
+    engine.update({
+        "backend": pipe.backend,
+        "precision": cfg.precision,
+        "build_s": sum(b.recorded_build_s for b in builds.values()),
+        "build_s_per_component": {c: b.recorded_build_s for c, b in builds.items()},
+        "build_s_this_run": sum(b.build_s for b in builds.values()),
+        "engine_size_mb": sum(b.size_bytes for b in builds.values()) / 2**20,
+        "load_s": engine_load_s,
+        "engine_dir": str(pipe.engine_dir),
+    })
+    result = {
+        "schema": SCHEMA,
+        "config": dataclasses.asdict(cfg) | {"baseline_precision": baseline_precision},
+        "model": {"label": pipe.model.label, "random_weights": bool(pipe.model.preset), "folder": str(pipe.model.folder)},
+        "environment": environment(),
+        "engine": engine,
+        "baseline": None,
+        "speedup": None,
+        "parity": None,
+    }
+    if baseline is not None:
+        result["baseline"] = _side(base_runs, videos, cfg.num_frames, baseline_resident) | {
+            "backend": "pytorch (diffusers StableVideoDiffusionPipeline)", "precision": baseline_precision, "build_s": 0.0,
+        }
+        result["speedup"] = result["baseline"]["end_to_end_s"]["median"] / engine["end_to_end_s"]["median"]
+        result["parity"] = parity(engine_runs[-1]["frames"], base_runs[-1]["frames"])
+    return result
+
+
+def _side(runs: list[dict], videos: int, frames: int, resident_mb: float) -> dict:
+    totals = [r["total"] for r in runs]
+    stages = {s: summary([r["stages"][s] for r in runs], 1000.0) for s in STAGES}
+    steps = [x for r in runs for x in r["unet_steps"]]
+    stages["unet_step"] = summary(steps, 1000.0) if steps else None
+    med = statistics.median(totals)
+    return {
+        "stages_ms": stages,
+        "end_to_end_s": summary(totals),
+        "peak_memory_mb": resident_mb + max(r["peak"] for r in runs),
+        "videos_per_min": 60.0 * videos / med,
+        "frames_per_s": videos * frames / med,
+    }
+
+
+def parity(a: np.ndarray, b: np.ndarray) -> dict:
+    """Agreement of two frame arrays in [0, 1]."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    diff = np.abs(a - b)
+    mse = float((diff**2).mean())
+    return {
+        "max_abs_err": float(diff.max()),
+        "mean_abs_err": float(diff.mean()),
+        "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
+    }

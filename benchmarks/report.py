@@ -1,0 +1,39 @@
+"""The run-bench table."""
+
+from __future__ import annotations
+
+STAGE_ROWS = ("image_encoder", "vae_encoder", "unet", "unet_step", "vae_decoder")
+
+
+def _cell(stats: dict | None, unit: str = "ms") -> str:
+    if not stats:
+        return "-"
+    return f"{stats['median']:.1f} {unit} [{stats['min']:.1f}-{stats['max']:.1f}]"
+
+
+def format_table(result: dict) -> str:
+    """Engine vs baseline, per stage and end to end (medians with [min-max])."""
+    e, b = result["engine"], result["baseline"]
+    cfg = result["config"]
+    lines = [
+        f"model: {result['model']['label']}",
+        f"request: {cfg['height']}x{cfg['width']}, {cfg['num_frames']} frames, {cfg['steps']} {cfg['sampler']} steps, "
+        f"guidance {cfg['min_guidance']}..{cfg['max_guidance']}, batch {cfg['batch_size']}; "
+        f"{cfg['runs']} runs after {cfg['warmup']} warm-up",
+        f"machine: {result['environment']['cpu']} ({result['environment']['cpu_count']} cpus), git {result['environment']['git_sha']}",
+        "",
+        f"{'stage':<16}{'vidrt ' + e['backend'] + ' ' + e['precision']:<36}{('diffusers ' + b['precision']) if b else 'baseline skipped':<36}",
+    ]
+    for s in STAGE_ROWS:
+        lines.append(f"{s:<16}{_cell(e['stages_ms'].get(s)):<36}{_cell(b['stages_ms'].get(s)) if b else '':<36}")
+    lines.append(f"{'end to end':<16}{_cell(e['end_to_end_s'], 's'):<36}{_cell(b['end_to_end_s'], 's') if b else '':<36}")
+    lines.append(f"{'videos/min':<16}{e['videos_per_min']:<36.3f}{b['videos_per_min'] if b else '':<36.3}")
+    lines.append(f"{'frames/s':<16}{e['frames_per_s']:<36.3f}{b['frames_per_s'] if b else '':<36.3}")
+    lines.append(f"{'peak memory':<16}{e['peak_memory_mb']:<36.0f}{b['peak_memory_mb'] if b else '':<36.0f}".rstrip() + "  MB")
+    lines.append(f"engine build: {e['build_s']:.1f}s recorded ({e['build_s_this_run']:.1f}s in this run), "
+                 f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s")
+    if b:
+        p = result["parity"]
+        lines.append(f"speedup (baseline/engine, end-to-end medians): {result['speedup']:.2f}x")
+        lines.append(f"parity: max abs err {p['max_abs_err']:.2e}, mean abs err {p['mean_abs_err']:.2e}, PSNR {p['psnr_db']:.1f} dB")
+    return "\n".join(lines)

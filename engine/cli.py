@@ -1,0 +1,234 @@
+"""Command line: ``build-engines``, ``run-bench`` and ``generate`` (also as ``vidrt <command>``).
+
+Each command's flags map one-to-one onto a frozen config dataclass. Errors a
+user can cause print one line (``vidrt: error: ...``) and exit 2; success is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import VidrtError
+
+EPILOG_MODELS = (
+    "models: a preset with RANDOM weights (tiny-svd, svd, svd-xt), a local diffusers "
+    "StableVideoDiffusionPipeline folder, or a hub id (needs network)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """build-engines options."""
+
+    model: str = "svd-xt"
+    unet_weights: str | None = None
+    engine_dir: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    verify: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """generate options."""
+
+    image: str = ""
+    output: str = "out.mp4"
+    model: str = "svd-xt"
+    unet_weights: str | None = None
+    engine_dir: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    height: int = 576
+    width: int = 1024
+    num_frames: int | None = None
+    steps: int = 25
+    sampler: str = "euler"
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+    batch_size: int = 1
+    seed: int = 0
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    decode_chunk_size: int | None = None
+    format: str | None = None
+
+
+def _model_flags(p: argparse.ArgumentParser, default_model: str = "svd-xt") -> None:
+    g = p.add_argument_group("model and engines")
+    g.add_argument("--model", default=default_model, help=f"model to run (default: {default_model})")
+    g.add_argument("--unet-weights", help="safetensors UNet state dict replacing the model's UNet (AnimateLCM-SVD-xt ships so)")
+    g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
+    g.add_argument("--backend", default="auto", help="auto, onnxruntime (default: auto)")
+    g.add_argument("--precision", default="fp32", help="engine precision (default: fp32)")
+    g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and for the noise (default: 0)")
+
+
+def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
+    g = p.add_argument_group("request")
+    g.add_argument("--height", type=int, default=defaults.height, help=f"video height in px, multiple of 8 (default: {defaults.height})")
+    g.add_argument("--width", type=int, default=defaults.width, help=f"video width in px, multiple of 8 (default: {defaults.width})")
+    g.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames per video (default: the model's, 14 for svd, 25 for svd-xt)" if defaults.num_frames is None else f"frames per video (default: {defaults.num_frames})")
+    g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default: {defaults.steps})")
+    g.add_argument("--sampler", default="euler", choices=["euler", "animatelcm"], help="euler (SVD's) or animatelcm (4 steps, no CFG) (default: euler)")
+    g.add_argument("--min-guidance", type=float, default=1.0, help="guidance at the first frame (default: 1.0)")
+    g.add_argument("--max-guidance", type=float, default=3.0, help="guidance at the last frame; <= 1 turns CFG off (default: 3.0)")
+    g.add_argument("--batch-size", type=int, default=1, help="videos per request, all in one UNet batch (default: 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vidrt.benchmarks.harness import BenchConfig
+
+    root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
+    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate}")
+
+    b = sub.add_parser("build-engines", help="export the model to ONNX and build engines (reuses what is up to date)",
+                       description="Export every component (image encoder, VAE encoder, UNet, temporal VAE decoder) to ONNX, "
+                       "check it against PyTorch, and build it for the backend. Anything already built from the same inputs is reused.",
+                       epilog=EPILOG_MODELS)
+    _model_flags(b)
+    b.add_argument("--verify", action="store_true", help="re-hash every engine file instead of trusting unchanged size and mtime")
+
+    r = sub.add_parser("run-bench", help="time the engines against the diffusers baseline on the same inputs",
+                       description="Warm-up, then --runs timed runs of vidrt and diffusers, interleaved, same image and seed. "
+                       "Prints a table and writes JSON (schema in the README).", epilog=EPILOG_MODELS)
+    _model_flags(r)
+    _request_flags(r, BenchConfig())
+    r.add_argument("--runs", type=int, default=2, help="timed runs per side (default: 2)")
+    r.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per side (default: 1)")
+    r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16, or none to skip (default: same as --precision)")
+    r.add_argument("--image", help="conditioning image (default: a built-in synthetic image)")
+    r.add_argument("--output", help="write the JSON result here")
+
+    g = sub.add_parser("generate", help="generate a video from an image",
+                       description="Generate a video from --image and write it as MP4 (H.264), GIF, or a folder of PNG frames.",
+                       epilog=EPILOG_MODELS)
+    _model_flags(g)
+    _request_flags(g, GenerateConfig())
+    g.add_argument("--image", required=True, help="conditioning image (PNG/JPEG/...; converted to RGB if needed)")
+    g.add_argument("--output", default="out.mp4", help="out.mp4, out.gif, or a folder name for PNG frames (default: out.mp4)")
+    g.add_argument("--format", choices=["mp4", "gif", "png"], help="force the output format (default: from --output)")
+    g.add_argument("--fps", type=int, default=7, help="frames per second, also the fps conditioning (default: 7)")
+    g.add_argument("--motion-bucket-id", type=int, default=127, help="amount of motion (default: 127)")
+    g.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the image (default: 0.02)")
+    g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all)")
+    return root
+
+
+def _config(cls, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_build_engines(args) -> int:
+    from .backends import get_backend
+    from .build import default_engine_dir, prepare_engines
+    from .sources import resolve_model
+
+    cfg = _config(BuildConfig, args)
+    model = resolve_model(cfg.model, seed=cfg.seed)
+    backend = get_backend(cfg.backend, announce=True)
+    weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
+    engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights, backend.name, cfg.precision)
+    t0 = time.perf_counter()
+    results = prepare_engines(model, engine_dir, backend, cfg.precision, unet_weights=weights, full_verify=cfg.verify)
+    print(f"model: {model.label}")
+    print(f"engines: {engine_dir}  ({backend.name}, {cfg.precision})")
+    for c, r in results.items():
+        state = "reused" if r.reason == "reused" else f"built in {r.build_s:.1f}s ({r.reason})"
+        print(f"  {c:<14} {r.size_bytes / 2**20:9.1f} MB  {state}")
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_run_bench(args) -> int:
+    from vidrt.benchmarks.harness import BenchConfig, run_bench
+    from vidrt.benchmarks.report import format_table
+
+    from .fsutil import atomic_write_json, check_writable
+
+    cfg = _config(BenchConfig, args)
+    if cfg.output:
+        check_writable(cfg.output)
+    result = run_bench(cfg)
+    print(format_table(result))
+    if cfg.output:
+        atomic_write_json(cfg.output, result)
+        print(f"wrote {cfg.output}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from . import VideoPipeline
+    from .video_io import load_image, video_format, write_video
+
+    cfg = _config(GenerateConfig, args)
+    fmt = video_format(cfg.output, cfg.format)
+    if fmt != "png":
+        from .fsutil import check_writable
+
+        check_writable(cfg.output)
+    image = load_image(cfg.image)
+    pipe = VideoPipeline.from_pretrained(
+        cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
+        sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed,
+    )
+    out = pipe(
+        [image] * cfg.batch_size, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,
+        num_inference_steps=cfg.steps, min_guidance_scale=cfg.min_guidance, max_guidance_scale=cfg.max_guidance,
+        fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
+        decode_chunk_size=cfg.decode_chunk_size, generator=torch.Generator().manual_seed(cfg.seed),
+        output_type="pil", progress=True,
+    )
+    paths = []
+    for i, frames in enumerate(out.frames):
+        target = Path(cfg.output)
+        if len(out.frames) > 1:
+            target = target.with_name(f"{target.stem}_{i}{target.suffix}")
+        paths.append(write_video(frames, target, cfg.fps, fmt))
+    note = " (RANDOM WEIGHTS: expect noise)" if pipe.model.preset else ""
+    t = pipe.timings
+    print(f"wrote {', '.join(map(str, paths))}{note}: {len(out.frames[0])} frames, {t.end_to_end:.1f}s "
+          f"(unet {t.unet:.1f}s over {len(t.unet_steps)} steps)")
+    return 0
+
+
+COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vidrt``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VidrtError as e:
+        print(f"vidrt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vidrt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _sub(command: str):
+    def entry() -> int:
+        return main([command] + sys.argv[1:])
+
+    return entry
+
+
+build_engines_main = _sub("build-engines")
+run_bench_main = _sub("run-bench")
+generate_main = _sub("generate")
+
+if __name__ == "__main__":
+    sys.exit(main())
