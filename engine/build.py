@@ -209,9 +209,10 @@ def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full
             "spec": spec.describe(),
         }
     )
+    export_s = float(export_manifest.get("export_s", 0.0))
     manifest, reason = verify(out_dir, BUILD_MANIFEST, key, full_verify)
     if manifest is not None:
-        return ComponentBuild(c, out_dir, False, False, 0.0, manifest["build_s"], _size(manifest), "reused")
+        return ComponentBuild(c, out_dir, False, False, 0.0, export_s + manifest["build_s"], _size(manifest), "reused")
     if not build:
         raise refuse(c, out_dir, reason)
     start = time.perf_counter()
@@ -237,7 +238,7 @@ def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full
             "versions": vers,
         }
         atomic_write_json(tmp / BUILD_MANIFEST, manifest)
-    return ComponentBuild(c, out_dir, False, True, seconds, seconds, _size(manifest), reason)
+    return ComponentBuild(c, out_dir, False, True, seconds, export_s + seconds, _size(manifest), reason)
 
 
 def _size(manifest: dict) -> int:

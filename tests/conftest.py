@@ -1,0 +1,80 @@
+"""Shared fixtures: a private vidrt cache, the tiny-svd preset, its engines and its
+diffusers reference. Everything random-weight and small enough for a 2-core CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+GPU_REASON = "needs an NVIDIA GPU with CUDA and TensorRT (pip install -e .[gpu]); this machine has neither"
+
+
+def _gpu_ready() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    if _gpu_ready():
+        return
+    skip = pytest.mark.skip(reason=GPU_REASON)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vidrt_cache(tmp_path_factory):
+    """Presets and default engine dirs go to a per-session folder, never ~/.cache."""
+    path = tmp_path_factory.mktemp("vidrt-cache")
+    old = os.environ.get("VIDRT_CACHE")
+    os.environ["VIDRT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VIDRT_CACHE", None)
+    else:
+        os.environ["VIDRT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_model(vidrt_cache):
+    from vidrt.sources import resolve_model
+
+    return resolve_model("tiny-svd", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_dir(tmp_path_factory, tiny_model):
+    """Engines for tiny-svd on ONNX Runtime, built once per session."""
+    from vidrt.backends import get_backend
+    from vidrt.build import prepare_engines
+
+    path = tmp_path_factory.mktemp("engines") / "tiny"
+    prepare_engines(tiny_model, path, get_backend("onnxruntime"), "fp32", progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_engine_dir):
+    from vidrt import VideoPipeline
+
+    return VideoPipeline.from_pretrained("tiny-svd", engine_dir=tiny_engine_dir, backend="onnxruntime", progress=False)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model):
+    """diffusers' StableVideoDiffusionPipeline on the same tiny components."""
+    from vidrt.sources import load_torch_components
+
+    pipe = load_torch_components(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_image(h: int = 40, w: int = 56, seed: int = 0) -> PIL.Image.Image:
+    rng = np.random.RandomState(seed)
+    return PIL.Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8))

@@ -1,0 +1,77 @@
+"""Export of every tiny-svd component: ONNX vs PyTorch, TensorRT op check, external data."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from vidrt.export.graphs import check_point, component_graph, sample_inputs
+from vidrt.export.onnx_export import ATOL, DATA_FILE, RTOL, export_component
+from vidrt.export.opcheck import check_tensorrt_ops, tensorrt_ops
+from vidrt.sources import load_torch_component
+
+COMPONENTS = ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
+
+
+@pytest.fixture(scope="module")
+def modules(tiny_model):
+    return {c: load_torch_component(tiny_model, c) for c in COMPONENTS}
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_export_matches_torch_and_parses_for_tensorrt(component, tiny_model, modules, tmp_path):
+    spec = tiny_model.specs()[component]
+    graph = component_graph(component, modules[component])
+    result = export_component(graph, spec, tmp_path)
+    # Export-time check ran at a shape unlike the trace shape, within ATOL + RTOL*max|ref|.
+    assert result.check["max_abs_err"] <= ATOL + RTOL * result.check["max_abs_ref"]
+    assert result.data_path is None  # tiny weights stay inside the graph
+    assert result.ops["ok"], result.ops["unsupported"]
+    model = onnx.load(str(result.onnx_path))
+    assert [i.name for i in model.graph.input] == spec.input_names
+    assert [o.name for o in model.graph.output] == spec.output_names
+
+
+def test_external_data_goes_to_one_file_and_runs(tiny_model, modules, tmp_path):
+    spec = tiny_model.specs()["unet"]
+    graph = component_graph("unet", modules["unet"])
+    result = export_component(graph, spec, tmp_path, external_data_threshold=1024)
+    assert result.data_path == tmp_path / DATA_FILE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", DATA_FILE]
+    model = onnx.load(str(result.onnx_path), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {DATA_FILE}
+    feeds = sample_inputs(spec, check_point(spec), seed=7)
+    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    with torch.no_grad():
+        want = graph(*feeds.values()).numpy()
+    # fp32 both sides, different kernels: same bound as the export-time check.
+    assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
+
+
+def test_opcheck_flags_ops_tensorrt_cannot_parse():
+    from onnx import helper, TensorProto
+
+    nodes = [
+        helper.make_node("Unique", ["x"], ["u"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("MyOp", ["x"], ["m"], domain="com.example"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("u", "r", "m")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    check = check_tensorrt_ops(model)
+    assert not check.ok
+    assert set(check.unsupported) == {"Unique", "com.example::MyOp"}
+    assert "onnx-tensorrt" in check.tensorrt_list
+
+
+def test_tensorrt_op_list_names_its_source():
+    table = tensorrt_ops()
+    assert table["source"].startswith("onnx/onnx-tensorrt")
+    assert {"Conv", "MatMul", "LayerNormalization", "InstanceNormalization"} <= set(table["supported"])
+    assert not set(table["supported"]) & set(table["unsupported"])

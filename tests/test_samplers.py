@@ -1,0 +1,103 @@
+"""Samplers against diffusers' schedulers.
+
+Tolerance: vidrt fuses each step into x <- a*x + b*out with a, b computed in
+float64; diffusers computes x + (x - denoised)/sigma*dt in float32, which cancels
+terms of size |x| (up to ~700*3 at sigma_max). Both are float32 at the end, so
+they may differ by a few float32 ulps of |x| before the step.
+"""
+
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler
+
+from vidrt.benchmarks.reference_schedulers import AnimateLCMReferenceScheduler
+from vidrt.errors import VidrtError
+from vidrt.presets import SVD_SCHEDULER
+from vidrt.samplers import AnimateLCMSampler, EulerEDMSampler, make_sampler
+
+
+# SVD's config, and an epsilon model with discrete timesteps inside the training range
+# (SVD's sigma_max=700 with discrete timesteps gives diffusers duplicate timesteps,
+# which its index lookup resolves by skipping a sigma: not a config any model ships).
+EPSILON_CONFIG = SVD_SCHEDULER | {
+    "prediction_type": "epsilon", "timestep_type": "discrete", "sigma_min": None, "sigma_max": None,
+}
+
+
+@pytest.mark.parametrize("steps", [1, 4, 25])
+@pytest.mark.parametrize("config", [SVD_SCHEDULER, EPSILON_CONFIG], ids=["svd", "epsilon"])
+def test_euler_matches_diffusers(steps, config):
+    ref = EulerDiscreteScheduler(**config)
+    ref.set_timesteps(steps)
+    ours = EulerEDMSampler(config)
+    ours.set_timesteps(steps)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps.float())
+    assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma))
+    g = torch.Generator().manual_seed(0)
+    x_ref = torch.randn(1, 3, 4, 8, 8, generator=g) * ref.init_noise_sigma
+    x = x_ref.clone()
+    for i, t in enumerate(ref.timesteps):
+        scaled = ref.scale_model_input(x_ref, t)
+        torch.testing.assert_close(x * ours.input_scale(i), scaled, rtol=1e-5, atol=1e-5)
+        out = torch.randn(x.shape, generator=g)
+        ulps_of_x = 8 * torch.finfo(torch.float32).eps * float(x_ref.abs().max())
+        x_ref = ref.step(out, t, x_ref).prev_sample
+        ours.step(out, i, x)
+        torch.testing.assert_close(x, x_ref, rtol=1e-5, atol=1e-5 + ulps_of_x)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_animatelcm_matches_reference_and_draws_from_the_generator(steps):
+    ref = AnimateLCMReferenceScheduler()
+    ref.set_timesteps(steps)
+    ours = AnimateLCMSampler()
+    ours.set_timesteps(steps)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps)
+    torch.testing.assert_close(ours.sigmas, ref.sigmas)
+    # The spec's ramp: arange(n) * (40 // n) / 39, timestep 0.25 ln(sigma).
+    ramp = torch.arange(steps) * (40 // steps) / 39
+    sig = (700 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 700 ** (1 / 7))) ** 7
+    torch.testing.assert_close(ours.timesteps, (0.25 * sig.log()).float())
+    x0 = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * ours.init_noise_sigma
+    outs = torch.randn((steps,) + x0.shape, generator=torch.Generator().manual_seed(2))
+    g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    ref.generator = g_ref
+    x_ref, x = x0.clone(), x0.clone()
+    torch.manual_seed(123)
+    global_state = torch.get_rng_state()
+    for i, t in enumerate(ref.timesteps):
+        torch.testing.assert_close(x * ours.input_scale(i), ref.scale_model_input(x_ref, t))
+        ulps_of_x = 8 * torch.finfo(torch.float32).eps * float(x_ref.abs().max())
+        x_ref = ref.step(outs[i], t, x_ref).prev_sample
+        ours.step(outs[i], i, x, g_ours)
+        torch.testing.assert_close(x, x_ref, rtol=1e-5, atol=1e-5 + ulps_of_x)
+    # Noise came from the request's generator (both advanced alike), never the global RNG.
+    assert torch.equal(g_ref.get_state(), g_ours.get_state())
+    assert torch.equal(torch.get_rng_state(), global_state)
+
+
+def test_animatelcm_draws_noise_on_the_last_step():
+    s = AnimateLCMSampler()
+    s.set_timesteps(1)
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    x = torch.zeros(1, 1, 1, 2, 2)
+    s.step(torch.zeros_like(x), 0, x, g)
+    assert not torch.equal(before, g.get_state())
+    assert x.abs().max() > 0  # sigma_min-scaled noise remains
+
+
+def test_randn_into_buffer_equals_fresh_draw():
+    a = torch.randn((2, 3, 4), generator=torch.Generator().manual_seed(5))
+    b = torch.empty(2, 3, 4)
+    torch.randn((2, 3, 4), generator=torch.Generator().manual_seed(5), out=b)
+    assert torch.equal(a, b)
+
+
+def test_bad_sampler_arguments():
+    with pytest.raises(VidrtError, match="takes 1..40 steps"):
+        AnimateLCMSampler().set_timesteps(41)
+    with pytest.raises(VidrtError, match="need at least 1 step"):
+        EulerEDMSampler(SVD_SCHEDULER).set_timesteps(0)
+    with pytest.raises(VidrtError, match="unknown sampler 'ddim'"):
+        make_sampler("ddim", SVD_SCHEDULER)
