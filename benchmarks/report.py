@@ -27,9 +27,9 @@ def format_table(result: dict) -> str:
     for s in STAGE_ROWS:
         lines.append(f"{s:<16}{_cell(e['stages_ms'].get(s)):<36}{_cell(b['stages_ms'].get(s)) if b else '':<36}")
     lines.append(f"{'end to end':<16}{_cell(e['end_to_end_s'], 's'):<36}{_cell(b['end_to_end_s'], 's') if b else '':<36}")
-    lines.append(f"{'videos/min':<16}{e['videos_per_min']:<36.3f}{b['videos_per_min'] if b else '':<36.3}")
-    lines.append(f"{'frames/s':<16}{e['frames_per_s']:<36.3f}{b['frames_per_s'] if b else '':<36.3}")
-    lines.append(f"{'peak memory':<16}{e['peak_memory_mb']:<36.0f}{b['peak_memory_mb'] if b else '':<36.0f}".rstrip() + "  MB")
+    for label, key, fmt in (("videos/min", "videos_per_min", ".3f"), ("frames/s", "frames_per_s", ".3f"),
+                            ("peak memory MB", "peak_memory_mb", ".0f")):
+        lines.append(f"{label:<16}{format(e[key], fmt):<36}{format(b[key], fmt) if b else '':<36}".rstrip())
     lines.append(f"engine build: {e['build_s']:.1f}s recorded ({e['build_s_this_run']:.1f}s in this run), "
                  f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s")
     if b:

@@ -127,6 +127,20 @@ def _config(cls, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _check_request_early(cfg) -> None:
+    """Fails on bad request arguments before minutes of engine building, not after."""
+    from .pipeline import check_ranges, check_request
+    from .sources import resolve_model
+
+    frames = cfg.num_frames if cfg.num_frames is not None else 1
+    chunk = getattr(cfg, "decode_chunk_size", None) or 1
+    check_request(cfg.height, cfg.width, frames, cfg.steps, chunk, cfg.batch_size)
+    model = resolve_model(cfg.model, seed=cfg.seed)
+    frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
+    cfg_batch = cfg.batch_size * (2 if cfg.max_guidance > 1 else 1)
+    check_ranges(model, cfg.batch_size, cfg_batch, frames, cfg.height, cfg.width, chunk)
+
+
 def cmd_build_engines(args) -> int:
     from .backends import get_backend
     from .build import default_engine_dir, prepare_engines
@@ -155,6 +169,7 @@ def cmd_run_bench(args) -> int:
     from .fsutil import atomic_write_json, check_writable
 
     cfg = _config(BenchConfig, args)
+    _check_request_early(cfg)
     if cfg.output:
         check_writable(cfg.output)
     result = run_bench(cfg)
@@ -172,6 +187,7 @@ def cmd_generate(args) -> int:
     from .video_io import load_image, video_format, write_video
 
     cfg = _config(GenerateConfig, args)
+    _check_request_early(cfg)
     fmt = video_format(cfg.output, cfg.format)
     if fmt != "png":
         from .fsutil import check_writable

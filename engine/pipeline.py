@@ -149,10 +149,10 @@ class VideoPipeline:
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
         images = self._as_images(image)
         batch = len(images) if isinstance(images, list) else images.shape[0]
-        _check_args(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)
+        check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)
         do_cfg = max_guidance_scale > 1.0
         videos = batch * num_videos_per_prompt
-        self._check_ranges(batch, videos * (2 if do_cfg else 1), num_frames, height, width, decode_chunk_size)
+        check_ranges(self.model, batch, videos * (2 if do_cfg else 1), num_frames, height, width, decode_chunk_size)
         sampler = make_sampler(self.sampler_name, self.model.scheduler)
         sampler.set_timesteps(num_inference_steps)
         self.timings = StageTimings()
@@ -189,14 +189,6 @@ class VideoPipeline:
                 out.append(im)
             return out
         raise VidrtError(f"image must be a PIL image, a non-empty list of them or a [B,3,H,W] tensor, not {type(image).__name__}")
-
-    def _check_ranges(self, batch, unet_batch, frames, height, width, chunk):
-        s = self.model.vae_scale_factor
-        specs = {c: e.spec for c, e in self.engines.items()}
-        specs["image_encoder"].check({"B": batch})
-        specs["vae_encoder"].check({"B": batch, "H": height, "W": width})
-        specs["unet"].check({"B": unet_batch, "F": frames, "h": height // s, "w": width // s})
-        specs["vae_decoder"].check({"N": min(chunk, frames * unet_batch), "h": height // s, "w": width // s})
 
     def _condition(self, images, height, width, fps, motion_bucket_id, aug, per_prompt, do_cfg, generator) -> Conditioning:
         """CLIP embedding, VAE latent (of the noise-augmented image) and time ids, once per request."""
@@ -241,7 +233,8 @@ class VideoPipeline:
         return frames.reshape(-1, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def _check_args(height, width, frames, steps, chunk, per_prompt, output_type, generator):
+def check_request(height, width, frames, steps, chunk=1, per_prompt=1, output_type="np", generator=None) -> None:
+    """Raises VidrtError for request arguments no engine could serve."""
     if height % 8 or width % 8 or height < 8 or width < 8:
         raise VidrtError(f"height and width must be positive multiples of 8, got {height}x{width}")
     if frames < 1:
@@ -256,6 +249,16 @@ def _check_args(height, width, frames, steps, chunk, per_prompt, output_type, ge
         raise VidrtError(f"output_type='{output_type}': choose one of {', '.join(OUTPUT_TYPES)}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise VidrtError("generator must be one torch.Generator (lists of generators are not supported)")
+
+
+def check_ranges(model: SvdModel, batch, unet_batch, frames, height, width, chunk) -> None:
+    """Raises VidrtError naming the first size outside a component's declared range."""
+    s = model.vae_scale_factor
+    specs = model.specs()
+    specs["image_encoder"].check({"B": batch})
+    specs["vae_encoder"].check({"B": batch, "H": height, "W": width})
+    specs["unet"].check({"B": unet_batch, "F": frames, "h": height // s, "w": width // s})
+    specs["vae_decoder"].check({"N": min(chunk, frames * unet_batch), "h": height // s, "w": width // s})
 
 
 def _initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor:

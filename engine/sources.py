@@ -33,8 +33,9 @@ def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True) -
         return SvdModel.from_folder(materialize_preset(model, seed, progress))
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
+        what = "is not a folder" if path.exists() else "does not exist"
         if not path.is_dir():
-            raise VidrtError(f"--model {model}: not a folder; pass a diffusers model folder, a hub id or a preset")
+            raise VidrtError(f"--model {model}: {what}; pass a diffusers model folder, a hub id or a preset")
         return SvdModel.from_folder(path)
     if model.count("/") != 1:
         raise VidrtError(

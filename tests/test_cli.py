@@ -1,0 +1,152 @@
+"""The three commands end to end on tiny-svd, and every bad input's one-line error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+
+from vidrt.cli import main
+
+from conftest import make_image
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "in.png"
+    make_image(48, 64).save(path)
+    return path
+
+
+def common(engine_dir):
+    return ["--model", "tiny-svd", "--engine-dir", str(engine_dir), "--backend", "onnxruntime"]
+
+
+def test_build_engines_reuses_a_built_dir(capsys, tiny_engine_dir):
+    code, out, err = run(capsys, "build-engines", *common(tiny_engine_dir))
+    assert code == 0, err
+    assert "RANDOM WEIGHTS" in out
+    assert out.count("reused") == 4
+
+
+def test_generate_writes_mp4_gif_and_png_frames(capsys, tiny_engine_dir, image_file, tmp_path):
+    req = ["--height", "32", "--width", "48", "--num-frames", "3", "--steps", "2"]
+    mp4 = tmp_path / "out.mp4"
+    code, out, err = run(capsys, "generate", *common(tiny_engine_dir), *req, "--image", str(image_file), "--output", str(mp4))
+    assert code == 0, err
+    frames = iio.imread(mp4, plugin="pyav") if False else None  # decoded below with imageio-ffmpeg
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(mp4))
+    meta = next(reader)
+    assert meta["size"] == (48, 32) and meta["codec"] == "h264"
+    assert len(list(reader)) == 3
+    gif = tmp_path / "out.gif"
+    assert run(capsys, "generate", *common(tiny_engine_dir), *req, "--image", str(image_file), "--output", str(gif))[0] == 0
+    assert iio.imread(gif).shape[:3] == (3, 32, 48)
+    folder = tmp_path / "frames"
+    assert run(capsys, "generate", *common(tiny_engine_dir), *req, "--image", str(image_file), "--output", str(folder))[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["frame_0000.png", "frame_0001.png", "frame_0002.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_run_bench_writes_the_documented_json(capsys, tiny_engine_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    code, out, err = run(capsys, "run-bench", *common(tiny_engine_dir), "--height", "32", "--width", "32",
+                         "--num-frames", "2", "--steps", "2", "--runs", "2", "--warmup", "1", "--output", str(out_json))
+    assert code == 0, err
+    assert "speedup" in out and "RANDOM WEIGHTS" in out
+    r = json.loads(out_json.read_text())
+    assert r["schema"] == 1
+    assert {"git_sha", "versions", "cpu", "gpu"} <= set(r["environment"])
+    for side in ("engine", "baseline"):
+        s = r[side]
+        assert {"backend", "precision", "build_s", "stages_ms", "end_to_end_s", "peak_memory_mb",
+                "videos_per_min", "frames_per_s"} <= set(s)
+        assert set(s["stages_ms"]) >= {"image_encoder", "vae_encoder", "unet", "unet_step", "vae_decoder"}
+        assert set(s["end_to_end_s"]) == {"median", "min", "max"}
+    assert r["speedup"] == pytest.approx(r["baseline"]["end_to_end_s"]["median"] / r["engine"]["end_to_end_s"]["median"])
+    assert r["parity"]["max_abs_err"] <= 2e-3 and r["parity"]["psnr_db"] > 40
+
+
+def test_run_bench_without_baseline_and_with_animatelcm(capsys, tiny_engine_dir, tmp_path):
+    code, out, err = run(capsys, "run-bench", *common(tiny_engine_dir), "--height", "32", "--width", "32",
+                         "--num-frames", "2", "--steps", "2", "--runs", "1", "--warmup", "0",
+                         "--baseline-precision", "none", "--sampler", "animatelcm", "--max-guidance", "1.0")
+    assert code == 0, err
+    assert "baseline skipped" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "/nonexistent/model"], "does not exist"),
+        (["--model", "owner/some-svd-model"], "HF_HUB_OFFLINE is set, so the hub cannot be reached"),
+        (["--model", "not-a-thing"], "not a preset"),
+        (["--steps", "0"], "need at least 1 step"),
+        (["--num-frames", "0"], "need at least 1 frame"),
+        (["--height", "30"], "multiples of 8"),
+        (["--image", "__missing__.png"], "file not found"),
+        (["--image", "__text__"], "not a readable image"),
+        (["--output", "/nonexistent-dir/out.mp4"], "folder /nonexistent-dir does not exist"),
+        (["--output", "out.avi"], "unknown extension .avi"),
+        (["--precision", "fp16"], "builds fp32 engines, not fp16"),
+        (["--height", "2056"], "height=2056 is outside this engine's range"),
+        (["--backend", "tensorrt"], "not available in this vidrt release"),
+    ],
+)
+def test_generate_bad_input_is_one_line(capsys, tiny_engine_dir, image_file, tmp_path, monkeypatch, argv, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    text = tmp_path / "not_image.png"
+    text.write_text("hello")
+    argv = [str(text) if a == "__text__" else a for a in argv]
+    base = {"--model": "tiny-svd", "--engine-dir": str(tiny_engine_dir), "--image": str(image_file),
+            "--output": str(tmp_path / "o.mp4"), "--height": "32", "--width": "32", "--num-frames": "2", "--steps": "1"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    flat = [x for kv in base.items() for x in kv]
+    code, out, err = run(capsys, "generate", *flat)
+    assert code == 2
+    assert message in err
+    # One line, no traceback, and before any engine work for argument errors.
+    assert err.startswith("vidrt: error: ") and err.count("\n") == 1, err
+
+
+def test_malformed_model_folder(capsys, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{not json")
+    code, _, err = run(capsys, "build-engines", "--model", str(folder))
+    assert code == 2 and "is not valid JSON" in err
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableVideoDiffusionPipeline"}))
+    code, _, err = run(capsys, "build-engines", "--model", str(folder))
+    assert code == 2 and "unet/config.json is missing" in err
+
+
+def test_corrupted_engine_with_refusal_is_a_clear_error(capsys, tiny_engine_dir, tmp_path, image_file):
+    import shutil
+
+    from vidrt import VideoPipeline, VidrtError
+
+    broken = tmp_path / "engines"
+    shutil.copytree(tiny_engine_dir, broken)
+    (broken / "unet" / "onnxruntime-fp32" / "model.opt.onnx").write_bytes(b"garbage")
+    with pytest.raises(VidrtError, match="unet engine .* is corrupted"):
+        VideoPipeline.from_pretrained("tiny-svd", engine_dir=broken, backend="onnxruntime", build=False, progress=False)
+
+
+def test_entry_points_and_help():
+    for cmd in (["vidrt", "--help"], ["build-engines", "--help"], ["run-bench", "--help"], ["generate", "--help"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+        assert proc.returncode == 0, proc.stderr
+        assert "usage:" in proc.stdout
+    proc = subprocess.run(["generate"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--image" in proc.stderr
