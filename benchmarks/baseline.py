@@ -55,6 +55,14 @@ class DiffusersBaseline:
         self.timer.wrap(self.pipe.unet, "forward", "unet")
         self.timer.wrap(self.pipe.vae, "decode", "vae_decoder")
 
+    def weight_bytes(self) -> int:
+        """Bytes of every parameter and buffer of the pipeline's models."""
+        total = 0
+        for module in (self.pipe.unet, self.pipe.vae, self.pipe.image_encoder):
+            for t in list(module.parameters()) + list(module.buffers()):
+                total += t.numel() * t.element_size()
+        return total
+
     def __call__(self, image, generator, **kwargs):
         """Runs one request; returns (frames as np [B,F,H,W,3], {stage: seconds}, unet step seconds)."""
         self.timer.reset()

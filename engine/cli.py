@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import VidrtError
+from .options import EngineOptions, RequestOptions
 
 EPILOG_MODELS = (
     "models: a preset with RANDOM weights (tiny-svd, svd, svd-xt), a local diffusers "
@@ -22,38 +23,18 @@ EPILOG_MODELS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(EngineOptions):
     """build-engines options."""
 
-    model: str = "svd-xt"
-    unet_weights: str | None = None
-    engine_dir: str | None = None
-    backend: str = "auto"
-    precision: str = "fp32"
-    seed: int = 0
     verify: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(RequestOptions):
     """generate options."""
 
     image: str = ""
     output: str = "out.mp4"
-    model: str = "svd-xt"
-    unet_weights: str | None = None
-    engine_dir: str | None = None
-    backend: str = "auto"
-    precision: str = "fp32"
-    height: int = 576
-    width: int = 1024
-    num_frames: int | None = None
-    steps: int = 25
-    sampler: str = "euler"
-    min_guidance: float = 1.0
-    max_guidance: float = 3.0
-    batch_size: int = 1
-    seed: int = 0
     fps: int = 7
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
@@ -61,14 +42,15 @@ class GenerateConfig:
     format: str | None = None
 
 
-def _model_flags(p: argparse.ArgumentParser, default_model: str = "svd-xt") -> None:
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    d = EngineOptions()
     g = p.add_argument_group("model and engines")
-    g.add_argument("--model", default=default_model, help=f"model to run (default: {default_model})")
+    g.add_argument("--model", default=d.model, help=f"model to run (default: {d.model})")
     g.add_argument("--unet-weights", help="safetensors UNet state dict replacing the model's UNet (AnimateLCM-SVD-xt ships so)")
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
-    g.add_argument("--backend", default="auto", help="auto, onnxruntime (default: auto)")
-    g.add_argument("--precision", default="fp32", help="engine precision (default: fp32)")
-    g.add_argument("--seed", type=int, default=0, help="seed for random-weight presets and for the noise (default: 0)")
+    g.add_argument("--backend", default=d.backend, help=f"auto, onnxruntime (default: {d.backend})")
+    g.add_argument("--precision", default=d.precision, help=f"engine precision (default: {d.precision})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"seed for random-weight presets and for the noise (default: {d.seed})")
 
 
 def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
@@ -77,10 +59,10 @@ def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--width", type=int, default=defaults.width, help=f"video width in px, multiple of 8 (default: {defaults.width})")
     g.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames per video (default: the model's, 14 for svd, 25 for svd-xt)" if defaults.num_frames is None else f"frames per video (default: {defaults.num_frames})")
     g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default: {defaults.steps})")
-    g.add_argument("--sampler", default="euler", choices=["euler", "animatelcm"], help="euler (SVD's) or animatelcm (4 steps, no CFG) (default: euler)")
-    g.add_argument("--min-guidance", type=float, default=1.0, help="guidance at the first frame (default: 1.0)")
-    g.add_argument("--max-guidance", type=float, default=3.0, help="guidance at the last frame; <= 1 turns CFG off (default: 3.0)")
-    g.add_argument("--batch-size", type=int, default=1, help="videos per request, all in one UNet batch (default: 1)")
+    g.add_argument("--sampler", default=defaults.sampler, choices=["euler", "animatelcm"], help=f"euler (SVD's) or animatelcm (4 steps, no CFG) (default: {defaults.sampler})")
+    g.add_argument("--min-guidance", type=float, default=defaults.min_guidance, help=f"guidance at the first frame (default: {defaults.min_guidance})")
+    g.add_argument("--max-guidance", type=float, default=defaults.max_guidance, help=f"guidance at the last frame; <= 1 turns CFG off (default: {defaults.max_guidance})")
+    g.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"videos per request, all in one UNet batch (default: {defaults.batch_size})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "Prints a table and writes JSON (schema in the README).", epilog=EPILOG_MODELS)
     _model_flags(r)
     _request_flags(r, BenchConfig())
-    r.add_argument("--runs", type=int, default=2, help="timed runs per side (default: 2)")
-    r.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per side (default: 1)")
+    bench = BenchConfig()
+    r.add_argument("--runs", type=int, default=bench.runs, help=f"timed runs per side (default: {bench.runs})")
+    r.add_argument("--warmup", type=int, default=bench.warmup, help=f"untimed warm-up runs per side (default: {bench.warmup})")
     r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16, or none to skip (default: same as --precision)")
     r.add_argument("--image", help="conditioning image (default: a built-in synthetic image)")
     r.add_argument("--output", help="write the JSON result here")

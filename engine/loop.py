@@ -12,6 +12,8 @@ import time
 
 import torch
 
+MAX_CACHED_SHAPES = 4
+
 
 @dataclasses.dataclass
 class Conditioning:
@@ -31,6 +33,7 @@ def denoise(
     generator: torch.Generator | None,
     step_times: list,
     progress: bool = False,
+    buffers: dict | None = None,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
@@ -43,15 +46,14 @@ def denoise(
         generator: the request's generator (stochastic samplers draw from it).
         step_times: list that receives each step's UNet seconds.
         progress: show a progress bar.
+        buffers: cache of per-shape work buffers, kept by the caller across requests.
     """
     from tqdm.auto import tqdm
 
     videos, frames, channels = latents.shape[:3]
     groups = 2 if guidance is not None else 1
-    unet_in = torch.empty((groups * videos, frames, 2 * channels, *latents.shape[3:]), dtype=torch.float32)
+    unet_in, timestep, guided = _work_buffers(buffers if buffers is not None else {}, groups, latents)
     unet_in[:, :, channels:] = cond.image_latents.unsqueeze(1)
-    timestep = torch.empty(1, dtype=torch.float32)
-    guided = torch.empty_like(latents) if guidance is not None else None
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
         scale = sampler.input_scale(i)
         for g in range(groups):
@@ -73,3 +75,18 @@ def denoise(
         else:
             sampler.step(out, i, latents, generator)
     return latents
+
+
+def _work_buffers(cache: dict, groups: int, latents: torch.Tensor):
+    """UNet input, timestep and guidance buffers for this shape, allocated once."""
+    key = (groups, tuple(latents.shape))
+    if key not in cache:
+        if len(cache) >= MAX_CACHED_SHAPES:
+            cache.pop(next(iter(cache)))  # oldest shape first
+        videos, frames, channels = latents.shape[:3]
+        cache[key] = (
+            torch.empty((groups * videos, frames, 2 * channels, *latents.shape[3:]), dtype=torch.float32),
+            torch.empty(1, dtype=torch.float32),
+            torch.empty_like(latents) if groups == 2 else None,
+        )
+    return cache[key]

@@ -66,6 +66,7 @@ class VideoPipeline:
         self.builds: dict = {}
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
         self.timings = StageTimings()
+        self._loop_buffers: dict = {}
 
     @classmethod
     def from_pretrained(
@@ -163,7 +164,7 @@ class VideoPipeline:
         guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).view(1, num_frames, 1, 1, 1)
         latents = denoise(
             self.engines["unet"], sampler, latents, cond, guidance if do_cfg else None, generator,
-            self.timings.unet_steps, progress=progress,
+            self.timings.unet_steps, progress=progress, buffers=self._loop_buffers,
         )
         if output_type == "latent":
             frames = latents

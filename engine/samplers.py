@@ -17,7 +17,35 @@ from .errors import VidrtError
 SAMPLERS = ("euler", "animatelcm")
 
 
-class EulerEDMSampler:
+class Sampler:
+    """What the loop needs of a sampler; subclasses fill ``timesteps`` and
+    ``_in_scale`` in ``set_timesteps`` and implement ``step``."""
+
+    name = ""
+    init_noise_sigma = 1.0
+
+    def __init__(self):
+        self.sigmas = torch.empty(0)
+        self.timesteps = torch.empty(0)
+        self._in_scale: list[float] = []
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def input_scale(self, i: int) -> float:
+        """Factor applied to the latents before the model at step i (scale_model_input)."""
+        return self._in_scale[i]
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        raise NotImplementedError
+
+    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """Advances ``x`` in place from step i to i+1; returns ``x``."""
+        raise NotImplementedError
+
+
+class EulerEDMSampler(Sampler):
     """diffusers' EulerDiscreteScheduler as SVD configures it (EDM, Karras sigmas,
     continuous timesteps), deterministic (s_churn = 0).
 
@@ -29,13 +57,11 @@ class EulerEDMSampler:
     name = "euler"
 
     def __init__(self, scheduler_config: dict):
+        super().__init__()
         self.config = dict(scheduler_config)
         self.prediction_type = self.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise VidrtError(f"euler sampler: prediction_type '{self.prediction_type}' is not supported")
-        self.sigmas = torch.empty(0)
-        self.timesteps = torch.empty(0)
-        self.init_noise_sigma = 1.0
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Computes sigmas and timesteps for ``num_inference_steps`` steps."""
@@ -64,21 +90,12 @@ class EulerEDMSampler:
         ratio = (sigma_next - sigma) / sigma
         return 1.0 + (1.0 - c_skip) * ratio, -c_out * ratio
 
-    @property
-    def num_steps(self) -> int:
-        return len(self.timesteps)
-
-    def input_scale(self, i: int) -> float:
-        """Factor applied to the latents before the model (scale_model_input)."""
-        return self._in_scale[i]
-
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
-        """Advances ``x`` in place from step i to i+1; returns ``x``."""
         a, b = self._coeffs[i]
         return x.mul_(a).add_(model_output, alpha=b)
 
 
-class AnimateLCMSampler:
+class AnimateLCMSampler(Sampler):
     """The AnimateLCM-SVD consistency sampler.
 
     40 training steps, Karras sigmas over sigma_min..sigma_max with rho 7 and the
@@ -91,10 +108,9 @@ class AnimateLCMSampler:
     num_train_timesteps = 40
 
     def __init__(self, sigma_min=0.002, sigma_max=700.0, sigma_data=1.0, rho=7.0):
+        super().__init__()
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
         self.init_noise_sigma = float(sigma_max)
-        self.sigmas = torch.empty(0)
-        self.timesteps = torch.empty(0)
         self._noise: torch.Tensor | None = None
 
     def set_timesteps(self, num_inference_steps: int) -> None:
@@ -117,13 +133,6 @@ class AnimateLCMSampler:
             c_out = (s[i] - smin) * sd / math.sqrt(s[i] ** 2 + sd**2)
             noise_scale = min(max(s[i + 1], smin), self.sigma_max)
             self._coeffs.append((c_skip, c_out, noise_scale))
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.timesteps)
-
-    def input_scale(self, i: int) -> float:
-        return self._in_scale[i]
 
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
         """x ← c_skip·x + c_out·out + sigma_next·noise, in place; noise from ``generator``."""

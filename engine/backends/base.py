@@ -17,6 +17,9 @@ import torch
 from ..components import ComponentSpec
 from ..errors import VidrtError
 
+# Output buffers kept per engine: one per input shape, the oldest dropped past this.
+MAX_CACHED_SHAPES = 4
+
 
 class Engine(abc.ABC):
     """One compiled component. Call it with named input tensors.
@@ -55,6 +58,8 @@ class Engine(abc.ABC):
             return dict(out)
         key = (device.type, tuple(sorted(dims.items())))
         if key not in self._buffers:
+            if len(self._buffers) >= MAX_CACHED_SHAPES:
+                self._buffers.pop(next(iter(self._buffers)))  # oldest shape first
             self._buffers[key] = {n: torch.empty(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
         return self._buffers[key]
 
