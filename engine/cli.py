@@ -115,13 +115,13 @@ def _check_request_early(cfg) -> None:
     from .pipeline import check_ranges, check_request
     from .sources import resolve_model
 
+    chunk = getattr(cfg, "decode_chunk_size", None)
     frames = cfg.num_frames if cfg.num_frames is not None else 1
-    chunk = getattr(cfg, "decode_chunk_size", None) or 1
-    check_request(cfg.height, cfg.width, frames, cfg.steps, chunk, cfg.batch_size)
+    check_request(cfg.height, cfg.width, frames, cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
     model = resolve_model(cfg.model, seed=cfg.seed)
     frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
-    cfg_batch = cfg.batch_size * (2 if cfg.max_guidance > 1 else 1)
-    check_ranges(model, cfg.batch_size, cfg_batch, frames, cfg.height, cfg.width, chunk)
+    chunk = chunk if chunk is not None else frames
+    check_ranges(model, cfg.batch_size, cfg.batch_size, cfg.max_guidance > 1, frames, cfg.height, cfg.width, chunk)
 
 
 def cmd_build_engines(args) -> int:
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vidrt``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except VidrtError as e:
@@ -216,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vidrt: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries() -> None:
+    """Keeps diffusers/transformers to errors only: vidrt prints its own progress."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def _sub(command: str):

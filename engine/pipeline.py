@@ -153,7 +153,7 @@ class VideoPipeline:
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)
         do_cfg = max_guidance_scale > 1.0
         videos = batch * num_videos_per_prompt
-        check_ranges(self.model, batch, videos * (2 if do_cfg else 1), num_frames, height, width, decode_chunk_size)
+        check_ranges(self.model, batch, videos, do_cfg, num_frames, height, width, decode_chunk_size)
         sampler = make_sampler(self.sampler_name, self.model.scheduler)
         sampler.set_timesteps(num_inference_steps)
         self.timings = StageTimings()
@@ -252,14 +252,15 @@ def check_request(height, width, frames, steps, chunk=1, per_prompt=1, output_ty
         raise VidrtError("generator must be one torch.Generator (lists of generators are not supported)")
 
 
-def check_ranges(model: SvdModel, batch, unet_batch, frames, height, width, chunk) -> None:
+def check_ranges(model: SvdModel, batch, videos, do_cfg, frames, height, width, chunk) -> None:
     """Raises VidrtError naming the first size outside a component's declared range."""
     s = model.vae_scale_factor
+    unet_batch = videos * (2 if do_cfg else 1)
     specs = model.specs()
     specs["image_encoder"].check({"B": batch})
     specs["vae_encoder"].check({"B": batch, "H": height, "W": width})
     specs["unet"].check({"B": unet_batch, "F": frames, "h": height // s, "w": width // s})
-    specs["vae_decoder"].check({"N": min(chunk, frames * unet_batch), "h": height // s, "w": width // s})
+    specs["vae_decoder"].check({"N": min(chunk, frames * videos), "h": height // s, "w": width // s})
 
 
 def _initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor:
