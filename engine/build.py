@@ -29,6 +29,23 @@ from .manifest import (
 from .svd import COMPONENTS, WEIGHTS_FOLDER, SvdModel
 
 EXPORT_FORMAT = 1  # bump when export code changes what it writes
+QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage (UNet only)
+
+
+def component_precisions(precision: str) -> dict[str, str]:
+    """Precision of each component's engine for a requested ``--precision``.
+
+    INT8/FP8 apply to the UNet, where the compute is; the encoders and the VAE
+    decoder stay fp32 (quantizing them saves little and costs image quality).
+    """
+    if precision in QUANTIZED:
+        return {c: (precision if c == "unet" else "fp32") for c in COMPONENTS}
+    return {c: precision for c in COMPONENTS}
+
+
+def onnx_dir_name(precision: str) -> str:
+    """Folder of a component's ONNX: fp32 graphs in onnx/, Q/DQ graphs in onnx-<format>/."""
+    return f"onnx-{precision}" if precision in QUANTIZED else "onnx"
 
 
 @dataclasses.dataclass
@@ -50,7 +67,7 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {}
-    for pkg in ("torch", "diffusers", "transformers", "onnx", "onnxslim", "onnxruntime"):
+    for pkg in ("torch", "diffusers", "transformers", "onnx", "onnxslim", "onnxruntime", "nvidia-modelopt"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -78,6 +95,7 @@ def prepare_engines(
     precision: str,
     *,
     unet_weights: str | None = None,
+    quant=None,
     build: bool = True,
     full_verify: bool = False,
     progress: bool = True,
@@ -90,6 +108,7 @@ def prepare_engines(
         backend: backend class (from vidrt.backends.get_backend).
         precision: engine precision.
         unet_weights: optional replacement UNet state dict.
+        quant: QuantConfig for int8/fp8 (default: built-in calibration set).
         build: export/build what is missing or stale; when False, refuse instead.
         full_verify: re-hash every file, not only those whose size/mtime changed.
         progress: show progress bars.
@@ -97,7 +116,11 @@ def prepare_engines(
     Raises:
         VidrtError: something is stale and ``build`` is False, or a build failed.
     """
-    backend.check_precision(precision)
+    precisions = component_precisions(precision)
+    for p in set(precisions.values()):
+        backend.check_precision(p)
+    if precision in QUANTIZED and quant is None:
+        quant = _built_or_default_quant(Path(engine_dir), precision)
     engine_dir = Path(engine_dir)
     specs = model.specs()
     vers = versions()
@@ -111,31 +134,47 @@ def prepare_engines(
                 "sources": {p: hashes[p]["sha256"] for p in map(str, weight_files(model, c, unet_weights))},
                 "versions": {k: vers[k] for k in ("torch", "diffusers", "transformers", "onnx", "onnxslim")},
             }
+            | ({"quant": quant.describe(), "modelopt": vers.get("nvidia-modelopt")} if precisions[c] in QUANTIZED else {})
         )
         for c in COMPONENTS
     }
     results: dict[str, ComponentBuild] = {}
     stale_exports = {}
     for c in COMPONENTS:
-        _, reason = verify(engine_dir / c / "onnx", EXPORT_MANIFEST, export_keys[c], full_verify)
+        onnx_dir = engine_dir / c / onnx_dir_name(precisions[c])
+        _, reason = verify(onnx_dir, EXPORT_MANIFEST, export_keys[c], full_verify)
         if reason:
             stale_exports[c] = reason
     if stale_exports and not build:
         c, reason = next(iter(stale_exports.items()))
-        raise refuse(c, engine_dir / c / "onnx", reason)
-    export_s = _export_all(model, engine_dir, stale_exports, export_keys, unet_weights, vers, hashes, progress)
+        raise refuse(c, engine_dir / c / onnx_dir_name(precisions[c]), reason)
+    export_s = _export_all(
+        model, engine_dir, stale_exports, export_keys, unet_weights, vers, hashes, progress, precisions, quant
+    )
 
     from tqdm.auto import tqdm
 
     bar = tqdm(COMPONENTS, desc=f"build {backend.name}-{precision}", disable=not progress, unit="component")
     for c in bar:
         bar.set_postfix_str(c)
-        results[c] = _build_one(c, model, engine_dir, backend, precision, specs[c], vers, build, full_verify)
+        results[c] = _build_one(c, model, engine_dir, backend, precisions[c], specs[c], vers, build, full_verify)
         results[c].exported = c in stale_exports
         results[c].build_s += export_s.get(c, 0.0)
         if c in stale_exports:
             results[c].reason = f"exported ({stale_exports[c]})"
     return results
+
+
+def _built_or_default_quant(engine_dir: Path, precision: str):
+    """The quantization options the UNet was built with, else the defaults: loading
+    engines built with custom calibration must not re-quantize them."""
+    from vidrt.export.quantize import QuantConfig
+
+    manifest = read_manifest(engine_dir / "unet" / onnx_dir_name(precision) / EXPORT_MANIFEST) or {}
+    config = (manifest.get("quantization") or {}).get("config")
+    if config:
+        return QuantConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return QuantConfig(format=precision)
 
 
 def _source_hashes(model: SvdModel, engine_dir: Path, unet_weights: str | None) -> dict:
@@ -151,7 +190,7 @@ def _source_hashes(model: SvdModel, engine_dir: Path, unet_weights: str | None) 
     return hashes
 
 
-def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, progress) -> dict[str, float]:
+def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, progress, precisions, quant) -> dict[str, float]:
     if not stale:
         return {}
     from tqdm.auto import tqdm
@@ -166,10 +205,17 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
     bar = tqdm(list(stale), desc="export onnx", disable=not progress, unit="component")
     for c in bar:
         bar.set_postfix_str(c)
-        # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
-        graph = component_graph(c, load_torch_component(model, c, unet_weights))
-        with atomic_dir(engine_dir / c / "onnx") as tmp:
-            result = export_component(graph, specs[c], tmp)
+        quantization = None
+        with atomic_dir(engine_dir / c / onnx_dir_name(precisions[c])) as tmp:
+            if precisions[c] in QUANTIZED:
+                from vidrt.export.quantize import export_quantized_unet
+
+                result, quantization = export_quantized_unet(model, quant, tmp, unet_weights)
+            else:
+                # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
+                graph = component_graph(c, load_torch_component(model, c, unet_weights))
+                result = export_component(graph, specs[c], tmp)
+                del graph
             atomic_write_json(
                 tmp / EXPORT_MANIFEST,
                 {
@@ -184,19 +230,23 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
                     "export_s": round(result.seconds, 3),
                     "parity_check": result.check,
                     "tensorrt_ops": result.ops,
+                    "precision": precisions[c],
+                    "quantization": quantization and {"config": quant.describe(), "error_vs_fp32": quantization},
                     "versions": vers,
                 },
             )
         seconds[c] = result.seconds
         if not result.ops["ok"]:
             print(f"vidrt: warning: {c} uses ops TensorRT cannot parse: {', '.join(result.ops['unsupported'])}")
-        del graph
+        if quantization:
+            print(f"vidrt: {precisions[c]} UNet vs fp32 on held-out inputs: mean relative L2 "
+                  f"{quantization['rel_l2']:.4f}, max abs err {quantization['max_abs_err']:.4f}")
         gc.collect()
     return seconds
 
 
 def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full_verify) -> ComponentBuild:
-    onnx_dir = engine_dir / c / "onnx"
+    onnx_dir = engine_dir / c / onnx_dir_name(precision)
     export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
     out_dir = engine_dir / c / f"{backend.name}-{precision}"
     key = sha256_json(
@@ -248,4 +298,7 @@ def _size(manifest: dict) -> int:
 def load_engines(engine_dir: Path, backend, precision: str, model: SvdModel) -> dict:
     """Loads every component's verified artifact as an Engine."""
     specs = model.specs()
-    return {c: backend.load(engine_dir / c / f"{backend.name}-{precision}", specs[c], precision) for c in COMPONENTS}
+    engines = {}
+    for c, p in component_precisions(precision).items():
+        engines[c] = backend.load(engine_dir / c / f"{backend.name}-{p}", specs[c], p)
+    return engines

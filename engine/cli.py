@@ -27,6 +27,9 @@ class BuildConfig(EngineOptions):
     """build-engines options."""
 
     verify: bool = False
+    calib_images: str | None = None
+    calib_steps: int = 4
+    keep_high_precision: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_MODELS)
     _model_flags(b)
     b.add_argument("--verify", action="store_true", help="re-hash every engine file instead of trusting unchanged size and mtime")
+    q = b.add_argument_group("quantization (--precision int8 or fp8: the UNet is quantized with nvidia-modelopt)")
+    q.add_argument("--calib-images", help="folder of calibration images (default: a built-in synthetic set)")
+    q.add_argument("--calib-steps", type=int, default=4, help="sampler steps whose timesteps are calibrated (default: 4)")
+    q.add_argument("--keep-high-precision", help="comma-separated module-name patterns left unquantized "
+                   "(default: *conv_in*,*conv_out*,*time_embedding*,*add_embedding*,*time_pos_embed*)")
 
     r = sub.add_parser("run-bench", help="time the engines against the diffusers baseline on the same inputs",
                        description="Warm-up, then --runs timed runs of vidrt and diffusers, interleaved, same image and seed. "
@@ -135,7 +143,9 @@ def cmd_build_engines(args) -> int:
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights, backend.name, cfg.precision)
     t0 = time.perf_counter()
-    results = prepare_engines(model, engine_dir, backend, cfg.precision, unet_weights=weights, full_verify=cfg.verify)
+    results = prepare_engines(
+        model, engine_dir, backend, cfg.precision, unet_weights=weights, quant=_quant_config(cfg), full_verify=cfg.verify
+    )
     print(f"model: {model.label}")
     print(f"engines: {engine_dir}  ({backend.name}, {cfg.precision})")
     for c, r in results.items():
@@ -143,6 +153,27 @@ def cmd_build_engines(args) -> int:
         print(f"  {c:<14} {r.size_bytes / 2**20:9.1f} MB  {state}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _quant_config(cfg: BuildConfig):
+    """QuantConfig from build-engines flags (None unless --precision is int8/fp8)."""
+    from .build import QUANTIZED
+
+    if cfg.precision not in QUANTIZED:
+        return None
+    from vidrt.export.quantize import DEFAULT_KEEP, QuantConfig
+
+    images: tuple[str, ...] = ()
+    if cfg.calib_images:
+        folder = Path(cfg.calib_images)
+        if not folder.is_dir():
+            raise VidrtError(f"--calib-images {folder}: not a folder of images")
+        images = tuple(str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not images:
+            raise VidrtError(f"--calib-images {folder}: no .png/.jpg/.webp files in it")
+    keep = tuple(p for p in (cfg.keep_high_precision or "").split(",") if p) or DEFAULT_KEEP
+    return QuantConfig(format=cfg.precision, calib_images=images, calib_steps=cfg.calib_steps,
+                       keep_high_precision=keep, seed=cfg.seed)
 
 
 def cmd_run_bench(args) -> int:

@@ -78,6 +78,7 @@ class VideoPipeline:
         sampler: str = "euler",
         *,
         unet_weights: str | Path | None = None,
+        quant=None,
         seed: int = 0,
         build: bool = True,
         progress: bool = True,
@@ -91,6 +92,9 @@ class VideoPipeline:
             precision: engine precision.
             sampler: "euler" (diffusers' SVD sampler) or "animatelcm".
             unet_weights: safetensors UNet state dict replacing the model's (AnimateLCM-SVD-xt).
+            quant: vidrt.export.quantize.QuantConfig for precision int8/fp8 (calibration
+                images, steps, layers kept in high precision); default: what the engines
+                were built with, else the built-in synthetic calibration set.
             seed: weight seed of random presets.
             build: build missing/stale engines; False refuses with an error instead.
             progress: show progress bars and what was chosen.
@@ -104,7 +108,8 @@ class VideoPipeline:
         unet_weights = str(Path(unet_weights).resolve()) if unet_weights else None
         engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(m, unet_weights, backend_cls.name, precision)
         builds = prepare_engines(
-            m, engine_dir, backend_cls, precision, unet_weights=unet_weights, build=build, progress=progress
+            m, engine_dir, backend_cls, precision, unet_weights=unet_weights, quant=quant, build=build,
+            progress=progress,
         )
         pipe = cls(m, load_engines(engine_dir, backend_cls, precision, m), sampler, backend_cls.name, precision, engine_dir)
         pipe.builds = builds

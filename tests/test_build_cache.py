@@ -83,7 +83,7 @@ def test_changed_unet_weights_rebuild_only_the_unet(tiny_model, engine_dir, tmp_
 
 
 def test_unsupported_precision_is_refused(tiny_model, engine_dir):
-    with pytest.raises(VidrtError, match="builds fp32 engines, not fp16"):
+    with pytest.raises(VidrtError, match="builds fp32, int8, fp8 engines, not fp16"):
         prepare_engines(tiny_model, engine_dir, ORT, "fp16", progress=False)
 
 

@@ -1,0 +1,259 @@
+"""Quantization stage: post-training quantization of the UNet with nvidia-modelopt,
+exported as Q/DQ ONNX (INT8, or FP8 with FLOAT8E4M3FN zero points, opset 19).
+
+The Q/DQ graph is the one artifact every backend reads: TensorRT builds it
+strongly typed, ONNX Runtime (CPU) runs it, which is how it is checked here.
+Calibration runs the fp32 PyTorch UNet on real conditioning (CLIP embedding and
+VAE latent of each calibration image) at every timestep of the sampler, with CFG's
+unconditional half included, so activation ranges cover what inference sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidrt.errors import VidrtError
+from vidrt.samplers import make_sampler
+from vidrt.svd import SvdModel
+
+QUANT_FORMATS = ("int8", "fp8")
+QDQ_OPSET = 19
+# Layers whose quantization costs most accuracy for least speed: the first and last
+# convolutions and the timestep/added-time embeddings. Patterns match module names.
+DEFAULT_KEEP = ("*conv_in*", "*conv_out*", "*time_embedding*", "*add_embedding*", "*time_pos_embed*")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize the UNet."""
+
+    format: str = "int8"
+    calib_images: tuple[str, ...] = ()  # empty: a built-in synthetic set
+    calib_steps: int = 4  # sampler steps whose timesteps are calibrated
+    calib_frames: int = 4
+    calib_size: int | None = None  # calibration height = width in px (default: smallest valid x2)
+    keep_high_precision: tuple[str, ...] = DEFAULT_KEEP
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.format not in QUANT_FORMATS:
+            raise VidrtError(f"quantization format '{self.format}': choose {' or '.join(QUANT_FORMATS)}")
+        if self.calib_steps < 1 or self.calib_frames < 1:
+            raise VidrtError("calibration needs at least 1 step and 1 frame")
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _modelopt():
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as e:
+        raise VidrtError(
+            f"INT8/FP8 quantization needs nvidia-modelopt ({e}); pip install -e '.[quant]'"
+        ) from None
+    return mtq
+
+
+def synthetic_images(n: int, size: int, seed: int) -> list:
+    """Smooth colour fields with edges: a stand-in when no calibration images are given."""
+    import PIL.Image
+
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    images = []
+    for _ in range(n):
+        a, b, c = rng.rand(3) * 2 * np.pi
+        img = np.stack([np.sin(a + 3 * x), np.cos(b + 2 * y), np.sin(c + 4 * x * y)], -1) * 0.5 + 0.5
+        img[(x - rng.rand()) ** 2 + (y - rng.rand()) ** 2 < 0.05] = rng.rand(3)
+        images.append(PIL.Image.fromarray((img * 255).astype(np.uint8)))
+    return images
+
+
+def calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
+    """UNet inputs (CFG batch of 2) for each calibration image at each sampler timestep."""
+    from diffusers.video_processor import VideoProcessor
+
+    from vidrt.imageops import clip_pixel_values
+    from vidrt.sources import load_torch_component
+    from vidrt.video_io import load_image
+
+    size = cfg.calib_size or 2 * model.pixel_multiple
+    images = [load_image(p, announce=False) for p in cfg.calib_images] or synthetic_images(4, size, cfg.seed)
+    clip = load_torch_component(model, "image_encoder")
+    vae = load_torch_component(model, "vae_encoder")
+    vp = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
+    sampler = make_sampler("euler", model.scheduler)
+    sampler.set_timesteps(cfg.calib_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fe = model.feature_extractor
+    batches = []
+    with torch.no_grad():
+        for image in images:
+            pixels01 = vp.numpy_to_pt(vp.pil_to_numpy([image]))
+            emb = clip(clip_pixel_values(pixels01, model.clip_image_size, fe["image_mean"], fe["image_std"])).image_embeds
+            pix = vp.preprocess([image], height=size, width=size).float()
+            lat = vae.encode(pix + 0.02 * torch.randn(pix.shape, generator=gen)).latent_dist.mode()
+            clean = (lat * vae.config.scaling_factor).unsqueeze(1).repeat(1, cfg.calib_frames, 1, 1, 1)
+            cond = lat.unsqueeze(1).repeat(1, cfg.calib_frames, 1, 1, 1)
+            for i in range(sampler.num_steps):
+                sigma = float(sampler.sigmas[i])
+                noisy = (clean + sigma * torch.randn(clean.shape, generator=gen)) * sampler.input_scale(i)
+                sample = torch.cat([torch.cat([noisy, torch.zeros_like(cond)], 2), torch.cat([noisy, cond], 2)])
+                batches.append({
+                    "sample": sample,
+                    "timestep": sampler.timesteps[i : i + 1].clone(),
+                    "encoder_hidden_states": torch.cat([torch.zeros_like(emb), emb]).unsqueeze(1),
+                    "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]] * 2),
+                })
+    return batches
+
+
+def quantize_unet_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict]) -> torch.nn.Module:
+    """Runs modelopt PTQ on the UNet graph in place (max calibration); returns it."""
+    mtq = _modelopt()
+    qcfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG if cfg.format == "int8" else mtq.FP8_DEFAULT_CFG)
+    rules = qcfg["quant_cfg"]
+    for pattern in cfg.keep_high_precision:
+        # modelopt takes a list of rules (later ones win) or, in older releases, a dict.
+        if isinstance(rules, list):
+            rules.append({"quantizer_name": pattern, "enable": False})
+        else:
+            rules[pattern] = {"enable": False}
+
+    def forward_loop(model):
+        for feeds in batches:
+            model(*feeds.values())
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mtq.quantize(graph, qcfg, forward_loop=forward_loop)
+
+
+def to_standard_qdq(model, fmt: str):
+    """modelopt's TorchScript export writes FP8 as trt::TRT_FP8(De)QuantizeLinear; turn
+    them into opset-19 QuantizeLinear/DequantizeLinear with FLOAT8E4M3FN zero points
+    (modelopt's FP8 exporter, then the ops moved to the default domain)."""
+    import onnx
+
+    if fmt == "fp8":
+        from modelopt.onnx.export.fp8_exporter import FP8QuantExporter
+
+        model = FP8QuantExporter.process_model(model)
+        for node in model.graph.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                node.domain = ""
+        # The exporter typed quantized tensors as uint8; let shape inference retype them.
+        q_outputs = {o for n in model.graph.node if n.op_type == "QuantizeLinear" for o in n.output}
+        keep = [v for v in model.graph.value_info if v.name not in q_outputs]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+    imports = [o for o in model.opset_import if o.domain not in ("trt",)]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = max(o.version, QDQ_OPSET)
+    return model
+
+
+def count_qdq(model) -> dict:
+    """Number of Q and DQ nodes and the zero-point element types they use."""
+    import onnx
+
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    consts = {
+        n.output[0]: n.attribute[0].t.data_type
+        for n in model.graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR
+    }
+    types = set()
+    counts = {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    for n in model.graph.node:
+        if n.op_type in counts:
+            counts[n.op_type] += 1
+            if len(n.input) > 2 and n.input[2]:
+                t = inits.get(n.input[2], consts.get(n.input[2]))
+                if t is not None:
+                    types.add(onnx.TensorProto.DataType.Name(t))
+    return counts | {"zero_point_types": sorted(types)}
+
+
+# A Q/DQ graph is checked against the fp32 UNet, on held-out inputs at every
+# calibrated timestep (not against modelopt's fake-quantized torch module, whose
+# quantizer placement differs from what its TorchScript export emits). Export
+# fails past this mean relative L2 error: a sign of broken calibration, not of
+# ordinary quantization noise.
+MAX_REL_L2 = 0.5
+
+
+def export_quantized_unet(model: SvdModel, cfg: QuantConfig, out_dir: Path, unet_weights=None):
+    """Quantizes the UNet, exports Q/DQ ONNX to ``out_dir``, and measures its error.
+
+    Returns:
+        (ExportResult, error report): the report compares the Q/DQ graph on ONNX
+        Runtime with the fp32 PyTorch UNet on held-out inputs at every calibrated
+        timestep (per-step max abs error and relative L2).
+
+    Raises:
+        VidrtError: modelopt missing, or export/check failure.
+    """
+    from vidrt.sources import load_torch_component
+
+    from .graphs import component_graph
+    from .onnx_export import export_component
+
+    _modelopt()
+    spec = model.specs()["unet"]
+    graph = component_graph("unet", load_torch_component(model, "unet", unet_weights))
+    calib = calibration_batches(model, cfg)
+    held_out = calibration_batches(model, dataclasses.replace(cfg, seed=cfg.seed + 1))
+    with torch.no_grad():
+        reference = [graph(*feeds.values()) for feeds in held_out]
+    quantize_unet_graph(graph, cfg, calib)
+    result = export_component(
+        graph, spec, out_dir, opset=QDQ_OPSET, postprocess=lambda m: to_standard_qdq(m, cfg.format),
+        cleanup=False, tolerance=None,
+    )
+    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps)
+    if not report["rel_l2"] <= MAX_REL_L2:
+        raise VidrtError(
+            f"{cfg.format} UNet is too far from fp32 (mean relative L2 {report['rel_l2']:.3f} > {MAX_REL_L2}); "
+            "calibrate on representative images (--calib-images) or keep more layers in high precision"
+        )
+    import onnx
+
+    report["qdq"] = count_qdq(onnx.load(str(result.onnx_path), load_external_data=False))
+    return result, report
+
+
+def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor], steps: int) -> dict:
+    """Per-timestep error of the Q/DQ graph (ONNX Runtime, CPU) against fp32 outputs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    per_step: dict[int, list] = {}
+    for i, (f, ref) in enumerate(zip(feeds, reference)):
+        got = session.run(None, {k: v.numpy() for k, v in f.items()})[0]
+        want = ref.numpy()
+        per_step.setdefault(i % steps, []).append(
+            (float(np.abs(got - want).max()), float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)))
+        )
+    steps_report = [
+        {"step": s, "max_abs_err": max(e[0] for e in v), "rel_l2": float(np.mean([e[1] for e in v]))}
+        for s, v in sorted(per_step.items())
+    ]
+    return {
+        "per_step": steps_report,
+        "max_abs_err": max(r["max_abs_err"] for r in steps_report),
+        "rel_l2": float(np.mean([r["rel_l2"] for r in steps_report])),
+        "inputs": len(feeds),
+    }
