@@ -1,0 +1,302 @@
+"""TensorRT planning that needs no GPU: optimization profiles, build options and
+their cache key, plan compatibility, buffer sizing, and the CUDA-graph cache.
+
+Everything here is plain Python over the component descriptions, so it is tested
+on any machine; the TensorRT backend and builder only carry these plans out.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Callable, Mapping
+
+from .components import DIM_WORDS, ComponentSpec
+from .errors import VidrtError
+from .fsutil import sha256_json
+
+USER_DIMS = ("batch", "frames", "height", "width")
+TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+# Builder flags per engine precision. INT8/FP8 engines are strongly typed: the
+# Q/DQ nodes of the quantization stage's graph carry the precision, not flags.
+PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": (), "fp8": ()}
+STRONGLY_TYPED = ("int8", "fp8")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def parse_dims(text: str | None, flag: str) -> dict[str, int]:
+    """'batch=1,frames=14,height=576,width=1024' → dict; partial lists are fine.
+
+    Raises:
+        VidrtError: unknown name, bad number, or a value below 1.
+    """
+    out: dict[str, int] = {}
+    for part in filter(None, (text or "").split(",")):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in USER_DIMS:
+            raise VidrtError(f"{flag} {text}: unknown dimension '{name}'; use {', '.join(USER_DIMS)} (e.g. batch=1,frames=14)")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise VidrtError(f"{flag} {text}: '{value}' is not a whole number") from None
+        if out[name] < 1:
+            raise VidrtError(f"{flag} {text}: {name} must be at least 1")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeRequest:
+    """User-requested shape ranges in user terms (videos, frames, pixels)."""
+
+    min: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    opt: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    max: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    static: Mapping[str, int] | None = None
+
+    @classmethod
+    def from_flags(cls, min=None, opt=None, max=None, static=None) -> "ShapeRequest":
+        if static and (min or opt or max):
+            raise VidrtError("--static fixes one shape; do not combine it with --min/--opt/--max")
+        return cls(parse_dims(min, "--min"), parse_dims(opt, "--opt"), parse_dims(max, "--max"),
+                   parse_dims(static, "--static") if static else None)
+
+    def describe(self) -> dict:
+        return {"min": dict(self.min), "opt": dict(self.opt), "max": dict(self.max),
+                "static": dict(self.static) if self.static is not None else None}
+
+
+# How a component's dims follow from the user's: (user dim, divisor from pixels, multiplier).
+def _dim_sources(component: str, vae_scale: int) -> dict[str, tuple[str, int, int]]:
+    if component == "image_encoder":
+        return {"B": ("batch", 1, 1)}
+    if component == "vae_encoder":
+        return {"B": ("batch", 1, 1), "H": ("height", 1, 1), "W": ("width", 1, 1)}
+    if component == "unet":
+        return {"B": ("batch", 1, 1), "F": ("frames", 1, 1), "h": ("height", vae_scale, 1), "w": ("width", vae_scale, 1)}
+    if component == "vae_decoder":
+        return {"N": ("frames", 1, 1), "h": ("height", vae_scale, 1), "w": ("width", vae_scale, 1)}
+    raise VidrtError(f"unknown component '{component}'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One TensorRT optimization profile: (min, opt, max) shape per input tensor."""
+
+    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    label: str = ""
+
+    def contains(self, input_shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        for name, (lo, _, hi) in self.shapes.items():
+            shape = tuple(input_shapes[name])
+            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                return False
+        return True
+
+    def describe(self) -> dict:
+        return {"label": self.label, "shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()}}
+
+
+def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int) -> dict[str, dict[str, int]]:
+    """min/opt/max of every dynamic dim of ``spec`` from the user's request."""
+    sources = _dim_sources(component, vae_scale)
+    corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": spec.corner("max")}
+    for which in ("min", "opt", "max"):
+        user = request.static if request.static is not None else getattr(request, which)
+        for dim, (name, div, mul) in sources.items():
+            if name in user:
+                value = user[name] * mul
+                if div > 1:
+                    if value % div:
+                        raise VidrtError(f"{name}={user[name]} must be a multiple of {div} for {component}")
+                    value //= div
+                corners[which][dim] = value
+    for dim, rng in spec.ranges.items():
+        lo, opt, hi = corners["min"][dim], corners["opt"][dim], corners["max"][dim]
+        opt = min(max(opt, lo), hi) if request.static is None and dim not in _requested(request, "opt", component, vae_scale) else opt
+        corners["opt"][dim] = opt
+        word = DIM_WORDS.get(dim, dim)
+        if not lo <= opt <= hi:
+            raise VidrtError(f"{component}: {word} needs min <= opt <= max, got {lo} <= {opt} <= {hi}; fix --min/--opt/--max")
+        for v in (lo, opt, hi):
+            if not rng.contains(v):
+                mult = f", a multiple of {rng.multiple}" if rng.multiple > 1 else ""
+                raise VidrtError(
+                    f"{component}: {word}={v} is outside what the model supports ({rng.min}..{rng.max}{mult}); fix --min/--opt/--max"
+                )
+    return corners
+
+
+def _requested(request: ShapeRequest, which: str, component: str, vae_scale: int) -> set[str]:
+    user = getattr(request, which)
+    return {dim for dim, (name, _, _) in _dim_sources(component, vae_scale).items() if name in user}
+
+
+def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, vae_scale: int,
+                    cfg_profiles: bool = True) -> list[Profile]:
+    """Optimization profiles of one component from the model's ranges and the request.
+
+    The UNet gets two profiles when ``cfg_profiles``: guidance batches both halves
+    (2×videos), no guidance runs videos alone; each profile is tuned for its batch.
+    The decoder's chunk dim spans 1..frames×batch videos.
+
+    Raises:
+        VidrtError: a requested value outside the model's range, or min > opt > max.
+    """
+    corners = _point(component, spec, request, vae_scale)
+    if component == "unet" and cfg_profiles and request.static is None:
+        # The description's batch range counts UNet rows (2 per guided video); the
+        # user's batch counts videos, so unrequested defaults are halved.
+        if "batch" not in request.max:
+            corners["max"]["B"] = max(corners["min"]["B"], spec.ranges["B"].max // 2)
+        if "batch" not in request.opt:
+            corners["opt"]["B"] = min(max(corners["min"]["B"], spec.opt.get("B", 2) // 2), corners["max"]["B"])
+    if component == "vae_decoder":
+        videos = (request.static or request.max).get("batch", 1)
+        rng = spec.ranges["N"]
+        corners["max"]["N"] = min(rng.max, corners["max"]["N"] * videos)
+    profiles = [_profile(spec, corners, "default")]
+    if component == "unet" and cfg_profiles:
+        doubled = {k: dict(v, B=v["B"] * 2) for k, v in corners.items()}
+        if doubled["max"]["B"] > spec.ranges["B"].max:
+            raise VidrtError(f"unet: batch {corners['max']['B']} with guidance needs {doubled['max']['B']} > {spec.ranges['B'].max}; lower --max batch")
+        profiles = [_profile(spec, doubled, "cfg"), _profile(spec, corners, "no-cfg")]
+    return profiles
+
+
+def _profile(spec: ComponentSpec, corners, label) -> Profile:
+    shapes = {}
+    for t in spec.inputs:
+        shapes[t.name] = tuple(spec.shape_of(t, corners[w]) for w in ("min", "opt", "max"))
+    return Profile(shapes, label)
+
+
+def select_profile(profiles: list[Profile], input_shapes: Mapping[str, tuple[int, ...]], component: str) -> int:
+    """Index of the first profile that holds these shapes.
+
+    Raises:
+        VidrtError: no profile does; names the tensor, its shape and the ranges.
+    """
+    for i, p in enumerate(profiles):
+        if p.contains(input_shapes):
+            return i
+    name, shape = next(iter(input_shapes.items()))
+    ranges = "; ".join(f"{p.label}: {list(p.shapes[name][0])}..{list(p.shapes[name][2])}" for p in profiles)
+    raise VidrtError(
+        f"{component}: input '{name}' of shape {list(shape)} is outside this engine's profiles ({ranges}); "
+        "rebuild with build-engines --backend tensorrt --min/--max covering it"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrtOptions:
+    """TensorRT build options (build-engines flags map onto these)."""
+
+    shapes: ShapeRequest = ShapeRequest()
+    optimization_level: int = 3
+    workspace_mb: int | None = None
+    timing_cache: str | None = None
+    cfg_profiles: bool = True
+
+    def __post_init__(self):
+        if not 0 <= self.optimization_level <= 5:
+            raise VidrtError(f"--opt-level {self.optimization_level}: TensorRT takes 0..5")
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise VidrtError(f"--workspace {self.workspace_mb}: give a size in MiB, at least 1")
+
+    def describe(self) -> dict:
+        # The timing cache speeds builds up but does not change what is built.
+        return {"shapes": self.shapes.describe(), "optimization_level": self.optimization_level,
+                "workspace_mb": self.workspace_mb, "cfg_profiles": self.cfg_profiles}
+
+
+def builder_settings(precision: str, options: TrtOptions, profiles: list[Profile]) -> dict:
+    """Everything the builder is told, as data (recorded in the manifest, hashed into the key)."""
+    if precision not in TRT_PRECISIONS:
+        raise VidrtError(f"TensorRT precision '{precision}': choose one of {', '.join(TRT_PRECISIONS)}")
+    return {
+        "precision": precision,
+        "flags": list(PRECISION_FLAGS[precision]),
+        "strongly_typed": precision in STRONGLY_TYPED,
+        "optimization_level": options.optimization_level,
+        "workspace_bytes": options.workspace_mb * 2**20 if options.workspace_mb else None,
+        "profiles": [p.describe() for p in profiles],
+        "engine_host_code_allowed": False,
+    }
+
+
+def plan_key(onnx_files: Mapping, settings: dict, tensorrt_version: str, device: Mapping) -> str:
+    """Cache key of a plan: what it was built from, how, with which TensorRT, for which GPU."""
+    return sha256_json({"onnx": onnx_files, "settings": settings, "tensorrt": tensorrt_version,
+                        "compute_capability": device.get("compute_capability")})
+
+
+def check_plan_compatible(manifest: Mapping, tensorrt_version: str, device: Mapping) -> str | None:
+    """Why a plan cannot be deserialized here (None if it can), decided from its manifest.
+
+    TensorRT plans are tied to the TensorRT version that built them and, without
+    hardware compatibility mode, to the GPU's compute capability.
+    """
+    built = manifest.get("tensorrt_version")
+    if built != tensorrt_version:
+        return f"plan built by TensorRT {built}, this is TensorRT {tensorrt_version}"
+    cc = manifest.get("device", {}).get("compute_capability")
+    if cc != device.get("compute_capability"):
+        return f"plan built for compute capability {cc}, this GPU is {device.get('compute_capability')} ({device.get('name')})"
+    if manifest.get("settings", {}).get("engine_host_code_allowed"):
+        return "plan allows host code; vidrt only loads plans built without it"
+    return None
+
+
+def tensor_bytes(spec: ComponentSpec, profiles: list[Profile], dtypes: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Largest size in bytes of every input and output over all profiles (persistent buffers)."""
+    sizes: dict[str, int] = {}
+    dtypes = dtypes or {}
+    for p in profiles:
+        maxdims = spec.bind({name: s[2] for name, s in p.shapes.items()})
+        shapes = {t.name: p.shapes[t.name][2] for t in spec.inputs} | spec.output_shapes(maxdims)
+        for t in spec.inputs + spec.outputs:
+            n = math.prod(shapes[t.name]) * DTYPE_BYTES[dtypes.get(t.name, t.dtype)]
+            sizes[t.name] = max(sizes.get(t.name, 0), n)
+    return sizes
+
+
+def shared_device_memory(sizes: Mapping[str, int]) -> int:
+    """Bytes of the one activation block all engines' contexts share: they run one
+    at a time, so the largest engine's need covers all."""
+    return max(sizes.values(), default=0)
+
+
+class GraphCache:
+    """Bounded LRU of captured CUDA graphs keyed by shape; evicted graphs are released."""
+
+    def __init__(self, capacity: int = 4, release: Callable[[object], None] | None = None):
+        if capacity < 1:
+            raise VidrtError("CUDA graph cache needs room for at least one graph")
+        self.capacity = capacity
+        self.release = release or (lambda graph: None)
+        self._graphs: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key):
+        graph = self._graphs.get(key)
+        if graph is not None:
+            self._graphs.move_to_end(key)
+        return graph
+
+    def put(self, key, graph) -> None:
+        self._graphs[key] = graph
+        self._graphs.move_to_end(key)
+        while len(self._graphs) > self.capacity:
+            _, old = self._graphs.popitem(last=False)
+            self.release(old)
+
+    def clear(self) -> None:
+        while self._graphs:
+            self.release(self._graphs.popitem(last=False)[1])
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __contains__(self, key) -> bool:
+        return key in self._graphs
