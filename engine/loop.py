@@ -3,6 +3,8 @@
 Per step: scale the latents into the UNet's input buffer (whose other half of
 channels holds the image latents, written once), one UNet call for both
 guidance halves, guidance combined into a reused buffer, sampler step in place.
+The step body reads the step's scalars from a small tensor, so on a GPU it is
+captured once per shape as a CUDA graph and replayed for every step.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import dataclasses
 import time
 
 import torch
+
+from .samplers import draw_noise
+from .trt_plan import GraphCache
 
 MAX_CACHED_SHAPES = 4
 
@@ -24,6 +29,74 @@ class Conditioning:
     added_time_ids: torch.Tensor  # [G*V, 3]
 
 
+@dataclasses.dataclass
+class StepBuffers:
+    """Everything one step reads or writes, allocated once per shape."""
+
+    unet_in: torch.Tensor
+    unet_out: torch.Tensor
+    timestep: torch.Tensor
+    guided: torch.Tensor | None
+    coef: torch.Tensor  # this step's sampler coefficients, on the device
+    noise: torch.Tensor | None
+    host_noise: torch.Tensor | None  # where a CPU generator draws before the copy
+
+    @classmethod
+    def allocate(cls, groups: int, latents: torch.Tensor, n_coef: int, needs_noise: bool, noise_device) -> "StepBuffers":
+        videos, frames, channels = latents.shape[:3]
+        dev = latents.device
+        batch = (groups * videos, frames)
+        on_host = needs_noise and torch.device(noise_device) != dev
+        return cls(
+            unet_in=torch.empty((*batch, 2 * channels, *latents.shape[3:]), device=dev),
+            unet_out=torch.empty((*batch, channels, *latents.shape[3:]), device=dev),
+            timestep=torch.empty(1, device=dev),
+            guided=torch.empty_like(latents) if groups == 2 else None,
+            coef=torch.empty(n_coef, device=dev),
+            noise=torch.empty_like(latents) if needs_noise else None,
+            host_noise=torch.empty(latents.shape, pin_memory=dev.type == "cuda") if on_host else None,
+        )
+
+
+class LoopState:
+    """What a pipeline keeps across requests: step buffers and CUDA graphs, per shape."""
+
+    def __init__(self, use_cuda_graphs: bool = True, capacity: int = MAX_CACHED_SHAPES):
+        self.use_cuda_graphs = use_cuda_graphs
+        self.buffers: dict = {}
+        self.graphs = GraphCache(capacity)
+        self.capacity = capacity
+
+    def buffers_for(self, key, make) -> StepBuffers:
+        if key not in self.buffers:
+            if len(self.buffers) >= self.capacity:
+                self.buffers.pop(next(iter(self.buffers)))  # oldest shape first
+            self.buffers[key] = make()
+        return self.buffers[key]
+
+
+def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guidance, videos: int, channels: int):
+    """One denoising step on device tensors only (capturable)."""
+    groups = 2 if guidance is not None else 1
+    for g in range(groups):
+        torch.mul(latents, b.coef[0], out=b.unet_in[g * videos : (g + 1) * videos, :, :channels])
+    b.timestep.copy_(b.coef[1:2])
+    unet(
+        sample=b.unet_in,
+        timestep=b.timestep,
+        encoder_hidden_states=cond.image_embeds,
+        added_time_ids=cond.added_time_ids,
+        out={"noise_pred": b.unet_out},
+    )
+    model_out = b.unet_out
+    if guidance is not None:
+        uncond, cond_pred = b.unet_out[:videos], b.unet_out[videos:]
+        torch.sub(cond_pred, uncond, out=b.guided)
+        b.guided.mul_(guidance).add_(uncond)
+        model_out = b.guided
+    sampler.apply(latents, model_out, b.coef, b.noise)
+
+
 def denoise(
     unet,
     sampler,
@@ -33,60 +106,95 @@ def denoise(
     generator: torch.Generator | None,
     step_times: list,
     progress: bool = False,
-    buffers: dict | None = None,
+    state: LoopState | None = None,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
     Args:
         unet: the UNet engine.
         sampler: a sampler with timesteps set.
-        latents: initial latents (already scaled by init_noise_sigma); updated in place.
+        latents: initial latents (already scaled by init_noise_sigma), on the
+            engines' device; updated in place.
         cond: conditioning; its batch is 2V with guidance, else V.
-        guidance: per-frame guidance scale [1, F, 1, 1, 1], or None to skip CFG.
+        guidance: per-frame guidance scale [1, F, 1, 1, 1] on the device, or None to skip CFG.
         generator: the request's generator (stochastic samplers draw from it).
-        step_times: list that receives each step's UNet seconds.
+        step_times: receives each step's seconds (the UNet call; the whole step
+            when it replays as a CUDA graph).
         progress: show a progress bar.
-        buffers: cache of per-shape work buffers, kept by the caller across requests.
+        state: buffers and graphs kept across requests (default: fresh).
     """
     from tqdm.auto import tqdm
 
+    state = state or LoopState()
     videos, frames, channels = latents.shape[:3]
     groups = 2 if guidance is not None else 1
-    unet_in, timestep, guided = _work_buffers(buffers if buffers is not None else {}, groups, latents)
-    unet_in[:, :, channels:] = cond.image_latents.unsqueeze(1)
+    n_coef = len(sampler.coefficients(0))
+    noise_device = generator.device if generator is not None else torch.device("cpu")
+    key = (groups, tuple(latents.shape), latents.device.type, sampler.name, id(unet))
+    b = state.buffers_for(key, lambda: StepBuffers.allocate(groups, latents, n_coef, sampler.needs_noise, noise_device))
+    b.unet_in[:, :, channels:] = cond.image_latents.unsqueeze(1)
+    cuda = latents.device.type == "cuda"
+    graphs = cuda and state.use_cuda_graphs and getattr(unet, "supports_cuda_graphs", False)
+    timer = _Timer(cuda)
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
-        scale = sampler.input_scale(i)
-        for g in range(groups):
-            torch.mul(latents, scale, out=unet_in[g * videos : (g + 1) * videos, :, :channels])
-        timestep.fill_(float(sampler.timesteps[i]))
-        t0 = time.perf_counter()
-        out = unet(
-            sample=unet_in,
-            timestep=timestep,
-            encoder_hidden_states=cond.image_embeds,
-            added_time_ids=cond.added_time_ids,
-        )["noise_pred"]
-        step_times.append(time.perf_counter() - t0)
-        if guidance is not None:
-            uncond, cond_pred = out[:videos], out[videos:]
-            torch.sub(cond_pred, uncond, out=guided)
-            guided.mul_(guidance).add_(uncond)
-            sampler.step(guided, i, latents, generator)
+        b.coef.copy_(torch.tensor(sampler.coefficients(i), dtype=torch.float32), non_blocking=cuda)
+        if sampler.needs_noise:
+            if b.host_noise is not None:
+                b.noise.copy_(draw_noise(latents.shape, generator, out=b.host_noise), non_blocking=True)
+            else:
+                draw_noise(latents.shape, generator, out=b.noise)
+        # Graphs replay from the second step: the first runs eagerly, which also
+        # warms TensorRT up (profiles set, lazy allocations done) before capture.
+        if graphs and i > 0:
+            graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, latents, cond, guidance, videos, channels)
+            with timer.span(step_times):
+                graph.replay()
         else:
-            sampler.step(out, i, latents, generator)
+            with timer.span(step_times):
+                _step_body(unet, sampler, b, latents, cond, guidance, videos, channels)
+    timer.collect(step_times)
     return latents
 
 
-def _work_buffers(cache: dict, groups: int, latents: torch.Tensor):
-    """UNet input, timestep and guidance buffers for this shape, allocated once."""
-    key = (groups, tuple(latents.shape))
-    if key not in cache:
-        if len(cache) >= MAX_CACHED_SHAPES:
-            cache.pop(next(iter(cache)))  # oldest shape first
-        videos, frames, channels = latents.shape[:3]
-        cache[key] = (
-            torch.empty((groups * videos, frames, 2 * channels, *latents.shape[3:]), dtype=torch.float32),
-            torch.empty(1, dtype=torch.float32),
-            torch.empty_like(latents) if groups == 2 else None,
-        )
-    return cache[key]
+def _capture(state, key, unet, sampler, b, latents, cond, guidance, videos, channels):
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=torch.cuda.current_stream()):
+        _step_body(unet, sampler, b, latents, cond, guidance, videos, channels)
+    state.graphs.put(key, graph)
+    return graph
+
+
+class _Timer:
+    """Step timing without host synchronisation: CUDA events on a GPU (read after
+    the loop), perf_counter on the CPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.events: list = []
+
+    def span(self, out: list):
+        timer = self
+
+        class Span:
+            def __enter__(self):
+                if timer.cuda:
+                    self.start = torch.cuda.Event(enable_timing=True)
+                    self.start.record()
+                else:
+                    self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if timer.cuda:
+                    end = torch.cuda.Event(enable_timing=True)
+                    end.record()
+                    timer.events.append((self.start, end))
+                else:
+                    out.append(time.perf_counter() - self.start)
+                return False
+
+        return Span()
+
+    def collect(self, out: list) -> None:
+        if self.events:
+            self.events[-1][1].synchronize()
+            out.extend(s.elapsed_time(e) / 1000.0 for s, e in self.events)

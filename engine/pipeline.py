@@ -21,7 +21,7 @@ from .backends import get_backend
 from .build import default_engine_dir, load_engines, prepare_engines
 from .errors import VidrtError
 from .imageops import clip_pixel_values
-from .loop import Conditioning, denoise
+from .loop import Conditioning, LoopState, denoise
 from .samplers import make_sampler
 from .sources import resolve_model
 from .svd import SvdModel
@@ -66,7 +66,7 @@ class VideoPipeline:
         self.builds: dict = {}
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
         self.timings = StageTimings()
-        self._loop_buffers: dict = {}
+        self.loop_state = LoopState()
 
     @classmethod
     def from_pretrained(
@@ -169,7 +169,7 @@ class VideoPipeline:
         guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).view(1, num_frames, 1, 1, 1)
         latents = denoise(
             self.engines["unet"], sampler, latents, cond, guidance if do_cfg else None, generator,
-            self.timings.unet_steps, progress=progress, buffers=self._loop_buffers,
+            self.timings.unet_steps, progress=progress, state=self.loop_state,
         )
         if output_type == "latent":
             frames = latents

@@ -1,8 +1,10 @@
 """Samplers: pure math over latents, no backend and no I/O.
 
-Each sampler precomputes, per step, the scalars it needs, so a step is one or
-two fused in-place tensor ops and allocates nothing. Random draws come only from
-the request's generator, in the order diffusers draws them.
+Each sampler precomputes, per step, the few scalars it needs. The loop copies a
+step's scalars into a small tensor and ``apply`` reads them from there, so a step
+is two or three fused in-place ops that allocate nothing, read no host value and
+can be captured once in a CUDA graph and replayed for every step. Random draws
+come only from the request's generator, in the order diffusers draws them.
 """
 
 from __future__ import annotations
@@ -18,16 +20,21 @@ SAMPLERS = ("euler", "animatelcm")
 
 
 class Sampler:
-    """What the loop needs of a sampler; subclasses fill ``timesteps`` and
-    ``_in_scale`` in ``set_timesteps`` and implement ``step``."""
+    """What the loop needs of a sampler.
+
+    ``coefficients(i)`` are the host scalars of step i: [input scale, timestep,
+    step scalars...]; ``apply`` advances the latents in place from a tensor
+    holding them (and from ``noise`` when ``needs_noise``).
+    """
 
     name = ""
     init_noise_sigma = 1.0
+    needs_noise = False
 
     def __init__(self):
         self.sigmas = torch.empty(0)
         self.timesteps = torch.empty(0)
-        self._in_scale: list[float] = []
+        self._coefs: list[list[float]] = []
 
     @property
     def num_steps(self) -> int:
@@ -35,14 +42,30 @@ class Sampler:
 
     def input_scale(self, i: int) -> float:
         """Factor applied to the latents before the model at step i (scale_model_input)."""
-        return self._in_scale[i]
+        return self._coefs[i][0]
+
+    def coefficients(self, i: int) -> list[float]:
+        return self._coefs[i]
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         raise NotImplementedError
 
-    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
-        """Advances ``x`` in place from step i to i+1; returns ``x``."""
+    def apply(self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise) -> torch.Tensor:
+        """Advances ``x`` in place using ``coef`` (this step's coefficients, on x's device)."""
         raise NotImplementedError
+
+    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """One step outside the loop (tests, scripts): advances ``x`` in place."""
+        coef = torch.tensor(self.coefficients(i), dtype=x.dtype, device=x.device)
+        noise = draw_noise(x.shape, generator).to(x.device) if self.needs_noise else None
+        return self.apply(x, model_output, coef, noise)
+
+
+def draw_noise(shape, generator, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normal noise from ``generator`` on the generator's device, as diffusers'
+    randn_tensor draws it (a CPU generator draws on the CPU, whatever runs the model)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device=device, out=out)
 
 
 class EulerEDMSampler(Sampler):
@@ -75,9 +98,11 @@ class EulerEDMSampler(Sampler):
         self.sigmas = scheduler.sigmas.to(torch.float32)
         self.timesteps = scheduler.timesteps.to(torch.float32)
         self.init_noise_sigma = float(scheduler.init_noise_sigma)
-        s = self.sigmas.double()
-        self._in_scale = (1.0 / (s[:-1] ** 2 + 1).sqrt()).tolist()
-        self._coeffs = [self._step_coeffs(float(s[i]), float(s[i + 1])) for i in range(len(s) - 1)]
+        s = self.sigmas.double().tolist()
+        self._coefs = [
+            [1.0 / math.sqrt(s[i] ** 2 + 1), float(self.timesteps[i]), *self._step_coeffs(s[i], s[i + 1])]
+            for i in range(len(s) - 1)
+        ]
 
     def _step_coeffs(self, sigma: float, sigma_next: float) -> tuple[float, float]:
         # x_next = x + (x - denoised) / sigma * (sigma_next - sigma), denoised = c_skip·x + c_out·out
@@ -90,9 +115,8 @@ class EulerEDMSampler(Sampler):
         ratio = (sigma_next - sigma) / sigma
         return 1.0 + (1.0 - c_skip) * ratio, -c_out * ratio
 
-    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
-        a, b = self._coeffs[i]
-        return x.mul_(a).add_(model_output, alpha=b)
+    def apply(self, x, model_output, coef, noise=None):
+        return x.mul_(coef[2]).addcmul_(model_output, coef[3])
 
 
 class AnimateLCMSampler(Sampler):
@@ -106,12 +130,12 @@ class AnimateLCMSampler(Sampler):
 
     name = "animatelcm"
     num_train_timesteps = 40
+    needs_noise = True
 
     def __init__(self, sigma_min=0.002, sigma_max=700.0, sigma_data=1.0, rho=7.0):
         super().__init__()
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
         self.init_noise_sigma = float(sigma_max)
-        self._noise: torch.Tensor | None = None
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = num_inference_steps
@@ -126,22 +150,16 @@ class AnimateLCMSampler(Sampler):
         self.sigmas = torch.from_numpy(np.append(sigmas, self.sigma_min)).to(torch.float32)
         s = self.sigmas.double().tolist()
         sd, smin = self.sigma_data, self.sigma_min
-        self._in_scale = [1.0 / math.sqrt(x**2 + sd**2) for x in s[:-1]]
-        self._coeffs = []
+        self._coefs = []
         for i in range(n):
             c_skip = sd**2 / ((s[i] - smin) ** 2 + sd**2)
             c_out = (s[i] - smin) * sd / math.sqrt(s[i] ** 2 + sd**2)
             noise_scale = min(max(s[i + 1], smin), self.sigma_max)
-            self._coeffs.append((c_skip, c_out, noise_scale))
+            self._coefs.append([1.0 / math.sqrt(s[i] ** 2 + sd**2), float(self.timesteps[i]), c_skip, c_out, noise_scale])
 
-    def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
-        """x ← c_skip·x + c_out·out + sigma_next·noise, in place; noise from ``generator``."""
-        c_skip, c_out, noise_scale = self._coeffs[i]
-        if self._noise is None or self._noise.shape != x.shape:
-            self._noise = torch.empty_like(x)
-        torch.randn(x.shape, generator=generator, dtype=x.dtype, out=self._noise)
-        x.mul_(c_skip).add_(model_output, alpha=c_out).add_(self._noise, alpha=noise_scale)
-        return x
+    def apply(self, x, model_output, coef, noise):
+        """x ← c_skip·x + c_out·out + sigma_next·noise, in place."""
+        return x.mul_(coef[2]).addcmul_(model_output, coef[3]).addcmul_(noise, coef[4])
 
 
 def make_sampler(name: str, scheduler_config: dict):

@@ -1,0 +1,139 @@
+"""TensorRT builder: ONNX → serialized plan, with the settings trt_plan derived.
+
+Build side only (the runtime is tensorrt.py). The TensorRT API is used directly,
+one code path for every component and precision. A build can take the process
+down (driver faults, out-of-memory kills), so ``build_in_child`` runs it in a
+fresh process and turns any failure into one error carrying TensorRT's own log.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import time
+import traceback
+from pathlib import Path
+
+from ..errors import VidrtError
+from ..fsutil import atomic_write_text
+
+LOG_FILE = "build.log"
+
+
+def _make_logger(trt, lines: list[str]):
+    class CapturingLogger(trt.ILogger):
+        """Keeps every message (for the build log) and warnings and errors for failures."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            lines.append(f"[{str(severity).rsplit('.', 1)[-1]}] {msg}")
+
+    return CapturingLogger()
+
+
+def build_plan(onnx_path: str, plan_path: str, settings: dict, timing_cache: str | None) -> dict:
+    """Builds one plan in this process (``build_in_child`` is the safe entry).
+
+    Args:
+        onnx_path: the component's ONNX (external data beside it).
+        plan_path: where to write the serialized engine.
+        settings: trt_plan.builder_settings(...) output.
+        timing_cache: file to read and update, or None.
+
+    Returns:
+        {"build_s", "peak_rss_mb", "log"}.
+
+    Raises:
+        RuntimeError: with TensorRT's messages, on parse or build failure.
+    """
+    import tensorrt as trt
+
+    lines: list[str] = []
+    logger = _make_logger(trt, lines)
+    start = time.perf_counter()
+    builder = trt.Builder(logger)
+    flags = 0
+    if settings["strongly_typed"]:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError("ONNX parser failed: " + "; ".join(errors or lines[-5:]))
+    config = builder.create_builder_config()
+    config.builder_optimization_level = settings["optimization_level"]
+    if settings["workspace_bytes"]:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
+    for flag in settings["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for p in settings["profiles"]:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p["shapes"].items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache:
+        data = Path(timing_cache).read_bytes() if os.path.exists(timing_cache) else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError("TensorRT could not build the engine: " + " | ".join(l for l in lines if "ERROR" in l)[-2000:])
+    Path(plan_path).write_bytes(bytes(plan))
+    if cache is not None:
+        _write_timing_cache(config.get_timing_cache(), timing_cache)
+    return {
+        "build_s": time.perf_counter() - start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "log": "\n".join(lines),
+    }
+
+
+def _write_timing_cache(cache, path: str) -> None:
+    data = bytes(cache.serialize())
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _child(onnx_path, plan_path, settings, timing_cache, queue) -> None:
+    try:
+        queue.put(("ok", build_plan(onnx_path, plan_path, settings, timing_cache)))
+    except BaseException as e:  # report everything; the parent decides
+        queue.put(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+
+
+def build_in_child(onnx_path: Path, out_dir: Path, plan_name: str, settings: dict, timing_cache: str | None,
+                   component: str) -> dict:
+    """Runs ``build_plan`` in a fresh process; writes the build log beside the plan.
+
+    Raises:
+        VidrtError: build failed or the child died; the message carries TensorRT's words.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(str(onnx_path), str(out_dir / plan_name), settings, timing_cache, queue))
+    proc.start()
+    result = None
+    while proc.is_alive() or not queue.empty():
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Exception:  # queue.Empty: keep waiting while the child lives
+            continue
+    proc.join()
+    if result is None:
+        raise VidrtError(
+            f"TensorRT build of {component} crashed the builder process (exit code {proc.exitcode}); "
+            "try --workspace to cap memory, or a lower --opt-level"
+        )
+    if result[0] != "ok":
+        atomic_write_text(out_dir / LOG_FILE, result[2])
+        raise VidrtError(f"TensorRT build of {component} failed: {result[1]}")
+    stats = result[1]
+    atomic_write_text(out_dir / LOG_FILE, stats.pop("log"))
+    return stats
