@@ -32,15 +32,25 @@ EXPORT_FORMAT = 1  # bump when export code changes what it writes
 QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage (UNet only)
 
 
-def component_precisions(precision: str) -> dict[str, str]:
+def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None) -> dict[str, str]:
     """Precision of each component's engine for a requested ``--precision``.
 
     INT8/FP8 apply to the UNet, where the compute is; the encoders and the VAE
-    decoder stay fp32 (quantizing them saves little and costs image quality).
+    decoder run in the backend's float precision (``companion``: fp32 on ONNX
+    Runtime, fp16 on TensorRT). ``overrides`` (``--component-precision``) sets
+    single components, e.g. a VAE decoder kept at fp32 where fp16 overflows.
     """
     if precision in QUANTIZED:
-        return {c: (precision if c == "unet" else "fp32") for c in COMPONENTS}
-    return {c: precision for c in COMPONENTS}
+        out = {c: (precision if c == "unet" else companion) for c in COMPONENTS}
+    else:
+        out = {c: precision for c in COMPONENTS}
+    for c, p in (overrides or {}).items():
+        if c not in COMPONENTS:
+            raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(COMPONENTS)}")
+        if p in QUANTIZED and c != "unet":
+            raise VidrtError(f"--component-precision {c}={p}: only the UNet is quantized")
+        out[c] = p
+    return out
 
 
 def onnx_dir_name(precision: str) -> str:
@@ -96,6 +106,8 @@ def prepare_engines(
     *,
     unet_weights: str | None = None,
     quant=None,
+    backend_options=None,
+    component_precision: dict | None = None,
     build: bool = True,
     full_verify: bool = False,
     progress: bool = True,
@@ -109,6 +121,8 @@ def prepare_engines(
         precision: engine precision.
         unet_weights: optional replacement UNet state dict.
         quant: QuantConfig for int8/fp8 (default: built-in calibration set).
+        backend_options: backend build options (TrtOptions for TensorRT).
+        component_precision: per-component precision overrides.
         build: export/build what is missing or stale; when False, refuse instead.
         full_verify: re-hash every file, not only those whose size/mtime changed.
         progress: show progress bars.
@@ -116,11 +130,11 @@ def prepare_engines(
     Raises:
         VidrtError: something is stale and ``build`` is False, or a build failed.
     """
-    precisions = component_precisions(precision)
+    precisions = component_precisions(precision, backend.companion_precision, component_precision)
     for p in set(precisions.values()):
         backend.check_precision(p)
-    if precision in QUANTIZED and quant is None:
-        quant = _built_or_default_quant(Path(engine_dir), precision)
+    if "unet" in precisions and precisions["unet"] in QUANTIZED and quant is None:
+        quant = _built_or_default_quant(Path(engine_dir), precisions["unet"])
     engine_dir = Path(engine_dir)
     specs = model.specs()
     vers = versions()
@@ -157,7 +171,9 @@ def prepare_engines(
     bar = tqdm(COMPONENTS, desc=f"build {backend.name}-{precision}", disable=not progress, unit="component")
     for c in bar:
         bar.set_postfix_str(c)
-        results[c] = _build_one(c, model, engine_dir, backend, precisions[c], specs[c], vers, build, full_verify)
+        results[c] = _build_one(
+            c, model, engine_dir, backend, precisions[c], specs[c], vers, build, full_verify, backend_options
+        )
         results[c].exported = c in stale_exports
         results[c].build_s += export_s.get(c, 0.0)
         if c in stale_exports:
@@ -245,7 +261,7 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
     return seconds
 
 
-def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full_verify) -> ComponentBuild:
+def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full_verify, options) -> ComponentBuild:
     onnx_dir = engine_dir / c / onnx_dir_name(precision)
     export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
     out_dir = engine_dir / c / f"{backend.name}-{precision}"
@@ -257,6 +273,7 @@ def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full
             "machine": backend.machine(),
             "precision": precision,
             "spec": spec.describe(),
+            "options": backend.options_key(options),
         }
     )
     export_s = float(export_manifest.get("export_s", 0.0))
@@ -267,7 +284,7 @@ def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full
         raise refuse(c, out_dir, reason)
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
-        files = backend.build(onnx_dir / "model.onnx", tmp, spec, precision)
+        files, extras = backend.build(onnx_dir / "model.onnx", tmp, spec, precision, options, model)
         seconds = time.perf_counter() - start
         manifest = {
             "schema": SCHEMA,
@@ -285,8 +302,9 @@ def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full
             "weights_sha256": {k: v["sha256"] for k, v in export_manifest["sources"].items()},
             "files": files_record(files, tmp),
             "build_s": round(seconds, 3),
+            "options": backend.options_key(options),
             "versions": vers,
-        }
+        } | extras
         atomic_write_json(tmp / BUILD_MANIFEST, manifest)
     return ComponentBuild(c, out_dir, False, True, seconds, export_s + seconds, _size(manifest), reason)
 
@@ -295,10 +313,10 @@ def _size(manifest: dict) -> int:
     return sum(rec["size"] for rec in manifest["files"].values())
 
 
-def load_engines(engine_dir: Path, backend, precision: str, model: SvdModel) -> dict:
+def load_engines(engine_dir: Path, backend, precision: str, model: SvdModel, component_precision=None) -> dict:
     """Loads every component's verified artifact as an Engine."""
     specs = model.specs()
     engines = {}
-    for c, p in component_precisions(precision).items():
+    for c, p in component_precisions(precision, backend.companion_precision, component_precision).items():
         engines[c] = backend.load(engine_dir / c / f"{backend.name}-{p}", specs[c], p)
     return engines

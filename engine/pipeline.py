@@ -54,7 +54,8 @@ class StageTimings:
 class VideoPipeline:
     """Image-to-video generation on compiled engines (see ``from_pretrained``)."""
 
-    def __init__(self, model: SvdModel, engines: dict, sampler: str, backend: str, precision: str, engine_dir: Path):
+    def __init__(self, model: SvdModel, engines: dict, sampler: str, backend: str, precision: str, engine_dir: Path,
+                 device: str = "cpu", cuda_graphs: bool = True):
         from diffusers.video_processor import VideoProcessor
 
         self.model = model
@@ -66,7 +67,9 @@ class VideoPipeline:
         self.builds: dict = {}
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
         self.timings = StageTimings()
-        self.loop_state = LoopState()
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream() if self.device.type == "cuda" else None  # vidrt's own stream
+        self.loop_state = LoopState(use_cuda_graphs=cuda_graphs)
 
     @classmethod
     def from_pretrained(
@@ -79,6 +82,9 @@ class VideoPipeline:
         *,
         unet_weights: str | Path | None = None,
         quant=None,
+        backend_options=None,
+        component_precision: dict | None = None,
+        cuda_graphs: bool = True,
         seed: int = 0,
         build: bool = True,
         progress: bool = True,
@@ -95,6 +101,10 @@ class VideoPipeline:
             quant: vidrt.export.quantize.QuantConfig for precision int8/fp8 (calibration
                 images, steps, layers kept in high precision); default: what the engines
                 were built with, else the built-in synthetic calibration set.
+            backend_options: backend build options (vidrt.trt_plan.TrtOptions for TensorRT:
+                shape profiles, optimisation level, workspace, timing cache).
+            component_precision: per-component precision, e.g. {"vae_decoder": "fp32"}.
+            cuda_graphs: on a GPU, capture each denoising step as a CUDA graph.
             seed: weight seed of random presets.
             build: build missing/stale engines; False refuses with an error instead.
             progress: show progress bars and what was chosen.
@@ -108,10 +118,11 @@ class VideoPipeline:
         unet_weights = str(Path(unet_weights).resolve()) if unet_weights else None
         engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(m, unet_weights, backend_cls.name, precision)
         builds = prepare_engines(
-            m, engine_dir, backend_cls, precision, unet_weights=unet_weights, quant=quant, build=build,
-            progress=progress,
+            m, engine_dir, backend_cls, precision, unet_weights=unet_weights, quant=quant,
+            backend_options=backend_options, component_precision=component_precision, build=build, progress=progress,
         )
-        pipe = cls(m, load_engines(engine_dir, backend_cls, precision, m), sampler, backend_cls.name, precision, engine_dir)
+        engines = load_engines(engine_dir, backend_cls, precision, m, component_precision)
+        pipe = cls(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)
         pipe.builds = builds
         return pipe
 
@@ -150,6 +161,18 @@ class VideoPipeline:
         Raises:
             VidrtError: invalid arguments, or a shape outside the engines' ranges.
         """
+        if self.stream is not None:
+            with torch.cuda.stream(self.stream):
+                return self._generate(image, height, width, num_frames, num_inference_steps, min_guidance_scale,
+                                      max_guidance_scale, fps, motion_bucket_id, noise_aug_strength, decode_chunk_size,
+                                      num_videos_per_prompt, generator, latents, output_type, return_dict, progress)
+        return self._generate(image, height, width, num_frames, num_inference_steps, min_guidance_scale,
+                              max_guidance_scale, fps, motion_bucket_id, noise_aug_strength, decode_chunk_size,
+                              num_videos_per_prompt, generator, latents, output_type, return_dict, progress)
+
+    def _generate(self, image, height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
+                  fps, motion_bucket_id, noise_aug_strength, decode_chunk_size, num_videos_per_prompt, generator,
+                  latents, output_type, return_dict, progress):
         start = time.perf_counter()
         num_frames = num_frames if num_frames is not None else self.model.default_num_frames
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
@@ -165,8 +188,9 @@ class VideoPipeline:
 
         cond = self._condition(images, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt, do_cfg, generator)
         shape = (videos, num_frames, self.model.latent_channels, height // self.model.vae_scale_factor, width // self.model.vae_scale_factor)
-        latents = _initial_latents(shape, latents, generator, sampler.init_noise_sigma)
+        latents = _initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
         guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).view(1, num_frames, 1, 1, 1)
+        guidance = guidance.to(self.device)
         latents = denoise(
             self.engines["unet"], sampler, latents, cond, guidance if do_cfg else None, generator,
             self.timings.unet_steps, progress=progress, state=self.loop_state,
@@ -205,13 +229,13 @@ class VideoPipeline:
         else:
             clip_in = clip_pixel_values(images, None, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
         t0 = time.perf_counter()
-        embeds = self.engines["image_encoder"](pixel_values=clip_in)["image_embeds"]
+        embeds = self.engines["image_encoder"](pixel_values=clip_in.to(self.device))["image_embeds"]
         embeds = embeds.repeat_interleave(per_prompt, dim=0).unsqueeze(1)
         self.timings.image_encoder = time.perf_counter() - t0
 
         image = self.video_processor.preprocess(images, height=height, width=width).float().contiguous()
         noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
-        image = image + aug * noise
+        image = (image + aug * noise).to(self.device)
         t0 = time.perf_counter()
         image_latent = self.engines["vae_encoder"](image=image)["latent"]
         # One video per (image, repeat), repeats of an image adjacent, matching the
@@ -219,7 +243,8 @@ class VideoPipeline:
         # which pairs them wrongly when there are several images AND several videos each.)
         image_latent = image_latent.repeat_interleave(per_prompt, dim=0)
         self.timings.vae_encoder = time.perf_counter() - t0
-        time_ids = torch.tensor([[fps - 1, motion_bucket_id, aug]], dtype=torch.float32).repeat(embeds.shape[0], 1)
+        time_ids = torch.tensor([[fps - 1, motion_bucket_id, aug]], dtype=torch.float32, device=self.device)
+        time_ids = time_ids.repeat(embeds.shape[0], 1)
         if do_cfg:
             embeds = torch.cat([torch.zeros_like(embeds), embeds])
             image_latent = torch.cat([torch.zeros_like(image_latent), image_latent])
@@ -231,12 +256,34 @@ class VideoPipeline:
         t0 = time.perf_counter()
         flat = latents.flatten(0, 1)
         s = self.model.vae_scale_factor
-        frames = torch.empty((flat.shape[0], 3, flat.shape[2] * s, flat.shape[3] * s), dtype=torch.float32)
+        shape = (flat.shape[0], 3, flat.shape[2] * s, flat.shape[3] * s)
+        frames = torch.empty(shape, dtype=torch.float32, device=self.device)
         decoder = self.engines["vae_decoder"]
-        for i in range(0, flat.shape[0], chunk):
-            decoder(latents=flat[i : i + chunk], out={"frames": frames[i : i + chunk]})
+        if self.device.type == "cuda":
+            host = _decode_overlapped(decoder, flat, frames, chunk)
+        else:
+            for i in range(0, flat.shape[0], chunk):
+                decoder(latents=flat[i : i + chunk], out={"frames": frames[i : i + chunk]})
+            host = frames
         self.timings.vae_decoder = time.perf_counter() - t0
-        return frames.reshape(-1, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+        return host.reshape(-1, num_frames, *host.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def _decode_overlapped(decoder, flat, frames, chunk) -> torch.Tensor:
+    """GPU decode: chunk k decodes while chunk k-1 copies to pinned host memory on
+    a second stream; one synchronisation at the end."""
+    host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+    copy_stream = torch.cuda.Stream()
+    compute = torch.cuda.current_stream()
+    for i in range(0, flat.shape[0], chunk):
+        decoder(latents=flat[i : i + chunk], out={"frames": frames[i : i + chunk]})
+        done = torch.cuda.Event()
+        done.record(compute)
+        with torch.cuda.stream(copy_stream):
+            copy_stream.wait_event(done)
+            host[i : i + chunk].copy_(frames[i : i + chunk], non_blocking=True)
+    copy_stream.synchronize()
+    return host
 
 
 def check_request(height, width, frames, steps, chunk=1, per_prompt=1, output_type="np", generator=None) -> None:

@@ -100,7 +100,7 @@ def test_run_bench_without_baseline_and_with_animatelcm(capsys, tiny_engine_dir,
         (["--output", "out.avi"], "unknown extension .avi"),
         (["--precision", "fp16"], "engines, not fp16"),
         (["--height", "2056"], "height=2056 is outside this engine's range"),
-        (["--backend", "tensorrt"], "not available in this vidrt release"),
+        (["--backend", "tensorrt"], "TensorRT needs an NVIDIA GPU with CUDA and this machine has none"),
     ],
 )
 def test_generate_bad_input_is_one_line(capsys, tiny_engine_dir, image_file, tmp_path, monkeypatch, argv, message):

@@ -18,19 +18,21 @@ def get_backend(name: str, announce: bool = False):
     """
     if name == "auto":
         from .onnxruntime import OnnxRuntimeBackend
+        from .tensorrt import TensorRTBackend
 
-        # TensorRT (GPU) and OpenVINO (CPU) backends are not in this release;
-        # ONNX Runtime is the backend that runs everywhere.
+        # TensorRT when a CUDA GPU and TensorRT are there; else ONNX Runtime, which
+        # runs everywhere (the OpenVINO CPU backend is not in this release).
+        reason = TensorRTBackend.unavailable_reason()
+        backend = TensorRTBackend if reason is None else OnnxRuntimeBackend
         if announce:
-            print("vidrt: backend auto -> onnxruntime (the only backend in this release)", flush=True)
-        backend = OnnxRuntimeBackend
+            why = "CUDA GPU and TensorRT found" if reason is None else "no usable TensorRT: " + reason.split(";")[0]
+            print(f"vidrt: backend auto -> {backend.name} ({why})", flush=True)
     elif name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend as backend
-    elif name in ("tensorrt", "openvino"):
-        raise VidrtError(
-            f"--backend {name} is not available in this vidrt release; use --backend onnxruntime"
-            + (" (TensorRT also needs an NVIDIA GPU: pip install -e .[gpu])" if name == "tensorrt" else "")
-        )
+    elif name == "tensorrt":
+        from .tensorrt import TensorRTBackend as backend
+    elif name == "openvino":
+        raise VidrtError("--backend openvino is not available in this vidrt release; use --backend onnxruntime")
     else:
         raise VidrtError(f"unknown backend '{name}'; choose one of: {', '.join(BACKEND_NAMES)}")
     reason = backend.unavailable_reason()

@@ -73,6 +73,13 @@ class Backend(abc.ABC):
 
     name: str = ""
     precisions: tuple[str, ...] = ()
+    device: str = "cpu"  # where the engines take their tensors
+    companion_precision: str = "fp32"  # precision of the unquantized components under int8/fp8
+
+    @classmethod
+    def options_key(cls, options) -> dict:
+        """Backend build options that change the artifact (hashed into its cache key)."""
+        return {}
 
     @classmethod
     @abc.abstractmethod
@@ -99,8 +106,12 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def build(cls, onnx_path: Path, out_dir: Path, spec: ComponentSpec, precision: str) -> list[Path]:
-        """Builds the artifact into ``out_dir``; returns the files written."""
+    def build(cls, onnx_path: Path, out_dir: Path, spec: ComponentSpec, precision: str, options=None, model=None):
+        """Builds the artifact into ``out_dir``.
+
+        Returns:
+            (files written, extra manifest fields).
+        """
 
     @classmethod
     @abc.abstractmethod

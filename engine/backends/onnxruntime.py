@@ -80,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         return opts
 
     @classmethod
-    def build(cls, onnx_path: Path, out_dir: Path, spec: ComponentSpec, precision: str) -> list[Path]:
+    def build(cls, onnx_path: Path, out_dir: Path, spec: ComponentSpec, precision: str, options=None, model=None):
         ort = _ort()
         cls.check_precision(precision)
         opts = cls._options(ort)
@@ -94,7 +94,7 @@ class OnnxRuntimeBackend(Backend):
             ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise VidrtError(f"ONNX Runtime could not build {spec.name}: {str(e).splitlines()[0]}") from e
-        return [out_dir / ARTIFACT] + ([out_dir / ARTIFACT_DATA] if external else [])
+        return [out_dir / ARTIFACT] + ([out_dir / ARTIFACT_DATA] if external else []), {}
 
     @classmethod
     def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str) -> Engine:
