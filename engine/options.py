@@ -19,6 +19,39 @@ class EngineOptions:
     backend: str = "auto"
     precision: str = "fp32"
     seed: int = 0
+    # TensorRT build options (ignored by other backends; see vidrt.trt_plan).
+    min: str | None = None
+    opt: str | None = None
+    max: str | None = None
+    static: str | None = None
+    workspace: int | None = None
+    opt_level: int = 3
+    timing_cache: str | None = None
+    component_precision: str | None = None
+    no_cuda_graphs: bool = False
+
+    def trt_options(self):
+        """TrtOptions from the flags (shape ranges checked here, before any work)."""
+        from .trt_plan import ShapeRequest, TrtOptions
+
+        shapes = ShapeRequest.from_flags(self.min, self.opt, self.max, self.static)
+        return TrtOptions(shapes=shapes, optimization_level=self.opt_level, workspace_mb=self.workspace,
+                          timing_cache=self.timing_cache)
+
+    def component_precisions(self) -> dict[str, str]:
+        """--component-precision 'vae_decoder=fp32,image_encoder=fp16' as a dict."""
+        from .errors import VidrtError
+
+        out = {}
+        for part in filter(None, (self.component_precision or "").split(",")):
+            name, sep, value = part.partition("=")
+            if not sep or not value:
+                raise VidrtError(f"--component-precision {self.component_precision}: write component=precision, comma-separated")
+            out[name.strip()] = value.strip()
+        return out
+
+    def uses_trt_flags(self) -> bool:
+        return any((self.min, self.opt, self.max, self.static, self.workspace, self.timing_cache, self.opt_level != 3))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,3 +150,36 @@ def test_entry_points_and_help():
         assert "usage:" in proc.stdout
     proc = subprocess.run(["generate"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--image" in proc.stderr
+
+
+def test_tensorrt_flags_map_onto_build_options():
+    from vidrt.cli import BuildConfig, _config, build_parser, engine_kwargs
+
+    args = build_parser().parse_args([
+        "build-engines", "--backend", "tensorrt", "--precision", "fp16", "--min", "batch=1,frames=8,height=256,width=256",
+        "--opt", "frames=14", "--max", "batch=2,frames=25,height=576,width=1024", "--workspace", "4096",
+        "--opt-level", "5", "--timing-cache", "t.cache", "--component-precision", "vae_decoder=fp32",
+    ])
+    cfg = _config(BuildConfig, args)
+    kw = engine_kwargs(cfg)
+    opts = kw["backend_options"]
+    assert opts.shapes.min == {"batch": 1, "frames": 8, "height": 256, "width": 256}
+    assert opts.shapes.opt == {"frames": 14} and opts.shapes.max["width"] == 1024
+    assert (opts.workspace_mb, opts.optimization_level, opts.timing_cache) == (4096, 5, "t.cache")
+    assert kw["component_precision"] == {"vae_decoder": "fp32"}
+
+
+def test_tensorrt_build_without_gpu_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "tensorrt",
+                       "--engine-dir", str(tmp_path), "--precision", "fp16")
+    assert code == 2 and err.count("\n") == 1
+    assert "TensorRT needs an NVIDIA GPU" in err and "pip install -e '.[gpu]'" in err
+
+
+def test_tensorrt_flags_with_another_backend_are_refused(capsys, tmp_path):
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime",
+                       "--engine-dir", str(tmp_path), "--max", "batch=2")
+    assert code == 2 and "are TensorRT build flags; --backend onnxruntime takes none of them" in err
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime",
+                       "--engine-dir", str(tmp_path), "--component-precision", "vae_decoder")
+    assert code == 2 and "write component=precision" in err
