@@ -136,11 +136,18 @@ def denoise(
     cuda = latents.device.type == "cuda"
     graphs = cuda and state.use_cuda_graphs and getattr(unet, "supports_cuda_graphs", False)
     timer = _Timer(cuda)
+    copied = None
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
         b.coef.copy_(torch.tensor(sampler.coefficients(i), dtype=torch.float32), non_blocking=cuda)
         if sampler.needs_noise:
             if b.host_noise is not None:
+                # The CPU generator draws into pinned memory; the one host sync of the
+                # loop waits until the previous step's copy has left that buffer.
+                if copied is not None:
+                    copied.synchronize()
                 b.noise.copy_(draw_noise(latents.shape, generator, out=b.host_noise), non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
             else:
                 draw_noise(latents.shape, generator, out=b.noise)
         # Graphs replay from the second step: the first runs eagerly, which also
