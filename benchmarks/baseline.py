@@ -9,13 +9,15 @@ import torch
 
 from vidrt.errors import VidrtError
 
-BASELINE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BASELINE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class StageTimer:
-    """Wraps module methods so each call adds its seconds to a stage."""
+    """Wraps module methods so each call adds its seconds to a stage (on a GPU the
+    device is synchronised around each call, so the seconds are the stage's own)."""
 
-    def __init__(self):
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
         self.seconds: dict[str, list[float]] = {}
 
     def reset(self):
@@ -25,10 +27,14 @@ class StageTimer:
         inner = getattr(obj, attr)
 
         def timed(*args, **kwargs):
+            if self.cuda:
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             try:
                 return inner(*args, **kwargs)
             finally:
+                if self.cuda:
+                    torch.cuda.synchronize()
                 self.seconds.setdefault(stage, []).append(time.perf_counter() - t0)
 
         setattr(obj, attr, timed)
@@ -37,19 +43,23 @@ class StageTimer:
 class DiffusersBaseline:
     """diffusers' pipeline, timed per stage like vidrt's."""
 
-    def __init__(self, model, precision: str, unet_weights=None):
+    def __init__(self, model, precision: str, unet_weights=None, device: str = "cpu", compile: bool = False):
         from vidrt.sources import load_torch_components
 
         if precision not in BASELINE_PRECISIONS:
             raise VidrtError(
                 f"--baseline-precision {precision}: choose {', '.join(BASELINE_PRECISIONS)} or none"
             )
+        if precision == "fp16" and device != "cuda":
+            raise VidrtError("--baseline-precision fp16 needs a GPU; on a CPU use fp32 or bf16")
         self.precision = precision
         self.pipe = load_torch_components(model, unet_weights)
-        if precision != "fp32":
-            self.pipe.to(dtype=BASELINE_PRECISIONS[precision])
+        self.pipe.to(device=device, dtype=BASELINE_PRECISIONS[precision])
         self.pipe.set_progress_bar_config(disable=True)
-        self.timer = StageTimer()
+        if compile:
+            # Compiled on first use: the first (warm-up) run carries the compile time.
+            self.pipe.unet.forward = torch.compile(self.pipe.unet.forward)
+        self.timer = StageTimer(cuda=device == "cuda")
         self.timer.wrap(self.pipe.image_encoder, "forward", "image_encoder")
         self.timer.wrap(self.pipe.vae, "encode", "vae_encoder")
         self.timer.wrap(self.pipe.unet, "forward", "unet")

@@ -21,7 +21,7 @@ from vidrt.errors import VidrtError
 from vidrt.options import RequestOptions
 
 from .environment import environment
-from .memory import PeakRss, rss_mb
+from .memory import PeakDeviceMemory, PeakRss, rss_mb
 
 STAGES = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
 SCHEMA = 1
@@ -41,7 +41,8 @@ class BenchConfig(RequestOptions):
     steps: int = 2
     runs: int = 2
     warmup: int = 1
-    baseline_precision: str | None = None  # None: same as precision; "none": skip
+    baseline_precision: str | None = None  # None: same as precision (fp32 for int8/fp8); "none": skip
+    baseline_compile: bool = False
     image: str | None = None
     output: str | None = None
 
@@ -78,7 +79,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         raise VidrtError(f"--runs must be >= 1 and --warmup >= 0 (got {cfg.runs}, {cfg.warmup})")
     if cfg.batch_size < 1:
         raise VidrtError(f"--batch-size={cfg.batch_size}: need at least 1")
-    baseline_precision = cfg.baseline_precision or cfg.precision
+    baseline_precision = cfg.baseline_precision or (cfg.precision if cfg.precision in ("fp32", "fp16", "bf16") else "fp32")
     rss0 = rss_mb()
     t0 = time.perf_counter()
     from vidrt.cli import engine_kwargs
@@ -94,7 +95,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     if baseline_precision != "none":
         from .baseline import DiffusersBaseline
 
-        baseline = DiffusersBaseline(pipe.model, baseline_precision, cfg.unet_weights)
+        baseline = DiffusersBaseline(pipe.model, baseline_precision, cfg.unet_weights, device=pipe.device.type,
+                                     compile=cfg.baseline_compile)
         if cfg.sampler == "animatelcm":
             from .reference_schedulers import AnimateLCMReferenceScheduler
 
@@ -110,26 +112,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     engine_runs, base_runs = [], []
     from tqdm.auto import tqdm
 
+    warmups = {"engine": [], "baseline": []}
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
-        measured = r >= cfg.warmup
-        with PeakRss() as mem:
-            out = pipe(images, generator=torch.Generator().manual_seed(cfg.seed), output_type="np", **kwargs)
-        t = pipe.timings
-        if measured:
-            engine_runs.append({
-                "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "unet": t.unet, "vae_decoder": t.vae_decoder},
-                "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak": mem.peak_mb - mem.start_mb, "frames": out.frames,
-            })
+        run = _engine_run(pipe, images, cfg, kwargs)
+        (engine_runs.append(run) if r >= cfg.warmup else warmups["engine"].append(run["total"]))
         if baseline is not None:
-            if cfg.sampler == "animatelcm":
-                baseline.pipe.scheduler.generator = torch.Generator().manual_seed(cfg.seed)
-                gen = baseline.pipe.scheduler.generator
-            else:
-                gen = torch.Generator().manual_seed(cfg.seed)
-            with PeakRss() as mem:
-                frames, stages, steps, total = baseline(images, gen, **kwargs)
-            if measured:
-                base_runs.append({"stages": stages, "unet_steps": steps, "total": total, "peak": mem.peak_mb - mem.start_mb, "frames": frames})
+            run = _baseline_run(baseline, images, cfg, kwargs)
+            (base_runs.append(run) if r >= cfg.warmup else warmups["baseline"].append(run["total"]))
 
     videos = cfg.batch_size
     builds = pipe.builds
@@ -142,6 +131,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         "build_s_this_run": sum(b.build_s for b in builds.values()),
         "engine_size_mb": sum(b.size_bytes for b in builds.values()) / 2**20,
         "load_s": engine_load_s,
+        "warmup_s": warmups["engine"],
         "engine_dir": str(pipe.engine_dir),
     })
     result = {
@@ -156,11 +146,38 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     }
     if baseline is not None:
         result["baseline"] = _side(base_runs, videos, cfg.num_frames, baseline_resident) | {
-            "backend": "pytorch (diffusers StableVideoDiffusionPipeline)", "precision": baseline_precision, "build_s": 0.0,
+            "backend": "pytorch (diffusers StableVideoDiffusionPipeline)" + (" + torch.compile" if cfg.baseline_compile else ""),
+            "precision": baseline_precision, "build_s": 0.0,
+            # With --baseline-compile the first warm-up run carries the compile time.
+            "warmup_s": warmups["baseline"],
         }
         result["speedup"] = result["baseline"]["end_to_end_s"]["median"] / engine["end_to_end_s"]["median"]
         result["parity"] = parity(engine_runs[-1]["frames"], base_runs[-1]["frames"])
     return result
+
+
+def _engine_run(pipe, images, cfg, kwargs) -> dict:
+    with PeakRss() as mem, PeakDeviceMemory() as dev:
+        out = pipe(images, generator=torch.Generator().manual_seed(cfg.seed), output_type="np", **kwargs)
+    t = pipe.timings
+    return {
+        "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "unet": t.unet, "vae_decoder": t.vae_decoder},
+        "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak": mem.peak_mb - mem.start_mb,
+        "device": dev.as_dict(), "frames": out.frames,
+    }
+
+
+def _baseline_run(baseline, images, cfg, kwargs) -> dict:
+    if cfg.sampler == "animatelcm":
+        # diffusers' pipeline gives scheduler.step no generator: the reference holds it.
+        baseline.pipe.scheduler.generator = torch.Generator().manual_seed(cfg.seed)
+        gen = baseline.pipe.scheduler.generator
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+    with PeakRss() as mem, PeakDeviceMemory() as dev:
+        frames, stages, steps, total = baseline(images, gen, **kwargs)
+    return {"stages": stages, "unet_steps": steps, "total": total, "peak": mem.peak_mb - mem.start_mb,
+            "device": dev.as_dict(), "frames": frames}
 
 
 def _side(runs: list[dict], videos: int, frames: int, resident_mb: float) -> dict:
@@ -173,6 +190,7 @@ def _side(runs: list[dict], videos: int, frames: int, resident_mb: float) -> dic
         "stages_ms": stages,
         "end_to_end_s": summary(totals),
         "peak_memory_mb": resident_mb + max(r["peak"] for r in runs),
+        "peak_device_memory_mb": runs[-1]["device"],
         "videos_per_min": 60.0 * videos / med,
         "frames_per_s": videos * frames / med,
     }

@@ -35,3 +35,56 @@ class PeakRss:
         self._thread.join()
         self.peak_mb = max(self.peak_mb, rss_mb())
         return False
+
+
+class PeakDeviceMemory:
+    """GPU memory peak of a block: the torch allocator's peak and, with pynvml, the
+    device's used memory sampled (which also sees TensorRT's own allocations)."""
+
+    def __init__(self, interval: float = 0.02):
+        import torch
+
+        self.torch = torch
+        self.enabled = torch.cuda.is_available()
+        self.interval = interval
+        self.allocator_mb = 0.0
+        self.nvml_mb: float | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        self.torch.cuda.synchronize()
+        self.torch.cuda.reset_peak_memory_stats()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.torch.cuda.current_device())
+            self._nvml = pynvml
+            self.nvml_mb = 0.0
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        except Exception:  # pynvml missing or no NVML: allocator figures only
+            self._nvml = None
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20
+            self.nvml_mb = max(self.nvml_mb, used)
+
+    def __exit__(self, *exc):
+        if not self.enabled:
+            return False
+        self.torch.cuda.synchronize()
+        self.allocator_mb = self.torch.cuda.max_memory_allocated() / 2**20
+        if self._nvml is not None:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+    def as_dict(self) -> dict | None:
+        if not self.enabled:
+            return None
+        return {"torch_allocator_mb": self.allocator_mb, "nvml_used_mb": self.nvml_mb}

@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = BenchConfig()
     r.add_argument("--runs", type=int, default=bench.runs, help=f"timed runs per side (default: {bench.runs})")
     r.add_argument("--warmup", type=int, default=bench.warmup, help=f"untimed warm-up runs per side (default: {bench.warmup})")
-    r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16, or none to skip (default: same as --precision)")
+    r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16, fp16 (GPU), or none to skip "
+                   "(default: same as --precision; fp32 for int8/fp8)")
+    r.add_argument("--baseline-compile", action="store_true", help="torch.compile the baseline's UNet (compile time shows in its first warm-up run)")
     r.add_argument("--image", help="conditioning image (default: a built-in synthetic image)")
     r.add_argument("--output", help="write the JSON result here")
 

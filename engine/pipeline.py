@@ -175,7 +175,7 @@ class VideoPipeline:
     def _generate(self, image, height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
                   fps, motion_bucket_id, noise_aug_strength, decode_chunk_size, num_videos_per_prompt, generator,
                   latents, output_type, return_dict, progress):
-        start = time.perf_counter()
+        start = self._now()
         num_frames = num_frames if num_frames is not None else self.model.default_num_frames
         decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
         images = self._as_images(image)
@@ -202,8 +202,15 @@ class VideoPipeline:
         else:
             video = self._decode(latents, num_frames, decode_chunk_size)
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
-        self.timings.end_to_end = time.perf_counter() - start
+        self.timings.end_to_end = self._now() - start
         return VideoPipelineOutput(frames=frames) if return_dict else frames
+
+    def _now(self) -> float:
+        """Stage clock: on a GPU, waits for the stream first (stage boundaries only,
+        never inside the denoising loop, which times itself with CUDA events)."""
+        if self.stream is not None:
+            self.stream.synchronize()
+        return time.perf_counter()
 
     def _as_images(self, image):
         if isinstance(image, PIL.Image.Image):
@@ -230,21 +237,21 @@ class VideoPipeline:
             clip_in = clip_pixel_values(pixels01, m.clip_image_size, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
         else:
             clip_in = clip_pixel_values(images, None, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
-        t0 = time.perf_counter()
+        t0 = self._now()
         embeds = self.engines["image_encoder"](pixel_values=clip_in.to(self.device))["image_embeds"]
         embeds = embeds.repeat_interleave(per_prompt, dim=0).unsqueeze(1)
-        self.timings.image_encoder = time.perf_counter() - t0
+        self.timings.image_encoder = self._now() - t0
 
         image = self.video_processor.preprocess(images, height=height, width=width).float().contiguous()
         noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
         image = (image + aug * noise).to(self.device)
-        t0 = time.perf_counter()
+        t0 = self._now()
         image_latent = self.engines["vae_encoder"](image=image)["latent"]
         # One video per (image, repeat), repeats of an image adjacent, matching the
         # embeddings' order. (diffusers tiles latents but interleaves embeddings,
         # which pairs them wrongly when there are several images AND several videos each.)
         image_latent = image_latent.repeat_interleave(per_prompt, dim=0)
-        self.timings.vae_encoder = time.perf_counter() - t0
+        self.timings.vae_encoder = self._now() - t0
         time_ids = torch.tensor([[fps - 1, motion_bucket_id, aug]], dtype=torch.float32, device=self.device)
         time_ids = time_ids.repeat(embeds.shape[0], 1)
         if do_cfg:
@@ -255,7 +262,7 @@ class VideoPipeline:
 
     def _decode(self, latents: torch.Tensor, num_frames: int, chunk: int) -> torch.Tensor:
         """Temporal VAE decode in chunks of ``chunk`` frames, straight into one frames buffer."""
-        t0 = time.perf_counter()
+        t0 = self._now()
         flat = latents.flatten(0, 1)
         s = self.model.vae_scale_factor
         shape = (flat.shape[0], 3, flat.shape[2] * s, flat.shape[3] * s)
@@ -267,7 +274,7 @@ class VideoPipeline:
             for i in range(0, flat.shape[0], chunk):
                 decoder(latents=flat[i : i + chunk], out={"frames": frames[i : i + chunk]})
             host = frames
-        self.timings.vae_decoder = time.perf_counter() - t0
+        self.timings.vae_decoder = self._now() - t0
         return host.reshape(-1, num_frames, *host.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
