@@ -75,7 +75,8 @@ class TrtEngine(Engine):
         self.profiles = profiles
         self.profile_index: int | None = None
         self.memory = memory
-        memory.reserve(max(engine.get_device_memory_size_for_profile_v2(i) for i in range(len(profiles))))
+        self.memory_bytes = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
+        memory.reserve(self.memory_bytes)
 
     def _run(self, feeds, outputs):
         ctx = self.context
@@ -84,7 +85,10 @@ class TrtEngine(Engine):
         if idx != self.profile_index:
             ctx.set_optimization_profile_async(idx, stream)
             self.profile_index = idx
-        ctx.device_memory = self.memory.ptr
+        if hasattr(ctx, "set_device_memory"):  # TensorRT >= 10.1
+            ctx.set_device_memory(self.memory.ptr, self.memory_bytes)
+        else:
+            ctx.device_memory = self.memory.ptr
         for name, t in feeds.items():
             if not t.is_cuda:
                 raise VidrtError(f"{self.spec.name}: input '{name}' is on {t.device}; TensorRT engines take CUDA tensors")
