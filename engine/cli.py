@@ -51,8 +51,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help=f"model to run (default: {d.model})")
     g.add_argument("--unet-weights", help="safetensors UNet state dict replacing the model's UNet (AnimateLCM-SVD-xt ships so)")
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
-    g.add_argument("--backend", default=d.backend, help=f"auto, onnxruntime, tensorrt (default: {d.backend}: TensorRT when a CUDA GPU and TensorRT are there, else ONNX Runtime)")
-    g.add_argument("--precision", default=d.precision, help=f"fp32; int8/fp8 quantize the UNet; tensorrt also fp16, bf16 (default: {d.precision})")
+    g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU, "
+                   "else OpenVINO, else ONNX Runtime)")
+    g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet (default: {d.precision})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"seed for random-weight presets and for the noise (default: {d.seed})")
     g.add_argument("--component-precision", help="per-component precision, e.g. vae_decoder=fp32 where fp16 overflows")
     t = p.add_argument_group("TensorRT build (--backend tensorrt)")
@@ -60,11 +61,14 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--min", help=f"smallest shape the engines take: {dims}")
     t.add_argument("--opt", help=f"shape the engines are tuned for: {dims}")
     t.add_argument("--max", help=f"largest shape the engines take: {dims}")
-    t.add_argument("--static", help=f"build for exactly one shape: {dims}")
+    t.add_argument("--static", help=f"build for exactly one shape (TensorRT and OpenVINO): {dims}")
     t.add_argument("--workspace", type=int, help="builder memory-pool cap in MiB (default: TensorRT's)")
     t.add_argument("--opt-level", type=int, default=d.opt_level, help=f"builder optimisation level 0..5 (default: {d.opt_level})")
     t.add_argument("--timing-cache", help="timing cache file, read and updated by every build")
     t.add_argument("--no-cuda-graphs", action="store_true", help="run each denoising step eagerly instead of replaying a CUDA graph")
+    o = p.add_argument_group("OpenVINO (--backend openvino)")
+    o.add_argument("--threads", type=int, help="inference threads (default: every core)")
+    o.add_argument("--streams", type=int, default=d.streams, help=f"parallel inference streams (default: {d.streams}, lowest latency)")
 
 
 def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
@@ -137,14 +141,16 @@ def engine_kwargs(cfg) -> dict:
     Raises:
         VidrtError: TensorRT-only flags with another backend, or malformed values.
     """
-    trt = cfg.backend in ("tensorrt", "auto")
-    if cfg.uses_trt_flags() and not trt:
-        raise VidrtError(f"--min/--opt/--max/--static/--workspace/--opt-level/--timing-cache are TensorRT build flags; "
-                         f"--backend {cfg.backend} takes none of them")
-    return {
-        "backend_options": cfg.trt_options() if trt else None,
-        "component_precision": cfg.component_precisions() or None,
-    }
+    from .backends import get_backend
+
+    backend = get_backend(cfg.backend).name
+    if cfg.uses_trt_flags() and backend != "tensorrt":
+        raise VidrtError(f"--min/--opt/--max/--workspace/--opt-level/--timing-cache are TensorRT build flags; "
+                         f"--backend {backend} takes none of them")
+    if cfg.static and backend == "onnxruntime":
+        raise VidrtError("--static specialises TensorRT and OpenVINO engines; --backend onnxruntime takes dynamic shapes only")
+    options = {"tensorrt": cfg.trt_options, "openvino": cfg.openvino_options}.get(backend, lambda: None)()
+    return {"backend_options": options, "component_precision": cfg.component_precisions() or None}
 
 
 def _check_request_early(cfg) -> None:
@@ -172,8 +178,6 @@ def cmd_build_engines(args) -> int:
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights, backend.name, cfg.precision)
     kwargs = engine_kwargs(cfg)
-    if backend.name != "tensorrt":
-        kwargs["backend_options"] = None
     t0 = time.perf_counter()
     results = prepare_engines(
         model, engine_dir, backend, cfg.precision, unet_weights=weights, quant=_quant_config(cfg),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .errors import VidrtError
+
 
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
@@ -29,6 +31,9 @@ class EngineOptions:
     timing_cache: str | None = None
     component_precision: str | None = None
     no_cuda_graphs: bool = False
+    # OpenVINO compile options.
+    threads: int | None = None
+    streams: int = 1
 
     def trt_options(self):
         """TrtOptions from the flags (shape ranges checked here, before any work)."""
@@ -50,8 +55,18 @@ class EngineOptions:
             out[name.strip()] = value.strip()
         return out
 
+    def openvino_options(self):
+        """OvOptions from the flags (--static, --threads, --streams)."""
+        from .backends.openvino import OvOptions
+        from .trt_plan import parse_dims
+
+        if self.threads is not None and self.threads < 1 or self.streams < 1:
+            raise VidrtError("--threads and --streams take whole numbers >= 1")
+        static = parse_dims(self.static, "--static") if self.static else None
+        return OvOptions(static=static, threads=self.threads, streams=self.streams)
+
     def uses_trt_flags(self) -> bool:
-        return any((self.min, self.opt, self.max, self.static, self.workspace, self.timing_cache, self.opt_level != 3))
+        return any((self.min, self.opt, self.max, self.workspace, self.timing_cache, self.opt_level != 3))
 
 
 @dataclasses.dataclass(frozen=True)

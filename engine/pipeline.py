@@ -115,8 +115,12 @@ class VideoPipeline:
         m = resolve_model(str(model), seed=seed, progress=progress)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         backend_cls = get_backend(backend, announce=progress and backend == "auto")
-        if backend_cls.name != "tensorrt":
-            backend_options = None  # TensorRT build options mean nothing to other backends
+        from .backends.openvino import OvOptions
+        from .trt_plan import TrtOptions
+
+        expected = {"tensorrt": TrtOptions, "openvino": OvOptions}.get(backend_cls.name)
+        if expected is None or not isinstance(backend_options, expected):
+            backend_options = None  # options for another backend mean nothing here
         unet_weights = str(Path(unet_weights).resolve()) if unet_weights else None
         engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(m, unet_weights, backend_cls.name, precision)
         builds = prepare_engines(

@@ -153,7 +153,7 @@ def test_entry_points_and_help():
 
 
 def test_tensorrt_flags_map_onto_build_options():
-    from vidrt.cli import BuildConfig, _config, build_parser, engine_kwargs
+    from vidrt.cli import BuildConfig, _config, build_parser
 
     args = build_parser().parse_args([
         "build-engines", "--backend", "tensorrt", "--precision", "fp16", "--min", "batch=1,frames=8,height=256,width=256",
@@ -161,8 +161,8 @@ def test_tensorrt_flags_map_onto_build_options():
         "--opt-level", "5", "--timing-cache", "t.cache", "--component-precision", "vae_decoder=fp32",
     ])
     cfg = _config(BuildConfig, args)
-    kw = engine_kwargs(cfg)
-    opts = kw["backend_options"]
+    opts = cfg.trt_options()  # engine_kwargs would stop here: no GPU
+    kw = {"component_precision": cfg.component_precisions()}
     assert opts.shapes.min == {"batch": 1, "frames": 8, "height": 256, "width": 256}
     assert opts.shapes.opt == {"frames": 14} and opts.shapes.max["width"] == 1024
     assert (opts.workspace_mb, opts.optimization_level, opts.timing_cache) == (4096, 5, "t.cache")

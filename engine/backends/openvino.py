@@ -1,0 +1,153 @@
+"""OpenVINO backend (CPU): the same ONNX, compiled by OpenVINO with its on-disk model
+cache as the artifact.
+
+Precisions: fp32 and bf16 (OpenVINO's inference-precision hint; bf16 runs on AMX
+where the CPU has it), and int8/fp8 for the quantization stage's Q/DQ UNet (int8
+runs integer kernels; the other components run bf16). Inputs and outputs stay
+float32 and are shared with torch tensors, so nothing is copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..components import ComponentSpec
+from ..errors import VidrtError
+from .base import Backend, Engine
+
+CACHE = "ov_cache"
+# OpenVINO's inference precision per vidrt precision (Q/DQ graphs keep their int8/fp8
+# ops whatever the hint; the hint sets the precision of everything else).
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16", "fp8": "bf16"}
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError:
+        raise VidrtError("openvino is not installed; pip install openvino") from None
+    return openvino
+
+
+@dataclasses.dataclass(frozen=True)
+class OvOptions:
+    """OpenVINO compile options: a static shape (user terms), threads and streams."""
+
+    static: dict | None = None
+    threads: int | None = None  # default: every core OpenVINO sees
+    streams: int = 1  # one request at a time: latency, not throughput
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class OvEngine(Engine):
+    def __init__(self, spec: ComponentSpec, compiled):
+        super().__init__(spec)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def _run(self, feeds, outputs):
+        ov = _ov()
+        req = self.request
+        for name, t in feeds.items():
+            req.set_tensor(name, ov.Tensor(t.numpy(), shared_memory=True))
+        for name, t in outputs.items():
+            req.set_tensor(name, ov.Tensor(t.numpy(), shared_memory=True))
+        req.infer()
+        for name, t in outputs.items():
+            got = req.get_tensor(name).data
+            if got.ctypes.data != t.data_ptr():  # OpenVINO chose its own buffer: copy once
+                np.copyto(t.numpy(), got)
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    precisions = ("fp32", "bf16", "int8", "fp8")
+    companion_precision = "bf16"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            _ov()
+        except VidrtError as e:
+            return str(e)
+        return None
+
+    @classmethod
+    def version(cls) -> str:
+        return _ov().__version__
+
+    @classmethod
+    def machine(cls) -> dict:
+        core = _ov().Core()
+        return {
+            "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
+            "capabilities": sorted(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        }
+
+    @classmethod
+    def options_key(cls, options) -> dict:
+        return (options or OvOptions()).describe()
+
+    @classmethod
+    def _config(cls, precision: str, options: OvOptions, cache_dir: Path) -> dict:
+        config = {
+            "INFERENCE_PRECISION_HINT": HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": str(options.streams),
+            "CACHE_DIR": str(cache_dir),
+        }
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = str(options.threads)
+        return config
+
+    @classmethod
+    def _read(cls, onnx_path: Path, shapes: dict | None):
+        core = _ov().Core()
+        ov_model = core.read_model(str(onnx_path))
+        if shapes:  # static-shape specialisation: OpenVINO plans for exactly this shape
+            ov_model.reshape(shapes)
+        return core, ov_model
+
+    @classmethod
+    def build(cls, onnx_path: Path, out_dir: Path, spec: ComponentSpec, precision: str, options=None, model=None):
+        cls.check_precision(precision)
+        options = options or OvOptions()
+        shapes = static_shapes(spec, options.static, model) if options.static else None
+        core, ov_model = cls._read(onnx_path, shapes)
+        cache = out_dir / CACHE
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            core.compile_model(ov_model, "CPU", cls._config(precision, options, cache))
+        except RuntimeError as e:
+            raise VidrtError(f"OpenVINO could not compile {spec.name}: {str(e).splitlines()[0]}") from e
+        files = sorted(p for p in cache.iterdir() if p.is_file())
+        extras = {"onnx": os.path.relpath(onnx_path, out_dir), "openvino_config": cls._config(precision, options, Path(CACHE)),
+                  "static_shapes": shapes}
+        return files, extras
+
+    @classmethod
+    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str) -> Engine:
+        manifest = json.loads((artifact_dir / "manifest.json").read_text())
+        options = OvOptions(**manifest["options"])
+        core, ov_model = cls._read((artifact_dir / manifest["onnx"]).resolve(), manifest.get("static_shapes"))
+        try:
+            compiled = core.compile_model(ov_model, "CPU", cls._config(precision, options, artifact_dir / CACHE))
+        except RuntimeError as e:
+            raise VidrtError(f"OpenVINO could not load {spec.name} from {artifact_dir}: {str(e).splitlines()[0]}; "
+                             "rebuild it with build-engines") from e
+        return OvEngine(spec, compiled)
+
+
+def static_shapes(spec: ComponentSpec, static: dict, model) -> dict[str, list[int]]:
+    """Input shapes of one component at the user's static point (guided batch for the UNet)."""
+    from ..trt_plan import ShapeRequest, derive_profiles
+
+    profile = derive_profiles(spec.name, spec, ShapeRequest(static=static), model.vae_scale_factor)[0]
+    return {name: list(shapes[0]) for name, shapes in profile.shapes.items()}
