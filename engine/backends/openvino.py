@@ -47,13 +47,20 @@ class OvOptions:
 
 
 class OvEngine(Engine):
-    def __init__(self, spec: ComponentSpec, compiled):
+    def __init__(self, spec: ComponentSpec, compiled, static_shapes: dict | None = None):
         super().__init__(spec)
         self.compiled = compiled
         self.request = compiled.create_infer_request()
+        self.static_shapes = static_shapes
 
     def _run(self, feeds, outputs):
         ov = _ov()
+        for name, shape in (self.static_shapes or {}).items():
+            if list(feeds[name].shape) != list(shape):
+                raise VidrtError(
+                    f"{self.spec.name}: this engine was built for the static shape {shape} of '{name}', got "
+                    f"{list(feeds[name].shape)}; rebuild with another --static, or without it for dynamic shapes"
+                )
         req = self.request
         for name, t in feeds.items():
             req.set_tensor(name, ov.Tensor(t.numpy(), shared_memory=True))
@@ -142,7 +149,7 @@ class OpenVinoBackend(Backend):
         except RuntimeError as e:
             raise VidrtError(f"OpenVINO could not load {spec.name} from {artifact_dir}: {str(e).splitlines()[0]}; "
                              "rebuild it with build-engines") from e
-        return OvEngine(spec, compiled)
+        return OvEngine(spec, compiled, manifest.get("static_shapes"))
 
 
 def static_shapes(spec: ComponentSpec, static: dict, model) -> dict[str, list[int]]:

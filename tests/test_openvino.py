@@ -1,0 +1,102 @@
+"""OpenVINO backend on tiny-svd: the parity tests ONNX Runtime passes, plus bf16 and
+INT8 against vidrt fp32 with their own tolerances, static shapes and the model cache.
+
+Tolerances: fp32 2e-3 max abs vs diffusers (the issue's bar). bf16 keeps 8 bits of
+mantissa, so frames move by ~1e-2; bounded at 5% relative L2 against vidrt fp32
+(random tiny weights; the svd-xt figure is in the issue note).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_image
+from test_pipeline_parity import run_reference
+
+pytest.importorskip("openvino")
+
+KW = dict(height=32, width=48, num_frames=3, num_inference_steps=3)
+
+
+@pytest.fixture(scope="module")
+def ov_dir(tiny_engine_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ov") / "engines"
+    shutil.copytree(tiny_engine_dir, path)  # reuses the ONNX export
+    return path
+
+
+def ov_pipe(ov_dir, precision, **kw):
+    from vidrt import VideoPipeline
+
+    return VideoPipeline.from_pretrained("tiny-svd", engine_dir=ov_dir, backend="openvino", precision=precision,
+                                         progress=False, **kw)
+
+
+def rel_l2(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "animatelcm"])
+@pytest.mark.parametrize("max_guidance", [3.0, 1.0], ids=["cfg", "no-cfg"])
+def test_fp32_matches_diffusers(ov_dir, reference, sampler, max_guidance):
+    pipe = ov_pipe(ov_dir, "fp32")
+    pipe.sampler_name = sampler
+    kw = dict(KW, max_guidance_scale=max_guidance, decode_chunk_size=2)
+    ours = pipe(make_image(), generator=torch.Generator().manual_seed(5), output_type="np", **kw).frames
+    ref = run_reference(reference, sampler, make_image(), 5, **kw)
+    assert np.abs(ours - ref).max() <= 2e-3
+
+
+def test_bf16_against_fp32(ov_dir):
+    fp32 = ov_pipe(ov_dir, "fp32")(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+    bf16 = ov_pipe(ov_dir, "bf16")(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+    err = rel_l2(bf16, fp32)
+    print(f"openvino bf16 vs fp32 frames: rel L2 {err:.4f}, max abs {np.abs(bf16 - fp32).max():.4f}")
+    assert 0 < err <= 0.05
+
+
+def test_int8_unet_against_fp32(ov_dir):
+    from vidrt.export.quantize import QuantConfig
+
+    pytest.importorskip("modelopt.torch.quantization")
+    pipe = ov_pipe(ov_dir, "int8", quant=QuantConfig(format="int8", calib_steps=3, calib_frames=3))
+    assert pipe.builds["unet"].artifact_dir.name == "openvino-int8"
+    assert pipe.builds["vae_decoder"].artifact_dir.name == "openvino-bf16"  # companions run bf16
+    q = pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+    f = ov_pipe(ov_dir, "fp32")(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+    err = np.abs(q - f)
+    print(f"openvino int8 vs fp32 frames: mean abs {err.mean():.4f}, max abs {err.max():.4f}")
+    assert err.mean() < 0.05  # a broken UNet moves frames by ~0.1 or more
+
+
+def test_model_cache_is_the_artifact_and_is_reused(ov_dir, tiny_model):
+    from vidrt.backends import get_backend
+    from vidrt.build import prepare_engines
+
+    results = prepare_engines(tiny_model, ov_dir, get_backend("openvino"), "fp32", progress=False)
+    assert all(r.reason == "reused" for r in results.values())
+    manifest = json.loads((ov_dir / "unet" / "openvino-fp32" / "manifest.json").read_text())
+    assert any(k.startswith("ov_cache/") for k in manifest["files"])  # OpenVINO's compiled blob
+    assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert manifest["onnx"] == "../onnx/model.onnx"
+
+
+def test_static_shape_engines(ov_dir, tmp_path):
+    from vidrt.backends.openvino import OvOptions
+    from vidrt.errors import VidrtError
+
+    path = tmp_path / "static"
+    shutil.copytree(ov_dir, path)
+    static = {"batch": 1, "frames": 3, "height": 32, "width": 48}
+    pipe = ov_pipe(path, "fp32", backend_options=OvOptions(static=static))
+    manifest = json.loads((path / "unet" / "openvino-fp32" / "manifest.json").read_text())
+    assert manifest["static_shapes"]["sample"] == [2, 3, 8, 16, 24]  # guided batch
+    dynamic = ov_pipe(ov_dir, "fp32")
+    a = pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+    b = dynamic(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+    assert np.abs(a - b).max() <= 1e-4  # same math, shape-specialised kernels
+    with pytest.raises(VidrtError, match=r"built for the static shape \[1, 3, 224, 224\]|built for the static shape"):
+        pipe(make_image(), output_type="np", **dict(KW, num_frames=4))
