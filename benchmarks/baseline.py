@@ -9,7 +9,9 @@ import torch
 
 from vidrt.errors import VidrtError
 
-BASELINE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16: bf16 weights; bf16-autocast: fp32 weights under torch.autocast (diffusers'
+# two ways of running bf16; which is faster depends on the machine).
+BASELINE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-autocast": torch.float32}
 
 
 class StageTimer:
@@ -60,6 +62,7 @@ class DiffusersBaseline:
             # Compiled on first use: the first (warm-up) run carries the compile time.
             self.pipe.unet.forward = torch.compile(self.pipe.unet.forward)
         self.timer = StageTimer(cuda=device == "cuda")
+        self.device = device
         self.timer.wrap(self.pipe.image_encoder, "forward", "image_encoder")
         self.timer.wrap(self.pipe.vae, "encode", "vae_encoder")
         self.timer.wrap(self.pipe.unet, "forward", "unet")
@@ -77,7 +80,8 @@ class DiffusersBaseline:
         """Runs one request; returns (frames as np [B,F,H,W,3], {stage: seconds}, unet step seconds)."""
         self.timer.reset()
         t0 = time.perf_counter()
-        with torch.no_grad():
+        autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.precision == "bf16-autocast")
+        with torch.no_grad(), autocast:
             frames = self.pipe(image, generator=generator, output_type="np", **kwargs).frames
         total = time.perf_counter() - t0
         s = self.timer.seconds

@@ -45,6 +45,7 @@ class BenchConfig(RequestOptions):
     baseline_compile: bool = False
     image: str | None = None
     output: str | None = None
+    scenario: str | None = None
 
 
 def summary(values: list[float], scale: float = 1.0) -> dict:
@@ -144,6 +145,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         "speedup": None,
         "parity": None,
     }
+    result["roofline"] = roofline(pipe, cfg, engine, result.get("baseline"))
     if baseline is not None:
         result["baseline"] = _side(base_runs, videos, cfg.num_frames, baseline_resident) | {
             "backend": "pytorch (diffusers StableVideoDiffusionPipeline)" + (" + torch.compile" if cfg.baseline_compile else ""),
@@ -154,6 +156,27 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         result["speedup"] = result["baseline"]["end_to_end_s"]["median"] / engine["end_to_end_s"]["median"]
         result["parity"] = parity(engine_runs[-1]["frames"], base_runs[-1]["frames"])
     return result
+
+
+def roofline(pipe, cfg, engine: dict, baseline: dict | None) -> dict | None:
+    """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings."""
+    from .roofline import matmul_ceiling, unet_flops
+
+    if pipe.device.type != "cpu":
+        return None  # the ceilings measured here are CPU matmuls
+    unet_batch = cfg.batch_size * (2 if cfg.max_guidance > 1 else 1)
+    frames = cfg.num_frames if cfg.num_frames is not None else pipe.model.default_num_frames
+    flops = unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width)
+    ceilings = {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)}
+    step_s = engine["stages_ms"]["unet_step"]["median"] / 1000
+    ceiling = ceilings["fp32" if cfg.precision == "fp32" else "bf16"]
+    return {
+        "unet_tflop_per_step": flops / 1e12,
+        "matmul_ceiling_tflops": ceilings,
+        "engine_unet_tflops": flops / step_s / 1e12,
+        "engine_fraction_of_ceiling": flops / step_s / 1e12 / ceiling,
+        "ceiling_used": "fp32" if cfg.precision == "fp32" else "bf16",
+    }
 
 
 def _engine_run(pipe, images, cfg, kwargs) -> dict:

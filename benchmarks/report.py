@@ -32,6 +32,11 @@ def format_table(result: dict) -> str:
         lines.append(f"{label:<16}{format(e[key], fmt):<36}{format(b[key], fmt) if b else '':<36}".rstrip())
     lines.append(f"engine build: {e['build_s']:.1f}s recorded ({e['build_s_this_run']:.1f}s in this run), "
                  f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s")
+    r = result.get("roofline")
+    if r:
+        lines.append(f"unet: {r['unet_tflop_per_step']:.3f} TFLOP/step, engine {r['engine_unet_tflops']:.3f} TFLOP/s = "
+                     f"{100 * r['engine_fraction_of_ceiling']:.0f}% of this machine's {r['ceiling_used']} matmul ceiling "
+                     f"({r['matmul_ceiling_tflops'][r['ceiling_used']]:.2f} TFLOP/s)")
     if b:
         p = result["parity"]
         lines.append(f"speedup (baseline/engine, end-to-end medians): {result['speedup']:.2f}x")

@@ -85,9 +85,11 @@ def versions() -> dict:
     return out
 
 
-def default_engine_dir(model: SvdModel, unet_weights: str | None, backend: str, precision: str) -> Path:
+def default_engine_dir(model: SvdModel, unet_weights: str | None) -> Path:
+    """One engine directory per model (and UNet weights): every backend and precision
+    lives in it side by side and shares the ONNX export."""
     ident = hashlib.sha256(f"{model.folder.resolve()}|{unet_weights or ''}".encode()).hexdigest()[:10]
-    return settings.cache_dir() / "engines" / f"{model.folder.name}-{ident}-{backend}-{precision}"
+    return settings.cache_dir() / "engines" / f"{model.folder.name}-{ident}"
 
 
 def weight_files(model: SvdModel, component: str, unet_weights: str | None) -> list[Path]:

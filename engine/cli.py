@@ -109,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = BenchConfig()
     r.add_argument("--runs", type=int, default=bench.runs, help=f"timed runs per side (default: {bench.runs})")
     r.add_argument("--warmup", type=int, default=bench.warmup, help=f"untimed warm-up runs per side (default: {bench.warmup})")
-    r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16, fp16 (GPU), or none to skip "
+    r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16 (weights), bf16-autocast, fp16 (GPU), or none to skip "
                    "(default: same as --precision; fp32 for int8/fp8)")
     r.add_argument("--baseline-compile", action="store_true", help="torch.compile the baseline's UNet (compile time shows in its first warm-up run)")
     r.add_argument("--image", help="conditioning image (default: a built-in synthetic image)")
+    r.add_argument("--scenario", help="a named request from benchmarks/scenarios.py (a, b, c-lcm, c-euler); "
+                   "sets model, size, frames, steps, sampler, guidance and batch")
     r.add_argument("--output", help="write the JSON result here")
 
     g = sub.add_parser("generate", help="generate a video from an image",
@@ -176,7 +178,7 @@ def cmd_build_engines(args) -> int:
     model = resolve_model(cfg.model, seed=cfg.seed)
     backend = get_backend(cfg.backend, announce=True)
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
-    engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights, backend.name, cfg.precision)
+    engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
     kwargs = engine_kwargs(cfg)
     t0 = time.perf_counter()
     results = prepare_engines(
@@ -219,6 +221,11 @@ def cmd_run_bench(args) -> int:
 
     from .fsutil import atomic_write_json, check_writable
 
+    if args.scenario:
+        from vidrt.benchmarks.scenarios import scenario
+
+        for field, value in scenario(args.scenario).items():
+            setattr(args, field, value)
     cfg = _config(BenchConfig, args)
     _check_request_early(cfg)
     if cfg.output:

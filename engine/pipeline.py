@@ -122,7 +122,7 @@ class VideoPipeline:
         if expected is None or not isinstance(backend_options, expected):
             backend_options = None  # options for another backend mean nothing here
         unet_weights = str(Path(unet_weights).resolve()) if unet_weights else None
-        engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(m, unet_weights, backend_cls.name, precision)
+        engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(m, unet_weights)
         builds = prepare_engines(
             m, engine_dir, backend_cls, precision, unet_weights=unet_weights, quant=quant,
             backend_options=backend_options, component_precision=component_precision, build=build, progress=progress,

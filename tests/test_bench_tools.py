@@ -1,0 +1,41 @@
+"""Benchmark helpers: FLOP counting without weights, scenarios, parity metrics."""
+
+import numpy as np
+import pytest
+import torch
+
+from vidrt.benchmarks.harness import parity
+from vidrt.benchmarks.roofline import unet_flops
+from vidrt.benchmarks.scenarios import SCENARIOS, scenario
+from vidrt.errors import VidrtError
+
+
+def test_fake_tensor_flops_equal_a_real_forward(tiny_model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vidrt.sources import load_torch_component
+
+    unet = load_torch_component(tiny_model, "unet")
+    args = (torch.randn(2, 3, 8, 8, 12), torch.tensor([1.0]), torch.randn(2, 1, 32), torch.randn(2, 3))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(*args)
+    assert unet_flops(tiny_model, 2, 3, 16, 24) == counter.get_total_flops() > 0
+
+
+def test_scenarios_are_the_issue_set():
+    assert scenario("a") == dict(model="svd-xt", height=128, width=128, num_frames=14, steps=4, sampler="euler",
+                                 min_guidance=1.0, max_guidance=3.0, batch_size=1)
+    assert scenario("b")["height"] == scenario("b")["width"] == 256
+    assert scenario("c-lcm")["sampler"] == "animatelcm" and scenario("c-lcm")["max_guidance"] <= 1.0
+    assert scenario("c-euler")["steps"] == 25 and set(SCENARIOS) == {"a", "b", "c-lcm", "c-euler"}
+    with pytest.raises(VidrtError, match="--scenario z: choose one of"):
+        scenario("z")
+
+
+def test_parity_metrics():
+    a = np.zeros((1, 2, 4, 4, 3))
+    b = a.copy()
+    assert parity(a, b) == {"max_abs_err": 0.0, "mean_abs_err": 0.0, "psnr_db": float("inf")}
+    b[0, 0, 0, 0, 0] = 0.1
+    p = parity(a, b)
+    assert p["max_abs_err"] == pytest.approx(0.1) and p["psnr_db"] == pytest.approx(10 * np.log10(96 / 0.01))
