@@ -51,8 +51,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=d.model, help=f"model to run (default: {d.model})")
     g.add_argument("--unet-weights", help="safetensors UNet state dict replacing the model's UNet (AnimateLCM-SVD-xt ships so)")
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
-    g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU, "
-                   "else OpenVINO, else ONNX Runtime)")
+    g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU; "
+                   "on a CPU OpenVINO for bf16/int8/fp8, ONNX Runtime for fp32)")
     g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet (default: {d.precision})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"seed for random-weight presets and for the noise (default: {d.seed})")
     g.add_argument("--component-precision", help="per-component precision, e.g. vae_decoder=fp32 where fp16 overflows")
@@ -145,7 +145,7 @@ def engine_kwargs(cfg) -> dict:
     """
     from .backends import get_backend
 
-    backend = get_backend(cfg.backend).name
+    backend = get_backend(cfg.backend, precision=cfg.precision).name
     if cfg.uses_trt_flags() and backend != "tensorrt":
         raise VidrtError(f"--min/--opt/--max/--workspace/--opt-level/--timing-cache are TensorRT build flags; "
                          f"--backend {backend} takes none of them")
@@ -176,7 +176,7 @@ def cmd_build_engines(args) -> int:
 
     cfg = _config(BuildConfig, args)
     model = resolve_model(cfg.model, seed=cfg.seed)
-    backend = get_backend(cfg.backend, announce=True)
+    backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
     kwargs = engine_kwargs(cfg)

@@ -114,7 +114,7 @@ class VideoPipeline:
         """
         m = resolve_model(str(model), seed=seed, progress=progress)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
-        backend_cls = get_backend(backend, announce=progress and backend == "auto")
+        backend_cls = get_backend(backend, announce=progress and backend == "auto", precision=precision)
         from .backends.openvino import OvOptions
         from .trt_plan import TrtOptions
 

@@ -10,14 +10,15 @@ from ..errors import VidrtError
 BACKEND_NAMES = ("auto", "onnxruntime", "tensorrt", "openvino")
 
 
-def get_backend(name: str, announce: bool = False):
-    """Returns the backend class for ``name`` ('auto' picks the best usable one).
+def get_backend(name: str, announce: bool = False, precision: str = "fp32"):
+    """Returns the backend class for ``name`` ('auto' picks the fastest usable one
+    for ``precision``).
 
     Raises:
         VidrtError: unknown name, or a backend this machine or release cannot use.
     """
     if name == "auto":
-        backend, why = _auto()
+        backend, why = _auto(precision)
         if announce:
             print(f"vidrt: backend auto -> {backend.name} ({why})", flush=True)
     elif name == "onnxruntime":
@@ -34,16 +35,19 @@ def get_backend(name: str, announce: bool = False):
     return backend
 
 
-def _auto():
-    """TensorRT when a CUDA GPU and TensorRT are there; on a CPU, OpenVINO (faster
-    than ONNX Runtime on these models: bf16 on AMX, int8), else ONNX Runtime."""
+def _auto(precision: str):
+    """TensorRT when a CUDA GPU and TensorRT are there. On a CPU, by precision, as
+    measured on the real svd-xt UNet (README): bf16/int8/fp8 on OpenVINO (bf16 on
+    AMX; ONNX Runtime has no CPU bf16), fp32 on ONNX Runtime (as fast as OpenVINO
+    fp32 there, with ~4 GB less memory)."""
     from .onnxruntime import OnnxRuntimeBackend
     from .openvino import OpenVinoBackend
     from .tensorrt import TensorRTBackend
 
-    trt_reason = TensorRTBackend.unavailable_reason()
-    if trt_reason is None:
+    if TensorRTBackend.unavailable_reason() is None:
         return TensorRTBackend, "CUDA GPU and TensorRT found"
-    if OpenVinoBackend.unavailable_reason() is None:
-        return OpenVinoBackend, "no CUDA GPU; OpenVINO is the fastest CPU backend installed"
+    if precision != "fp32" and OpenVinoBackend.unavailable_reason() is None:
+        return OpenVinoBackend, f"no CUDA GPU; OpenVINO is the fastest CPU backend for {precision}"
+    if precision == "fp32":
+        return OnnxRuntimeBackend, "no CUDA GPU; ONNX Runtime is the fastest CPU backend for fp32"
     return OnnxRuntimeBackend, "no CUDA GPU and no OpenVINO"
