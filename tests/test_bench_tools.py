@@ -39,3 +39,18 @@ def test_parity_metrics():
     b[0, 0, 0, 0, 0] = 0.1
     p = parity(a, b)
     assert p["max_abs_err"] == pytest.approx(0.1) and p["psnr_db"] == pytest.approx(10 * np.log10(96 / 0.01))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-autocast"])
+def test_bf16_baselines_run_and_stay_close(tiny_model, reference, precision):
+    from vidrt.benchmarks.baseline import DiffusersBaseline
+    from vidrt.benchmarks.harness import BenchConfig, bench_image
+
+    base = DiffusersBaseline(tiny_model, precision)
+    image = bench_image(BenchConfig(height=32, width=32))
+    kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)
+    frames, stages, steps, _ = base(image, torch.Generator().manual_seed(0), **kw)
+    ref = reference(image, generator=torch.Generator().manual_seed(0), output_type="np", **kw).frames
+    assert frames.dtype == np.float32 and len(steps) == 2 and stages["unet"] > 0
+    # bf16 keeps 8 mantissa bits: frames stay within a few 1e-2 of fp32.
+    assert np.abs(frames - ref).mean() < 0.02
