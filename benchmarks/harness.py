@@ -228,5 +228,6 @@ def parity(a: np.ndarray, b: np.ndarray) -> dict:
     return {
         "max_abs_err": float(diff.max()),
         "mean_abs_err": float(diff.mean()),
+        "rel_l2": float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)),
         "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
     }

@@ -35,7 +35,7 @@ def test_scenarios_are_the_issue_set():
 def test_parity_metrics():
     a = np.zeros((1, 2, 4, 4, 3))
     b = a.copy()
-    assert parity(a, b) == {"max_abs_err": 0.0, "mean_abs_err": 0.0, "psnr_db": float("inf")}
+    assert parity(a, b) == {"max_abs_err": 0.0, "mean_abs_err": 0.0, "rel_l2": 0.0, "psnr_db": float("inf")}
     b[0, 0, 0, 0, 0] = 0.1
     p = parity(a, b)
     assert p["max_abs_err"] == pytest.approx(0.1) and p["psnr_db"] == pytest.approx(10 * np.log10(96 / 0.01))
