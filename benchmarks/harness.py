@@ -83,12 +83,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     baseline_precision = cfg.baseline_precision or (cfg.precision if cfg.precision in ("fp32", "fp16", "bf16") else "fp32")
     rss0 = rss_mb()
     t0 = time.perf_counter()
-    from vidrt.cli import engine_kwargs
-
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
         sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed, progress=progress,
-        cuda_graphs=not cfg.no_cuda_graphs, **engine_kwargs(cfg),
+        cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
     )
     engine_load_s = time.perf_counter() - t0
     engine_resident = rss_mb() - rss0

@@ -137,24 +137,6 @@ def _config(cls, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def engine_kwargs(cfg) -> dict:
-    """VideoPipeline.from_pretrained / prepare_engines keywords from the shared flags.
-
-    Raises:
-        VidrtError: TensorRT-only flags with another backend, or malformed values.
-    """
-    from .backends import get_backend
-
-    backend = get_backend(cfg.backend, precision=cfg.precision).name
-    if cfg.uses_trt_flags() and backend != "tensorrt":
-        raise VidrtError(f"--min/--opt/--max/--workspace/--opt-level/--timing-cache are TensorRT build flags; "
-                         f"--backend {backend} takes none of them")
-    if cfg.static and backend == "onnxruntime":
-        raise VidrtError("--static specialises TensorRT and OpenVINO engines; --backend onnxruntime takes dynamic shapes only")
-    options = {"tensorrt": cfg.trt_options, "openvino": cfg.openvino_options}.get(backend, lambda: None)()
-    return {"backend_options": options, "component_precision": cfg.component_precisions() or None}
-
-
 def _check_request_early(cfg) -> None:
     """Fails on bad request arguments before minutes of engine building, not after."""
     from .pipeline import check_ranges, check_request
@@ -179,7 +161,7 @@ def cmd_build_engines(args) -> int:
     backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
-    kwargs = engine_kwargs(cfg)
+    kwargs = cfg.engine_kwargs()
     t0 = time.perf_counter()
     results = prepare_engines(
         model, engine_dir, backend, cfg.precision, unet_weights=weights, quant=_quant_config(cfg),
@@ -255,7 +237,7 @@ def cmd_generate(args) -> int:
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
         sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed, cuda_graphs=not cfg.no_cuda_graphs,
-        **engine_kwargs(cfg),
+        **cfg.engine_kwargs(),
     )
     out = pipe(
         [image] * cfg.batch_size, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,

@@ -65,6 +65,23 @@ class EngineOptions:
         static = parse_dims(self.static, "--static") if self.static else None
         return OvOptions(static=static, threads=self.threads, streams=self.streams)
 
+    def engine_kwargs(self) -> dict:
+        """VideoPipeline.from_pretrained / prepare_engines keywords from these options.
+
+        Raises:
+            VidrtError: build flags the chosen backend does not take, or malformed values.
+        """
+        from .backends import get_backend
+
+        backend = get_backend(self.backend, precision=self.precision).name
+        if self.uses_trt_flags() and backend != "tensorrt":
+            raise VidrtError(f"--min/--opt/--max/--workspace/--opt-level/--timing-cache are TensorRT build flags; "
+                             f"--backend {backend} takes none of them")
+        if self.static and backend == "onnxruntime":
+            raise VidrtError("--static specialises TensorRT and OpenVINO engines; --backend onnxruntime takes dynamic shapes only")
+        options = {"tensorrt": self.trt_options, "openvino": self.openvino_options}.get(backend, lambda: None)()
+        return {"backend_options": options, "component_precision": self.component_precisions() or None}
+
     def uses_trt_flags(self) -> bool:
         return any((self.min, self.opt, self.max, self.workspace, self.timing_cache, self.opt_level != 3))
 
