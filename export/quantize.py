@@ -140,7 +140,6 @@ def to_standard_qdq(model, fmt: str):
     """modelopt's TorchScript export writes FP8 as trt::TRT_FP8(De)QuantizeLinear; turn
     them into opset-19 QuantizeLinear/DequantizeLinear with FLOAT8E4M3FN zero points
     (modelopt's FP8 exporter, then the ops moved to the default domain)."""
-    import onnx
 
     if fmt == "fp8":
         from modelopt.onnx.export.fp8_exporter import FP8QuantExporter

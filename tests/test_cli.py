@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import imageio.v3 as iio
 import pytest
@@ -42,7 +41,6 @@ def test_generate_writes_mp4_gif_and_png_frames(capsys, tiny_engine_dir, image_f
     mp4 = tmp_path / "out.mp4"
     code, out, err = run(capsys, "generate", *common(tiny_engine_dir), *req, "--image", str(image_file), "--output", str(mp4))
     assert code == 0, err
-    frames = iio.imread(mp4, plugin="pyav") if False else None  # decoded below with imageio-ffmpeg
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(mp4))

@@ -21,7 +21,6 @@ from vidrt.trt_plan import (
 @pytest.fixture(scope="module")
 def svd_xt(tmp_path_factory):
     """The real svd-xt configs (no weights needed for planning)."""
-    import json
 
     from vidrt.presets import PRESETS, SVD_SCHEDULER
     from vidrt.svd import SvdModel
