@@ -28,11 +28,20 @@ class Conditioning:
     image_latents: torch.Tensor  # [G*V, C, h, w]
     added_time_ids: torch.Tensor  # [G*V, 3]
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Not dataclasses.astuple: that deep-copies, and these must be the tensors themselves.
+        return self.image_embeds, self.image_latents, self.added_time_ids
+
 
 @dataclasses.dataclass
 class StepBuffers:
-    """Everything one step reads or writes, allocated once per shape."""
+    """Everything one step reads or writes, allocated once per shape. A captured CUDA
+    graph reads these addresses on every replay, so each request copies its own
+    latents and conditioning in rather than handing over new tensors."""
 
+    latents: torch.Tensor
+    cond: Conditioning
+    guidance: torch.Tensor | None
     unet_in: torch.Tensor
     unet_out: torch.Tensor
     timestep: torch.Tensor
@@ -42,12 +51,16 @@ class StepBuffers:
     host_noise: torch.Tensor | None  # where a CPU generator draws before the copy
 
     @classmethod
-    def allocate(cls, groups: int, latents: torch.Tensor, n_coef: int, needs_noise: bool, noise_device) -> "StepBuffers":
+    def allocate(cls, groups: int, latents: torch.Tensor, cond: Conditioning, guidance, n_coef: int,
+                 needs_noise: bool, noise_device) -> "StepBuffers":
         videos, frames, channels = latents.shape[:3]
         dev = latents.device
         batch = (groups * videos, frames)
         on_host = needs_noise and torch.device(noise_device) != dev
         return cls(
+            latents=torch.empty_like(latents),
+            cond=Conditioning(*(torch.empty_like(t) for t in cond.tensors())),
+            guidance=torch.empty_like(guidance) if guidance is not None else None,
             unet_in=torch.empty((*batch, 2 * channels, *latents.shape[3:]), device=dev),
             unet_out=torch.empty((*batch, channels, *latents.shape[3:]), device=dev),
             timestep=torch.empty(1, device=dev),
@@ -114,7 +127,7 @@ def denoise(
         unet: the UNet engine.
         sampler: a sampler with timesteps set.
         latents: initial latents (already scaled by init_noise_sigma), on the
-            engines' device; updated in place.
+            engines' device (copied into the step buffers, not modified).
         cond: conditioning; its batch is 2V with guidance, else V.
         guidance: per-frame guidance scale [1, F, 1, 1, 1] on the device, or None to skip CFG.
         generator: the request's generator (stochastic samplers draw from it).
@@ -130,8 +143,15 @@ def denoise(
     groups = 2 if guidance is not None else 1
     n_coef = len(sampler.coefficients(0))
     noise_device = generator.device if generator is not None else torch.device("cpu")
-    key = (groups, tuple(latents.shape), latents.device.type, sampler.name, id(unet))
-    b = state.buffers_for(key, lambda: StepBuffers.allocate(groups, latents, n_coef, sampler.needs_noise, noise_device))
+    key = (groups, tuple(latents.shape), tuple(cond.image_embeds.shape), latents.device.type, sampler.name, id(unet))
+    b = state.buffers_for(
+        key, lambda: StepBuffers.allocate(groups, latents, cond, guidance, n_coef, sampler.needs_noise, noise_device)
+    )
+    b.latents.copy_(latents)
+    for mine, given in zip(b.cond.tensors(), cond.tensors()):
+        mine.copy_(given)
+    if guidance is not None:
+        b.guidance.copy_(guidance)
     b.unet_in[:, :, channels:] = cond.image_latents.unsqueeze(1)
     cuda = latents.device.type == "cuda"
     graphs = cuda and state.use_cuda_graphs and getattr(unet, "supports_cuda_graphs", False)
@@ -153,20 +173,20 @@ def denoise(
         # Graphs replay from the second step: the first runs eagerly, which also
         # warms TensorRT up (profiles set, lazy allocations done) before capture.
         if graphs and i > 0:
-            graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, latents, cond, guidance, videos, channels)
+            graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, videos, channels)
             with timer.span(step_times):
                 graph.replay()
         else:
             with timer.span(step_times):
-                _step_body(unet, sampler, b, latents, cond, guidance, videos, channels)
+                _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
     timer.collect(step_times)
-    return latents
+    return b.latents.clone()  # the buffer belongs to the next request of this shape
 
 
-def _capture(state, key, unet, sampler, b, latents, cond, guidance, videos, channels):
+def _capture(state, key, unet, sampler, b: StepBuffers, videos, channels):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=torch.cuda.current_stream()):
-        _step_body(unet, sampler, b, latents, cond, guidance, videos, channels)
+        _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
     state.graphs.put(key, graph)
     return graph
 

@@ -143,3 +143,14 @@ def test_rgba_and_greyscale_images_are_converted(tiny_pipe):
     assert np.abs(rgba_out - rgb_out).max() <= TOL
     with pytest.warns(UserWarning, match="converted a L image to RGB"):
         tiny_pipe(grey, **kw)
+
+
+def test_reused_buffers_carry_nothing_between_requests(tiny_pipe, reference):
+    # Same shape twice, different images and seeds: the second request must not see the
+    # first one's latents or conditioning (the step buffers, and on a GPU the captured
+    # graph, are reused per shape).
+    kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)
+    run_vidrt(tiny_pipe, "euler", make_image(seed=11), 1, **kw)
+    ours = run_vidrt(tiny_pipe, "euler", make_image(seed=12), 2, **kw)
+    ref = run_reference(reference, "euler", make_image(seed=12), 2, **kw)
+    assert np.abs(ours - ref).max() <= TOL
