@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 
 class AnimateLCMReferenceScheduler(SchedulerMixin, ConfigMixin):
@@ -57,7 +58,7 @@ class AnimateLCMReferenceScheduler(SchedulerMixin, ConfigMixin):
         c_skip = cfg.sigma_data**2 / ((sigma - cfg.sigma_min) ** 2 + cfg.sigma_data**2)
         c_out = (sigma - cfg.sigma_min) * cfg.sigma_data / (sigma**2 + cfg.sigma_data**2) ** 0.5
         denoised = c_out * model_output + c_skip * sample
-        noise = torch.randn(model_output.shape, generator=generator or self.generator, dtype=model_output.dtype)
+        noise = randn_tensor(model_output.shape, generator=generator or self.generator, dtype=model_output.dtype)
         sigma_hat = sigma_next.clamp(min=cfg.sigma_min, max=cfg.sigma_max)
         prev_sample = denoised + noise * cfg.s_noise * sigma_hat
         self._step_index += 1

@@ -142,7 +142,8 @@ def denoise(
     videos, frames, channels = latents.shape[:3]
     groups = 2 if guidance is not None else 1
     n_coef = len(sampler.coefficients(0))
-    noise_device = generator.device if generator is not None else torch.device("cpu")
+    first = generator[0] if isinstance(generator, (list, tuple)) else generator
+    noise_device = first.device if first is not None else torch.device("cpu")
     key = (groups, tuple(latents.shape), tuple(cond.image_embeds.shape), latents.device.type, sampler.name, id(unet))
     b = state.buffers_for(
         key, lambda: StepBuffers.allocate(groups, latents, cond, guidance, n_coef, sampler.needs_noise, noise_device)

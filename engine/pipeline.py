@@ -22,7 +22,7 @@ from .build import default_engine_dir, load_engines, prepare_engines
 from .errors import VidrtError
 from .imageops import clip_pixel_values
 from .loop import Conditioning, LoopState, denoise
-from .samplers import make_sampler
+from .samplers import draw_noise, make_sampler
 from .sources import resolve_model
 from .svd import SvdModel
 
@@ -149,7 +149,7 @@ class VideoPipeline:
         noise_aug_strength: float = 0.02,
         decode_chunk_size: int | None = None,
         num_videos_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -187,6 +187,8 @@ class VideoPipeline:
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)
         do_cfg = max_guidance_scale > 1.0
         videos = batch * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != videos:
+            raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         check_ranges(self.model, batch, videos, do_cfg, num_frames, height, width, decode_chunk_size)
         sampler = make_sampler(self.sampler_name, self.model.scheduler)
         sampler.set_timesteps(num_inference_steps)
@@ -247,7 +249,7 @@ class VideoPipeline:
         self.timings.image_encoder = self._now() - t0
 
         image = self.video_processor.preprocess(images, height=height, width=width).float().contiguous()
-        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
+        noise = draw_noise(image.shape, generator)
         image = (image + aug * noise).to(self.device)
         t0 = self._now()
         image_latent = self.engines["vae_encoder"](image=image)["latent"]
@@ -313,8 +315,9 @@ def check_request(height, width, frames, steps, chunk=1, per_prompt=1, output_ty
         raise VidrtError(f"num_videos_per_prompt={per_prompt}: need at least 1")
     if output_type not in OUTPUT_TYPES:
         raise VidrtError(f"output_type='{output_type}': choose one of {', '.join(OUTPUT_TYPES)}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise VidrtError("generator must be one torch.Generator (lists of generators are not supported)")
+    gens = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
+        raise VidrtError("generator must be a torch.Generator or a list of them (one per video)")
 
 
 def check_ranges(model: SvdModel, batch, videos, do_cfg, frames, height, width, chunk) -> None:
@@ -330,7 +333,7 @@ def check_ranges(model: SvdModel, batch, videos, do_cfg, frames, height, width, 
 
 def _initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor:
     if latents is None:
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = draw_noise(shape, generator)
     else:
         if tuple(latents.shape) != tuple(shape):
             raise VidrtError(f"latents have shape {list(latents.shape)}, this request needs {list(shape)}")

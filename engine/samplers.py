@@ -62,8 +62,13 @@ class Sampler:
 
 
 def draw_noise(shape, generator, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Standard normal noise from ``generator`` on the generator's device, as diffusers'
-    randn_tensor draws it (a CPU generator draws on the CPU, whatever runs the model)."""
+    """Standard normal noise as diffusers' randn_tensor draws it: on the generator's
+    device (a CPU generator draws on the CPU, whatever runs the model), and with a
+    list of generators one batch row from each."""
+    if isinstance(generator, (list, tuple)):
+        rows = [draw_noise((1, *shape[1:]), generator[i]) for i in range(shape[0])]
+        noise = torch.cat(rows)
+        return out.copy_(noise) if out is not None else noise
     device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, dtype=torch.float32, device=device, out=out)
 

@@ -154,3 +154,28 @@ def test_reused_buffers_carry_nothing_between_requests(tiny_pipe, reference):
     ours = run_vidrt(tiny_pipe, "euler", make_image(seed=12), 2, **kw)
     ref = run_reference(reference, "euler", make_image(seed=12), 2, **kw)
     assert np.abs(ours - ref).max() <= TOL
+
+
+@pytest.mark.parametrize("sampler", ["euler", "animatelcm"])
+def test_one_generator_per_video(tiny_pipe, reference, sampler):
+    """A list of generators draws one batch row from each, as diffusers' randn_tensor."""
+    kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2, num_videos_per_prompt=2)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (7, 8)]  # noqa: E731
+    tiny_pipe.sampler_name = sampler
+    try:
+        ours = tiny_pipe(make_image(), generator=gens(), output_type="np", **kw).frames
+    finally:
+        tiny_pipe.sampler_name = "euler"
+    original = reference.scheduler
+    ref_gens = gens()
+    if sampler == "animatelcm":
+        reference.scheduler = AnimateLCMReferenceScheduler()
+        reference.scheduler.generator = ref_gens
+    try:
+        ref = reference(make_image(), generator=ref_gens, output_type="np", **kw).frames
+    finally:
+        reference.scheduler = original
+    assert ours.shape == (2, 2, 32, 32, 3)
+    assert np.abs(ours - ref).max() <= TOL
+    with pytest.raises(VidrtError, match="3 generators for 2 videos"):
+        tiny_pipe(make_image(), generator=gens() + gens()[:1], **kw)
