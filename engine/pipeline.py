@@ -167,14 +167,11 @@ class VideoPipeline:
         Raises:
             VidrtError: invalid arguments, or a shape outside the engines' ranges.
         """
-        if self.stream is not None:
-            with torch.cuda.stream(self.stream):
-                return self._generate(image, height, width, num_frames, num_inference_steps, min_guidance_scale,
-                                      max_guidance_scale, fps, motion_bucket_id, noise_aug_strength, decode_chunk_size,
-                                      num_videos_per_prompt, generator, latents, output_type, return_dict, progress)
-        return self._generate(image, height, width, num_frames, num_inference_steps, min_guidance_scale,
-                              max_guidance_scale, fps, motion_bucket_id, noise_aug_strength, decode_chunk_size,
-                              num_videos_per_prompt, generator, latents, output_type, return_dict, progress)
+        request = {k: v for k, v in locals().items() if k != "self"}
+        if self.stream is None:
+            return self._generate(**request)
+        with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
+            return self._generate(**request)
 
     def _generate(self, image, height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
                   fps, motion_bucket_id, noise_aug_strength, decode_chunk_size, num_videos_per_prompt, generator,
