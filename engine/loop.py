@@ -15,9 +15,7 @@ import time
 import torch
 
 from .samplers import draw_noise
-from .trt_plan import GraphCache
-
-MAX_CACHED_SHAPES = 4
+from .cache import MAX_CACHED_SHAPES, BoundedCache
 
 
 @dataclasses.dataclass
@@ -76,16 +74,8 @@ class LoopState:
 
     def __init__(self, use_cuda_graphs: bool = True, capacity: int = MAX_CACHED_SHAPES):
         self.use_cuda_graphs = use_cuda_graphs
-        self.buffers: dict = {}
-        self.graphs = GraphCache(capacity)
-        self.capacity = capacity
-
-    def buffers_for(self, key, make) -> StepBuffers:
-        if key not in self.buffers:
-            if len(self.buffers) >= self.capacity:
-                self.buffers.pop(next(iter(self.buffers)))  # oldest shape first
-            self.buffers[key] = make()
-        return self.buffers[key]
+        self.buffers = BoundedCache(capacity)
+        self.graphs = BoundedCache(capacity)
 
 
 def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guidance, videos: int, channels: int):
@@ -141,12 +131,13 @@ def denoise(
     state = state or LoopState()
     videos, frames, channels = latents.shape[:3]
     groups = 2 if guidance is not None else 1
-    n_coef = len(sampler.coefficients(0))
+    # Every step's scalars in one host table, built once; a step copies its row in.
+    coefs = torch.tensor([sampler.coefficients(i) for i in range(sampler.num_steps)], dtype=torch.float32)
     first = generator[0] if isinstance(generator, (list, tuple)) else generator
     noise_device = first.device if first is not None else torch.device("cpu")
     key = (groups, tuple(latents.shape), tuple(cond.image_embeds.shape), latents.device.type, sampler.name, id(unet))
-    b = state.buffers_for(
-        key, lambda: StepBuffers.allocate(groups, latents, cond, guidance, n_coef, sampler.needs_noise, noise_device)
+    b = state.buffers.get_or_make(
+        key, lambda: StepBuffers.allocate(groups, latents, cond, guidance, coefs.shape[1], sampler.needs_noise, noise_device)
     )
     b.latents.copy_(latents)
     for mine, given in zip(b.cond.tensors(), cond.tensors()):
@@ -156,10 +147,11 @@ def denoise(
     b.unet_in[:, :, channels:] = cond.image_latents.unsqueeze(1)
     cuda = latents.device.type == "cuda"
     graphs = cuda and state.use_cuda_graphs and getattr(unet, "supports_cuda_graphs", False)
+    coefs = coefs.pin_memory() if cuda else coefs
     timer = _Timer(cuda)
     copied = None
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
-        b.coef.copy_(torch.tensor(sampler.coefficients(i), dtype=torch.float32), non_blocking=cuda)
+        b.coef.copy_(coefs[i], non_blocking=cuda)
         if sampler.needs_noise:
             if b.host_noise is not None:
                 # The CPU generator draws into pinned memory; the one host sync of the

@@ -1,5 +1,5 @@
 """TensorRT planning that needs no GPU: optimization profiles, build options and
-their cache key, plan compatibility, buffer sizing, and the CUDA-graph cache.
+their cache key, plan compatibility, and buffer sizing.
 
 Everything here is plain Python over the component descriptions, so it is tested
 on any machine; the TensorRT backend and builder only carry these plans out.
@@ -7,10 +7,9 @@ on any machine; the TensorRT backend and builder only carry these plans out.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
-from typing import Callable, Mapping
+from typing import Mapping
 
 from .components import DIM_WORDS, ComponentSpec
 from .errors import VidrtError
@@ -266,37 +265,3 @@ def shared_device_memory(sizes: Mapping[str, int]) -> int:
     """Bytes of the one activation block all engines' contexts share: they run one
     at a time, so the largest engine's need covers all."""
     return max(sizes.values(), default=0)
-
-
-class GraphCache:
-    """Bounded LRU of captured CUDA graphs keyed by shape; evicted graphs are released."""
-
-    def __init__(self, capacity: int = 4, release: Callable[[object], None] | None = None):
-        if capacity < 1:
-            raise VidrtError("CUDA graph cache needs room for at least one graph")
-        self.capacity = capacity
-        self.release = release or (lambda graph: None)
-        self._graphs: collections.OrderedDict = collections.OrderedDict()
-
-    def get(self, key):
-        graph = self._graphs.get(key)
-        if graph is not None:
-            self._graphs.move_to_end(key)
-        return graph
-
-    def put(self, key, graph) -> None:
-        self._graphs[key] = graph
-        self._graphs.move_to_end(key)
-        while len(self._graphs) > self.capacity:
-            _, old = self._graphs.popitem(last=False)
-            self.release(old)
-
-    def clear(self) -> None:
-        while self._graphs:
-            self.release(self._graphs.popitem(last=False)[1])
-
-    def __len__(self) -> int:
-        return len(self._graphs)
-
-    def __contains__(self, key) -> bool:
-        return key in self._graphs

@@ -3,9 +3,9 @@ buffer sizing and the CUDA-graph cache."""
 
 import pytest
 
+from vidrt.cache import BoundedCache as GraphCache
 from vidrt.errors import VidrtError
 from vidrt.trt_plan import (
-    GraphCache,
     ShapeRequest,
     TrtOptions,
     builder_settings,

@@ -15,10 +15,8 @@ from typing import Mapping
 import torch
 
 from ..components import ComponentSpec
+from ..cache import BoundedCache
 from ..errors import VidrtError
-
-# Output buffers kept per engine: one per input shape, the oldest dropped past this.
-MAX_CACHED_SHAPES = 4
 
 
 class Engine(abc.ABC):
@@ -31,7 +29,7 @@ class Engine(abc.ABC):
 
     def __init__(self, spec: ComponentSpec):
         self.spec = spec
-        self._buffers: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._buffers = BoundedCache()  # output tensors per input shape
         self.last_seconds = 0.0
 
     def __call__(self, out: Mapping[str, torch.Tensor] | None = None, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,11 +55,9 @@ class Engine(abc.ABC):
                     raise VidrtError(f"{self.spec.name}: out['{name}'] must be a contiguous float32 tensor of {shape}")
             return dict(out)
         key = (device.type, tuple(sorted(dims.items())))
-        if key not in self._buffers:
-            if len(self._buffers) >= MAX_CACHED_SHAPES:
-                self._buffers.pop(next(iter(self._buffers)))  # oldest shape first
-            self._buffers[key] = {n: torch.empty(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
-        return self._buffers[key]
+        return self._buffers.get_or_make(
+            key, lambda: {n: torch.empty(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
+        )
 
     @abc.abstractmethod
     def _run(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:

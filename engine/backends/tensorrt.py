@@ -25,6 +25,8 @@ from ..trt_plan import (
     check_plan_compatible,
     derive_profiles,
     select_profile,
+    shared_device_memory,
+    tensor_bytes,
 )
 from .base import Backend, Engine
 
@@ -46,15 +48,18 @@ def device_info() -> dict:
 
 
 class SharedDeviceMemory:
-    """One activation block for all execution contexts, grown to the largest need.
+    """One activation block for all execution contexts, sized by the largest need.
     Engines run one at a time on one stream, so they never use it concurrently."""
 
     def __init__(self):
         self.block: torch.Tensor | None = None
+        self.needs: dict[str, int] = {}
 
-    def reserve(self, nbytes: int) -> None:
-        if self.block is None or self.block.numel() < nbytes:
-            self.block = torch.empty(max(nbytes, 1), dtype=torch.uint8, device="cuda")
+    def reserve(self, component: str, nbytes: int) -> None:
+        self.needs[component] = nbytes
+        size = shared_device_memory(self.needs)
+        if self.block is None or self.block.numel() < size:
+            self.block = torch.empty(max(size, 1), dtype=torch.uint8, device="cuda")
 
     @property
     def ptr(self) -> int:
@@ -76,7 +81,7 @@ class TrtEngine(Engine):
         self.profile_index: int | None = None
         self.memory = memory
         self.memory_bytes = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
-        memory.reserve(self.memory_bytes)
+        memory.reserve(spec.name, self.memory_bytes)
 
     def _run(self, feeds, outputs):
         ctx = self.context
@@ -138,7 +143,7 @@ class TensorRTBackend(Backend):
         settings = builder_settings(precision, options, profiles)
         stats = build_in_child(onnx_path, out_dir, PLAN, settings, options.timing_cache, spec.name)
         extras = {"tensorrt_version": cls.version(), "device": device_info(), "settings": settings,
-                  "builder": {k: v for k, v in stats.items()}}
+                  "builder": stats, "io_bytes": tensor_bytes(spec, profiles)}
         return [out_dir / PLAN, out_dir / LOG_FILE], extras
 
     @classmethod
