@@ -26,27 +26,28 @@ from .manifest import (
     source_hashes,
     verify,
 )
-from .svd import COMPONENTS, WEIGHTS_FOLDER, SvdModel
 
 EXPORT_FORMAT = 1  # bump when export code changes what it writes
 QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage (UNet only)
 
 
-def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None) -> dict[str, str]:
+def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
+                         components: tuple[str, ...] = ("image_encoder", "vae_encoder", "unet", "vae_decoder")) -> dict[str, str]:
     """Precision of each component's engine for a requested ``--precision``.
 
     INT8/FP8 apply to the UNet, where the compute is; the encoders and the VAE
     decoder run in the backend's float precision (``companion``: fp32 on ONNX
     Runtime, fp16 on TensorRT). ``overrides`` (``--component-precision``) sets
     single components, e.g. a VAE decoder kept at fp32 where fp16 overflows.
+    ``components`` are the model's (``model.components``).
     """
     if precision in QUANTIZED:
-        out = {c: (precision if c == "unet" else companion) for c in COMPONENTS}
+        out = {c: (precision if c == "unet" else companion) for c in components}
     else:
-        out = {c: precision for c in COMPONENTS}
+        out = {c: precision for c in components}
     for c, p in (overrides or {}).items():
-        if c not in COMPONENTS:
-            raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(COMPONENTS)}")
+        if c not in components:
+            raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
         if p in QUANTIZED and c != "unet":
             raise VidrtError(f"--component-precision {c}={p}: only the UNet is quantized")
         out[c] = p
@@ -85,23 +86,25 @@ def versions() -> dict:
     return out
 
 
-def default_engine_dir(model: SvdModel, unet_weights: str | None) -> Path:
+def default_engine_dir(model, unet_weights: str | None) -> Path:
     """One engine directory per model (and UNet weights): every backend and precision
     lives in it side by side and shares the ONNX export."""
     ident = hashlib.sha256(f"{model.folder.resolve()}|{unet_weights or ''}".encode()).hexdigest()[:10]
     return settings.cache_dir() / "engines" / f"{model.folder.name}-{ident}"
 
 
-def weight_files(model: SvdModel, component: str, unet_weights: str | None) -> list[Path]:
-    folder = model.folder / WEIGHTS_FOLDER[component]
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+def weight_files(model, component: str, unet_weights: str | None) -> list[Path]:
+    folders = [model.weights_folder[component]]
+    if component == "unet" and getattr(model, "motion_adapter", None) is not None:
+        folders.append("motion_adapter")  # merged into the UNet at load time
+    files = sorted(p for f in folders for p in (model.folder / f).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
     if component == "unet" and unet_weights:
         files.append(Path(unet_weights).resolve())
     return files
 
 
 def prepare_engines(
-    model: SvdModel,
+    model,
     engine_dir: Path,
     backend,
     precision: str,
@@ -132,9 +135,14 @@ def prepare_engines(
     Raises:
         VidrtError: something is stale and ``build`` is False, or a build failed.
     """
-    precisions = component_precisions(precision, backend.companion_precision, component_precision)
+    precisions = component_precisions(precision, backend.companion_precision, component_precision, model.components)
     for p in set(precisions.values()):
         backend.check_precision(p)
+    if precisions.get("unet") in QUANTIZED and model.kind != "image-to-video":
+        raise VidrtError(
+            f"--precision {precisions['unet']}: the quantization stage calibrates SVD-family UNets only so far; "
+            "build text-to-video engines with fp32 or bf16"
+        )
     if "unet" in precisions and precisions["unet"] in QUANTIZED and quant is None:
         quant = _built_or_default_quant(Path(engine_dir), precisions["unet"])
     engine_dir = Path(engine_dir)
@@ -152,11 +160,11 @@ def prepare_engines(
             }
             | ({"quant": quant.describe(), "modelopt": vers.get("nvidia-modelopt")} if precisions[c] in QUANTIZED else {})
         )
-        for c in COMPONENTS
+        for c in model.components
     }
     results: dict[str, ComponentBuild] = {}
     stale_exports = {}
-    for c in COMPONENTS:
+    for c in model.components:
         onnx_dir = engine_dir / c / onnx_dir_name(precisions[c])
         _, reason = verify(onnx_dir, EXPORT_MANIFEST, export_keys[c], full_verify)
         if reason:
@@ -170,7 +178,7 @@ def prepare_engines(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(COMPONENTS, desc=f"build {backend.name}-{precision}", disable=not progress, unit="component")
+    bar = tqdm(model.components, desc=f"build {backend.name}-{precision}", disable=not progress, unit="component")
     for c in bar:
         bar.set_postfix_str(c)
         results[c] = _build_one(
@@ -195,10 +203,10 @@ def _built_or_default_quant(engine_dir: Path, precision: str):
     return QuantConfig(format=precision)
 
 
-def _source_hashes(model: SvdModel, engine_dir: Path, unet_weights: str | None) -> dict:
+def _source_hashes(model, engine_dir: Path, unet_weights: str | None) -> dict:
     cache_file = engine_dir / "sources.json"
     cache = (read_manifest(cache_file) or {}).get("files", {})
-    paths = sorted({p for c in COMPONENTS for p in weight_files(model, c, unet_weights)})
+    paths = sorted({p for c in model.components for p in weight_files(model, c, unet_weights)})
     for p in paths:
         if not p.is_file():
             raise VidrtError(f"{p} is missing; the model folder is incomplete")
@@ -315,10 +323,11 @@ def _size(manifest: dict) -> int:
     return sum(rec["size"] for rec in manifest["files"].values())
 
 
-def load_engines(engine_dir: Path, backend, precision: str, model: SvdModel, component_precision=None) -> dict:
+def load_engines(engine_dir: Path, backend, precision: str, model, component_precision=None) -> dict:
     """Loads every component's verified artifact as an Engine."""
     specs = model.specs()
     engines = {}
-    for c, p in component_precisions(precision, backend.companion_precision, component_precision).items():
+    for c, p in component_precisions(precision, backend.companion_precision, component_precision,
+                                     model.components).items():
         engines[c] = backend.load(engine_dir / c / f"{backend.name}-{p}", specs[c], p)
     return engines

@@ -23,16 +23,23 @@ DIM_WORDS = {
     "h": "latent height",
     "w": "latent width",
     "N": "decode chunk size",
+    "L": "text sequence length",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor: its dims (ints or symbols/expressions) and element type."""
+    """A named tensor: its dims (ints or symbols/expressions) and element type.
+
+    ``high`` bounds integer tensors (token ids: the vocabulary size) and ``value``
+    fills scalar inputs (a timestep) when export makes sample inputs.
+    """
 
     name: str
     dims: tuple[int | str, ...]
     dtype: str = "float32"
+    high: int | None = None
+    value: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +155,17 @@ class ComponentSpec:
         """JSON-friendly description (goes into manifests and cache keys)."""
         return {
             "name": self.name,
-            "inputs": [dataclasses.asdict(t) for t in self.inputs],
-            "outputs": [dataclasses.asdict(t) for t in self.outputs],
+            "inputs": [_tensor_record(t) for t in self.inputs],
+            "outputs": [_tensor_record(t) for t in self.outputs],
             "ranges": {k: dataclasses.asdict(v) for k, v in sorted(self.ranges.items())},
             "opt": dict(sorted(self.opt.items())),
         }
+
+
+def _tensor_record(t: TensorSpec) -> dict:
+    # Unset hints are left out so descriptions (and the cache keys hashed from them)
+    # of tensors without hints read as before.
+    return {k: v for k, v in dataclasses.asdict(t).items() if v is not None}
 
 
 def _eval_dim(expr: str, dims: Mapping[str, int]) -> int:

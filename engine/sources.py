@@ -12,36 +12,43 @@ from pathlib import Path
 from . import settings
 from .errors import VidrtError
 from .fsutil import atomic_dir
+from .models import read_model
 from .presets import PRESETS
-from .svd import PRESET_MARKER, SvdModel
+from .presets_t2v import T2V_PRESETS
+from .svd import PRESET_MARKER
+
+ALL_PRESETS = (*PRESETS, *T2V_PRESETS)
 
 DEFAULT_SEED = 0
 
 
-def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True) -> SvdModel:
+def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True):
     """Turns ``--model`` into a local model folder and reads its configs.
 
     Args:
-        model: a preset name (tiny-svd, svd, svd-xt), a local folder, or a hub id.
+        model: a preset name (ALL_PRESETS), a local folder, or a hub id.
         seed: weight seed for presets.
         progress: print what is being materialised or downloaded.
+
+    Returns:
+        SvdModel or T2vModel, by the folder's pipeline class.
 
     Raises:
         VidrtError: unknown source, malformed folder, or hub unreachable.
     """
-    if model in PRESETS:
-        return SvdModel.from_folder(materialize_preset(model, seed, progress))
+    if model in ALL_PRESETS:
+        return read_model(materialize_preset(model, seed, progress))
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         what = "is not a folder" if path.exists() else "does not exist"
         if not path.is_dir():
             raise VidrtError(f"--model {model}: {what}; pass a diffusers model folder, a hub id or a preset")
-        return SvdModel.from_folder(path)
+        return read_model(path)
     if model.count("/") != 1:
         raise VidrtError(
-            f"--model {model}: not a preset ({', '.join(PRESETS)}), an existing folder or a hub id (owner/name)"
+            f"--model {model}: not a preset ({', '.join(ALL_PRESETS)}), an existing folder or a hub id (owner/name)"
         )
-    return SvdModel.from_folder(download_from_hub(model, progress))
+    return read_model(download_from_hub(model, progress))
 
 
 def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
@@ -51,9 +58,12 @@ def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
         return folder
     if progress:
         print(f"vidrt: creating preset {name} with RANDOM weights (seed {seed}) in {folder}", flush=True)
-    from .presets import build_random_pipeline
+    if name in T2V_PRESETS:
+        from .presets_t2v import build_random_t2v_pipeline as build
+    else:
+        from .presets import build_random_pipeline as build
 
-    pipe = build_random_pipeline(name, seed)
+    pipe = build(name, seed)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / PRESET_MARKER).write_text(json.dumps({"name": name, "seed": seed, "random_weights": True}) + "\n")
@@ -61,12 +71,12 @@ def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
 
 
 def download_from_hub(repo_id: str, progress: bool = True) -> Path:
-    """Downloads an SVD model (fp32 safetensors and configs) from the hub."""
+    """Downloads a model (fp32 safetensors, configs and tokenizer files) from the hub."""
     from huggingface_hub import snapshot_download
 
     hint = (
         "download it on a connected machine (huggingface-cli download) and pass the folder, "
-        "or use an offline preset: " + ", ".join(PRESETS)
+        "or use an offline preset: " + ", ".join(ALL_PRESETS)
     )
     if settings.hub_offline():
         raise VidrtError(f"--model {repo_id}: HF_HUB_OFFLINE is set, so the hub cannot be reached; {hint}")
@@ -86,8 +96,9 @@ def download_from_hub(repo_id: str, progress: bool = True) -> Path:
         raise VidrtError(f"--model {repo_id}: could not download from the Hugging Face hub ({reason}); {hint}") from None
 
 
-def load_torch_components(model: SvdModel, unet_weights: str | Path | None = None):
-    """Loads the diffusers StableVideoDiffusionPipeline (fp32, eval) from the folder.
+def load_torch_components(model, unet_weights: str | Path | None = None):
+    """Loads the model folder's diffusers pipeline (fp32, eval): StableVideoDiffusionPipeline,
+    TextToVideoSDPipeline or AnimateDiffPipeline, as model_index.json names it.
 
     Args:
         model: the resolved model.
@@ -97,39 +108,64 @@ def load_torch_components(model: SvdModel, unet_weights: str | Path | None = Non
     Raises:
         VidrtError: weights unreadable or not matching the UNet.
     """
-    from diffusers import StableVideoDiffusionPipeline
+    import diffusers
 
+    cls = getattr(diffusers, "StableVideoDiffusionPipeline" if model.kind == "image-to-video" else model.pipeline_class)
     try:
-        pipe = StableVideoDiffusionPipeline.from_pretrained(model.folder)
+        pipe = cls.from_pretrained(model.folder)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VidrtError(f"cannot load the model in {model.folder}: {str(e).splitlines()[0]}") from None
     if unet_weights is not None:
         load_unet_weights(pipe.unet, unet_weights)
-    for module in (pipe.unet, pipe.vae, pipe.image_encoder):
-        module.eval().requires_grad_(False)
+    for c in ("unet", "vae", "image_encoder", "text_encoder"):
+        module = getattr(pipe, c, None)
+        if module is not None:
+            module.eval().requires_grad_(False)
     return pipe
 
 
-def load_torch_component(model: SvdModel, component: str, unet_weights: str | Path | None = None):
+# component -> (module class, subfolder), per model kind
+_TORCH_CLASSES = {
+    "image-to-video": {
+        "unet": ("diffusers", "UNetSpatioTemporalConditionModel", "unet"),
+        "vae_encoder": ("diffusers", "AutoencoderKLTemporalDecoder", "vae"),
+        "vae_decoder": ("diffusers", "AutoencoderKLTemporalDecoder", "vae"),
+        "image_encoder": ("transformers", "CLIPVisionModelWithProjection", "image_encoder"),
+    },
+    "text-to-video-sd": {
+        "unet": ("diffusers", "UNet3DConditionModel", "unet"),
+        "vae_decoder": ("diffusers", "AutoencoderKL", "vae"),
+        "text_encoder": ("transformers", "CLIPTextModel", "text_encoder"),
+    },
+    "animatediff": {
+        "unet": ("diffusers", "UNetMotionModel", "unet"),
+        "vae_decoder": ("diffusers", "AutoencoderKL", "vae"),
+        "text_encoder": ("transformers", "CLIPTextModel", "text_encoder"),
+    },
+}
+
+
+def load_torch_component(model, component: str, unet_weights: str | Path | None = None):
     """Loads only the torch module a component needs (fp32, eval), to keep export memory low.
 
-    Returns the UNet, the VAE (for vae_encoder and vae_decoder) or the CLIP vision model.
+    Returns the UNet, the VAE (for vae_encoder and vae_decoder), or the CLIP vision or
+    text model. An AnimateDiff folder whose unet/ is a plain 2D UNet gets its motion
+    adapter (motion_adapter/) merged in, as AnimateDiffPipeline does.
 
     Raises:
         VidrtError: the weights cannot be loaded.
     """
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import CLIPVisionModelWithProjection
+    import importlib
 
-    classes = {
-        "unet": (UNetSpatioTemporalConditionModel, "unet"),
-        "vae_encoder": (AutoencoderKLTemporalDecoder, "vae"),
-        "vae_decoder": (AutoencoderKLTemporalDecoder, "vae"),
-        "image_encoder": (CLIPVisionModelWithProjection, "image_encoder"),
-    }
-    cls, sub = classes[component]
+    lib, name, sub = _TORCH_CLASSES[model.kind][component]
     try:
-        module = cls.from_pretrained(model.folder / sub)
+        if model.kind == "animatediff" and component == "unet" and model.motion_adapter is not None:
+            from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+            adapter = MotionAdapter.from_pretrained(model.folder / "motion_adapter")
+            module = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(model.folder / sub), adapter)
+        else:
+            module = getattr(importlib.import_module(lib), name).from_pretrained(model.folder / sub)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VidrtError(f"cannot load {sub} from {model.folder}: {str(e).splitlines()[0]}") from None
     if component == "unet" and unet_weights is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from .components import ComponentSpec, DimRange, TensorSpec
@@ -37,20 +38,24 @@ class SvdModel:
     scheduler: dict
     preset: dict | None  # set for vidrt's random-weight presets
 
+    components = COMPONENTS
+    weights_folder = WEIGHTS_FOLDER
+    kind = "image-to-video"
+
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "SvdModel":
+    def from_folder(cls, folder: str | Path, index: dict | None = None) -> "SvdModel":
         """Reads the configs of a diffusers StableVideoDiffusionPipeline folder.
 
         Raises:
             VidrtError: the folder or one of its config files is missing or malformed.
         """
         folder = Path(folder)
-        index = _read_json(folder / "model_index.json", folder)
+        index = index or _read_json(folder / "model_index.json", folder)
         cls_name = index.get("_class_name", "")
         if cls_name != "StableVideoDiffusionPipeline":
             raise VidrtError(
-                f"{folder} holds a '{cls_name}', not a StableVideoDiffusionPipeline; "
-                "vidrt's image-to-video path needs an SVD-family model folder"
+                f"{folder} holds a '{cls_name}'; vidrt serves StableVideoDiffusionPipeline (image to video), "
+                "TextToVideoSDPipeline and AnimateDiffPipeline (text to video) folders"
             )
         preset_file = folder / PRESET_MARKER
         return cls(
@@ -152,7 +157,7 @@ def unet_spec(m: SvdModel) -> ComponentSpec:
         name="unet",
         inputs=(
             TensorSpec("sample", ("B", "F", 2 * c, "h", "w")),
-            TensorSpec("timestep", (1,)),
+            TensorSpec("timestep", (1,), value=0.25 * math.log(20.0)),
             TensorSpec("encoder_hidden_states", ("B", 1, int(m.unet.get("cross_attention_dim", 1024)))),
             TensorSpec("added_time_ids", ("B", 3)),
         ),
@@ -186,7 +191,7 @@ def _read_json(path: Path, folder: Path) -> dict:
     if not path.is_file():
         raise VidrtError(
             f"{folder} is not a complete diffusers model folder: {path.relative_to(folder)} is missing; "
-            "save the pipeline with save_pretrained() or pass a preset (tiny-svd, svd, svd-xt)"
+            "save the pipeline with save_pretrained() or pass a preset (vidrt build-engines --help lists them)"
         )
     try:
         return json.loads(path.read_text())

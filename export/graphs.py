@@ -58,27 +58,82 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latents * self.inv_scale, num_frames=latents.shape[0]).sample
 
 
+class TextEncoderGraph(torch.nn.Module):
+    """CLIPTextModel: token ids → (last hidden states, pooled output)."""
+
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        out = self.text_encoder(input_ids, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+class VideoUNetGraph(torch.nn.Module):
+    """UNet3DConditionModel on [B, C, F, h, w] latents and [B, L, D] text states."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class MotionUNetGraph(VideoUNetGraph):
+    """UNetMotionModel with the same inputs: AnimateDiffPipeline repeats the text states
+    once per frame before the UNet; here the graph does it, so the engine takes them
+    once per video like the 3D U-Net."""
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        states = encoder_hidden_states.repeat_interleave(sample.shape[2], dim=0)
+        return self.unet(sample, timestep, states, return_dict=False)[0]
+
+
+class FrameDecoderGraph(torch.nn.Module):
+    """AutoencoderKL decoder over frames stacked in the batch, ``1/scaling_factor`` folded in."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.inv_scale = 1.0 / vae.config.scaling_factor
+
+    def forward(self, latents):
+        return self.vae.decode(latents * self.inv_scale).sample
+
+
+# (component, torch module class) -> graph; the SVD family's modules are the defaults.
 GRAPHS = {
     "image_encoder": ImageEncoderGraph,
     "vae_encoder": VaeEncoderGraph,
     "unet": UNetGraph,
     "vae_decoder": VaeDecoderGraph,
+    "text_encoder": TextEncoderGraph,
+    ("unet", "UNet3DConditionModel"): VideoUNetGraph,
+    ("unet", "UNetMotionModel"): MotionUNetGraph,
+    ("vae_decoder", "AutoencoderKL"): FrameDecoderGraph,
 }
 
 
 def component_graph(component: str, module) -> torch.nn.Module:
     """The exportable graph of one component around its torch module
-    (UNet, VAE or CLIP vision model, as the component needs)."""
-    return GRAPHS[component](module).eval()
+    (UNet, VAE, CLIP vision or text model, as the component needs)."""
+    graph = GRAPHS.get((component, type(module).__name__)) or GRAPHS[component]
+    return graph(module).eval()
 
 
 def sample_inputs(spec: ComponentSpec, dims: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of the spec's shapes at ``dims`` (timestep set to a real SVD value)."""
+    """Random inputs of the spec's shapes at ``dims``: token ids below the vocabulary
+    size, scalars at the spec's sample value (a timestep the model really sees)."""
     gen = torch.Generator().manual_seed(seed)
     feeds = {}
-    for name, shape in spec.shapes_at(dims).items():
-        if name == "timestep":
-            feeds[name] = torch.full(shape, 0.25 * torch.log(torch.tensor(20.0)).item())
+    for t in spec.inputs:
+        name, shape = t.name, spec.shape_of(t, dims)
+        if t.dtype == "int64":
+            feeds[name] = torch.randint(0, t.high or 2, shape, generator=gen, dtype=torch.int64)
+        elif t.value is not None:
+            feeds[name] = torch.full(shape, float(t.value))
         elif name == "added_time_ids":
             feeds[name] = torch.tensor([[6.0, 127.0, 0.02]]).repeat(shape[0], 1)
         else:

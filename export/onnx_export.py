@@ -218,14 +218,16 @@ def check_against_torch(graph, spec: ComponentSpec, onnx_path: Path, tolerance=(
     # Basic optimisation only: enough for a numerical check, and no second copy of large weights.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    got = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
     del session
     with torch.no_grad():
-        want = graph(*(feeds[n] for n in spec.input_names)).float().numpy()
-    if got.shape != want.shape:
-        raise VidrtError(f"{spec.name}: ONNX output shape {got.shape} != PyTorch {want.shape} at {point}")
-    err = float(np.abs(got - want).max())
-    scale = float(np.abs(want).max())
+        want = graph(*(feeds[n] for n in spec.input_names))
+    want = [w.float().numpy() for w in (want if isinstance(want, tuple) else (want,))]
+    for name, g, w in zip(spec.output_names, got, want):
+        if g.shape != w.shape:
+            raise VidrtError(f"{spec.name}: ONNX output '{name}' shape {g.shape} != PyTorch {w.shape} at {point}")
+    err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+    scale = max(float(np.abs(w).max()) for w in want)
     tol = tolerance[0] + tolerance[1] * scale
     result = {"dims": point, "max_abs_err": err, "max_abs_ref": scale, "tolerance": tol}
     if not err <= tol:

@@ -18,6 +18,8 @@ from ..components import ComponentSpec
 from ..cache import BoundedCache
 from ..errors import VidrtError
 
+TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
+
 
 class Engine(abc.ABC):
     """One compiled component. Call it with named input tensors.
@@ -35,9 +37,10 @@ class Engine(abc.ABC):
     def __call__(self, out: Mapping[str, torch.Tensor] | None = None, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         dims = self.spec.bind({k: tuple(v.shape) for k, v in feeds.items()})
         self.spec.check(dims)
-        for name, tensor in feeds.items():
-            if tensor.dtype != torch.float32:
-                raise VidrtError(f"{self.spec.name}: input '{name}' is {tensor.dtype}, this engine takes float32")
+        for t in self.spec.inputs:
+            want = TORCH_DTYPES[t.dtype]
+            if feeds[t.name].dtype != want:
+                raise VidrtError(f"{self.spec.name}: input '{t.name}' is {feeds[t.name].dtype}, this engine takes {t.dtype}")
         feeds = {k: v if v.is_contiguous() else v.contiguous() for k, v in feeds.items()}
         outputs = self._outputs(dims, feeds, out)
         start = time.perf_counter()

@@ -18,7 +18,7 @@ from .base import Backend, Engine
 
 ARTIFACT = "model.opt.onnx"
 ARTIFACT_DATA = "model.opt.onnx.data"
-_DTYPES = {"float32": np.float32}
+_NUMPY = {torch_name: np.dtype(torch_name) for torch_name in ("float32", "int64", "int32")}
 
 
 def _ort():
@@ -45,7 +45,8 @@ class OrtEngine(Engine):
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         for name, t in feeds.items():
-            b.bind_input(name, t.device.type, t.device.index or 0, np.float32, list(t.shape), t.data_ptr())
+            dtype = _NUMPY[str(t.dtype).removeprefix("torch.")]
+            b.bind_input(name, t.device.type, t.device.index or 0, dtype, list(t.shape), t.data_ptr())
         for name, t in outputs.items():
             b.bind_output(name, t.device.type, t.device.index or 0, np.float32, list(t.shape), t.data_ptr())
         self.session.run_with_iobinding(b)

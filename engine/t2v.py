@@ -1,0 +1,184 @@
+"""Text-to-video models: ModelScope's 3D U-Net (diffusers' TextToVideoSDPipeline) and
+AnimateDiff (a Stable Diffusion UNet with a motion adapter, AnimateDiffPipeline).
+
+Both share three components: the CLIP text encoder, a video UNet on latents laid
+out [B, C, F, h, w], and the image VAE decoder applied frame by frame. Like
+``svd.py``, everything here reads JSON configs only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .components import ComponentSpec, DimRange, TensorSpec
+from .errors import VidrtError
+from .svd import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, _read_json
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+WEIGHTS_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
+
+# model_index.json class -> (vidrt kind, diffusers' UNet class of that pipeline)
+PIPELINES = {
+    "TextToVideoSDPipeline": ("text-to-video-sd", "UNet3DConditionModel"),
+    "AnimateDiffPipeline": ("animatediff", "UNetMotionModel"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T2vModel:
+    """Configs of a text-to-video model folder (model_index.json layout)."""
+
+    folder: Path
+    pipeline_class: str
+    unet: dict
+    vae: dict
+    text_encoder: dict
+    tokenizer: dict
+    scheduler: dict
+    motion_adapter: dict | None  # AnimateDiff folders whose unet/ is the plain 2D UNet
+    preset: dict | None
+
+    components = COMPONENTS
+    weights_folder = WEIGHTS_FOLDER
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, index: dict | None = None) -> "T2vModel":
+        """Reads the configs of a TextToVideoSDPipeline or AnimateDiffPipeline folder.
+
+        Raises:
+            VidrtError: the folder or one of its config files is missing or malformed.
+        """
+        folder = Path(folder)
+        index = index or _read_json(folder / "model_index.json", folder)
+        name = index.get("_class_name", "")
+        if name not in PIPELINES:
+            raise VidrtError(f"{folder} holds a '{name}'; vidrt's text-to-video path reads {', '.join(PIPELINES)}")
+        unet = _read_json(folder / "unet" / "config.json", folder)
+        adapter = None
+        if name == "AnimateDiffPipeline" and unet.get("_class_name") != "UNetMotionModel":
+            adapter = _read_json(folder / "motion_adapter" / "config.json", folder)
+        preset_file = folder / PRESET_MARKER
+        return cls(
+            folder=folder,
+            pipeline_class=name,
+            unet=unet,
+            vae=_read_json(folder / "vae" / "config.json", folder),
+            text_encoder=_read_json(folder / "text_encoder" / "config.json", folder),
+            tokenizer=_read_json(folder / "tokenizer" / "tokenizer_config.json", folder),
+            scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
+            motion_adapter=adapter,
+            preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+        )
+
+    @property
+    def kind(self) -> str:
+        return PIPELINES[self.pipeline_class][0]
+
+    @property
+    def label(self) -> str:
+        if self.preset:
+            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
+        return str(self.folder)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def unet_up_factor(self) -> int:
+        return 2 ** (len(self.unet["block_out_channels"]) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale_factor * self.unet_up_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.get("in_channels", 4))
+
+    @property
+    def max_frames(self) -> int:
+        """AnimateDiff's motion modules hold positional encodings for this many frames."""
+        if self.kind == "animatediff":
+            cfg = self.motion_adapter or self.unet
+            return int(cfg.get("motion_max_seq_length", 32))
+        return MAX_FRAMES
+
+    @property
+    def default_num_frames(self) -> int:
+        return 16
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        side = int(self.unet.get("sample_size") or 64) * self.vae_scale_factor
+        return side, side
+
+    @property
+    def max_text_length(self) -> int:
+        return int(self.tokenizer.get("model_max_length") or self.text_encoder.get("max_position_embeddings", 77))
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_encoder["hidden_size"])
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return 9.0 if self.kind == "text-to-video-sd" else 7.5
+
+    def specs(self) -> dict[str, ComponentSpec]:
+        return {"text_encoder": text_encoder_spec(self), "unet": unet_spec(self), "vae_decoder": vae_decoder_spec(self)}
+
+
+def text_encoder_spec(m: T2vModel) -> ComponentSpec:
+    """Token ids -> last hidden states (what the UNet attends to) and the pooled output."""
+    vocab = int(m.text_encoder.get("vocab_size", 49408))
+    return ComponentSpec(
+        name="text_encoder",
+        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab),),
+        outputs=(TensorSpec("last_hidden_state", ("B", "L", m.text_dim)), TensorSpec("pooled_output", ("B", m.text_dim))),
+        # Guidance encodes the negative prompts in the same call: twice the videos.
+        ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
+        opt={"B": 2, "L": m.max_text_length},
+    )
+
+
+def unet_spec(m: T2vModel) -> ComponentSpec:
+    c = m.latent_channels
+    up = m.unet_up_factor
+    top = (MAX_PIXELS // m.vae_scale_factor // up) * up
+    h, w = m.default_size
+    cross = int(m.unet.get("cross_attention_dim") or m.text_dim)
+    return ComponentSpec(
+        name="unet",
+        inputs=(
+            TensorSpec("sample", ("B", c, "F", "h", "w")),
+            TensorSpec("timestep", (1,), value=500.0),
+            TensorSpec("encoder_hidden_states", ("B", "L", cross)),
+        ),
+        outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
+        ranges={
+            "B": DimRange(1, MAX_BATCH),
+            "F": DimRange(1, m.max_frames),
+            "h": DimRange(up, top, up),
+            "w": DimRange(up, top, up),
+            "L": DimRange(1, m.max_text_length),
+        },
+        opt={"B": 2, "F": m.default_num_frames, "h": h // m.vae_scale_factor, "w": w // m.vae_scale_factor,
+             "L": m.max_text_length},
+    )
+
+
+def vae_decoder_spec(m: T2vModel) -> ComponentSpec:
+    """AutoencoderKL decoder over frames stacked in the batch (a chunk of them at a time)."""
+    s = m.vae_scale_factor
+    top = MAX_PIXELS // s
+    h, w = m.default_size
+    return ComponentSpec(
+        name="vae_decoder",
+        inputs=(TensorSpec("latents", ("N", int(m.vae.get("latent_channels", 4)), "h", "w")),),
+        outputs=(TensorSpec("frames", ("N", 3, f"h*{s}", f"w*{s}")),),
+        ranges={"N": DimRange(1, MAX_FRAMES * MAX_BATCH), "h": DimRange(1, top), "w": DimRange(1, top)},
+        opt={"N": m.default_num_frames, "h": h // s, "w": w // s},
+    )
