@@ -1,8 +1,9 @@
-"""The denoising loop, written once for every backend.
+"""The denoising loop, written once for every backend and model family.
 
-Per step: scale the latents into the UNet's input buffer (whose other half of
-channels holds the image latents, written once), one UNet call for both
-guidance halves, guidance combined into a reused buffer, sampler step in place.
+Per step: scale the latents into the UNet's input buffer (whose extra channels,
+if the model has any, hold the SVD image latents, written once), one UNet call
+for both guidance halves, guidance combined into a reused buffer, sampler step
+in place.
 The step body reads the step's scalars from a small tensor, so on a GPU it is
 captured once per shape as a CUDA graph and replayed for every step.
 """
@@ -14,21 +15,39 @@ import time
 
 import torch
 
-from .samplers import draw_noise
 from .cache import MAX_CACHED_SHAPES, BoundedCache
 
 
 @dataclasses.dataclass
 class Conditioning:
-    """Per-request UNet inputs that stay fixed across steps (CFG halves already stacked)."""
+    """Per-request UNet inputs that stay fixed across steps (CFG halves already stacked).
 
-    image_embeds: torch.Tensor  # [G*V, 1, D]
-    image_latents: torch.Tensor  # [G*V, C, h, w]
-    added_time_ids: torch.Tensor  # [G*V, 3]
+    ``inputs`` are UNet engine inputs by name (SVD: image embeddings and time ids;
+    text-to-video: prompt embeddings). ``sample_extra`` are channels appended to the
+    sample after the latents' own, the same for every frame (SVD's image latents,
+    [G*V, C', h, w]). ``channel_axis`` is where channels sit in the latents: 2 for
+    SVD's [V, F, C, h, w], 1 for text-to-video's [V, C, F, h, w].
+    """
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Not dataclasses.astuple: that deep-copies, and these must be the tensors themselves.
-        return self.image_embeds, self.image_latents, self.added_time_ids
+    inputs: dict[str, torch.Tensor]
+    sample_extra: torch.Tensor | None = None
+    channel_axis: int = 2
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(self.inputs.values()) + ([self.sample_extra] if self.sample_extra is not None else [])
+
+    def like(self) -> "Conditioning":
+        """Empty tensors of the same shapes (a step buffer's copy)."""
+        extra = torch.empty_like(self.sample_extra) if self.sample_extra is not None else None
+        return Conditioning({k: torch.empty_like(v) for k, v in self.inputs.items()}, extra, self.channel_axis)
+
+    def sample_shape(self, latents: torch.Tensor, groups: int) -> tuple[int, ...]:
+        """Shape of the UNet's sample input: both guidance groups, extra channels appended."""
+        shape = list(latents.shape)
+        shape[0] *= groups
+        if self.sample_extra is not None:
+            shape[self.channel_axis] += self.sample_extra.shape[1]
+        return tuple(shape)
 
 
 @dataclasses.dataclass
@@ -51,20 +70,19 @@ class StepBuffers:
     @classmethod
     def allocate(cls, groups: int, latents: torch.Tensor, cond: Conditioning, guidance, n_coef: int,
                  needs_noise: bool, noise_device) -> "StepBuffers":
-        videos, frames, channels = latents.shape[:3]
         dev = latents.device
-        batch = (groups * videos, frames)
         on_host = needs_noise and torch.device(noise_device) != dev
         return cls(
             latents=torch.empty_like(latents),
-            cond=Conditioning(*(torch.empty_like(t) for t in cond.tensors())),
+            cond=cond.like(),
             guidance=torch.empty_like(guidance) if guidance is not None else None,
-            unet_in=torch.empty((*batch, 2 * channels, *latents.shape[3:]), device=dev),
-            unet_out=torch.empty((*batch, channels, *latents.shape[3:]), device=dev),
+            unet_in=torch.empty(cond.sample_shape(latents, groups), device=dev),
+            unet_out=torch.empty((groups * latents.shape[0], *latents.shape[1:]), device=dev),
             timestep=torch.empty(1, device=dev),
             guided=torch.empty_like(latents) if groups == 2 else None,
             coef=torch.empty(n_coef, device=dev),
-            noise=torch.empty_like(latents) if needs_noise else None,
+            # zeros: a step that draws no noise multiplies this by 0, which must not be NaN
+            noise=torch.zeros_like(latents) if needs_noise else None,
             host_noise=torch.empty(latents.shape, pin_memory=dev.type == "cuda") if on_host else None,
         )
 
@@ -82,15 +100,10 @@ def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guida
     """One denoising step on device tensors only (capturable)."""
     groups = 2 if guidance is not None else 1
     for g in range(groups):
-        torch.mul(latents, b.coef[0], out=b.unet_in[g * videos : (g + 1) * videos, :, :channels])
+        own = b.unet_in[g * videos : (g + 1) * videos].narrow(cond.channel_axis, 0, channels)
+        torch.mul(latents, b.coef[0], out=own)
     b.timestep.copy_(b.coef[1:2])
-    unet(
-        sample=b.unet_in,
-        timestep=b.timestep,
-        encoder_hidden_states=cond.image_embeds,
-        added_time_ids=cond.added_time_ids,
-        out={"noise_pred": b.unet_out},
-    )
+    unet(sample=b.unet_in, timestep=b.timestep, **cond.inputs, out={"noise_pred": b.unet_out})
     model_out = b.unet_out
     if guidance is not None:
         uncond, cond_pred = b.unet_out[:videos], b.unet_out[videos:]
@@ -117,9 +130,11 @@ def denoise(
         unet: the UNet engine.
         sampler: a sampler with timesteps set.
         latents: initial latents (already scaled by init_noise_sigma), on the
-            engines' device (copied into the step buffers, not modified).
+            engines' device (copied into the step buffers, not modified);
+            [V, F, C, h, w] for SVD, [V, C, F, h, w] for text-to-video.
         cond: conditioning; its batch is 2V with guidance, else V.
-        guidance: per-frame guidance scale [1, F, 1, 1, 1] on the device, or None to skip CFG.
+        guidance: guidance scale broadcastable to the latents (SVD's is per frame),
+            on the device, or None to skip CFG.
         generator: the request's generator (stochastic samplers draw from it).
         step_times: receives each step's seconds (the UNet call; the whole step
             when it replays as a CUDA graph).
@@ -129,13 +144,15 @@ def denoise(
     from tqdm.auto import tqdm
 
     state = state or LoopState()
-    videos, frames, channels = latents.shape[:3]
+    videos, channels = latents.shape[0], latents.shape[cond.channel_axis]
     groups = 2 if guidance is not None else 1
+    sampler.begin(generator)
     # Every step's scalars in one host table, built once; a step copies its row in.
     coefs = torch.tensor([sampler.coefficients(i) for i in range(sampler.num_steps)], dtype=torch.float32)
     first = generator[0] if isinstance(generator, (list, tuple)) else generator
     noise_device = first.device if first is not None else torch.device("cpu")
-    key = (groups, tuple(latents.shape), tuple(cond.image_embeds.shape), latents.device.type, sampler.name, id(unet))
+    key = (groups, tuple(latents.shape), tuple(tuple(t.shape) for t in cond.tensors()), latents.device.type,
+           sampler.name, id(unet))
     b = state.buffers.get_or_make(
         key, lambda: StepBuffers.allocate(groups, latents, cond, guidance, coefs.shape[1], sampler.needs_noise, noise_device)
     )
@@ -144,25 +161,27 @@ def denoise(
         mine.copy_(given)
     if guidance is not None:
         b.guidance.copy_(guidance)
-    b.unet_in[:, :, channels:] = cond.image_latents.unsqueeze(1)
+    if cond.sample_extra is not None:  # written once: only the latents' channels change per step
+        extra = b.unet_in.narrow(cond.channel_axis, channels, cond.sample_extra.shape[1])
+        extra.copy_(cond.sample_extra.unsqueeze(3 - cond.channel_axis))
     cuda = latents.device.type == "cuda"
-    graphs = cuda and state.use_cuda_graphs and getattr(unet, "supports_cuda_graphs", False)
+    graphs = cuda and state.use_cuda_graphs and sampler.capturable and getattr(unet, "supports_cuda_graphs", False)
     coefs = coefs.pin_memory() if cuda else coefs
     timer = _Timer(cuda)
     copied = None
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
         b.coef.copy_(coefs[i], non_blocking=cuda)
-        if sampler.needs_noise:
+        if sampler.draws_noise(i):
             if b.host_noise is not None:
                 # The CPU generator draws into pinned memory; the one host sync of the
                 # loop waits until the previous step's copy has left that buffer.
                 if copied is not None:
                     copied.synchronize()
-                b.noise.copy_(draw_noise(latents.shape, generator, out=b.host_noise), non_blocking=True)
+                b.noise.copy_(sampler.draw(latents.shape, generator, out=b.host_noise), non_blocking=True)
                 copied = torch.cuda.Event()
                 copied.record()
             else:
-                draw_noise(latents.shape, generator, out=b.noise)
+                sampler.draw(latents.shape, generator, out=b.noise)
         # Graphs replay from the second step: the first runs eagerly, which also
         # warms TensorRT up (profiles set, lazy allocations done) before capture.
         if graphs and i > 0:

@@ -38,10 +38,11 @@ class VideoPipelineOutput:
 
 @dataclasses.dataclass
 class StageTimings:
-    """Seconds spent per stage in the last call."""
+    """Seconds spent per stage in the last call (stages a model lacks stay 0)."""
 
     image_encoder: float = 0.0
     vae_encoder: float = 0.0
+    text_encoder: float = 0.0
     unet_steps: list = dataclasses.field(default_factory=list)
     vae_decoder: float = 0.0
     end_to_end: float = 0.0
@@ -52,9 +53,10 @@ class StageTimings:
 
 
 class VideoPipeline:
-    """Image-to-video generation on compiled engines (see ``from_pretrained``)."""
+    """Image-to-video generation on compiled engines (see ``from_pretrained``, which
+    returns a TextToVideoPipeline for text-to-video model folders)."""
 
-    def __init__(self, model: SvdModel, engines: dict, sampler: str, backend: str, precision: str, engine_dir: Path,
+    def __init__(self, model, engines: dict, sampler: str, backend: str, precision: str, engine_dir: Path,
                  device: str = "cpu", cuda_graphs: bool = True):
         from diffusers.video_processor import VideoProcessor
 
@@ -78,7 +80,7 @@ class VideoPipeline:
         engine_dir: str | Path | None = None,
         backend: str = "auto",
         precision: str = "fp32",
-        sampler: str = "euler",
+        sampler: str | None = None,
         *,
         unet_weights: str | Path | None = None,
         quant=None,
@@ -92,11 +94,16 @@ class VideoPipeline:
         """Loads (building what is missing) the engines for a model.
 
         Args:
-            model: preset (tiny-svd, svd, svd-xt), local diffusers folder or hub id.
+            model: preset (vidrt.sources.ALL_PRESETS), local diffusers folder or hub id.
+                The folder's model_index.json picks the pipeline: StableVideoDiffusionPipeline
+                gives a VideoPipeline (image to video); TextToVideoSDPipeline and
+                AnimateDiffPipeline give a vidrt.t2v_pipeline.TextToVideoPipeline.
             engine_dir: where engines live (default: under $VIDRT_CACHE).
             backend: "auto" or a backend name.
             precision: engine precision.
-            sampler: "euler" (diffusers' SVD sampler) or "animatelcm".
+            sampler: one of vidrt.samplers.SAMPLERS ("euler", "animatelcm" for SVD;
+                "ddim", "lcm", "dpm++", "euler", "scheduler" for text to video), or None
+                for the one matching the model folder's scheduler.
             unet_weights: safetensors UNet state dict replacing the model's (AnimateLCM-SVD-xt).
             quant: vidrt.export.quantize.QuantConfig for precision int8/fp8 (calibration
                 images, steps, layers kept in high precision); default: what the engines
@@ -128,7 +135,11 @@ class VideoPipeline:
             backend_options=backend_options, component_precision=component_precision, build=build, progress=progress,
         )
         engines = load_engines(engine_dir, backend_cls, precision, m, component_precision)
-        pipe = cls(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)
+        if m.kind == "image-to-video":
+            pipe_cls = VideoPipeline
+        else:
+            from .t2v_pipeline import TextToVideoPipeline as pipe_cls
+        pipe = pipe_cls(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)
         pipe.builds = builds
         return pipe
 
@@ -261,7 +272,10 @@ class VideoPipeline:
             embeds = torch.cat([torch.zeros_like(embeds), embeds])
             image_latent = torch.cat([torch.zeros_like(image_latent), image_latent])
             time_ids = torch.cat([time_ids, time_ids])
-        return Conditioning(embeds.contiguous(), image_latent.contiguous(), time_ids.contiguous())
+        return Conditioning(
+            {"encoder_hidden_states": embeds.contiguous(), "added_time_ids": time_ids.contiguous()},
+            sample_extra=image_latent.contiguous(), channel_axis=2,
+        )
 
     def _decode(self, latents: torch.Tensor, num_frames: int, chunk: int) -> torch.Tensor:
         """Temporal VAE decode in chunks of ``chunk`` frames, straight into one frames buffer."""

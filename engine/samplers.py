@@ -9,6 +9,7 @@ come only from the request's generator, in the order diffusers draws them.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -16,7 +17,9 @@ import torch
 
 from .errors import VidrtError
 
-SAMPLERS = ("euler", "animatelcm")
+SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler")
+# A model folder's scheduler class -> the sampler that steps as it does.
+DEFAULT_FOR_SCHEDULER = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "LCMScheduler": "lcm"}
 
 
 class Sampler:
@@ -30,6 +33,10 @@ class Sampler:
     name = ""
     init_noise_sigma = 1.0
     needs_noise = False
+    capturable = True  # the step is tensor ops only (a CUDA graph can hold it)
+    # Axes order in which the pipeline hands latents to its scheduler, when not the
+    # latents' own (TextToVideoSDPipeline steps on [B*F, C, h, w]); noise is drawn in it.
+    step_layout: tuple[int, ...] | None = None
 
     def __init__(self):
         self.sigmas = torch.empty(0)
@@ -50,6 +57,21 @@ class Sampler:
     def set_timesteps(self, num_inference_steps: int) -> None:
         raise NotImplementedError
 
+    def begin(self, generator) -> None:
+        """Called once per request before the first step."""
+
+    def draws_noise(self, i: int) -> bool:
+        """Whether step i draws fresh noise from the request's generator."""
+        return self.needs_noise
+
+    def draw(self, shape, generator, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Step noise for latents of ``shape``, drawn in the pipeline's step layout."""
+        if self.step_layout is None:
+            return draw_noise(shape, generator, out=out)
+        perm = self.step_layout
+        noise = draw_noise([shape[p] for p in perm], generator).permute(*np.argsort(perm).tolist())
+        return out.copy_(noise) if out is not None else noise
+
     def apply(self, x: torch.Tensor, model_output: torch.Tensor, coef: torch.Tensor, noise) -> torch.Tensor:
         """Advances ``x`` in place using ``coef`` (this step's coefficients, on x's device)."""
         raise NotImplementedError
@@ -57,7 +79,7 @@ class Sampler:
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor, generator=None) -> torch.Tensor:
         """One step outside the loop (tests, scripts): advances ``x`` in place."""
         coef = torch.tensor(self.coefficients(i), dtype=x.dtype, device=x.device)
-        noise = draw_noise(x.shape, generator).to(x.device) if self.needs_noise else None
+        noise = self.draw(x.shape, generator).to(x.device) if self.draws_noise(i) else torch.zeros_like(x)
         return self.apply(x, model_output, coef, noise)
 
 
@@ -167,10 +189,189 @@ class AnimateLCMSampler(Sampler):
         return x.mul_(coef[2]).addcmul_(model_output, coef[3]).addcmul_(noise, coef[4])
 
 
-def make_sampler(name: str, scheduler_config: dict):
-    """Builds the sampler called ``name`` for a model's scheduler config."""
+class DDIMSampler(Sampler):
+    """diffusers' DDIMScheduler with eta = 0 (its default in the pipelines), fused into
+    ``x ← a·x + b·model_output`` per step; the schedule (timesteps, alphas) is the
+    diffusers scheduler's own."""
+
+    name = "ddim"
+
+    def __init__(self, scheduler_config: dict):
+        super().__init__()
+        from diffusers import DDIMScheduler
+
+        self.scheduler = DDIMScheduler.from_config(_public(scheduler_config))
+        cfg = self.scheduler.config
+        if cfg.clip_sample or cfg.thresholding:
+            raise VidrtError("ddim sampler: clip_sample/thresholding make the step non-linear; use --sampler scheduler")
+        self.prediction_type = cfg.prediction_type
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        sch = self.scheduler
+        sch.set_timesteps(_check_steps(num_inference_steps))
+        self.timesteps = sch.timesteps.to(torch.float32)
+        stride = sch.config.num_train_timesteps // sch.num_inference_steps
+        ac = sch.alphas_cumprod.double()
+        self._coefs = []
+        for t in sch.timesteps.tolist():
+            a = float(ac[t])
+            a_prev = float(ac[t - stride]) if t - stride >= 0 else float(sch.final_alpha_cumprod)
+            self._coefs.append([1.0, float(t), *_ddim_coeffs(a, a_prev, self.prediction_type)])
+
+    def apply(self, x, model_output, coef, noise=None):
+        return x.mul_(coef[2]).addcmul_(model_output, coef[3])
+
+
+def _ddim_coeffs(a: float, a_prev: float, prediction_type: str) -> tuple[float, float]:
+    """(x, model_output) weights of sqrt(a_prev)·x0 + sqrt(1-a_prev)·eps."""
+    ra, rb, rap, rbp = math.sqrt(a), math.sqrt(1 - a), math.sqrt(a_prev), math.sqrt(1 - a_prev)
+    if prediction_type == "epsilon":  # x0 = (x - rb·e)/ra
+        return rap / ra, rbp - rap * rb / ra
+    if prediction_type == "v_prediction":  # x0 = ra·x - rb·v, eps = ra·v + rb·x
+        return rap * ra + rbp * rb, -rap * rb + rbp * ra
+    if prediction_type == "sample":  # x0 = out, eps = (x - ra·out)/rb
+        return rbp / rb, rap - rbp * ra / rb
+    raise VidrtError(f"prediction_type '{prediction_type}' is not supported")
+
+
+class LCMSampler(Sampler):
+    """diffusers' LCMScheduler (AnimateLCM-t2v, LCM-LoRA): boundary-condition scalings,
+    then fresh noise scaled to the next timestep after every step but the last,
+    fused into ``x ← a·x + b·model_output + c·noise``."""
+
+    name = "lcm"
+    needs_noise = True
+
+    def __init__(self, scheduler_config: dict):
+        super().__init__()
+        from diffusers import LCMScheduler
+
+        self.scheduler = LCMScheduler.from_config(_public(scheduler_config))
+        cfg = self.scheduler.config
+        if cfg.clip_sample or cfg.thresholding:
+            raise VidrtError("lcm sampler: clip_sample/thresholding make the step non-linear; use --sampler scheduler")
+        self.prediction_type = cfg.prediction_type
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        sch = self.scheduler
+        sch.set_timesteps(_check_steps(num_inference_steps))
+        ts = sch.timesteps.tolist()
+        self.timesteps = sch.timesteps.to(torch.float32)
+        ac = sch.alphas_cumprod.double()
+        self._coefs = []
+        for i, t in enumerate(ts):
+            last = i == len(ts) - 1
+            t_prev = ts[i + 1] if not last else t
+            a = float(ac[t])
+            a_prev = float(ac[t_prev]) if t_prev >= 0 else float(sch.final_alpha_cumprod)
+            c_skip, c_out = (float(v) for v in sch.get_scalings_for_boundary_condition_discrete(t))
+            ra, rb = math.sqrt(a), math.sqrt(1 - a)
+            if self.prediction_type == "epsilon":  # denoised = c_out·(x - rb·e)/ra + c_skip·x
+                wx, wo = c_out / ra + c_skip, -c_out * rb / ra
+            elif self.prediction_type == "v_prediction":
+                wx, wo = c_out * ra + c_skip, -c_out * rb
+            else:
+                wx, wo = c_skip, c_out
+            scale = 1.0 if last else math.sqrt(a_prev)
+            self._coefs.append([1.0, float(t), scale * wx, scale * wo, 0.0 if last else math.sqrt(1 - a_prev)])
+
+    def draws_noise(self, i: int) -> bool:
+        return i != self.num_steps - 1
+
+    def apply(self, x, model_output, coef, noise):
+        return x.mul_(coef[2]).addcmul_(model_output, coef[3]).addcmul_(noise, coef[4])
+
+
+class SchedulerSampler(Sampler):
+    """Any diffusers scheduler whose ``scale_model_input`` is the identity (DPM-Solver++,
+    UniPC, DEIS, PNDM, DDPM, ...), stepped by the scheduler itself: multistep solvers
+    keep their history there. Not capturable in a CUDA graph."""
+
+    capturable = False
+
+    def __init__(self, scheduler_cls: str, scheduler_config: dict, name: str = "scheduler", **overrides):
+        super().__init__()
+        import diffusers
+
+        cls = getattr(diffusers, scheduler_cls, None)
+        if cls is None or not hasattr(cls, "step"):
+            raise VidrtError(f"the model's scheduler '{scheduler_cls}' is not a diffusers scheduler class")
+        self.name = name
+        self.scheduler = cls.from_config(_public(scheduler_config), **overrides)
+        self._i = 0
+        self._kwargs = {}
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        sch = self.scheduler
+        sch.set_timesteps(_check_steps(num_inference_steps))
+        self.timesteps = sch.timesteps.to(torch.float32)
+        self.init_noise_sigma = float(sch.init_noise_sigma)
+        probe = copy.deepcopy(sch)
+        if float(probe.scale_model_input(torch.ones(1), sch.timesteps[0])) != 1.0:
+            raise VidrtError(
+                f"{type(sch).__name__} scales the model input by sigma; vidrt steps sigma-scaled schedulers "
+                "with --sampler euler"
+            )
+        self._coefs = [[1.0, float(t)] for t in sch.timesteps.tolist()]
+
+    def begin(self, generator) -> None:
+        import inspect
+
+        self.set_timesteps(self.num_steps)  # fresh solver history per request
+        params = inspect.signature(self.scheduler.step).parameters
+        self._kwargs = ({"generator": generator} if "generator" in params else {}) | ({"eta": 0.0} if "eta" in params else {})
+        self._i = 0
+
+    def apply(self, x, model_output, coef=None, noise=None):
+        perm = self.step_layout
+        # Copies: solvers keep past samples/outputs, and vidrt's buffers are overwritten in place.
+        view = (lambda t: t.permute(*perm).flatten(0, 1)) if perm else (lambda t: t.clone())
+        t = self.scheduler.timesteps[self._i]
+        prev = self.scheduler.step(view(model_output), t, view(x), **self._kwargs).prev_sample
+        if perm:
+            seen = [x.shape[p] for p in perm]
+            prev = prev.reshape(seen).permute(*np.argsort(perm).tolist())
+        self._i += 1
+        return x.copy_(prev)
+
+
+def _public(config: dict) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _check_steps(n: int) -> int:
+    if n < 1:
+        raise VidrtError(f"num_inference_steps={n}: need at least 1 step")
+    return n
+
+
+def make_sampler(name: str | None, scheduler_config: dict):
+    """Builds a sampler for a model's scheduler config.
+
+    Args:
+        name: one of SAMPLERS, or None for the one that steps as the model folder's
+            scheduler does (its class: Euler, DDIM, LCM; any other identity-scaled
+            diffusers scheduler is stepped by diffusers itself).
+        scheduler_config: the model folder's scheduler_config.json.
+
+    Raises:
+        VidrtError: unknown name, or a scheduler vidrt cannot step.
+    """
+    cls_name = scheduler_config.get("_class_name", "EulerDiscreteScheduler")
+    if name is None:
+        name = DEFAULT_FOR_SCHEDULER.get(cls_name, "scheduler")
+        if name == "ddim" and (scheduler_config.get("clip_sample") or scheduler_config.get("thresholding")):
+            name = "scheduler"
     if name == "euler":
         return EulerEDMSampler(scheduler_config)
     if name == "animatelcm":
         return AnimateLCMSampler()
+    if name == "ddim":
+        return DDIMSampler(scheduler_config)
+    if name == "lcm":
+        return LCMSampler(scheduler_config)
+    if name == "dpm++":
+        return SchedulerSampler("DPMSolverMultistepScheduler", scheduler_config, "dpm++", algorithm_type="dpmsolver++")
+    if name == "scheduler":
+        return SchedulerSampler(cls_name, scheduler_config)
     raise VidrtError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}")

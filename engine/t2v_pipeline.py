@@ -1,0 +1,178 @@
+"""TextToVideoPipeline: diffusers' TextToVideoSDPipeline and AnimateDiffPipeline on
+compiled engines.
+
+Prompts are tokenized as diffusers does (padded to the tokenizer's length,
+truncated with a warning); the prompt and negative prompt are encoded in one text
+encoder call, once per request; guidance is one batched UNet call per step; random
+numbers are drawn from the request's generator in diffusers' order.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .errors import VidrtError
+from .loop import Conditioning, denoise
+from .pipeline import StageTimings, VideoPipeline, VideoPipelineOutput, _initial_latents, check_request
+from .samplers import make_sampler
+
+
+class TextToVideoPipeline(VideoPipeline):
+    """Text-to-video generation on compiled engines; built by ``VideoPipeline.from_pretrained``
+    from a TextToVideoSDPipeline or AnimateDiffPipeline folder."""
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        from transformers import CLIPTokenizer
+
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(model.folder / "tokenizer")
+        except (OSError, ValueError) as e:
+            raise VidrtError(f"cannot load the tokenizer in {model.folder / 'tokenizer'}: {str(e).splitlines()[0]}") from None
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str | None = None,
+        decode_chunk_size: int = 16,
+        return_dict: bool = True,
+        progress: bool = False,
+    ):
+        """Generates videos from text, as diffusers' pipeline of the model's kind does.
+
+        Args mirror TextToVideoSDPipeline/AnimateDiffPipeline.__call__; defaults are
+        theirs (16 frames, the UNet's sample size, guidance 9.0 for ModelScope and 7.5
+        for AnimateDiff, output "np" resp. "pil"). ``guidance_scale`` <= 1 turns
+        guidance off. Latents are [videos, C, F, h, w].
+
+        Returns:
+            VideoPipelineOutput: frames as [B, F, H, W, 3] (np), [B, F, 3, H, W] (pt),
+            lists of PIL images (pil) or latents (latent).
+
+        Raises:
+            VidrtError: invalid arguments, or a shape outside the engines' ranges.
+        """
+        request = {k: v for k, v in locals().items() if k != "self"}
+        if self.stream is None:
+            return self._generate(**request)
+        with torch.cuda.stream(self.stream):
+            return self._generate(**request)
+
+    def _generate(self, prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
+                  num_videos_per_prompt, generator, latents, output_type, decode_chunk_size, return_dict, progress):
+        start = self._now()
+        m = self.model
+        dh, dw = m.default_size
+        height, width = height or dh, width or dw
+        num_frames = num_frames or m.default_num_frames
+        guidance_scale = m.default_guidance_scale if guidance_scale is None else guidance_scale
+        output_type = output_type or ("np" if m.kind == "text-to-video-sd" else "pil")
+        prompts = _as_prompts(prompt, "prompt")
+        negatives = _negatives(negative_prompt, len(prompts))
+        check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt,
+                      output_type, generator)
+        videos = len(prompts) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != videos:
+            raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
+        do_cfg = guidance_scale > 1.0
+        check_t2v_ranges(m, videos, do_cfg, num_frames, height, width, decode_chunk_size)
+        sampler = make_sampler(self.sampler_name, m.scheduler)
+        if m.kind == "text-to-video-sd":
+            sampler.step_layout = (0, 2, 1, 3, 4)  # TextToVideoSDPipeline steps on [B*F, C, h, w]
+        sampler.set_timesteps(num_inference_steps)
+        self.timings = StageTimings()
+
+        embeds = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt)
+        cond = Conditioning({"encoder_hidden_states": embeds}, channel_axis=1)
+        s = m.vae_scale_factor
+        shape = (videos, m.latent_channels, num_frames, height // s, width // s)
+        latents = _initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
+        guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
+        latents = denoise(self.engines["unet"], sampler, latents, cond, guidance, generator, self.timings.unet_steps,
+                          progress=progress, state=self.loop_state)
+        if output_type == "latent":
+            frames = latents
+        else:
+            video = self._decode_frames(latents, decode_chunk_size)
+            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
+        self.timings.end_to_end = self._now() - start
+        return VideoPipelineOutput(frames=frames) if return_dict else frames
+
+    def _encode(self, prompts: list[str], negatives: list[str] | None, per_prompt: int) -> torch.Tensor:
+        """Prompt embeddings [(2)·V, L, D]: negatives first when guiding, each prompt's
+        videos adjacent, as diffusers orders them. One text encoder call for both."""
+        texts = (negatives or []) + prompts
+        ids = self._tokenize(texts)
+        t0 = self._now()
+        states = self.engines["text_encoder"](input_ids=ids.to(self.device))["last_hidden_state"]
+        self.timings.text_encoder = self._now() - t0
+        return states.repeat_interleave(per_prompt, dim=0).contiguous()
+
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        full = tok(texts, padding="longest", return_tensors="pt").input_ids
+        if full.shape[-1] > ids.shape[-1]:
+            removed = tok.batch_decode(full[:, tok.model_max_length - 1 : -1])
+            warnings.warn(
+                f"vidrt: prompt truncated to the text encoder's {tok.model_max_length} tokens; dropped: {removed}",
+                stacklevel=4,
+            )
+        return ids.to(torch.int64)
+
+    def _decode_frames(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Frame-wise VAE decode in chunks of ``chunk`` frames into one buffer; returns
+        the video as [V, 3, F, H, W] (diffusers' decode_latents layout)."""
+        t0 = self._now()
+        videos, channels, frames = latents.shape[:3]
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(videos * frames, channels, *latents.shape[3:])
+        s = self.model.vae_scale_factor
+        out = torch.empty((flat.shape[0], 3, flat.shape[2] * s, flat.shape[3] * s), device=self.device)
+        decoder = self.engines["vae_decoder"]
+        for i in range(0, flat.shape[0], chunk):
+            decoder(latents=flat[i : i + chunk].contiguous(), out={"frames": out[i : i + chunk]})
+        self.timings.vae_decoder = self._now() - t0
+        return out.reshape(videos, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+def _as_prompts(prompt, what: str) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise VidrtError(f"{what} must be a string or a non-empty list of strings, not {type(prompt).__name__}")
+
+
+def _negatives(negative_prompt, count: int) -> list[str]:
+    if negative_prompt is None:
+        return [""] * count
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * count
+    negatives = _as_prompts(negative_prompt, "negative_prompt")
+    if len(negatives) != count:
+        raise VidrtError(f"{len(negatives)} negative prompts for {count} prompts; pass one per prompt, or a single string")
+    return negatives
+
+
+def check_t2v_ranges(model, videos, do_cfg, frames, height, width, chunk) -> None:
+    """Raises VidrtError naming the first size outside a component's declared range."""
+    s = model.vae_scale_factor
+    groups = 2 if do_cfg else 1
+    length = model.max_text_length
+    specs = model.specs()
+    specs["text_encoder"].check({"B": groups * videos, "L": length})
+    specs["unet"].check({"B": groups * videos, "F": frames, "h": height // s, "w": width // s, "L": length})
+    specs["vae_decoder"].check({"N": min(chunk, frames * videos), "h": height // s, "w": width // s})
