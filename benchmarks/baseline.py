@@ -1,5 +1,6 @@
-"""The PyTorch baseline: diffusers' StableVideoDiffusionPipeline on the same
-components, with per-stage timers around its modules."""
+"""The PyTorch baseline: the model folder's diffusers pipeline (StableVideoDiffusionPipeline,
+TextToVideoSDPipeline or AnimateDiffPipeline) on the same components, with per-stage
+timers around its modules."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _to_fp32(out):
         return out.float()
     if isinstance(out, tuple):
         return tuple(_to_fp32(o) for o in out)
-    for key in ("sample", "image_embeds"):
+    for key in ("sample", "image_embeds", "last_hidden_state"):
         if isinstance(getattr(out, key, None), torch.Tensor):
             setattr(out, key, getattr(out, key).float())
             out[key] = getattr(out, key)
@@ -81,34 +82,41 @@ class DiffusersBaseline:
         if precision == "bf16-autocast":
             # Autocast around the models only: diffusers' CLIP preprocessing breaks on
             # bf16 tensors, and outputs go back to fp32 as the pipeline expects.
-            for module, attr in ((self.pipe.unet, "forward"), (self.pipe.vae, "decode"),
-                                 (self.pipe.image_encoder, "forward")):
+            for module, attr in self._timed(("unet", "forward"), ("vae", "decode"), ("image_encoder", "forward"),
+                                            ("text_encoder", "forward")):
                 setattr(module, attr, _autocast_bf16(getattr(module, attr), device))
         if compile:
             # Compiled on first use: the first (warm-up) run carries the compile time.
             self.pipe.unet.forward = torch.compile(self.pipe.unet.forward)
         self.timer = StageTimer(cuda=device == "cuda")
         self.device = device
-        self.timer.wrap(self.pipe.image_encoder, "forward", "image_encoder")
-        self.timer.wrap(self.pipe.vae, "encode", "vae_encoder")
-        self.timer.wrap(self.pipe.unet, "forward", "unet")
-        self.timer.wrap(self.pipe.vae, "decode", "vae_decoder")
+        stages = {("image_encoder", "forward"): "image_encoder", ("vae", "encode"): "vae_encoder",
+                  ("text_encoder", "forward"): "text_encoder", ("unet", "forward"): "unet", ("vae", "decode"): "vae_decoder"}
+        if model.kind != "image-to-video":
+            del stages[("vae", "encode")]  # text to video never encodes
+        for (name, attr), stage in stages.items():
+            if getattr(self.pipe, name, None) is not None:
+                self.timer.wrap(getattr(self.pipe, name), attr, stage)
+
+    def _timed(self, *pairs):
+        return [(getattr(self.pipe, n), a) for n, a in pairs if getattr(self.pipe, n, None) is not None]
 
     def weight_bytes(self) -> int:
         """Bytes of every parameter and buffer of the pipeline's models."""
         total = 0
-        for module in (self.pipe.unet, self.pipe.vae, self.pipe.image_encoder):
+        for module, _ in self._timed(("unet", ""), ("vae", ""), ("image_encoder", ""), ("text_encoder", "")):
             for t in list(module.parameters()) + list(module.buffers()):
                 total += t.numel() * t.element_size()
         return total
 
-    def __call__(self, image, generator, **kwargs):
-        """Runs one request; returns (frames as np [B,F,H,W,3], {stage: seconds}, unet step seconds)."""
+    def __call__(self, inputs: dict, generator, **kwargs):
+        """Runs one request (``inputs``: image= or prompt=); returns (frames as np
+        [B,F,H,W,3], {stage: seconds}, unet step seconds)."""
         self.timer.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
-            frames = self.pipe(image, generator=generator, output_type="np", **kwargs).frames
+            frames = self.pipe(**inputs, generator=generator, output_type="np", **kwargs).frames
         total = time.perf_counter() - t0
         s = self.timer.seconds
-        stages = {k: float(sum(s.get(k, []))) for k in ("image_encoder", "vae_encoder", "unet", "vae_decoder")}
+        stages = {k: float(sum(v)) for k, v in s.items()}
         return frames, stages, list(s.get("unet", [])), total

@@ -22,8 +22,12 @@ from vidrt.options import RequestOptions
 from .environment import environment
 from .memory import PeakDeviceMemory, PeakRss, rss_mb
 
-STAGES = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
+STAGES = {
+    "image-to-video": ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
+    "text-to-video": ("text_encoder", "unet", "vae_decoder"),
+}
 SCHEMA = 1
+DEFAULT_PROMPT = "a panda playing a guitar on a mountain top, cinematic, high quality"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,24 @@ class BenchConfig(RequestOptions):
     image: str | None = None
     output: str | None = None
     scenario: str | None = None
+
+    def inputs(self, model) -> dict:
+        """What conditions the benchmark's videos: --image (or a synthetic one) for
+        image to video, --prompt (or a fixed one) for text to video; --batch-size copies."""
+        if model.kind == "image-to-video":
+            image = bench_image(self)
+            return {"image": [image] * self.batch_size if self.batch_size > 1 else image}
+        prompt = self.prompt or DEFAULT_PROMPT
+        out = {"prompt": [prompt] * self.batch_size if self.batch_size > 1 else prompt}
+        return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
+
+    def request(self, model) -> dict:
+        """The pipeline keywords (vidrt's and diffusers' alike) besides inputs and generator."""
+        common = dict(height=self.height, width=self.width, num_frames=self.num_frames, num_inference_steps=self.steps)
+        if model.kind == "image-to-video":
+            return common | dict(min_guidance_scale=self.min_guidance, max_guidance_scale=self.max_guidance)
+        scale = self.guidance_scale if self.guidance_scale is not None else model.default_guidance_scale
+        return common | dict(guidance_scale=scale, num_frames=self.num_frames or model.default_num_frames)
 
 
 def summary(values: list[float], scale: float = 1.0) -> dict:
@@ -93,34 +115,31 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     if baseline_precision != "none":
         from .baseline import DiffusersBaseline
 
+        from .reference_schedulers import reference_scheduler
+
         baseline = DiffusersBaseline(pipe.model, baseline_precision, cfg.unet_weights, device=pipe.device.type,
                                      compile=cfg.baseline_compile)
-        if cfg.sampler == "animatelcm":
-            from .reference_schedulers import AnimateLCMReferenceScheduler
-
-            baseline.pipe.scheduler = AnimateLCMReferenceScheduler()
+        baseline.pipe.scheduler = reference_scheduler(cfg.sampler, baseline.pipe.scheduler)
         # Weights are memory-mapped and paged in lazily, so RSS at load undercounts them.
         baseline_resident = baseline.weight_bytes() / 2**20
-    image = bench_image(cfg)
-    images = [image] * cfg.batch_size if cfg.batch_size > 1 else image
-    kwargs = dict(
-        height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_inference_steps=cfg.steps,
-        min_guidance_scale=cfg.min_guidance, max_guidance_scale=cfg.max_guidance,
-    )
+    inputs = cfg.inputs(pipe.model)
+    kwargs = cfg.request(pipe.model)
     engine_runs, base_runs = [], []
     from tqdm.auto import tqdm
 
     warmups = {"engine": [], "baseline": []}
     for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
-        run = _engine_run(pipe, images, cfg, kwargs)
+        run = _engine_run(pipe, inputs, cfg, kwargs)
         (engine_runs.append(run) if r >= cfg.warmup else warmups["engine"].append(run["total"]))
         if baseline is not None:
-            run = _baseline_run(baseline, images, cfg, kwargs)
+            run = _baseline_run(baseline, inputs, cfg, kwargs)
             (base_runs.append(run) if r >= cfg.warmup else warmups["baseline"].append(run["total"]))
 
     videos = cfg.batch_size
     builds = pipe.builds
-    engine = _side(engine_runs, videos, cfg.num_frames, engine_resident)
+    frames = kwargs["num_frames"] or pipe.model.default_num_frames
+    stages = STAGES["image-to-video" if pipe.model.kind == "image-to-video" else "text-to-video"]
+    engine = _side(engine_runs, videos, frames, engine_resident, stages)
     engine.update({
         "backend": pipe.backend,
         "precision": cfg.precision,
@@ -135,17 +154,18 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     result = {
         "schema": SCHEMA,
         "config": dataclasses.asdict(cfg) | {"baseline_precision": baseline_precision},
-        "model": {"label": pipe.model.label, "random_weights": bool(pipe.model.preset), "folder": str(pipe.model.folder)},
+        "model": {"label": pipe.model.label, "random_weights": bool(pipe.model.preset), "folder": str(pipe.model.folder),
+                  "kind": pipe.model.kind},
         "environment": environment(),
         "engine": engine,
         "baseline": None,
         "speedup": None,
         "parity": None,
     }
-    result["roofline"] = roofline(pipe, cfg, engine, result.get("baseline"))
+    result["roofline"] = roofline(pipe, cfg, engine, frames)
     if baseline is not None:
-        result["baseline"] = _side(base_runs, videos, cfg.num_frames, baseline_resident) | {
-            "backend": "pytorch (diffusers StableVideoDiffusionPipeline)" + (" + torch.compile" if cfg.baseline_compile else ""),
+        result["baseline"] = _side(base_runs, videos, frames, baseline_resident, stages) | {
+            "backend": f"pytorch (diffusers {type(baseline.pipe).__name__})" + (" + torch.compile" if cfg.baseline_compile else ""),
             "precision": baseline_precision, "build_s": 0.0,
             # With --baseline-compile the first warm-up run carries the compile time.
             "warmup_s": warmups["baseline"],
@@ -155,15 +175,16 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     return result
 
 
-def roofline(pipe, cfg, engine: dict, baseline: dict | None) -> dict | None:
+def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
     """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings."""
     from .roofline import matmul_ceiling, unet_flops
 
     if pipe.device.type != "cpu":
         return None  # the ceilings measured here are CPU matmuls
-    unet_batch = cfg.batch_size * (2 if cfg.max_guidance > 1 else 1)
-    frames = cfg.num_frames if cfg.num_frames is not None else pipe.model.default_num_frames
+    unet_batch = cfg.batch_size * (2 if cfg.guided(pipe.model) else 1)
     flops = unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width)
+    if flops is None:
+        return None
     ceilings = {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)}
     step_s = engine["stages_ms"]["unet_step"]["median"] / 1000
     ceiling = ceilings["fp32" if cfg.precision == "fp32" else "bf16"]
@@ -176,18 +197,19 @@ def roofline(pipe, cfg, engine: dict, baseline: dict | None) -> dict | None:
     }
 
 
-def _engine_run(pipe, images, cfg, kwargs) -> dict:
+def _engine_run(pipe, inputs, cfg, kwargs) -> dict:
     with PeakRss() as mem, PeakDeviceMemory() as dev:
-        out = pipe(images, generator=torch.Generator().manual_seed(cfg.seed), output_type="np", **kwargs)
+        out = pipe(**inputs, generator=torch.Generator().manual_seed(cfg.seed), output_type="np", **kwargs)
     t = pipe.timings
     return {
-        "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "unet": t.unet, "vae_decoder": t.vae_decoder},
+        "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "text_encoder": t.text_encoder,
+                   "unet": t.unet, "vae_decoder": t.vae_decoder},
         "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak": mem.peak_mb - mem.start_mb,
         "device": dev.as_dict(), "frames": out.frames,
     }
 
 
-def _baseline_run(baseline, images, cfg, kwargs) -> dict:
+def _baseline_run(baseline, inputs, cfg, kwargs) -> dict:
     if cfg.sampler == "animatelcm":
         # diffusers' pipeline gives scheduler.step no generator: the reference holds it.
         baseline.pipe.scheduler.generator = torch.Generator().manual_seed(cfg.seed)
@@ -195,14 +217,14 @@ def _baseline_run(baseline, images, cfg, kwargs) -> dict:
     else:
         gen = torch.Generator().manual_seed(cfg.seed)
     with PeakRss() as mem, PeakDeviceMemory() as dev:
-        frames, stages, steps, total = baseline(images, gen, **kwargs)
+        frames, stages, steps, total = baseline(inputs, gen, **kwargs)
     return {"stages": stages, "unet_steps": steps, "total": total, "peak": mem.peak_mb - mem.start_mb,
             "device": dev.as_dict(), "frames": frames}
 
 
-def _side(runs: list[dict], videos: int, frames: int, resident_mb: float) -> dict:
+def _side(runs: list[dict], videos: int, frames: int, resident_mb: float, stage_names) -> dict:
     totals = [r["total"] for r in runs]
-    stages = {s: summary([r["stages"][s] for r in runs], 1000.0) for s in STAGES}
+    stages = {s: summary([r["stages"].get(s, 0.0) for r in runs], 1000.0) for s in stage_names}
     steps = [x for r in runs for x in r["unet_steps"]]
     stages["unet_step"] = summary(steps, 1000.0) if steps else None
     med = statistics.median(totals)

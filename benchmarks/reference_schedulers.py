@@ -63,3 +63,22 @@ class AnimateLCMReferenceScheduler(SchedulerMixin, ConfigMixin):
         prev_sample = denoised + noise * cfg.s_noise * sigma_hat
         self._step_index += 1
         return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
+
+
+# vidrt sampler -> the diffusers scheduler class that steps the same way
+_DIFFUSERS_CLASS = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "lcm": "LCMScheduler",
+                    "dpm++": "DPMSolverMultistepScheduler"}
+
+
+def reference_scheduler(sampler: str | None, current):
+    """The scheduler diffusers' pipeline needs to step as vidrt's ``sampler`` does,
+    built from the pipeline's ``current`` scheduler config (None or "scheduler":
+    the model's own, unchanged)."""
+    import diffusers
+
+    if sampler == "animatelcm":
+        return AnimateLCMReferenceScheduler()
+    if sampler not in _DIFFUSERS_CLASS:
+        return current
+    extra = {"algorithm_type": "dpmsolver++"} if sampler == "dpm++" else {}
+    return getattr(diffusers, _DIFFUSERS_CLASS[sampler]).from_config(current.config, **extra)

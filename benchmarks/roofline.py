@@ -8,30 +8,32 @@ import time
 
 import torch
 
-from vidrt.svd import SvdModel
 
-
-def unet_flops(model: SvdModel, unet_batch: int, frames: int, height: int, width: int) -> int:
-    """FLOPs of one UNet call at this shape (2 per multiply-add, as torch counts)."""
-    from diffusers import UNetSpatioTemporalConditionModel
+def unet_flops(model, unet_batch: int, frames: int, height: int, width: int) -> int | None:
+    """FLOPs of one UNet call at this shape (2 per multiply-add, as torch counts), or
+    None when the folder's UNet is assembled at load time (a 2D UNet plus a motion adapter)."""
+    import diffusers
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
+    from vidrt.export.graphs import component_graph, sample_inputs
+
+    cls = getattr(diffusers, model.unet.get("_class_name", "UNetSpatioTemporalConditionModel"), None)
+    if cls is None or getattr(model, "motion_adapter", None) is not None:
+        return None
     config = {k: v for k, v in model.unet.items() if not k.startswith("_")}
     s = model.vae_scale_factor
+    spec = model.specs()["unet"]
+    dims = {"B": unet_batch, "F": frames, "h": height // s, "w": width // s}
+    if "L" in spec.ranges:
+        dims["L"] = model.max_text_length
     with torch.device("meta"):
-        unet = UNetSpatioTemporalConditionModel(**config)
+        unet = cls(**config)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        unet = unet.to_empty(device="cpu")
-        c = model.latent_channels
-        args = (
-            torch.randn(unet_batch, frames, 2 * c, height // s, width // s),
-            torch.tensor([1.0]),
-            torch.randn(unet_batch, 1, int(model.unet.get("cross_attention_dim", 1024))),
-            torch.randn(unet_batch, 3),
-        )
+        graph = component_graph("unet", unet.to_empty(device="cpu"))
+        feeds = sample_inputs(spec, dims)
         with FlopCounterMode(display=False) as counter:
-            unet(*args)
+            graph(*(feeds[n] for n in spec.input_names))
     return int(counter.get_total_flops())
 
 

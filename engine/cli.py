@@ -14,10 +14,12 @@ from pathlib import Path
 
 from .errors import VidrtError
 from .options import EngineOptions, RequestOptions
+from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
-    "models: a preset with RANDOM weights (tiny-svd, svd, svd-xt), a local diffusers "
-    "StableVideoDiffusionPipeline folder, or a hub id (needs network)."
+    "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt; text to video: "
+    "tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff), a local diffusers StableVideoDiffusionPipeline, "
+    "TextToVideoSDPipeline or AnimateDiffPipeline folder, or a hub id (needs network)."
 )
 
 
@@ -35,7 +37,7 @@ class BuildConfig(EngineOptions):
 class GenerateConfig(RequestOptions):
     """generate options."""
 
-    image: str = ""
+    image: str | None = None
     output: str = "out.mp4"
     fps: int = 7
     motion_bucket_id: int = 127
@@ -72,14 +74,20 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
     g = p.add_argument_group("request")
-    g.add_argument("--height", type=int, default=defaults.height, help=f"video height in px, multiple of 8 (default: {defaults.height})")
-    g.add_argument("--width", type=int, default=defaults.width, help=f"video width in px, multiple of 8 (default: {defaults.width})")
+    size = "576x1024 for image to video, the UNet's sample size for text to video"
+    g.add_argument("--height", type=int, default=defaults.height, help=f"video height in px, multiple of 8 (default: {defaults.height or size})")
+    g.add_argument("--width", type=int, default=defaults.width, help=f"video width in px, multiple of 8 (default: {defaults.width or size})")
     g.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames per video (default: the model's, 14 for svd, 25 for svd-xt)" if defaults.num_frames is None else f"frames per video (default: {defaults.num_frames})")
     g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default: {defaults.steps})")
-    g.add_argument("--sampler", default=defaults.sampler, choices=["euler", "animatelcm"], help=f"euler (SVD's) or animatelcm (4 steps, no CFG) (default: {defaults.sampler})")
-    g.add_argument("--min-guidance", type=float, default=defaults.min_guidance, help=f"guidance at the first frame (default: {defaults.min_guidance})")
-    g.add_argument("--max-guidance", type=float, default=defaults.max_guidance, help=f"guidance at the last frame; <= 1 turns CFG off (default: {defaults.max_guidance})")
+    g.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS),
+                   help="euler, animatelcm (SVD, 4 steps, no CFG), ddim, lcm (AnimateLCM-t2v), dpm++ (DPM-Solver++), "
+                   "scheduler (the model's own diffusers scheduler) (default: the one matching the model's scheduler)")
+    g.add_argument("--min-guidance", type=float, default=defaults.min_guidance, help=f"image to video: guidance at the first frame (default: {defaults.min_guidance})")
+    g.add_argument("--max-guidance", type=float, default=defaults.max_guidance, help=f"image to video: guidance at the last frame; <= 1 turns CFG off (default: {defaults.max_guidance})")
     g.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"videos per request, all in one UNet batch (default: {defaults.batch_size})")
+    g.add_argument("--prompt", default=defaults.prompt, help="text to video: the prompt" + (f" (default: {defaults.prompt!r})" if defaults.prompt else ""))
+    g.add_argument("--negative-prompt", help="text to video: what to steer away from (default: none)")
+    g.add_argument("--guidance-scale", type=float, help="text to video: CFG scale; <= 1 turns CFG off (default: the pipeline's, 9.0 ModelScope, 7.5 AnimateDiff)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,23 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16 (weights), bf16-autocast, fp16 (GPU), or none to skip "
                    "(default: same as --precision; fp32 for int8/fp8)")
     r.add_argument("--baseline-compile", action="store_true", help="torch.compile the baseline's UNet (compile time shows in its first warm-up run)")
-    r.add_argument("--image", help="conditioning image (default: a built-in synthetic image)")
+    r.add_argument("--image", help="image to video: conditioning image (default: a built-in synthetic image)")
     r.add_argument("--scenario", help="a named request from benchmarks/scenarios.py (a, b, c-lcm, c-euler); "
                    "sets model, size, frames, steps, sampler, guidance and batch")
     r.add_argument("--output", help="write the JSON result here")
 
-    g = sub.add_parser("generate", help="generate a video from an image",
-                       description="Generate a video from --image and write it as MP4 (H.264), GIF, or a folder of PNG frames.",
+    g = sub.add_parser("generate", help="generate a video from an image or a prompt",
+                       description="Generate a video from --image (image-to-video models) or --prompt (text-to-video models) "
+                       "and write it as MP4 (H.264), GIF, or a folder of PNG frames.",
                        epilog=EPILOG_MODELS)
     _model_flags(g)
     _request_flags(g, GenerateConfig())
-    g.add_argument("--image", required=True, help="conditioning image (PNG/JPEG/...; converted to RGB if needed)")
+    g.add_argument("--image", help="image to video: conditioning image (PNG/JPEG/...; converted to RGB if needed)")
     g.add_argument("--output", default="out.mp4", help="out.mp4, out.gif, or a folder name for PNG frames (default: out.mp4)")
     g.add_argument("--format", choices=["mp4", "gif", "png"], help="force the output format (default: from --output)")
     g.add_argument("--fps", type=int, default=7, help="frames per second, also the fps conditioning (default: 7)")
     g.add_argument("--motion-bucket-id", type=int, default=127, help="amount of motion (default: 127)")
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the image (default: 0.02)")
-    g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all)")
+    g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all; 16 for text to video)")
     return root
 
 
@@ -139,15 +148,24 @@ def _config(cls, args: argparse.Namespace):
 def _check_request_early(cfg) -> None:
     """Fails on bad request arguments before minutes of engine building, not after."""
     from .pipeline import check_ranges, check_request
+    from .samplers import check_sampler
     from .sources import resolve_model
 
     chunk = getattr(cfg, "decode_chunk_size", None)
     frames = cfg.num_frames if cfg.num_frames is not None else 1
-    check_request(cfg.height, cfg.width, frames, cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
+    check_request(cfg.height or 8, cfg.width or 8, frames, cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
     model = resolve_model(cfg.model, seed=cfg.seed)
+    check_sampler(cfg.sampler, model.kind)
+    height, width = cfg.size(model)
     frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
-    chunk = chunk if chunk is not None else frames
-    check_ranges(model, cfg.batch_size, cfg.batch_size, cfg.max_guidance > 1, frames, cfg.height, cfg.width, chunk)
+    if model.kind == "image-to-video":
+        chunk = chunk if chunk is not None else frames
+        check_ranges(model, cfg.batch_size, cfg.batch_size, cfg.guided(model), frames, height, width, chunk)
+    else:
+        from .t2v_pipeline import check_t2v_ranges
+
+        check_t2v_ranges(model, cfg.batch_size, cfg.guided(model), frames, height, width, chunk or 16)
+    return model
 
 
 def cmd_build_engines(args) -> int:
@@ -220,31 +238,27 @@ def cmd_run_bench(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import torch
-
     from . import VideoPipeline
     from .video_io import load_image, video_format, write_video
 
     cfg = _config(GenerateConfig, args)
-    _check_request_early(cfg)
+    model = _check_request_early(cfg)
+    if model.kind == "image-to-video" and not cfg.image:
+        raise VidrtError(f"{cfg.model} is an image-to-video model: pass --image PATH")
+    if model.kind != "image-to-video" and not cfg.prompt:
+        raise VidrtError(f"{cfg.model} is a text-to-video model: pass --prompt \"...\"")
     fmt = video_format(cfg.output, cfg.format)
     if fmt != "png":
         from .fsutil import check_writable
 
         check_writable(cfg.output)
-    image = load_image(cfg.image)
+    image = load_image(cfg.image) if model.kind == "image-to-video" else None
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
         sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed, cuda_graphs=not cfg.no_cuda_graphs,
         **cfg.engine_kwargs(),
     )
-    out = pipe(
-        [image] * cfg.batch_size, height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,
-        num_inference_steps=cfg.steps, min_guidance_scale=cfg.min_guidance, max_guidance_scale=cfg.max_guidance,
-        fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
-        decode_chunk_size=cfg.decode_chunk_size, generator=torch.Generator().manual_seed(cfg.seed),
-        output_type="pil", progress=True,
-    )
+    out = pipe(**_generate_request(cfg, model, image))
     paths = []
     for i, frames in enumerate(out.frames):
         target = Path(cfg.output)
@@ -256,6 +270,25 @@ def cmd_generate(args) -> int:
     print(f"wrote {', '.join(map(str, paths))}{note}: {len(out.frames[0])} frames, {t.end_to_end:.1f}s "
           f"(unet {t.unet:.1f}s over {len(t.unet_steps)} steps)")
     return 0
+
+
+def _generate_request(cfg: GenerateConfig, model, image) -> dict:
+    """The pipeline call's keywords for generate's flags."""
+    import torch
+
+    height, width = cfg.size(model)
+    common = dict(height=height, width=width, num_frames=cfg.num_frames, num_inference_steps=cfg.steps,
+                  generator=torch.Generator().manual_seed(cfg.seed), output_type="pil", progress=True)
+    if model.kind == "image-to-video":
+        return common | dict(
+            image=[image] * cfg.batch_size, min_guidance_scale=cfg.min_guidance, max_guidance_scale=cfg.max_guidance,
+            fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
+            decode_chunk_size=cfg.decode_chunk_size,
+        )
+    return common | dict(
+        prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, guidance_scale=cfg.guidance_scale,
+        num_videos_per_prompt=cfg.batch_size, decode_chunk_size=cfg.decode_chunk_size or 16,
+    )
 
 
 COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "generate": cmd_generate}

@@ -90,11 +90,26 @@ class EngineOptions:
 class RequestOptions(EngineOptions):
     """A generation request on top of the engine options."""
 
-    height: int = 576
-    width: int = 1024
+    height: int | None = None  # None: the pipeline's default (SVD 576x1024; text to video: the UNet's sample size)
+    width: int | None = None
     num_frames: int | None = None
     steps: int = 25
-    sampler: str = "euler"
-    min_guidance: float = 1.0
-    max_guidance: float = 3.0
+    sampler: str | None = None  # None: the one matching the model folder's scheduler
+    min_guidance: float = 1.0  # image to video: guidance at the first frame
+    max_guidance: float = 3.0  # image to video: guidance at the last frame
     batch_size: int = 1
+    prompt: str | None = None  # text to video
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None  # text to video; None: the pipeline's default
+
+    def size(self, model) -> tuple[int, int]:
+        """(height, width) of the request on ``model``, defaults filled in as the pipelines do."""
+        default = (576, 1024) if model.kind == "image-to-video" else model.default_size
+        return self.height or default[0], self.width or default[1]
+
+    def guided(self, model) -> bool:
+        """Whether this request runs classifier-free guidance on ``model``."""
+        if model.kind == "image-to-video":
+            return self.max_guidance > 1.0
+        scale = self.guidance_scale if self.guidance_scale is not None else model.default_guidance_scale
+        return scale > 1.0

@@ -22,7 +22,7 @@ from .build import default_engine_dir, load_engines, prepare_engines
 from .errors import VidrtError
 from .imageops import clip_pixel_values
 from .loop import Conditioning, LoopState, denoise
-from .samplers import draw_noise, make_sampler
+from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import resolve_model
 from .svd import SvdModel
 
@@ -120,6 +120,7 @@ class VideoPipeline:
             VidrtError: any problem with the model, the engines or the options.
         """
         m = resolve_model(str(model), seed=seed, progress=progress)
+        check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         backend_cls = get_backend(backend, announce=progress and backend == "auto", precision=precision)
         from .backends.openvino import OvOptions

@@ -18,6 +18,9 @@ import torch
 from .errors import VidrtError
 
 SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler")
+# Samplers per model kind: SVD's EDM samplers take continuous sigmas, the others
+# step discrete-timestep schedules.
+SAMPLERS_FOR = {"image-to-video": ("euler", "animatelcm"), "text-to-video": ("ddim", "lcm", "dpm++", "euler", "scheduler")}
 # A model folder's scheduler class -> the sampler that steps as it does.
 DEFAULT_FOR_SCHEDULER = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "LCMScheduler": "lcm"}
 
@@ -345,6 +348,14 @@ def _check_steps(n: int) -> int:
     return n
 
 
+def check_sampler(name: str | None, kind: str) -> None:
+    """Raises VidrtError when sampler ``name`` does not fit a model of ``kind``."""
+    allowed = SAMPLERS_FOR["image-to-video" if kind == "image-to-video" else "text-to-video"]
+    if name is not None and name not in allowed:
+        what = "image-to-video (SVD)" if kind == "image-to-video" else "text-to-video"
+        raise VidrtError(f"--sampler {name} is not for {what} models; choose one of {', '.join(allowed)}")
+
+
 def make_sampler(name: str | None, scheduler_config: dict):
     """Builds a sampler for a model's scheduler config.
 
@@ -358,6 +369,8 @@ def make_sampler(name: str | None, scheduler_config: dict):
         VidrtError: unknown name, or a scheduler vidrt cannot step.
     """
     cls_name = scheduler_config.get("_class_name", "EulerDiscreteScheduler")
+    if name is not None and name not in SAMPLERS:
+        raise VidrtError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}")
     if name is None:
         name = DEFAULT_FOR_SCHEDULER.get(cls_name, "scheduler")
         if name == "ddim" and (scheduler_config.get("clip_sample") or scheduler_config.get("thresholding")):
