@@ -99,5 +99,36 @@ def test_bad_sampler_arguments():
         AnimateLCMSampler().set_timesteps(41)
     with pytest.raises(VidrtError, match="need at least 1 step"):
         EulerEDMSampler(SVD_SCHEDULER).set_timesteps(0)
-    with pytest.raises(VidrtError, match="unknown sampler 'ddim'"):
-        make_sampler("ddim", SVD_SCHEDULER)
+    with pytest.raises(VidrtError, match="unknown sampler 'heun'"):
+        make_sampler("heun", SVD_SCHEDULER)
+    with pytest.raises(VidrtError, match="non-linear"):
+        make_sampler("ddim", SVD_SCHEDULER | {"clip_sample": True})
+
+
+@pytest.mark.parametrize("name, cls", [("ddim", "DDIMScheduler"), ("lcm", "LCMScheduler"),
+                                       ("euler", "EulerDiscreteScheduler"), ("dpm++", "DPMSolverMultistepScheduler")])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_text_to_video_steps_equal_diffusers(name, cls, prediction):
+    """vidrt's fused DDIM/LCM/Euler steps (and the diffusers-stepped DPM-Solver++) equal
+    diffusers' scheduler.step on the same inputs, noise included, at every step."""
+    import diffusers
+
+    from vidrt.presets_t2v import MODELSCOPE_SCHEDULER
+
+    config = MODELSCOPE_SCHEDULER | {"prediction_type": prediction, "_class_name": "DDIMScheduler"}
+    ours = make_sampler(name, config)
+    ours.set_timesteps(5)
+    ours.begin(None)
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    ref = getattr(diffusers, cls).from_config(config, **extra)
+    ref.set_timesteps(5)
+    assert torch.equal(ours.timesteps, ref.timesteps.float())
+    x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * ref.init_noise_sigma
+    x_ref = x.clone()
+    for i, t in enumerate(ref.timesteps):
+        out = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + i))
+        scaled = ref.scale_model_input(x_ref, t)
+        assert torch.allclose(scaled, x_ref * ours.input_scale(i), rtol=1e-6)
+        x_ref = ref.step(out, t, x_ref, generator=torch.Generator().manual_seed(100 + i)).prev_sample
+        ours.step(out, i, x, generator=torch.Generator().manual_seed(100 + i))
+        assert torch.allclose(x, x_ref, rtol=1e-5, atol=1e-5 * float(x_ref.abs().max())), (name, i)
