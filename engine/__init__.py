@@ -6,7 +6,7 @@
 from .errors import VidrtError
 
 __version__ = "0.1.0"
-__all__ = ["VideoPipeline", "VideoPipelineOutput", "VidrtError", "__version__"]
+__all__ = ["TextToVideoPipeline", "VideoPipeline", "VideoPipelineOutput", "VidrtError", "__version__"]
 
 
 def __getattr__(name):
@@ -14,4 +14,8 @@ def __getattr__(name):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "TextToVideoPipeline":
+        from .t2v_pipeline import TextToVideoPipeline
+
+        return TextToVideoPipeline
     raise AttributeError(f"module 'vidrt' has no attribute {name!r}")

@@ -49,8 +49,38 @@ def test_bf16_baselines_run_and_stay_close(tiny_model, reference, precision):
     base = DiffusersBaseline(tiny_model, precision)
     image = bench_image(BenchConfig(height=32, width=32))
     kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)
-    frames, stages, steps, _ = base(image, torch.Generator().manual_seed(0), **kw)
+    frames, stages, steps, _ = base({"image": image}, torch.Generator().manual_seed(0), **kw)
     ref = reference(image, generator=torch.Generator().manual_seed(0), output_type="np", **kw).frames
     assert frames.dtype == np.float32 and len(steps) == 2 and stages["unet"] > 0
     # bf16 keeps 8 mantissa bits: frames stay within a few 1e-2 of fp32.
     assert np.abs(frames - ref).mean() < 0.02
+
+
+def test_text_to_video_bf16_baseline_runs_with_timed_stages(vidrt_cache):
+    from vidrt.benchmarks.baseline import DiffusersBaseline
+    from vidrt.sources import resolve_model
+
+    model = resolve_model("tiny-t2v", progress=False)
+    base = DiffusersBaseline(model, "bf16-autocast")
+    kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2, guidance_scale=5.0)
+    frames, stages, steps, _ = base({"prompt": "a cat"}, torch.Generator().manual_seed(0), **kw)
+    assert frames.shape == (1, 2, 32, 32, 3) and frames.dtype == np.float32
+    assert set(stages) == {"text_encoder", "unet", "vae_decoder"} and len(steps) == 2
+
+
+def test_unet_flops_of_the_text_to_video_unets(vidrt_cache):
+    """The fake-tensor count equals a real forward's count through the export graph."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vidrt.benchmarks.roofline import unet_flops
+    from vidrt.export.graphs import component_graph, sample_inputs
+    from vidrt.sources import load_torch_component, resolve_model
+
+    for name in ("tiny-t2v", "tiny-animatediff"):
+        model = resolve_model(name, progress=False)
+        spec = model.specs()["unet"]
+        graph = component_graph("unet", load_torch_component(model, "unet"))
+        feeds = sample_inputs(spec, {"B": 2, "F": 3, "h": 8, "w": 8, "L": 77})
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            graph(*(feeds[n] for n in spec.input_names))
+        assert unet_flops(model, 2, 3, 16, 16) == counter.get_total_flops() > 0

@@ -181,3 +181,37 @@ def test_tensorrt_flags_with_another_backend_are_refused(capsys, tmp_path):
     code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime",
                        "--engine-dir", str(tmp_path), "--component-precision", "vae_decoder")
     assert code == 2 and "write component=precision" in err
+
+
+def test_text_to_video_generate_and_run_bench(capsys, tmp_path):
+    """generate --prompt writes an MP4; run-bench on AnimateDiff writes the same JSON schema
+    with the text-to-video stages, and its frames agree with diffusers'."""
+    engines = ["--engine-dir", str(tmp_path / "engines"), "--backend", "onnxruntime"]
+    req = ["--height", "32", "--width", "32", "--num-frames", "4", "--steps", "2"]
+    mp4 = tmp_path / "t2v.mp4"
+    code, out, err = run(capsys, "generate", "--model", "tiny-t2v", *engines, *req, "--prompt", "a red car",
+                         "--negative-prompt", "blurry", "--output", str(mp4))
+    assert code == 0, err
+    assert "RANDOM WEIGHTS" in out and mp4.stat().st_size > 0
+    out_json = tmp_path / "bench.json"
+    code, out, err = run(capsys, "run-bench", "--model", "tiny-animatediff", *engines, *req, "--sampler", "lcm",
+                         "--guidance-scale", "2", "--runs", "1", "--warmup", "0", "--output", str(out_json))
+    assert code == 0, err
+    r = json.loads(out_json.read_text())
+    assert r["model"]["kind"] == "animatediff" and r["baseline"]["backend"].endswith("AnimateDiffPipeline)")
+    for side in ("engine", "baseline"):
+        assert set(r[side]["stages_ms"]) == {"text_encoder", "unet", "unet_step", "vae_decoder"}
+    assert r["parity"]["max_abs_err"] <= 2e-3 and r["roofline"]["unet_tflop_per_step"] > 0
+
+
+@pytest.mark.parametrize("model, flag, message", [
+    ("tiny-t2v", [], "text-to-video model: pass --prompt"),
+    ("tiny-svd", ["--prompt", "x"], "image-to-video model: pass --image"),
+    ("tiny-t2v", ["--prompt", "x", "--sampler", "animatelcm"], "--sampler animatelcm is not for text-to-video"),
+    ("tiny-animatediff", ["--prompt", "x", "--num-frames", "40"], "num_frames=40 is outside"),
+])
+def test_generate_text_to_video_bad_input_is_one_line(capsys, tmp_path, model, flag, message):
+    code, out, err = run(capsys, "generate", "--model", model, "--engine-dir", str(tmp_path), *flag,
+                         "--output", str(tmp_path / "o.mp4"))
+    errors = [line for line in err.splitlines() if line.startswith("vidrt: error:")]  # (preset creation may print first)
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
