@@ -68,7 +68,7 @@ class ShapeRequest:
 
 # How a component's dims follow from the user's: (user dim, divisor from pixels, multiplier).
 def _dim_sources(component: str, vae_scale: int) -> dict[str, tuple[str, int, int]]:
-    if component == "image_encoder":
+    if component in ("image_encoder", "text_encoder"):
         return {"B": ("batch", 1, 1)}
     if component == "vae_encoder":
         return {"B": ("batch", 1, 1), "H": ("height", 1, 1), "W": ("width", 1, 1)}
@@ -101,6 +101,8 @@ def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int
     """min/opt/max of every dynamic dim of ``spec`` from the user's request."""
     sources = _dim_sources(component, vae_scale)
     corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": spec.corner("max")}
+    if request.static is not None:  # dims the user cannot name (text length) sit at their opt
+        corners["min"], corners["max"] = dict(corners["opt"]), dict(corners["opt"])
     for which in ("min", "opt", "max"):
         user = request.static if request.static is not None else getattr(request, which)
         for dim, (name, div, mul) in sources.items():
@@ -144,7 +146,9 @@ def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, 
         VidrtError: a requested value outside the model's range, or min > opt > max.
     """
     corners = _point(component, spec, request, vae_scale)
-    if component == "unet" and cfg_profiles and request.static is None:
+    # Guidance doubles the batch of the UNet and of the text encoder (negative prompts).
+    guided = component in ("unet", "text_encoder") and cfg_profiles
+    if guided and request.static is None:
         # The description's batch range counts UNet rows (2 per guided video); the
         # user's batch counts videos, so unrequested defaults are halved.
         if "batch" not in request.max:
@@ -156,10 +160,10 @@ def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, 
         rng = spec.ranges["N"]
         corners["max"]["N"] = min(rng.max, corners["max"]["N"] * videos)
     profiles = [_profile(spec, corners, "default")]
-    if component == "unet" and cfg_profiles:
+    if guided:
         doubled = {k: dict(v, B=v["B"] * 2) for k, v in corners.items()}
         if doubled["max"]["B"] > spec.ranges["B"].max:
-            raise VidrtError(f"unet: batch {corners['max']['B']} with guidance needs {doubled['max']['B']} > {spec.ranges['B'].max}; lower --max batch")
+            raise VidrtError(f"{component}: batch {corners['max']['B']} with guidance needs {doubled['max']['B']} > {spec.ranges['B'].max}; lower --max batch")
         profiles = [_profile(spec, doubled, "cfg"), _profile(spec, corners, "no-cfg")]
     return profiles
 

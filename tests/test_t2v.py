@@ -148,3 +148,44 @@ def test_quantized_precisions_are_refused_for_text_to_video(tmp_path):
     with pytest.raises(VidrtError, match="calibrates SVD-family UNets only"):
         VideoPipeline.from_pretrained("tiny-t2v", engine_dir=tmp_path, backend="onnxruntime", precision="int8",
                                       progress=False)
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_openvino_engines_match_diffusers_and_bf16_stays_close(name, tmp_path):
+    """OpenVINO fp32 within the same 2e-3 of diffusers; bf16 (8 mantissa bits) within 5%
+    relative L2 of vidrt fp32 on these random tiny weights."""
+    pytest.importorskip("openvino")
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components, resolve_model
+
+    ref = load_torch_components(resolve_model(name, progress=False))
+    ref.set_progress_bar_config(disable=True)
+    kw = dict(KW, prompt="a panda eating bamboo", guidance_scale=4.0)
+    want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(2), output_type="np").frames)
+    got = {}
+    for precision in ("fp32", "bf16"):
+        pipe = VideoPipeline.from_pretrained(name, engine_dir=tmp_path, backend="openvino", precision=precision,
+                                             progress=False)
+        got[precision] = pipe(**kw, generator=torch.Generator().manual_seed(2), output_type="np").frames
+    assert np.abs(got["fp32"] - want).max() <= ATOL
+    assert np.linalg.norm(got["bf16"] - got["fp32"]) / np.linalg.norm(got["fp32"]) < 0.05
+
+
+def test_tensorrt_profiles_cover_text_to_video_requests(vidrt_cache):
+    """Build planning for the TensorRT path (no GPU needed): the text encoder and UNet get
+    guided and unguided profiles with the text length at 77; a static shape fixes all."""
+    from vidrt.sources import resolve_model
+    from vidrt.trt_plan import ShapeRequest, derive_profiles, select_profile
+
+    model = resolve_model("tiny-animatediff", progress=False)
+    specs = model.specs()
+    unet = derive_profiles("unet", specs["unet"], ShapeRequest(), model.vae_scale_factor)
+    text = derive_profiles("text_encoder", specs["text_encoder"], ShapeRequest(), model.vae_scale_factor)
+    assert [p.label for p in unet] == [p.label for p in text] == ["cfg", "no-cfg"]
+    shapes = {"sample": (2, 4, 16, 32, 32), "timestep": (1,), "encoder_hidden_states": (2, 77, 32)}
+    assert select_profile(unet, shapes, "unet") == 0
+    static = ShapeRequest(static={"batch": 1, "frames": 8, "height": 64, "width": 64})
+    (guided, _) = derive_profiles("text_encoder", specs["text_encoder"], static, model.vae_scale_factor)
+    assert guided.shapes["input_ids"] == ((2, 77),) * 3
+    with pytest.raises(VidrtError, match="frames"):
+        derive_profiles("unet", specs["unet"], ShapeRequest(max={"frames": 40}), model.vae_scale_factor)
