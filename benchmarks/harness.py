@@ -18,6 +18,7 @@ import torch
 
 from vidrt.errors import VidrtError
 from vidrt.options import RequestOptions
+from vidrt.samplers import make_sampler
 
 from .environment import environment
 from .memory import PeakDeviceMemory, PeakRss, rss_mb
@@ -153,7 +154,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     })
     result = {
         "schema": SCHEMA,
-        "config": dataclasses.asdict(cfg) | {"baseline_precision": baseline_precision},
+        "config": dataclasses.asdict(cfg) | {
+            "baseline_precision": baseline_precision,
+            "sampler_used": make_sampler(cfg.sampler, pipe.model.scheduler).name,
+            "num_frames_used": frames,
+            "guidance_used": kwargs.get("guidance_scale", f"{cfg.min_guidance}..{cfg.max_guidance}"),
+        },
         "model": {"label": pipe.model.label, "random_weights": bool(pipe.model.preset), "folder": str(pipe.model.folder),
                   "kind": pipe.model.kind},
         "environment": environment(),

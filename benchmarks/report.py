@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-STAGE_ROWS = ("image_encoder", "vae_encoder", "unet", "unet_step", "vae_decoder")
+STAGE_ROWS = ("image_encoder", "vae_encoder", "text_encoder", "unet", "unet_step", "vae_decoder")
 
 
 def _cell(stats: dict | None, unit: str = "ms") -> str:
@@ -17,14 +17,16 @@ def format_table(result: dict) -> str:
     cfg = result["config"]
     lines = [
         f"model: {result['model']['label']}",
-        f"request: {cfg['height']}x{cfg['width']}, {cfg['num_frames']} frames, {cfg['steps']} {cfg['sampler']} steps, "
-        f"guidance {cfg['min_guidance']}..{cfg['max_guidance']}, batch {cfg['batch_size']}; "
+        f"request: {cfg['height']}x{cfg['width']}, {cfg['num_frames_used']} frames, {cfg['steps']} {cfg['sampler_used']} steps, "
+        f"guidance {cfg['guidance_used']}, batch {cfg['batch_size']}; "
         f"{cfg['runs']} runs after {cfg['warmup']} warm-up",
         f"machine: {result['environment']['cpu']} ({result['environment']['cpu_count']} cpus), git {result['environment']['git_sha']}",
         "",
         f"{'stage':<16}{'vidrt ' + e['backend'] + ' ' + e['precision']:<36}{('diffusers ' + b['precision']) if b else 'baseline skipped':<36}",
     ]
     for s in STAGE_ROWS:
+        if s not in e["stages_ms"]:
+            continue  # a stage this model does not have
         lines.append(f"{s:<16}{_cell(e['stages_ms'].get(s)):<36}{_cell(b['stages_ms'].get(s)) if b else '':<36}")
     lines.append(f"{'end to end':<16}{_cell(e['end_to_end_s'], 's'):<36}{_cell(b['end_to_end_s'], 's') if b else '':<36}")
     for label, key, fmt in (("videos/min", "videos_per_min", ".3f"), ("frames/s", "frames_per_s", ".3f"),
