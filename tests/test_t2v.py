@@ -189,3 +189,29 @@ def test_tensorrt_profiles_cover_text_to_video_requests(vidrt_cache):
     assert guided.shapes["input_ids"] == ((2, 77),) * 3
     with pytest.raises(VidrtError, match="frames"):
         derive_profiles("unet", specs["unet"], ShapeRequest(max={"frames": 40}), model.vae_scale_factor)
+
+
+def test_animatediff_folder_with_a_plain_unet_and_motion_adapter(tmp_path):
+    """A folder whose unet/ is the 2D Stable Diffusion UNet and motion_adapter/ holds the
+    adapter (how AnimateDiff checkpoints are often laid out) is merged as diffusers merges it."""
+    from diffusers import AnimateDiffPipeline, UNet2DConditionModel
+
+    from vidrt.export.graphs import component_graph, sample_inputs
+    from vidrt.models import read_model
+    from vidrt.presets_t2v import T2V_PRESETS
+    from vidrt.sources import load_torch_component, resolve_model
+
+    folder = tmp_path / "ad"
+    shutil.copytree(resolve_model("tiny-animatediff", progress=False).folder, folder)
+    shutil.rmtree(folder / "unet")
+    torch.manual_seed(5)
+    UNet2DConditionModel(**T2V_PRESETS["tiny-animatediff"]["unet"]).save_pretrained(folder / "unet")
+    model = read_model(folder)
+    assert model.kind == "animatediff" and model.motion_adapter is not None
+    ours = component_graph("unet", load_torch_component(model, "unet"))
+    theirs = component_graph("unet", AnimateDiffPipeline.from_pretrained(folder).unet.eval())
+    spec = model.specs()["unet"]
+    feeds = sample_inputs(spec, {"B": 2, "F": 3, "h": 8, "w": 8, "L": 77})
+    with torch.no_grad():
+        a, b = ours(*feeds.values()), theirs(*feeds.values())
+    assert torch.equal(a, b)
