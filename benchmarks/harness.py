@@ -107,7 +107,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
-        sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed, progress=progress,
+        sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
+        progress=progress,
         cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
     )
     engine_load_s = time.perf_counter() - t0

@@ -89,15 +89,18 @@ def versions() -> dict:
 def default_engine_dir(model, unet_weights: str | None) -> Path:
     """One engine directory per model (and UNet weights): every backend and precision
     lives in it side by side and shares the ONNX export."""
-    ident = hashlib.sha256(f"{model.folder.resolve()}|{unet_weights or ''}".encode()).hexdigest()[:10]
+    adapter = getattr(model, "motion_adapter_path", None)
+    extra = f"|{adapter}" if adapter is not None else ""
+    ident = hashlib.sha256(f"{model.folder.resolve()}|{unet_weights or ''}{extra}".encode()).hexdigest()[:10]
     return settings.cache_dir() / "engines" / f"{model.folder.name}-{ident}"
 
 
 def weight_files(model, component: str, unet_weights: str | None) -> list[Path]:
-    folders = [model.weights_folder[component]]
-    if component == "unet" and getattr(model, "motion_adapter", None) is not None:
-        folders.append("motion_adapter")  # merged into the UNet at load time
-    files = sorted(p for f in folders for p in (model.folder / f).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    folder = model.folder / model.weights_folder[component]
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    adapter = getattr(model, "motion_adapter_path", None)
+    if component == "unet" and adapter is not None:  # merged into the UNet at load time
+        files += sorted(p for p in adapter.iterdir() if p.suffix in (".safetensors", ".bin", ".json")) if adapter.is_dir() else [adapter]
     if component == "unet" and unet_weights:
         files.append(Path(unet_weights).resolve())
     return files

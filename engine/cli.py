@@ -51,6 +51,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and engines")
     g.add_argument("--model", default=d.model, help=f"model to run (default: {d.model})")
     g.add_argument("--unet-weights", help="safetensors UNet state dict replacing the model's UNet (AnimateLCM-SVD-xt ships so)")
+    g.add_argument("--motion-adapter", help="AnimateDiff motion adapter (diffusers folder, or a checkpoint file such as "
+                   "mm_sd_v15_v2.ckpt) merged into a Stable Diffusion folder's UNet")
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
     g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU; "
                    "on a CPU OpenVINO for bf16/int8/fp8, ONNX Runtime for fp32)")
@@ -154,7 +156,7 @@ def _check_request_early(cfg) -> None:
     chunk = getattr(cfg, "decode_chunk_size", None)
     frames = cfg.num_frames if cfg.num_frames is not None else 1
     check_request(cfg.height or 8, cfg.width or 8, frames, cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
-    model = resolve_model(cfg.model, seed=cfg.seed)
+    model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     check_sampler(cfg.sampler, model.kind)
     height, width = cfg.size(model)
     frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
@@ -174,7 +176,7 @@ def cmd_build_engines(args) -> int:
     from .sources import resolve_model
 
     cfg = _config(BuildConfig, args)
-    model = resolve_model(cfg.model, seed=cfg.seed)
+    model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
@@ -255,7 +257,8 @@ def cmd_generate(args) -> int:
     image = load_image(cfg.image) if model.kind == "image-to-video" else None
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
-        sampler=cfg.sampler, unet_weights=cfg.unet_weights, seed=cfg.seed, cuda_graphs=not cfg.no_cuda_graphs,
+        sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
+        cuda_graphs=not cfg.no_cuda_graphs,
         **cfg.engine_kwargs(),
     )
     out = pipe(**_generate_request(cfg, model, image))

@@ -17,6 +17,7 @@ class EngineOptions:
 
     model: str = "svd-xt"
     unet_weights: str | None = None
+    motion_adapter: str | None = None
     engine_dir: str | None = None
     backend: str = "auto"
     precision: str = "fp32"

@@ -83,6 +83,7 @@ class VideoPipeline:
         sampler: str | None = None,
         *,
         unet_weights: str | Path | None = None,
+        motion_adapter: str | Path | None = None,
         quant=None,
         backend_options=None,
         component_precision: dict | None = None,
@@ -105,6 +106,8 @@ class VideoPipeline:
                 "ddim", "lcm", "dpm++", "euler", "scheduler" for text to video), or None
                 for the one matching the model folder's scheduler.
             unet_weights: safetensors UNet state dict replacing the model's (AnimateLCM-SVD-xt).
+            motion_adapter: AnimateDiff motion adapter (diffusers folder or checkpoint file)
+                merged into a Stable Diffusion (or AnimateDiff) folder's 2D UNet.
             quant: vidrt.export.quantize.QuantConfig for precision int8/fp8 (calibration
                 images, steps, layers kept in high precision); default: what the engines
                 were built with, else the built-in synthetic calibration set.
@@ -119,7 +122,7 @@ class VideoPipeline:
         Raises:
             VidrtError: any problem with the model, the engines or the options.
         """
-        m = resolve_model(str(model), seed=seed, progress=progress)
+        m = resolve_model(str(model), seed=seed, progress=progress, motion_adapter=motion_adapter)
         check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         backend_cls = get_backend(backend, announce=progress and backend == "auto", precision=precision)

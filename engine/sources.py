@@ -22,13 +22,15 @@ ALL_PRESETS = (*PRESETS, *T2V_PRESETS)
 DEFAULT_SEED = 0
 
 
-def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True):
+def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True, motion_adapter: str | None = None):
     """Turns ``--model`` into a local model folder and reads its configs.
 
     Args:
         model: a preset name (ALL_PRESETS), a local folder, or a hub id.
         seed: weight seed for presets.
         progress: print what is being materialised or downloaded.
+        motion_adapter: AnimateDiff motion adapter (folder or checkpoint file) for a
+            Stable Diffusion or AnimateDiff folder whose UNet has no motion modules.
 
     Returns:
         SvdModel or T2vModel, by the folder's pipeline class.
@@ -37,18 +39,18 @@ def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True):
         VidrtError: unknown source, malformed folder, or hub unreachable.
     """
     if model in ALL_PRESETS:
-        return read_model(materialize_preset(model, seed, progress))
+        return read_model(materialize_preset(model, seed, progress), motion_adapter)
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         what = "is not a folder" if path.exists() else "does not exist"
         if not path.is_dir():
             raise VidrtError(f"--model {model}: {what}; pass a diffusers model folder, a hub id or a preset")
-        return read_model(path)
+        return read_model(path, motion_adapter)
     if model.count("/") != 1:
         raise VidrtError(
             f"--model {model}: not a preset ({', '.join(ALL_PRESETS)}), an existing folder or a hub id (owner/name)"
         )
-    return read_model(download_from_hub(model, progress))
+    return read_model(download_from_hub(model, progress), motion_adapter)
 
 
 def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
@@ -111,8 +113,13 @@ def load_torch_components(model, unet_weights: str | Path | None = None):
     import diffusers
 
     cls = getattr(diffusers, "StableVideoDiffusionPipeline" if model.kind == "image-to-video" else model.pipeline_class)
+    extra = {}
+    if getattr(model, "motion_adapter_path", None) is not None:
+        from .motion_adapter import load_motion_adapter
+
+        extra["motion_adapter"] = load_motion_adapter(model.motion_adapter_path, model.unet["block_out_channels"])
     try:
-        pipe = cls.from_pretrained(model.folder)
+        pipe = cls.from_pretrained(model.folder, **extra)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VidrtError(f"cannot load the model in {model.folder}: {str(e).splitlines()[0]}") from None
     if unet_weights is not None:
@@ -149,8 +156,8 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
     """Loads only the torch module a component needs (fp32, eval), to keep export memory low.
 
     Returns the UNet, the VAE (for vae_encoder and vae_decoder), or the CLIP vision or
-    text model. An AnimateDiff folder whose unet/ is a plain 2D UNet gets its motion
-    adapter (motion_adapter/) merged in, as AnimateDiffPipeline does.
+    text model. An AnimateDiff model whose unet/ is a plain 2D UNet gets its motion
+    adapter (motion_adapter/ or --motion-adapter) merged in, as AnimateDiffPipeline does.
 
     Raises:
         VidrtError: the weights cannot be loaded.
@@ -159,10 +166,12 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
 
     lib, name, sub = _TORCH_CLASSES[model.kind][component]
     try:
-        if model.kind == "animatediff" and component == "unet" and model.motion_adapter is not None:
-            from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+        if model.kind == "animatediff" and component == "unet" and model.motion_adapter_path is not None:
+            from diffusers import UNet2DConditionModel, UNetMotionModel
 
-            adapter = MotionAdapter.from_pretrained(model.folder / "motion_adapter")
+            from .motion_adapter import load_motion_adapter
+
+            adapter = load_motion_adapter(model.motion_adapter_path, model.unet["block_out_channels"])
             module = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(model.folder / sub), adapter)
         else:
             module = getattr(importlib.import_module(lib), name).from_pretrained(model.folder / sub)

@@ -37,28 +37,49 @@ class T2vModel:
     text_encoder: dict
     tokenizer: dict
     scheduler: dict
-    motion_adapter: dict | None  # AnimateDiff folders whose unet/ is the plain 2D UNet
+    motion_adapter: dict | None  # adapter config, when unet/ is the plain 2D UNet
     preset: dict | None
+    motion_adapter_path: Path | None = None  # its folder or checkpoint file
 
     components = COMPONENTS
     weights_folder = WEIGHTS_FOLDER
 
     @classmethod
-    def from_folder(cls, folder: str | Path, index: dict | None = None) -> "T2vModel":
+    def from_folder(cls, folder: str | Path, index: dict | None = None, motion_adapter: str | Path | None = None) -> "T2vModel":
         """Reads the configs of a TextToVideoSDPipeline or AnimateDiffPipeline folder.
+
+        Args:
+            folder: the model folder.
+            index: its model_index.json, if already read.
+            motion_adapter: an AnimateDiff motion adapter (diffusers folder or checkpoint
+                file) to merge into the folder's 2D UNet; with it a StableDiffusionPipeline
+                folder becomes AnimateDiff, as AnimateDiffPipeline.from_pretrained(sd,
+                motion_adapter=...) makes it.
 
         Raises:
             VidrtError: the folder or one of its config files is missing or malformed.
         """
+        from .motion_adapter import adapter_config
+
         folder = Path(folder)
         index = index or _read_json(folder / "model_index.json", folder)
         name = index.get("_class_name", "")
+        if motion_adapter is not None and name in ("StableDiffusionPipeline", "AnimateDiffPipeline"):
+            name = "AnimateDiffPipeline"
+        elif motion_adapter is not None:
+            raise VidrtError(f"--motion-adapter goes with a Stable Diffusion or AnimateDiff folder, not a '{name}'")
         if name not in PIPELINES:
-            raise VidrtError(f"{folder} holds a '{name}'; vidrt's text-to-video path reads {', '.join(PIPELINES)}")
+            hint = "; add --motion-adapter to run it as AnimateDiff" if name == "StableDiffusionPipeline" else ""
+            raise VidrtError(f"{folder} holds a '{name}'; vidrt's text-to-video path reads {', '.join(PIPELINES)}{hint}")
         unet = _read_json(folder / "unet" / "config.json", folder)
-        adapter = None
+        adapter, adapter_path = None, None
         if name == "AnimateDiffPipeline" and unet.get("_class_name") != "UNetMotionModel":
-            adapter = _read_json(folder / "motion_adapter" / "config.json", folder)
+            if motion_adapter is None:
+                raise VidrtError(f"{folder}'s UNet has no motion modules; pass --motion-adapter (folder or checkpoint)")
+            adapter_path = Path(motion_adapter).resolve()
+            adapter = adapter_config(adapter_path, unet["block_out_channels"])
+        elif motion_adapter is not None:
+            raise VidrtError(f"{folder}'s UNet already holds motion modules; drop --motion-adapter")
         preset_file = folder / PRESET_MARKER
         return cls(
             folder=folder,
@@ -70,6 +91,7 @@ class T2vModel:
             scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
             motion_adapter=adapter,
             preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+            motion_adapter_path=adapter_path,
         )
 
     @property

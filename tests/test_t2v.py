@@ -191,27 +191,58 @@ def test_tensorrt_profiles_cover_text_to_video_requests(vidrt_cache):
         derive_profiles("unet", specs["unet"], ShapeRequest(max={"frames": 40}), model.vae_scale_factor)
 
 
-def test_animatediff_folder_with_a_plain_unet_and_motion_adapter(tmp_path):
-    """A folder whose unet/ is the 2D Stable Diffusion UNet and motion_adapter/ holds the
-    adapter (how AnimateDiff checkpoints are often laid out) is merged as diffusers merges it."""
-    from diffusers import AnimateDiffPipeline, UNet2DConditionModel
+def _original_animatediff_keys(state: dict) -> dict:
+    """diffusers MotionAdapter keys -> the original AnimateDiff checkpoint's layout."""
+    import re
 
-    from vidrt.export.graphs import component_graph, sample_inputs
-    from vidrt.models import read_model
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", k)
+        for new, old in ((".attn1", ".attention_blocks.0"), (".attn2", ".attention_blocks.1"),
+                         (".norm1", ".norms.0"), (".norm2", ".norms.1"), (".norm3", ".ff_norm"),
+                         (".pos_embed.pe", ".attention_blocks.0.pos_encoder.pe")):
+            k = k.replace(new, old)
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt", "-folder"])
+def test_stable_diffusion_folder_with_a_motion_adapter_file(tmp_path, suffix):
+    """--motion-adapter FILE (original AnimateDiff layout) or FOLDER (diffusers') on a Stable
+    Diffusion folder runs as AnimateDiff and matches diffusers' AnimateDiffPipeline given
+    the same adapter."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from vidrt import VideoPipeline
     from vidrt.presets_t2v import T2V_PRESETS
-    from vidrt.sources import load_torch_component, resolve_model
+    from vidrt.sources import load_torch_components, resolve_model
 
-    folder = tmp_path / "ad"
-    shutil.copytree(resolve_model("tiny-animatediff", progress=False).folder, folder)
-    shutil.rmtree(folder / "unet")
-    torch.manual_seed(5)
-    UNet2DConditionModel(**T2V_PRESETS["tiny-animatediff"]["unet"]).save_pretrained(folder / "unet")
-    model = read_model(folder)
-    assert model.kind == "animatediff" and model.motion_adapter is not None
-    ours = component_graph("unet", load_torch_component(model, "unet"))
-    theirs = component_graph("unet", AnimateDiffPipeline.from_pretrained(folder).unet.eval())
-    spec = model.specs()["unet"]
-    feeds = sample_inputs(spec, {"B": 2, "F": 3, "h": 8, "w": 8, "L": 77})
-    with torch.no_grad():
-        a, b = ours(*feeds.values()), theirs(*feeds.values())
-    assert torch.equal(a, b)
+    cfg = T2V_PRESETS["tiny-animatediff"]
+    parts = load_torch_components(resolve_model("tiny-animatediff", progress=False))
+    torch.manual_seed(11)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    # A file has no config: vidrt takes AnimateDiff's 8 heads, so the tiny adapter has 8 too.
+    adapter = MotionAdapter(**{**cfg["motion_adapter"], "motion_num_attention_heads": 8}).eval()
+    sd = tmp_path / "sd15"
+    StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=unet,
+                            scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(sd)
+    state = _original_animatediff_keys({k: v.contiguous() for k, v in adapter.state_dict().items()})
+    path = tmp_path / f"mm{suffix}"
+    if suffix == "-folder":
+        adapter.save_pretrained(path)
+    else:
+        save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+
+    with pytest.raises(VidrtError, match="add --motion-adapter"):
+        resolve_model(str(sd))
+    pipe = VideoPipeline.from_pretrained(str(sd), motion_adapter=str(path), engine_dir=tmp_path / "e",
+                                         backend="onnxruntime", progress=False)
+    assert pipe.model.kind == "animatediff" and pipe.model.motion_adapter["motion_max_seq_length"] == 32
+    ref = AnimateDiffPipeline.from_pretrained(sd, motion_adapter=adapter)
+    ref.set_progress_bar_config(disable=True)
+    kw = dict(KW, prompt="a robot dancing", guidance_scale=3.0, output_type="np")
+    got = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+    want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0)).frames)
+    assert np.abs(got - want).max() <= ATOL
