@@ -21,7 +21,7 @@ TRT_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # Q/DQ nodes of the quantization stage's graph carry the precision, not flags.
 PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": (), "fp8": ()}
 STRONGLY_TYPED = ("int8", "fp8")
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4}
 
 
 def parse_dims(text: str | None, flag: str) -> dict[str, int]:
