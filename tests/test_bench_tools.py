@@ -84,3 +84,16 @@ def test_unet_flops_of_the_text_to_video_unets(vidrt_cache):
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             graph(*(feeds[n] for n in spec.input_names))
         assert unet_flops(model, 2, 3, 16, 16) == counter.get_total_flops() > 0
+
+
+def test_openvino_op_profile_accounts_for_the_unet(tiny_model, tiny_engine_dir):
+    """profile_ops sums OpenVINO's per-node counters by type; GEMM-class nodes are found."""
+    pytest.importorskip("openvino")
+    from vidrt.benchmarks.profile_ops import profile_component
+
+    spec = tiny_model.specs()["unet"]
+    dims = {"B": 2, "F": 3, "h": 8, "w": 8}
+    prof = profile_component(tiny_engine_dir / "unet" / "onnx" / "model.onnx", spec, dims, "fp32", runs=1)
+    assert prof["wall_s"] > 0 and 0 < prof["gemm_share"] <= 1
+    assert sum(r["share"] for r in prof["by_type"]) == pytest.approx(1.0)
+    assert {"Convolution", "MatMul"} & {r["type"] for r in prof["by_type"]}
