@@ -43,6 +43,7 @@ def profile_component(onnx_path, spec, dims: dict, precision: str, runs: int = 2
     feeds = {k: v.numpy() for k, v in sample_inputs(spec, dims).items()}
     request.infer(feeds)  # warm-up: first-run allocations and kernel set-up
     walls, totals = [], collections.defaultdict(float)
+    kernels = collections.defaultdict(float)  # (op type, kernel OpenVINO picked) -> seconds
     counts = collections.Counter()
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -52,13 +53,17 @@ def profile_component(onnx_path, spec, dims: dict, precision: str, runs: int = 2
             if node.status != node.Status.EXECUTED:
                 continue
             totals[node.node_type] += node.real_time.total_seconds() / runs
+            kernels[(node.node_type, node.exec_type)] += node.real_time.total_seconds() / runs
             counts[node.node_type] += 1
     busy = sum(totals.values())
     rows = [{"type": t, "ms": 1000 * s, "share": s / busy, "nodes": counts[t] // runs}
             for t, s in sorted(totals.items(), key=lambda kv: -kv[1])]
     gemm = sum(s for t, s in totals.items() if t in GEMM_TYPES)
+    by_kernel = [{"type": t, "kernel": k, "ms": 1000 * v, "share": v / busy}
+                 for (t, k), v in sorted(kernels.items(), key=lambda kv: -kv[1])]
     return {"wall_s": sorted(walls)[len(walls) // 2], "busy_s": busy, "gemm_s": gemm,
-            "gemm_share": gemm / busy if busy else 0.0, "by_type": rows}
+            "gemm_share": gemm / busy if busy else 0.0, "by_type": rows, "by_kernel": by_kernel,
+            "seconds_by_type": dict(totals)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         dims["L"] = model.max_text_length
     result = profile_component(engine_dir / "unet" / "onnx" / "model.onnx", spec, dims, args.precision, args.runs)
     flops = unet_flops(model, args.batch, args.frames, args.height, args.width)
+    split = unet_flops(model, args.batch, args.frames, args.height, args.width, by_op=True)
     ceiling = matmul_ceiling(torch.float32 if args.precision == "fp32" else torch.bfloat16)
     result |= {"model": model.label, "dims": dims, "precision": args.precision, "unet_tflop": flops / 1e12,
                "ceiling_tflops": ceiling, "tflops_whole": flops / result["wall_s"] / 1e12,
@@ -100,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['tflops_gemm_only']:.2f} TFLOP/s ({100 * result['tflops_gemm_only'] / ceiling:.0f}%)")
     for row in result["by_type"][:15]:
         print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
+    # torch's counter splits the FLOPs into convolutions and linear layers (it does not
+    # count the CPU attention kernel): each class's own rate against the ceiling.
+    seconds = result["seconds_by_type"]
+    rates = {"Convolution": (split.get("convolution", 0), seconds.get("Convolution", 0.0)),
+             "FullyConnected": (split.get("mm", 0) + split.get("addmm", 0), seconds.get("FullyConnected", 0.0))}
+    result["rates"] = {}
+    for name, (f, sec) in rates.items():
+        if sec:
+            result["rates"][name] = {"tflop": f / 1e12, "s": sec, "tflops": f / sec / 1e12, "of_ceiling": f / sec / 1e12 / ceiling}
+            print(f"  {name}: {f / 1e12:.3f} TFLOP in {sec:.3f} s = {f / sec / 1e12:.2f} TFLOP/s "
+                  f"({100 * f / sec / 1e12 / ceiling:.0f}% of the ceiling)")
+    for row in result["by_kernel"][:8]:
+        print(f"  kernel {row['type']}/{row['kernel']}: {row['ms']:.1f} ms ({100 * row['share']:.1f}%)")
     if args.output:
         from vidrt.fsutil import atomic_write_json
 

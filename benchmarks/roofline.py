@@ -9,9 +9,10 @@ import time
 import torch
 
 
-def unet_flops(model, unet_batch: int, frames: int, height: int, width: int) -> int | None:
+def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_op: bool = False):
     """FLOPs of one UNet call at this shape (2 per multiply-add, as torch counts), or
-    None when the folder's UNet is assembled at load time (a 2D UNet plus a motion adapter)."""
+    None when the folder's UNet is assembled at load time (a 2D UNet plus a motion adapter).
+    With ``by_op``, a dict of FLOPs per aten op name ("convolution", "mm", "addmm", ...)."""
     import diffusers
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -34,6 +35,8 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int) -> 
         feeds = sample_inputs(spec, dims)
         with FlopCounterMode(display=False) as counter:
             graph(*(feeds[n] for n in spec.input_names))
+    if by_op:
+        return {str(op).split(".")[-1]: int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return int(counter.get_total_flops())
 
 
