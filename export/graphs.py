@@ -32,12 +32,43 @@ class VaeEncoderGraph(torch.nn.Module):
         return self.vae.encode(image).latent_dist.mode()
 
 
+class SplitGEGLU(torch.nn.Module):
+    """diffusers' GEGLU (one linear layer, split in two, value × gelu(gate)) as two linear
+    layers over views of the same weights: the same products without the split, which
+    OpenVINO runs on a reference kernel (4% of the svd-xt UNet's bf16 time)."""
+
+    def __init__(self, geglu):
+        super().__init__()
+        weight, bias = geglu.proj.weight, geglu.proj.bias
+        half = weight.shape[0] // 2
+        self.value = torch.nn.Linear(weight.shape[1], half, bias=bias is not None, device="meta")
+        self.gate = torch.nn.Linear(weight.shape[1], half, bias=bias is not None, device="meta")
+        for layer, rows in ((self.value, slice(0, half)), (self.gate, slice(half, None))):
+            layer.weight = torch.nn.Parameter(weight[rows], requires_grad=False)
+            if bias is not None:
+                layer.bias = torch.nn.Parameter(bias[rows], requires_grad=False)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.value(hidden_states) * torch.nn.functional.gelu(self.gate(hidden_states))
+
+
+def split_geglu(module: torch.nn.Module) -> torch.nn.Module:
+    """Replaces every diffusers GEGLU inside ``module`` by a SplitGEGLU, in place."""
+    from diffusers.models.activations import GEGLU
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is GEGLU:
+                setattr(parent, name, SplitGEGLU(child))
+    return module
+
+
 class UNetGraph(torch.nn.Module):
     """UNetSpatioTemporalConditionModel with positional inputs and a tensor output."""
 
     def __init__(self, unet):
         super().__init__()
-        self.unet = unet
+        self.unet = split_geglu(unet)
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids):
         return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
@@ -75,7 +106,7 @@ class VideoUNetGraph(torch.nn.Module):
 
     def __init__(self, unet):
         super().__init__()
-        self.unet = unet
+        self.unet = split_geglu(unet)
 
     def forward(self, sample, timestep, encoder_hidden_states):
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
