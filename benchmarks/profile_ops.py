@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.profile_ops", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="svd-xt")
+    p.add_argument("--component", default="unet", help="unet, vae_decoder, ... (FLOP rates for the UNet only)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--batch", type=int, default=2, help="UNet rows (2 per guided video)")
     p.add_argument("--frames", type=int, default=14)
@@ -88,12 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model(args.model)
     engine_dir = default_engine_dir(model, None)
     prepare_engines(model, engine_dir, get_backend("onnxruntime"), "fp32")  # the ONNX every backend reads
-    spec = model.specs()["unet"]
+    spec = model.specs()[args.component]
     s = model.vae_scale_factor
-    dims = {"B": args.batch, "F": args.frames, "h": args.height // s, "w": args.width // s}
+    dims = {"B": args.batch, "F": args.frames, "N": args.frames, "h": args.height // s, "w": args.width // s,
+            "H": args.height, "W": args.width}
     if "L" in spec.ranges:
         dims["L"] = model.max_text_length
-    result = profile_component(engine_dir / "unet" / "onnx" / "model.onnx", spec, dims, args.precision, args.runs)
+    dims = {k: v for k, v in dims.items() if k in spec.ranges}
+    onnx_path = engine_dir / args.component / "onnx" / "model.onnx"
+    result = profile_component(onnx_path, spec, dims, args.precision, args.runs)
+    if args.component != "unet":
+        print(f"{model.label}: {args.component} {dims} {args.precision}: {result['wall_s']:.2f} s/call")
+        for row in result["by_type"][:15]:
+            print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
+        if args.output:
+            from vidrt.fsutil import atomic_write_json
+
+            atomic_write_json(args.output, result | {"dims": dims, "precision": args.precision})
+        return 0
     flops = unet_flops(model, args.batch, args.frames, args.height, args.width)
     split = unet_flops(model, args.batch, args.frames, args.height, args.width, by_op=True)
     ceiling = matmul_ceiling(torch.float32 if args.precision == "fp32" else torch.bfloat16)

@@ -75,3 +75,21 @@ def test_tensorrt_op_list_names_its_source():
     assert table["source"].startswith("onnx/onnx-tensorrt")
     assert {"Conv", "MatMul", "LayerNormalization", "InstanceNormalization"} <= set(table["supported"])
     assert not set(table["supported"]) & set(table["unsupported"])
+
+
+def test_split_geglu_is_the_same_function(tiny_model):
+    """Export replaces diffusers' GEGLU (one linear + split) by two linears over views of
+    the same weights: no copy, and the UNet's output is unchanged (fp32 reordering only)."""
+    from vidrt.export.graphs import SplitGEGLU
+
+    unet = load_torch_component(tiny_model, "unet")
+    before = load_torch_component(tiny_model, "unet")
+    graph = component_graph("unet", unet)
+    split = [m for m in graph.modules() if isinstance(m, SplitGEGLU)]
+    assert split and all(m.value.weight.data_ptr() != m.gate.weight.data_ptr() for m in split)
+    spec = tiny_model.specs()["unet"]
+    feeds = sample_inputs(spec, check_point(spec), seed=3)
+    with torch.no_grad():
+        got = graph(*feeds.values())
+        want = before(*feeds.values(), return_dict=False)[0]
+    assert torch.allclose(got, want, atol=1e-5)
