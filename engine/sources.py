@@ -6,6 +6,7 @@ the torch modules (used by export and by the benchmark's PyTorch baseline).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def load_torch_components(model, unet_weights: str | Path | None = None):
 
         extra["motion_adapter"] = load_motion_adapter(model.motion_adapter_path, model.unet["block_out_channels"])
     try:
-        pipe = cls.from_pretrained(model.folder, **extra)
+        with _quiet_loading():
+            pipe = cls.from_pretrained(model.folder, **extra)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VidrtError(f"cannot load the model in {model.folder}: {str(e).splitlines()[0]}") from None
     if unet_weights is not None:
@@ -129,6 +131,24 @@ def load_torch_components(model, unet_weights: str | Path | None = None):
         if module is not None:
             module.eval().requires_grad_(False)
     return pipe
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hides diffusers' and transformers' per-component loading bars (vidrt prints its own)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
 
 
 # component -> (module class, subfolder), per model kind
