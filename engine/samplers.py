@@ -120,11 +120,8 @@ class EulerEDMSampler(Sampler):
         """Computes sigmas and timesteps for ``num_inference_steps`` steps."""
         from diffusers import EulerDiscreteScheduler
 
-        if num_inference_steps < 1:
-            raise VidrtError(f"num_inference_steps={num_inference_steps}: need at least 1 step")
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        scheduler = EulerDiscreteScheduler.from_config(config)
-        scheduler.set_timesteps(num_inference_steps)
+        scheduler = EulerDiscreteScheduler.from_config(_public(self.config))
+        scheduler.set_timesteps(_check_steps(num_inference_steps))
         self.sigmas = scheduler.sigmas.to(torch.float32)
         self.timesteps = scheduler.timesteps.to(torch.float32)
         self.init_noise_sigma = float(scheduler.init_noise_sigma)
@@ -192,22 +189,31 @@ class AnimateLCMSampler(Sampler):
         return x.mul_(coef[2]).addcmul_(model_output, coef[3]).addcmul_(noise, coef[4])
 
 
-class DDIMSampler(Sampler):
+class _LinearStepSampler(Sampler):
+    """A sampler whose step is linear in the latents and the model output: vidrt fuses
+    it, taking the schedule from diffusers' ``scheduler_class`` built from the model's config."""
+
+    scheduler_class = ""
+
+    def __init__(self, scheduler_config: dict):
+        super().__init__()
+        import diffusers
+
+        self.scheduler = getattr(diffusers, self.scheduler_class).from_config(_public(scheduler_config))
+        cfg = self.scheduler.config
+        if cfg.clip_sample or cfg.thresholding:
+            raise VidrtError(f"{self.name} sampler: clip_sample/thresholding make the step non-linear; "
+                             "use --sampler scheduler")
+        self.prediction_type = cfg.prediction_type
+
+
+class DDIMSampler(_LinearStepSampler):
     """diffusers' DDIMScheduler with eta = 0 (its default in the pipelines), fused into
     ``x ← a·x + b·model_output`` per step; the schedule (timesteps, alphas) is the
     diffusers scheduler's own."""
 
     name = "ddim"
-
-    def __init__(self, scheduler_config: dict):
-        super().__init__()
-        from diffusers import DDIMScheduler
-
-        self.scheduler = DDIMScheduler.from_config(_public(scheduler_config))
-        cfg = self.scheduler.config
-        if cfg.clip_sample or cfg.thresholding:
-            raise VidrtError("ddim sampler: clip_sample/thresholding make the step non-linear; use --sampler scheduler")
-        self.prediction_type = cfg.prediction_type
+    scheduler_class = "DDIMScheduler"
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         sch = self.scheduler
@@ -237,23 +243,14 @@ def _ddim_coeffs(a: float, a_prev: float, prediction_type: str) -> tuple[float, 
     raise VidrtError(f"prediction_type '{prediction_type}' is not supported")
 
 
-class LCMSampler(Sampler):
+class LCMSampler(_LinearStepSampler):
     """diffusers' LCMScheduler (AnimateLCM-t2v, LCM-LoRA): boundary-condition scalings,
     then fresh noise scaled to the next timestep after every step but the last,
     fused into ``x ← a·x + b·model_output + c·noise``."""
 
     name = "lcm"
+    scheduler_class = "LCMScheduler"
     needs_noise = True
-
-    def __init__(self, scheduler_config: dict):
-        super().__init__()
-        from diffusers import LCMScheduler
-
-        self.scheduler = LCMScheduler.from_config(_public(scheduler_config))
-        cfg = self.scheduler.config
-        if cfg.clip_sample or cfg.thresholding:
-            raise VidrtError("lcm sampler: clip_sample/thresholding make the step non-linear; use --sampler scheduler")
-        self.prediction_type = cfg.prediction_type
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         sch = self.scheduler

@@ -26,8 +26,33 @@ MAX_PIXELS = 2048  # per side
 PRESET_MARKER = "vidrt_preset.json"
 
 
+class ModelFolderMixin:
+    """What every model family derives alike from its ``folder``, ``preset``, ``vae`` and
+    ``unet`` configs."""
+
+    @property
+    def label(self) -> str:
+        """How results name this model; random weights are always said."""
+        if self.preset:
+            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
+        return str(self.folder)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def unet_up_factor(self) -> int:
+        """Latent sides must be multiples of this (one per UNet downsampling)."""
+        return 2 ** (len(self.unet["block_out_channels"]) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale_factor * self.unet_up_factor
+
+
 @dataclasses.dataclass(frozen=True)
-class SvdModel:
+class SvdModel(ModelFolderMixin):
     """Configs of an SVD-family model folder (model_index.json layout)."""
 
     folder: Path
@@ -67,26 +92,6 @@ class SvdModel:
             scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
             preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
         )
-
-    @property
-    def label(self) -> str:
-        """How results name this model; random weights are always said."""
-        if self.preset:
-            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
-        return str(self.folder)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
-
-    @property
-    def unet_up_factor(self) -> int:
-        """Latent sides must be multiples of this (one per UNet downsampling)."""
-        return 2 ** (len(self.unet["block_out_channels"]) - 1)
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.vae_scale_factor * self.unet_up_factor
 
     @property
     def latent_channels(self) -> int:

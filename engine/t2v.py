@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .components import ComponentSpec, DimRange, TensorSpec
 from .errors import VidrtError
-from .svd import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, _read_json
+from .svd import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, _read_json
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 WEIGHTS_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
@@ -27,7 +27,7 @@ PIPELINES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class T2vModel:
+class T2vModel(ModelFolderMixin):
     """Configs of a text-to-video model folder (model_index.json layout)."""
 
     folder: Path
@@ -97,24 +97,6 @@ class T2vModel:
     @property
     def kind(self) -> str:
         return PIPELINES[self.pipeline_class][0]
-
-    @property
-    def label(self) -> str:
-        if self.preset:
-            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
-        return str(self.folder)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
-
-    @property
-    def unet_up_factor(self) -> int:
-        return 2 ** (len(self.unet["block_out_channels"]) - 1)
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.vae_scale_factor * self.unet_up_factor
 
     @property
     def latent_channels(self) -> int:
