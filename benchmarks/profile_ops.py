@@ -69,7 +69,7 @@ def profile_component(onnx_path, spec, dims: dict, precision: str, runs: int = 2
 def main(argv: list[str] | None = None) -> int:
     from vidrt.backends import get_backend
     from vidrt.benchmarks.roofline import matmul_ceiling, unet_flops
-    from vidrt.build import default_engine_dir, prepare_engines
+    from vidrt.build import default_engine_dir, onnx_path, prepare_engines
     from vidrt.sources import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.profile_ops", description=__doc__.split("\n\n")[0])
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = resolve_model(args.model)
     engine_dir = default_engine_dir(model, None)
-    prepare_engines(model, engine_dir, get_backend("onnxruntime"), "fp32")  # the ONNX every backend reads
+    backend = get_backend("openvino")
+    prepare_engines(model, engine_dir, backend, args.precision)
     spec = model.specs()[args.component]
     s = model.vae_scale_factor
     dims = {"B": args.batch, "F": args.frames, "N": args.frames, "h": args.height // s, "w": args.width // s,
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if "L" in spec.ranges:
         dims["L"] = model.max_text_length
     dims = {k: v for k, v in dims.items() if k in spec.ranges}
-    onnx_path = engine_dir / args.component / "onnx" / "model.onnx"
-    result = profile_component(onnx_path, spec, dims, args.precision, args.runs)
+    result = profile_component(onnx_path(model, engine_dir, backend, args.component, args.precision), spec, dims,
+                               args.precision, args.runs)
     if args.component != "unet":
         print(f"{model.label}: {args.component} {dims} {args.precision}: {result['wall_s']:.2f} s/call")
         for row in result["by_type"][:15]:

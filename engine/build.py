@@ -54,9 +54,27 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     return out
 
 
-def onnx_dir_name(precision: str) -> str:
-    """Folder of a component's ONNX: fp32 graphs in onnx/, Q/DQ graphs in onnx-<format>/."""
-    return f"onnx-{precision}" if precision in QUANTIZED else "onnx"
+def onnx_dir_name(precision: str, variant: str | None = None) -> str:
+    """Folder of a component's ONNX: fp32 graphs in onnx/, Q/DQ graphs in onnx-<format>/,
+    a graph variant (export/graphs.py GRAPH_VARIANTS) in onnx-<variant>/."""
+    if precision in QUANTIZED:
+        return f"onnx-{precision}"
+    return f"onnx-{variant}" if variant else "onnx"
+
+
+def graph_variant(model, backend, component: str, precision: str) -> str | None:
+    """The ONNX graph variant ``backend`` runs ``component`` from: the one it asks for
+    when the model's component has it, else None (diffusers' own graph)."""
+    want = backend.graph_variants.get(component)
+    if precision in QUANTIZED or want not in model.graph_variants.get(component, ()):
+        return None
+    return want
+
+
+def onnx_path(model, engine_dir: Path, backend, component: str, precision: str) -> Path:
+    """The ONNX file ``backend`` builds ``component`` at ``precision`` from."""
+    variant = graph_variant(model, backend, component, precision)
+    return Path(engine_dir) / component / onnx_dir_name(precision, variant) / "model.onnx"
 
 
 @dataclasses.dataclass
@@ -152,6 +170,8 @@ def prepare_engines(
     specs = model.specs()
     vers = versions()
     hashes = _source_hashes(model, engine_dir, unet_weights)
+    variants = {c: graph_variant(model, backend, c, precisions[c]) for c in model.components}
+    onnx_dirs = {c: onnx_path(model, engine_dir, backend, c, precisions[c]).parent for c in model.components}
     export_keys = {
         c: sha256_json(
             {
@@ -162,21 +182,21 @@ def prepare_engines(
                 "versions": {k: vers[k] for k in ("torch", "diffusers", "transformers", "onnx", "onnxslim")},
             }
             | ({"quant": quant.describe(), "modelopt": vers.get("nvidia-modelopt")} if precisions[c] in QUANTIZED else {})
+            | ({"variant": variants[c]} if variants[c] else {})
         )
         for c in model.components
     }
     results: dict[str, ComponentBuild] = {}
     stale_exports = {}
     for c in model.components:
-        onnx_dir = engine_dir / c / onnx_dir_name(precisions[c])
-        _, reason = verify(onnx_dir, EXPORT_MANIFEST, export_keys[c], full_verify)
+        _, reason = verify(onnx_dirs[c], EXPORT_MANIFEST, export_keys[c], full_verify)
         if reason:
             stale_exports[c] = reason
     if stale_exports and not build:
         c, reason = next(iter(stale_exports.items()))
-        raise refuse(c, engine_dir / c / onnx_dir_name(precisions[c]), reason)
+        raise refuse(c, onnx_dirs[c], reason)
     export_s = _export_all(
-        model, engine_dir, stale_exports, export_keys, unet_weights, vers, hashes, progress, precisions, quant
+        model, onnx_dirs, stale_exports, export_keys, unet_weights, vers, hashes, progress, precisions, quant, variants
     )
 
     from tqdm.auto import tqdm
@@ -185,7 +205,7 @@ def prepare_engines(
     for c in bar:
         bar.set_postfix_str(c)
         results[c] = _build_one(
-            c, model, engine_dir, backend, precisions[c], specs[c], vers, build, full_verify, backend_options
+            c, model, engine_dir, onnx_dirs[c], backend, precisions[c], specs[c], vers, build, full_verify, backend_options
         )
         results[c].exported = c in stale_exports
         results[c].build_s += export_s.get(c, 0.0)
@@ -219,7 +239,7 @@ def _source_hashes(model, engine_dir: Path, unet_weights: str | None) -> dict:
     return hashes
 
 
-def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, progress, precisions, quant) -> dict[str, float]:
+def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progress, precisions, quant, variants) -> dict[str, float]:
     if not stale:
         return {}
     from tqdm.auto import tqdm
@@ -235,14 +255,14 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
     for c in bar:
         bar.set_postfix_str(c)
         quantization = None
-        with atomic_dir(engine_dir / c / onnx_dir_name(precisions[c])) as tmp:
+        with atomic_dir(onnx_dirs[c]) as tmp:
             if precisions[c] in QUANTIZED:
                 from vidrt.export.quantize import export_quantized_unet
 
                 result, quantization = export_quantized_unet(model, quant, tmp, unet_weights)
             else:
                 # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
-                graph = component_graph(c, load_torch_component(model, c, unet_weights))
+                graph = component_graph(c, load_torch_component(model, c, unet_weights), variants[c])
                 result = export_component(graph, specs[c], tmp)
                 del graph
             atomic_write_json(
@@ -260,6 +280,7 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
                     "parity_check": result.check,
                     "tensorrt_ops": result.ops,
                     "precision": precisions[c],
+                    "graph_variant": variants[c],
                     "quantization": quantization and {"config": quant.describe(), "error_vs_fp32": quantization},
                     "versions": vers,
                 },
@@ -274,8 +295,7 @@ def _export_all(model, engine_dir, stale, keys, unet_weights, vers, hashes, prog
     return seconds
 
 
-def _build_one(c, model, engine_dir, backend, precision, spec, vers, build, full_verify, options) -> ComponentBuild:
-    onnx_dir = engine_dir / c / onnx_dir_name(precision)
+def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, build, full_verify, options) -> ComponentBuild:
     export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
     out_dir = engine_dir / c / f"{backend.name}-{precision}"
     key = sha256_json(

@@ -30,6 +30,8 @@ class ModelFolderMixin:
     """What every model family derives alike from its ``folder``, ``preset``, ``vae`` and
     ``unet`` configs."""
 
+    graph_variants: dict[str, tuple[str, ...]] = {}  # component -> export variants it has
+
     @property
     def label(self) -> str:
         """How results name this model; random weights are always said."""
@@ -66,6 +68,8 @@ class SvdModel(ModelFolderMixin):
     components = COMPONENTS
     weights_folder = WEIGHTS_FOLDER
     kind = "image-to-video"
+    # ONNX graph variants export can write per component (export/graphs.py GRAPH_VARIANTS)
+    graph_variants = {"vae_decoder": ("video-layout",)}
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict | None = None) -> "SvdModel":

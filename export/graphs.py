@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 
 from vidrt.components import ComponentSpec
+from vidrt.errors import VidrtError
+
+from .video_layout import VideoLayoutDecoderGraph
 
 
 class ImageEncoderGraph(torch.nn.Module):
@@ -146,11 +149,26 @@ GRAPHS = {
     ("vae_decoder", "AutoencoderKL"): FrameDecoderGraph,
 }
 
+# (component, torch module class, variant) -> the same function as another graph, laid out
+# for the backends that ask for it (Backend.graph_variants; models list theirs).
+GRAPH_VARIANTS = {
+    ("vae_decoder", "AutoencoderKLTemporalDecoder", "video-layout"): VideoLayoutDecoderGraph,
+}
 
-def component_graph(component: str, module) -> torch.nn.Module:
+
+def component_graph(component: str, module, variant: str | None = None) -> torch.nn.Module:
     """The exportable graph of one component around its torch module
-    (UNet, VAE, CLIP vision or text model, as the component needs)."""
-    graph = GRAPHS.get((component, type(module).__name__)) or GRAPHS[component]
+    (UNet, VAE, CLIP vision or text model, as the component needs).
+
+    Raises:
+        VidrtError: ``variant`` does not exist for this component's module.
+    """
+    if variant is not None:
+        graph = GRAPH_VARIANTS.get((component, type(module).__name__, variant))
+        if graph is None:
+            raise VidrtError(f"no '{variant}' graph of {component} for a {type(module).__name__}")
+    else:
+        graph = GRAPHS.get((component, type(module).__name__)) or GRAPHS[component]
     return graph(module).eval()
 
 

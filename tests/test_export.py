@@ -1,5 +1,7 @@
 """Export of every tiny-svd component: ONNX vs PyTorch, TensorRT op check, external data."""
 
+import copy
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -31,6 +33,49 @@ def test_export_matches_torch_and_parses_for_tensorrt(component, tiny_model, mod
     model = onnx.load(str(result.onnx_path))
     assert [i.name for i in model.graph.input] == spec.input_names
     assert [o.name for o in model.graph.output] == spec.output_names
+
+
+def _trained_like(vae):
+    """A copy of the tiny VAE whose group norms and time mixers are away from their
+    initial values (1, 0 and an even blend), so every term of the decoder counts."""
+    vae = copy.deepcopy(vae)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 0.4 - 0.2)
+        for name, p in vae.named_parameters():
+            if name.endswith("mix_factor"):
+                p.fill_(0.3)
+    return vae
+
+
+def test_video_layout_decoder_is_diffusers_decoder(modules):
+    vae = _trained_like(modules["vae_decoder"])
+    latents = torch.randn(5, 4, 8, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = component_graph("vae_decoder", vae)(latents)
+        got = component_graph("vae_decoder", vae, "video-layout")(latents)
+    # Same function re-associated (3D convs, group statistics on reduced tensors): fp32 rounding.
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_video_layout_decoder_exports(tiny_model, modules, tmp_path):
+    spec = tiny_model.specs()["vae_decoder"]
+    result = export_component(component_graph("vae_decoder", modules["vae_decoder"], "video-layout"), spec, tmp_path)
+    assert result.check["max_abs_err"] <= ATOL + RTOL * result.check["max_abs_ref"]
+    assert result.ops["ok"], result.ops["unsupported"]
+    ops = {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
+    assert "Conv" in ops and "InstanceNormalization" not in ops
+
+
+def test_unknown_graph_variant_is_refused(modules):
+    from vidrt.errors import VidrtError
+
+    with pytest.raises(VidrtError, match="no 'video-layout' graph of unet"):
+        component_graph("unet", modules["unet"], "video-layout")
 
 
 def test_external_data_goes_to_one_file_and_runs(tiny_model, modules, tmp_path):

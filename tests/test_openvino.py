@@ -82,6 +82,11 @@ def test_model_cache_is_the_artifact_and_is_reused(ov_dir, tiny_model):
     assert any(k.startswith("ov_cache/") for k in manifest["files"])  # OpenVINO's compiled blob
     assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert manifest["onnx"] == "../onnx/model.onnx"
+    # the decoder is built from the graph without frame <-> video permutes
+    decoder = json.loads((ov_dir / "vae_decoder" / "openvino-fp32" / "manifest.json").read_text())
+    assert decoder["onnx"] == "../onnx-video-layout/model.onnx"
+    export = json.loads((ov_dir / "vae_decoder" / "onnx-video-layout" / "export.json").read_text())
+    assert export["graph_variant"] == "video-layout"
 
 
 def test_static_shape_engines(ov_dir, tmp_path):

@@ -74,6 +74,8 @@ class Backend(abc.ABC):
     precisions: tuple[str, ...] = ()
     device: str = "cpu"  # where the engines take their tensors
     companion_precision: str = "fp32"  # precision of the unquantized components under int8/fp8
+    # component -> ONNX graph variant this backend runs faster, used where the model has it
+    graph_variants: dict[str, str] = {}
 
     @classmethod
     def options_key(cls, options) -> dict:
