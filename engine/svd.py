@@ -69,7 +69,7 @@ class SvdModel(ModelFolderMixin):
     weights_folder = WEIGHTS_FOLDER
     kind = "image-to-video"
     # ONNX graph variants export can write per component (export/graphs.py GRAPH_VARIANTS)
-    graph_variants = {"vae_decoder": ("video-layout",)}
+    graph_variants = {"vae_decoder": ("video-layout",), "unet": ("video-layout",)}
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict | None = None) -> "SvdModel":

@@ -10,7 +10,7 @@ import torch
 from vidrt.components import ComponentSpec
 from vidrt.errors import VidrtError
 
-from .video_layout import VideoLayoutDecoderGraph
+from .video_layout import VideoLayoutDecoderGraph, VideoLayoutResBlock
 
 
 class ImageEncoderGraph(torch.nn.Module):
@@ -75,6 +75,20 @@ class UNetGraph(torch.nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids):
         return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
+
+
+class VideoLayoutUNetGraph(UNetGraph):
+    """UNetGraph whose resnet blocks from ``from_level`` down (default: latent/4 and
+    smaller) run in [B, C, F, h, w] (VideoLayoutResBlock). Measured on svd-xt at 128x128
+    (OpenVINO bf16): 3x3 convolutions on 2x2 and 4x4 latents ~2x faster, the UNet call
+    4% faster; at the upper levels OpenVINO's 2D convolutions are as fast or faster."""
+
+    def __init__(self, unet, from_level: int = 2):
+        super().__init__(unet)
+        levels = len(unet.down_blocks)
+        for block in [*unet.down_blocks[from_level:], unet.mid_block, *unet.up_blocks[: levels - from_level]]:
+            for k, resnet in enumerate(block.resnets):
+                block.resnets[k] = VideoLayoutResBlock(resnet)
 
 
 class VaeDecoderGraph(torch.nn.Module):
@@ -153,6 +167,7 @@ GRAPHS = {
 # for the backends that ask for it (Backend.graph_variants; models list theirs).
 GRAPH_VARIANTS = {
     ("vae_decoder", "AutoencoderKLTemporalDecoder", "video-layout"): VideoLayoutDecoderGraph,
+    ("unet", "UNetSpatioTemporalConditionModel", "video-layout"): VideoLayoutUNetGraph,
 }
 
 

@@ -104,6 +104,7 @@ def export_component(
                 onnx.save_model(model, str(trace_dir / GRAPH_FILE), save_as_external_data=True,
                                 all_tensors_to_one_file=True, location="weights.bin")
             data_path = out_dir / DATA_FILE
+            _drop_initializer_identities(model)
             _gather_external_data(model, trace_dir, data_path)
         onnx.save_model(model, str(onnx_path))
     finally:
@@ -171,6 +172,31 @@ def _initializer_bytes(model: onnx.ModelProto, base: Path) -> int:
         else:
             total += onnx.numpy_helper.to_array(t).nbytes
     return total
+
+
+def _drop_initializer_identities(model: onnx.ModelProto) -> None:
+    """Consumers of an Identity over an initializer read the initializer itself.
+
+    torch's exporter writes such Identities for constants it shares; onnxslim removes
+    them from graphs it can hold in memory, and in larger ones ONNX Runtime's basic
+    optimiser trips over them ("Node input ... is not a graph input, initializer, or
+    output of a previous node").
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in model.graph.node
+        if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs
+    }
+    if not alias:
+        return
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for k, name in enumerate(node.input):
+            node.input[k] = alias.get(name, name)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
 
 
 def _gather_external_data(model: onnx.ModelProto, base: Path, data_path: Path, align: int = 4096) -> None:

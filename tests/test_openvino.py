@@ -81,10 +81,10 @@ def test_model_cache_is_the_artifact_and_is_reused(ov_dir, tiny_model):
     manifest = json.loads((ov_dir / "unet" / "openvino-fp32" / "manifest.json").read_text())
     assert any(k.startswith("ov_cache/") for k in manifest["files"])  # OpenVINO's compiled blob
     assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
-    assert manifest["onnx"] == "../onnx/model.onnx"
-    # the decoder is built from the graph without frame <-> video permutes
-    decoder = json.loads((ov_dir / "vae_decoder" / "openvino-fp32" / "manifest.json").read_text())
-    assert decoder["onnx"] == "../onnx-video-layout/model.onnx"
+    # UNet and decoder are built from the graphs without frame <-> video permutes
+    assert manifest["onnx"] == "../onnx-video-layout/model.onnx"
+    for c, onnx_dir in (("image_encoder", "onnx"), ("vae_decoder", "onnx-video-layout")):
+        assert json.loads((ov_dir / c / "openvino-fp32" / "manifest.json").read_text())["onnx"] == f"../{onnx_dir}/model.onnx"
     export = json.loads((ov_dir / "vae_decoder" / "onnx-video-layout" / "export.json").read_text())
     assert export["graph_variant"] == "video-layout"
 

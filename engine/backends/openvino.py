@@ -77,8 +77,9 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "bf16", "int8", "fp8")
     companion_precision = "bf16"
-    # its layout reorders around diffusers' frame <-> video permutes cost ~half the decoder's time
-    graph_variants = {"vae_decoder": "video-layout"}
+    # its layout reorders around diffusers' frame <-> video permutes cost ~half the decoder's
+    # time, and its 2D convolutions are slow on the UNet's smallest latents (export/video_layout.py)
+    graph_variants = {"vae_decoder": "video-layout", "unet": "video-layout"}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
