@@ -183,8 +183,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
 
 
 def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
-    """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings."""
-    from .roofline import matmul_ceiling, unet_flops
+    """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings
+    (best over the libraries that run a GEMM here, each library's rate kept)."""
+    from .roofline import matmul_ceilings, unet_flops
 
     if pipe.device.type != "cpu":
         return None  # the ceilings measured here are CPU matmuls
@@ -192,15 +193,18 @@ def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
     flops = unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width)
     if flops is None:
         return None
-    ceilings = {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)}
+    by_library = {p: matmul_ceilings(p) for p in ("fp32", "bf16", "int8")}
+    ceilings = {p: max(rates.values()) for p, rates in by_library.items() if rates}
     step_s = engine["stages_ms"]["unet_step"]["median"] / 1000
-    ceiling = ceilings["fp32" if cfg.precision == "fp32" else "bf16"]
+    # An int8 UNet is put against the int8 GEMM rate: the bar its quantized layers could reach.
+    used = cfg.precision if cfg.precision in ceilings else "bf16"
     return {
         "unet_tflop_per_step": flops / 1e12,
         "matmul_ceiling_tflops": ceilings,
+        "matmul_ceiling_by_library": by_library,
         "engine_unet_tflops": flops / step_s / 1e12,
-        "engine_fraction_of_ceiling": flops / step_s / 1e12 / ceiling,
-        "ceiling_used": "fp32" if cfg.precision == "fp32" else "bf16",
+        "engine_fraction_of_ceiling": flops / step_s / 1e12 / ceilings[used],
+        "ceiling_used": used,
     }
 
 

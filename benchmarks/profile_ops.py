@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="write the profile as JSON")
     args = p.parse_args(argv)
 
-    import torch
-
     model = resolve_model(args.model)
     engine_dir = default_engine_dir(model, None)
     backend = get_backend("openvino")
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     flops = unet_flops(model, args.batch, args.frames, args.height, args.width)
     split = unet_flops(model, args.batch, args.frames, args.height, args.width, by_op=True)
-    ceiling = matmul_ceiling(torch.float32 if args.precision == "fp32" else torch.bfloat16)
+    ceiling = matmul_ceiling(args.precision)
     result |= {"model": model.label, "dims": dims, "precision": args.precision, "unet_tflop": flops / 1e12,
                "ceiling_tflops": ceiling, "tflops_whole": flops / result["wall_s"] / 1e12,
                "tflops_gemm_only": flops / result["gemm_s"] / 1e12}

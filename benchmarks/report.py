@@ -38,7 +38,8 @@ def format_table(result: dict) -> str:
     if r:
         lines.append(f"unet: {r['unet_tflop_per_step']:.3f} TFLOP/step, engine {r['engine_unet_tflops']:.3f} TFLOP/s = "
                      f"{100 * r['engine_fraction_of_ceiling']:.0f}% of this machine's {r['ceiling_used']} matmul ceiling "
-                     f"({r['matmul_ceiling_tflops'][r['ceiling_used']]:.2f} TFLOP/s)")
+                     f"({r['matmul_ceiling_tflops'][r['ceiling_used']]:.2f} TFLOP/s, best of "
+                     f"{', '.join(r.get('matmul_ceiling_by_library', {}).get(r['ceiling_used'], {}))})")
     if b:
         p = result["parity"]
         lines.append(f"speedup (baseline/engine, end-to-end medians): {result['speedup']:.2f}x")

@@ -40,14 +40,79 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     return int(counter.get_total_flops())
 
 
-def matmul_ceiling(dtype: torch.dtype, n: int = 4096, repeats: int = 3) -> float:
-    """Best TFLOP/s of an n×n×n matmul in ``dtype`` on this machine's CPU threads."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.matmul(a, b)  # warm-up (AMX tile set-up, caches)
+CEILING_N = 4096  # square GEMM side: large enough that every library reaches its peak rate
+
+
+def _best_seconds(run, repeats: int) -> float:
+    run()  # warm-up (tile set-up, caches, first-touch pages)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.matmul(a, b)
+        run()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e12
+    return best
+
+
+def _torch_gemm(dtype: torch.dtype, n: int, repeats: int) -> float:
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    return 2 * n**3 / _best_seconds(lambda: torch.matmul(a, b), repeats) / 1e12
+
+
+def openvino_gemm_model(precision: str, n: int):
+    """An n×n×n GEMM as OpenVINO runs a linear layer (constant weights). ``int8``:
+    activations through a FakeQuantize and int8 weights with a per-channel scale, the
+    pattern OpenVINO's low-precision passes turn into an integer GEMM."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([n, n], np.float32, name="x")
+    if precision == "int8":
+        lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+        act = ops.fake_quantize(x, lo, hi, lo, hi, 256)
+        w = ops.multiply(ops.convert(ops.constant(rng.integers(-127, 128, (n, n), dtype=np.int8)), np.float32),
+                         ops.constant(np.full((n, 1), 0.01, np.float32)))
+    else:
+        act, w = x, ops.constant(rng.standard_normal((n, n), dtype=np.float32))
+    return ov.Model([ops.matmul(act, w, False, True)], [x])
+
+
+def _openvino_gemm(precision: str, n: int, repeats: int) -> float | None:
+    """TFLOP/s of openvino_gemm_model, or None without OpenVINO. Its kernels sometimes
+    beat torch's, and a ceiling the engine exceeds would be no ceiling."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    import numpy as np
+
+    hint = "f32" if precision == "fp32" else "bf16"
+    compiled = ov.Core().compile_model(openvino_gemm_model(precision, n), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    feed = {0: np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)}
+    return 2 * n**3 / _best_seconds(lambda: request.infer(feed), repeats) / 1e12
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_ceilings(precision: str, n: int = CEILING_N, repeats: int = 3) -> dict[str, float]:
+    """TFLOP/s (TOP/s for int8) of an n×n×n matmul at ``precision`` ("fp32", "bf16",
+    "int8") on this machine's CPU threads, per library that runs it here: torch
+    (fp32/bf16), OpenVINO when installed."""
+    out = {"torch": _torch_gemm(TORCH_DTYPES[precision], n, repeats)} if precision in TORCH_DTYPES else {}
+    ov_rate = _openvino_gemm(precision, n, repeats)
+    if ov_rate is not None:
+        out["openvino"] = ov_rate
+    return out
+
+
+def matmul_ceiling(precision: str, n: int = CEILING_N, repeats: int = 3) -> float | None:
+    """Best rate of an n×n×n matmul at ``precision`` on this machine over the
+    libraries that run it here (the measured ceiling a UNet's rate is put against),
+    or None when none does (int8 without OpenVINO)."""
+    rates = matmul_ceilings(precision, n, repeats)
+    return max(rates.values()) if rates else None

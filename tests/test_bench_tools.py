@@ -97,3 +97,26 @@ def test_openvino_op_profile_accounts_for_the_unet(tiny_model, tiny_engine_dir):
     assert prof["wall_s"] > 0 and 0 < prof["gemm_share"] <= 1
     assert sum(r["share"] for r in prof["by_type"]) == pytest.approx(1.0)
     assert {"Convolution", "MatMul"} & {r["type"] for r in prof["by_type"]}
+
+
+def test_matmul_ceilings_per_library():
+    from vidrt.benchmarks.roofline import matmul_ceiling, matmul_ceilings
+
+    pytest.importorskip("openvino")
+    for precision in ("fp32", "bf16"):
+        rates = matmul_ceilings(precision, n=256, repeats=1)
+        assert set(rates) == {"torch", "openvino"} and min(rates.values()) > 0
+    int8 = matmul_ceilings("int8", n=256, repeats=1)
+    assert set(int8) == {"openvino"} and int8["openvino"] > 0  # torch has no CPU int8 GEMM to time
+    assert matmul_ceiling("bf16", n=256, repeats=1) > 0
+
+
+def test_int8_ceiling_runs_an_integer_gemm():
+    """The int8 ceiling is only a ceiling if OpenVINO runs its pattern on integer kernels."""
+    ov = pytest.importorskip("openvino")
+    from vidrt.benchmarks.roofline import openvino_gemm_model
+
+    request = ov.Core().compile_model(openvino_gemm_model("int8", 64), "CPU", {"PERF_COUNT": "YES"}).create_infer_request()
+    request.infer({0: np.zeros((64, 64), np.float32)})
+    kernels = [p.exec_type for p in request.get_profiling_info() if p.node_type == "FullyConnected"]
+    assert kernels and all(k.upper().endswith(("I8", "U8")) for k in kernels), kernels
