@@ -28,7 +28,8 @@ from .manifest import (
 )
 
 EXPORT_FORMAT = 2  # bump when export code changes what it writes
-QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage (UNet only)
+QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage
+QUANTIZABLE = ("unet", "vae_decoder")  # components it calibrates (export/quantize.py CALIBRATION)
 
 
 def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
@@ -38,7 +39,8 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     INT8/FP8 apply to the UNet, where the compute is; the encoders and the VAE
     decoder run in the backend's float precision (``companion``: fp32 on ONNX
     Runtime, fp16 on TensorRT). ``overrides`` (``--component-precision``) sets
-    single components, e.g. a VAE decoder kept at fp32 where fp16 overflows.
+    single components, e.g. a VAE decoder kept at fp32 where fp16 overflows, or
+    quantized too (``vae_decoder=int8``).
     ``components`` are the model's (``model.components``).
     """
     if precision in QUANTIZED:
@@ -48,25 +50,30 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     for c, p in (overrides or {}).items():
         if c not in components:
             raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
-        if p in QUANTIZED and c != "unet":
-            raise VidrtError(f"--component-precision {c}={p}: only the UNet is quantized")
+        if p in QUANTIZED and c not in QUANTIZABLE:
+            raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {' and '.join(QUANTIZABLE)} only")
         out[c] = p
     return out
 
 
 def onnx_dir_name(precision: str, variant: str | None = None) -> str:
     """Folder of a component's ONNX: fp32 graphs in onnx/, Q/DQ graphs in onnx-<format>/,
-    a graph variant (export/graphs.py GRAPH_VARIANTS) in onnx-<variant>/."""
-    if precision in QUANTIZED:
-        return f"onnx-{precision}"
-    return f"onnx-{variant}" if variant else "onnx"
+    a graph variant (export/graphs.py GRAPH_VARIANTS) in onnx-<variant>/ or
+    onnx-<format>-<variant>/."""
+    parts = ["onnx"] + ([precision] if precision in QUANTIZED else []) + ([variant] if variant else [])
+    return "-".join(parts)
+
+
+# Quantized graphs that stay diffusers' own: the INT8 UNet as measured (README), whose
+# video-layout blocks would need re-measuring as integer 3D convolutions.
+PLAIN_QUANTIZED = ("unet",)
 
 
 def graph_variant(model, backend, component: str, precision: str) -> str | None:
     """The ONNX graph variant ``backend`` runs ``component`` from: the one it asks for
     when the model's component has it, else None (diffusers' own graph)."""
     want = backend.graph_variants.get(component)
-    if precision in QUANTIZED or want not in model.graph_variants.get(component, ()):
+    if precision in QUANTIZED and component in PLAIN_QUANTIZED or want not in model.graph_variants.get(component, ()):
         return None
     return want
 
@@ -159,13 +166,16 @@ def prepare_engines(
     precisions = component_precisions(precision, backend.companion_precision, component_precision, model.components)
     for p in set(precisions.values()):
         backend.check_precision(p)
-    if precisions.get("unet") in QUANTIZED and model.kind != "image-to-video":
+    quantized = [c for c, p in precisions.items() if p in QUANTIZED]
+    if quantized and model.kind != "image-to-video":
         raise VidrtError(
-            f"--precision {precisions['unet']}: the quantization stage calibrates SVD-family UNets only so far; "
+            f"--precision {precisions[quantized[0]]}: the quantization stage calibrates SVD-family models only so far; "
             "build text-to-video engines with fp32 or bf16"
         )
-    if "unet" in precisions and precisions["unet"] in QUANTIZED and quant is None:
-        quant = _built_or_default_quant(Path(engine_dir), precisions["unet"])
+    if len({precisions[c] for c in quantized}) > 1:
+        raise VidrtError("--component-precision: quantize the UNet and the decoder to the same format (int8 or fp8)")
+    if quantized and quant is None:
+        quant = _built_or_default_quant(Path(engine_dir), precisions[quantized[0]], quantized)
     engine_dir = Path(engine_dir)
     specs = model.specs()
     vers = versions()
@@ -214,15 +224,16 @@ def prepare_engines(
     return results
 
 
-def _built_or_default_quant(engine_dir: Path, precision: str):
-    """The quantization options the UNet was built with, else the defaults: loading
-    engines built with custom calibration must not re-quantize them."""
+def _built_or_default_quant(engine_dir: Path, precision: str, components: list[str]):
+    """The quantization options the quantized components were built with, else the
+    defaults: loading engines built with custom calibration must not re-quantize them."""
     from vidrt.export.quantize import QuantConfig
 
-    manifest = read_manifest(engine_dir / "unet" / onnx_dir_name(precision) / EXPORT_MANIFEST) or {}
-    config = (manifest.get("quantization") or {}).get("config")
-    if config:
-        return QuantConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    for c in components:
+        for folder in sorted((engine_dir / c).glob(f"{onnx_dir_name(precision)}*")):
+            config = ((read_manifest(folder / EXPORT_MANIFEST) or {}).get("quantization") or {}).get("config")
+            if config:
+                return QuantConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     return QuantConfig(format=precision)
 
 
@@ -257,9 +268,9 @@ def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progr
         quantization = None
         with atomic_dir(onnx_dirs[c]) as tmp:
             if precisions[c] in QUANTIZED:
-                from vidrt.export.quantize import export_quantized_unet
+                from vidrt.export.quantize import export_quantized
 
-                result, quantization = export_quantized_unet(model, quant, tmp, unet_weights)
+                result, quantization = export_quantized(model, c, quant, tmp, unet_weights, variants[c])
             else:
                 # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
                 graph = component_graph(c, load_torch_component(model, c, unet_weights), variants[c])
@@ -289,7 +300,7 @@ def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progr
         if not result.ops["ok"]:
             print(f"vidrt: warning: {c} uses ops TensorRT cannot parse: {', '.join(result.ops['unsupported'])}")
         if quantization:
-            print(f"vidrt: {precisions[c]} UNet vs fp32 on held-out inputs: mean relative L2 "
+            print(f"vidrt: {precisions[c]} {c} vs fp32 on held-out inputs: mean relative L2 "
                   f"{quantization['rel_l2']:.4f}, max abs err {quantization['max_abs_err']:.4f}")
         gc.collect()
     return seconds

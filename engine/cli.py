@@ -56,7 +56,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
     g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU; "
                    "on a CPU OpenVINO for bf16/int8/fp8, ONNX Runtime for fp32)")
-    g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet (default: {d.precision})")
+    g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet, --component-precision vae_decoder=int8 the decoder too (default: {d.precision})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"seed for random-weight presets and for the noise (default: {d.seed})")
     g.add_argument("--component-precision", help="per-component precision, e.g. vae_decoder=fp32 where fp16 overflows")
     t = p.add_argument_group("TensorRT build (--backend tensorrt)")
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_MODELS)
     _model_flags(b)
     b.add_argument("--verify", action="store_true", help="re-hash every engine file instead of trusting unchanged size and mtime")
-    q = b.add_argument_group("quantization (--precision int8 or fp8: the UNet is quantized with nvidia-modelopt)")
+    q = b.add_argument_group("quantization (--precision int8 or fp8: the UNet is quantized with nvidia-modelopt; "
+                             "--component-precision vae_decoder=int8 quantizes the temporal VAE decoder too)")
     q.add_argument("--calib-images", help="folder of calibration images (default: a built-in synthetic set)")
     q.add_argument("--calib-steps", type=int, default=4, help="sampler steps whose timesteps are calibrated (default: 4)")
     q.add_argument("--keep-high-precision", help="comma-separated module-name patterns left unquantized "
@@ -196,10 +197,12 @@ def cmd_build_engines(args) -> int:
 
 
 def _quant_config(cfg: BuildConfig):
-    """QuantConfig from build-engines flags (None unless --precision is int8/fp8)."""
+    """QuantConfig from build-engines flags (None unless --precision or a
+    --component-precision is int8/fp8)."""
     from .build import QUANTIZED
 
-    if cfg.precision not in QUANTIZED:
+    fmt = next((p for p in (cfg.precision, *cfg.component_precisions().values()) if p in QUANTIZED), None)
+    if fmt is None:
         return None
     from vidrt.export.quantize import DEFAULT_KEEP, QuantConfig
 
@@ -212,7 +215,7 @@ def _quant_config(cfg: BuildConfig):
         if not images:
             raise VidrtError(f"--calib-images {folder}: no .png/.jpg/.webp files in it")
     keep = tuple(p for p in (cfg.keep_high_precision or "").split(",") if p) or DEFAULT_KEEP
-    return QuantConfig(format=cfg.precision, calib_images=images, calib_steps=cfg.calib_steps,
+    return QuantConfig(format=fmt, calib_images=images, calib_steps=cfg.calib_steps,
                        keep_high_precision=keep, seed=cfg.seed)
 
 

@@ -95,7 +95,10 @@ def export_component(
         onnx_path, data_path = out_dir / GRAPH_FILE, None
         if _initializer_bytes(model, trace_dir) < external_data_threshold:
             onnx.load_external_data_for_model(model, str(trace_dir))
-            model = _cleanup(model) if cleanup else model
+            if cleanup:
+                model = _cleanup(model)
+            else:
+                _drop_initializer_identities(model)
             model = postprocess(model) if postprocess else model
         else:
             if postprocess:

@@ -1,11 +1,13 @@
-"""Quantization stage: post-training quantization of the UNet with nvidia-modelopt,
-exported as Q/DQ ONNX (INT8, or FP8 with FLOAT8E4M3FN zero points, opset 19).
+"""Quantization stage: post-training quantization of the UNet (and, opt-in, the
+temporal VAE decoder) with nvidia-modelopt, exported as Q/DQ ONNX (INT8, or FP8 with
+FLOAT8E4M3FN zero points, opset 19).
 
 The Q/DQ graph is the one artifact every backend reads: TensorRT builds it
 strongly typed, ONNX Runtime (CPU) runs it, which is how it is checked here.
 Calibration runs the fp32 PyTorch UNet on real conditioning (CLIP embedding and
 VAE latent of each calibration image) at every timestep of the sampler, with CFG's
-unconditional half included, so activation ranges cover what inference sees.
+unconditional half included, so activation ranges cover what inference sees; the
+decoder on the calibration images' latents as short drifting clips.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ DEFAULT_KEEP = ("*conv_in*", "*conv_out*", "*time_embedding*", "*add_embedding*"
 
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
-    """How to quantize the UNet."""
+    """How to quantize (the UNet, and the decoder where asked)."""
 
     format: str = "int8"
     calib_images: tuple[str, ...] = ()  # empty: a built-in synthetic set
@@ -76,8 +78,8 @@ def synthetic_images(n: int, size: int, seed: int) -> list:
     return images
 
 
-def calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
-    """UNet inputs (CFG batch of 2) for each calibration image at each sampler timestep."""
+def _encoded_images(model: SvdModel, cfg: QuantConfig, with_clip: bool) -> list[tuple]:
+    """(CLIP image embedding or None, VAE latent mode, unscaled) of each calibration image."""
     from diffusers.video_processor import VideoProcessor
 
     from vidrt.imageops import clip_pixel_values
@@ -86,37 +88,73 @@ def calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, tor
 
     size = cfg.calib_size or 2 * model.pixel_multiple
     images = [load_image(p, announce=False) for p in cfg.calib_images] or synthetic_images(4, size, cfg.seed)
-    clip = load_torch_component(model, "image_encoder")
+    clip = load_torch_component(model, "image_encoder") if with_clip else None
     vae = load_torch_component(model, "vae_encoder")
     vp = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fe = model.feature_extractor
+    out = []
+    with torch.no_grad():
+        for image in images:
+            emb = None
+            if clip is not None:
+                pixels01 = vp.numpy_to_pt(vp.pil_to_numpy([image]))
+                emb = clip(clip_pixel_values(pixels01, model.clip_image_size, fe["image_mean"], fe["image_std"])).image_embeds
+            pix = vp.preprocess([image], height=size, width=size).float()
+            out.append((emb, vae.encode(pix + 0.02 * torch.randn(pix.shape, generator=gen)).latent_dist.mode()))
+    return out
+
+
+def calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
+    """UNet inputs (CFG batch of 2) for each calibration image at each sampler timestep."""
     sampler = make_sampler("euler", model.scheduler)
     sampler.set_timesteps(cfg.calib_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
-    fe = model.feature_extractor
+    scaling = model.vae["scaling_factor"]
     batches = []
-    with torch.no_grad():
-        for image in images:
-            pixels01 = vp.numpy_to_pt(vp.pil_to_numpy([image]))
-            emb = clip(clip_pixel_values(pixels01, model.clip_image_size, fe["image_mean"], fe["image_std"])).image_embeds
-            pix = vp.preprocess([image], height=size, width=size).float()
-            lat = vae.encode(pix + 0.02 * torch.randn(pix.shape, generator=gen)).latent_dist.mode()
-            clean = (lat * vae.config.scaling_factor).unsqueeze(1).repeat(1, cfg.calib_frames, 1, 1, 1)
-            cond = lat.unsqueeze(1).repeat(1, cfg.calib_frames, 1, 1, 1)
-            for i in range(sampler.num_steps):
-                sigma = float(sampler.sigmas[i])
-                noisy = (clean + sigma * torch.randn(clean.shape, generator=gen)) * sampler.input_scale(i)
-                sample = torch.cat([torch.cat([noisy, torch.zeros_like(cond)], 2), torch.cat([noisy, cond], 2)])
-                batches.append({
-                    "sample": sample,
-                    "timestep": sampler.timesteps[i : i + 1].clone(),
-                    "encoder_hidden_states": torch.cat([torch.zeros_like(emb), emb]).unsqueeze(1),
-                    "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]] * 2),
-                })
+    for emb, lat in _encoded_images(model, cfg, with_clip=True):
+        clean = (lat * scaling).unsqueeze(1).repeat(1, cfg.calib_frames, 1, 1, 1)
+        cond = lat.unsqueeze(1).repeat(1, cfg.calib_frames, 1, 1, 1)
+        for i in range(sampler.num_steps):
+            sigma = float(sampler.sigmas[i])
+            noisy = (clean + sigma * torch.randn(clean.shape, generator=gen)) * sampler.input_scale(i)
+            sample = torch.cat([torch.cat([noisy, torch.zeros_like(cond)], 2), torch.cat([noisy, cond], 2)])
+            batches.append({
+                "sample": sample,
+                "timestep": sampler.timesteps[i : i + 1].clone(),
+                "encoder_hidden_states": torch.cat([torch.zeros_like(emb), emb]).unsqueeze(1),
+                "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]] * 2),
+            })
     return batches
 
 
-def quantize_unet_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict]) -> torch.nn.Module:
-    """Runs modelopt PTQ on the UNet graph in place (max calibration); returns it."""
+# Frame-to-frame change of the decoder's calibration clips, in units of the latents' own
+# spread: the temporal layers see moving content, not one frame repeated.
+DECODER_CALIB_MOTION = 0.1
+
+
+def decoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
+    """Temporal VAE decoder inputs: each calibration image's latent in the sampler's
+    (scaled) space, as a ``calib_frames`` clip that drifts a little from frame to frame.
+    A trained UNet's denoised latents are latents of natural images, which is what
+    encoding the calibration images gives."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scaling = model.vae["scaling_factor"]
+    batches = []
+    for _, lat in _encoded_images(model, cfg, with_clip=False):
+        clean = lat * scaling
+        drift = DECODER_CALIB_MOTION * clean.std() * torch.randn((cfg.calib_frames, *clean.shape[1:]), generator=gen)
+        batches.append({"latents": clean + drift.cumsum(0)})
+    return batches
+
+
+# What the stage calibrates, and on what: component -> its calibration inputs.
+CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_batches}
+QUANTIZABLE = tuple(CALIBRATION)
+
+
+def quantize_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict]) -> torch.nn.Module:
+    """Runs modelopt PTQ on a component graph in place (max calibration); returns it."""
     mtq = _modelopt()
     qcfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG if cfg.format == "int8" else mtq.FP8_DEFAULT_CFG)
     rules = qcfg["quant_cfg"]
@@ -192,38 +230,52 @@ def count_qdq(model) -> dict:
 MAX_REL_L2 = 0.5
 
 
-def export_quantized_unet(model: SvdModel, cfg: QuantConfig, out_dir: Path, unet_weights=None):
-    """Quantizes the UNet, exports Q/DQ ONNX to ``out_dir``, and measures its error.
+def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir: Path, unet_weights=None,
+                     variant: str | None = None):
+    """Quantizes one component (QUANTIZABLE), exports Q/DQ ONNX to ``out_dir``, and
+    measures its error.
+
+    Args:
+        model: the SVD-family model folder.
+        component: "unet" or "vae_decoder".
+        cfg: how to quantize and calibrate.
+        out_dir: folder to write into (callers make it atomic).
+        unet_weights: optional replacement UNet state dict.
+        variant: graph variant to quantize (export/graphs.py GRAPH_VARIANTS), or None.
 
     Returns:
         (ExportResult, error report): the report compares the Q/DQ graph on ONNX
-        Runtime with the fp32 PyTorch UNet on held-out inputs at every calibrated
-        timestep (per-step max abs error and relative L2).
+        Runtime with the fp32 PyTorch component on held-out inputs (for the UNet, per
+        calibrated timestep: max abs error and relative L2).
 
     Raises:
-        VidrtError: modelopt missing, or export/check failure.
+        VidrtError: modelopt missing, a component the stage does not calibrate, or
+            export/check failure.
     """
     from vidrt.sources import load_torch_component
 
     from .graphs import component_graph
     from .onnx_export import export_component
 
+    if component not in CALIBRATION:
+        raise VidrtError(f"the quantization stage calibrates {' and '.join(QUANTIZABLE)}, not {component}")
     _modelopt()
-    spec = model.specs()["unet"]
-    graph = component_graph("unet", load_torch_component(model, "unet", unet_weights))
-    calib = calibration_batches(model, cfg)
-    held_out = calibration_batches(model, dataclasses.replace(cfg, seed=cfg.seed + 1))
+    spec = model.specs()[component]
+    graph = component_graph(component, load_torch_component(model, component, unet_weights), variant)
+    calibrate = CALIBRATION[component]
+    calib = calibrate(model, cfg)
+    held_out = calibrate(model, dataclasses.replace(cfg, seed=cfg.seed + 1))
     with torch.no_grad():
         reference = [graph(*feeds.values()) for feeds in held_out]
-    quantize_unet_graph(graph, cfg, calib)
+    quantize_graph(graph, cfg, calib)
     result = export_component(
         graph, spec, out_dir, opset=QDQ_OPSET, postprocess=lambda m: to_standard_qdq(m, cfg.format),
         cleanup=False, tolerance=None,
     )
-    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps)
+    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps if component == "unet" else None)
     if not report["rel_l2"] <= MAX_REL_L2:
         raise VidrtError(
-            f"{cfg.format} UNet is too far from fp32 (mean relative L2 {report['rel_l2']:.3f} > {MAX_REL_L2}); "
+            f"{cfg.format} {component} is too far from fp32 (mean relative L2 {report['rel_l2']:.3f} > {MAX_REL_L2}); "
             "calibrate on representative images (--calib-images) or keep more layers in high precision"
         )
     import onnx
@@ -232,8 +284,9 @@ def export_quantized_unet(model: SvdModel, cfg: QuantConfig, out_dir: Path, unet
     return result, report
 
 
-def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor], steps: int) -> dict:
-    """Per-timestep error of the Q/DQ graph (ONNX Runtime, CPU) against fp32 outputs."""
+def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor], steps: int | None) -> dict:
+    """Error of the Q/DQ graph (ONNX Runtime, CPU) against fp32 outputs; with ``steps``,
+    also per timestep (feeds cycle through the calibrated steps)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -243,7 +296,7 @@ def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor],
     for i, (f, ref) in enumerate(zip(feeds, reference)):
         got = session.run(None, {k: v.numpy() for k, v in f.items()})[0]
         want = ref.numpy()
-        per_step.setdefault(i % steps, []).append(
+        per_step.setdefault(i % (steps or 1), []).append(
             (float(np.abs(got - want).max()), float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)))
         )
     steps_report = [
@@ -251,7 +304,7 @@ def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor],
         for s, v in sorted(per_step.items())
     ]
     return {
-        "per_step": steps_report,
+        **({"per_step": steps_report} if steps else {}),
         "max_abs_err": max(r["max_abs_err"] for r in steps_report),
         "rel_l2": float(np.mean([r["rel_l2"] for r in steps_report])),
         "inputs": len(feeds),

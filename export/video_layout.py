@@ -35,9 +35,26 @@ def group_norm(x: torch.Tensor, norm: torch.nn.GroupNorm, dims: tuple[int, ...])
     return centred * scale + norm.bias[:, None, None, None]
 
 
-def frame_conv(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """A Conv2d applied to every frame of x [B, C, F, H, W], as a 1 x kh x kw Conv3d."""
-    return F.conv3d(x, conv.weight[:, :, None], conv.bias, (1, *conv.stride), (0, *conv.padding))
+def frame_conv(conv: torch.nn.Conv2d) -> torch.nn.Conv3d:
+    """A Conv2d as the 1 x kh x kw Conv3d that applies it to every frame of
+    [B, C, F, H, W], sharing its weights. A module rather than a functional call, so
+    the quantization stage sees (and quantizes) it like any other convolution."""
+    if conv.groups != 1 or conv.dilation != (1, 1) or isinstance(conv.padding, str):
+        raise ValueError("frame_conv covers plain Conv2d layers (no groups, dilation or string padding)")
+    out = torch.nn.Conv3d(conv.in_channels, conv.out_channels, (1, *conv.kernel_size), (1, *conv.stride),
+                          (0, *conv.padding), bias=conv.bias is not None, device="meta")
+    out.weight = torch.nn.Parameter(conv.weight.detach()[:, :, None], requires_grad=False)
+    if conv.bias is not None:
+        out.bias = torch.nn.Parameter(conv.bias.detach(), requires_grad=False)
+    return out
+
+
+def to_frame_convs(module: torch.nn.Module, *names: str) -> None:
+    """Replaces the Conv2d attributes ``names`` of ``module`` by frame_conv, in place."""
+    for name in names:
+        conv = getattr(module, name)
+        if isinstance(conv, torch.nn.Conv2d):
+            setattr(module, name, frame_conv(conv))
 
 
 def _per_frame(emb: torch.Tensor, frames: int) -> torch.Tensor:
@@ -45,14 +62,20 @@ def _per_frame(emb: torch.Tensor, frames: int) -> torch.Tensor:
     return emb.reshape(-1, frames, emb.shape[-1]).permute(0, 2, 1)[..., None, None]
 
 
+def to_video_layout(block) -> None:
+    """Makes a SpatioTemporalResBlock's spatial convolutions frame convolutions, in place."""
+    to_frame_convs(block.spatial_res_block, "conv1", "conv2", *(["conv_shortcut"] if block.spatial_res_block.conv_shortcut is not None else []))
+
+
 def spatial_resnet(x: torch.Tensor, block, temb: torch.Tensor | None = None) -> torch.Tensor:
-    """diffusers' ResnetBlock2D on every frame; ``temb`` [B*F, T] as the UNet gives it."""
-    h = frame_conv(F.silu(group_norm(x, block.norm1, (3, 4))), block.conv1)
+    """diffusers' ResnetBlock2D (its convolutions made frame_conv) on every frame;
+    ``temb`` [B*F, T] as the UNet gives it."""
+    h = block.conv1(F.silu(group_norm(x, block.norm1, (3, 4))))
     if temb is not None and block.time_emb_proj is not None:
         h = h + _per_frame(block.time_emb_proj(F.silu(temb)), x.shape[2])
-    h = frame_conv(F.silu(group_norm(h, block.norm2, (3, 4))), block.conv2)
+    h = block.conv2(F.silu(group_norm(h, block.norm2, (3, 4))))
     if block.conv_shortcut is not None:
-        x = frame_conv(x, block.conv_shortcut)
+        x = block.conv_shortcut(x)
     return (x + h) / block.output_scale_factor
 
 
@@ -79,13 +102,14 @@ class VideoLayoutResBlock(torch.nn.Module):
     """A SpatioTemporalResBlock inside a UNet that keeps frames in the batch: one permute
     into [B, C, F, H, W] and one back, instead of two each way, and 1x3x3 Conv3d where
     OpenVINO's 2D kernels are slow (3x3 convolutions on 2x2 and 4x4 latents run 2-3x
-    faster as 3D convolutions over the frames)."""
+    faster as 3D convolutions over the frames). Takes ``block`` over (to_video_layout)."""
 
     def __init__(self, block):
         super().__init__()
         spatial = block.spatial_res_block
         if spatial.upsample is not None or spatial.downsample is not None or spatial.time_embedding_norm != "default":
             raise ValueError("video layout covers SVD's resnet blocks (no resampling, additive time embedding)")
+        to_video_layout(block)
         self.block = block
 
     def forward(self, hidden_states, temb=None, image_only_indicator=None):
@@ -112,16 +136,24 @@ def frame_attention(x: torch.Tensor, attn) -> torch.Tensor:
 
 class VideoLayoutDecoderGraph(torch.nn.Module):
     """AutoencoderKLTemporalDecoder.decode as VaeDecoderGraph: scaled latents of one
-    decode chunk [F, 4, h, w] → frames [F, 3, H, W], 1/scaling_factor folded in."""
+    decode chunk [F, 4, h, w] → frames [F, 3, H, W], 1/scaling_factor folded in.
+    Takes the VAE over: its spatial convolutions become frame convolutions."""
 
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
         self.inv_scale = 1.0 / vae.config.scaling_factor
+        decoder = vae.decoder
+        to_frame_convs(decoder, "conv_in", "conv_out")
+        for block in (decoder.mid_block, *decoder.up_blocks):
+            for resnet in block.resnets:
+                to_video_layout(resnet)
+            for upsampler in getattr(block, "upsamplers", None) or ():
+                to_frame_convs(upsampler, "conv")
 
     def forward(self, latents):
         decoder = self.vae.decoder
-        x = frame_conv((latents * self.inv_scale).transpose(0, 1)[None], decoder.conv_in)
+        x = decoder.conv_in((latents * self.inv_scale).transpose(0, 1)[None])
         mid = decoder.mid_block
         x = spatio_temporal_resnet(x, mid.resnets[0])
         for resnet, attn in zip(mid.resnets[1:], mid.attentions):
@@ -130,6 +162,6 @@ class VideoLayoutDecoderGraph(torch.nn.Module):
             for resnet in up.resnets:
                 x = spatio_temporal_resnet(x, resnet)
             for upsampler in up.upsamplers or ():
-                x = frame_conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"), upsampler.conv)
-        x = frame_conv(F.silu(group_norm(x, decoder.conv_norm_out, (3, 4))), decoder.conv_out)
+                x = upsampler.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+        x = decoder.conv_out(F.silu(group_norm(x, decoder.conv_norm_out, (3, 4))))
         return decoder.time_conv_out(x)[0].transpose(0, 1)

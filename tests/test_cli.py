@@ -215,3 +215,20 @@ def test_generate_text_to_video_bad_input_is_one_line(capsys, tmp_path, model, f
                          "--output", str(tmp_path / "o.mp4"))
     errors = [line for line in err.splitlines() if line.startswith("vidrt: error:")]  # (preset creation may print first)
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
+
+
+def test_component_precision_int8_decoder_takes_the_quantization_flags(capsys, tmp_path):
+    from vidrt.cli import BuildConfig, _config, _quant_config, build_parser
+
+    args = build_parser().parse_args([
+        "build-engines", "--backend", "openvino", "--precision", "bf16", "--component-precision", "vae_decoder=int8",
+        "--calib-steps", "2",
+    ])
+    quant = _quant_config(_config(BuildConfig, args))
+    assert quant.format == "int8" and quant.calib_steps == 2  # a float UNet with a quantized decoder
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime", "--engine-dir",
+                       str(tmp_path), "--precision", "int8", "--component-precision", "vae_decoder=fp8")
+    assert code == 2 and "same format" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime", "--engine-dir",
+                       str(tmp_path), "--component-precision", "image_encoder=int8")
+    assert code == 2 and "quantizes unet and vae_decoder only" in err

@@ -1,5 +1,6 @@
-"""Quantization stage on tiny-svd: INT8 and FP8 Q/DQ UNet graphs, run on ONNX Runtime's
-CPU provider, their error against fp32 measured and bounded.
+"""Quantization stage on tiny-svd: INT8 and FP8 Q/DQ UNet graphs and the INT8 temporal
+VAE decoder, run on ONNX Runtime's CPU provider, their error against fp32 measured and
+bounded.
 
 Bounds: tiny-svd has random weights, whose activations quantize worse than a
 trained model's; the bounds catch broken calibration or export (errors of order
@@ -14,7 +15,7 @@ import onnx
 import pytest
 import torch
 
-from vidrt.export.quantize import QuantConfig, export_quantized_unet, synthetic_images
+from vidrt.export.quantize import QuantConfig, export_quantized, synthetic_images
 
 pytest.importorskip("modelopt.torch.quantization", reason="quantization needs nvidia-modelopt (pip install -e .[test])")
 
@@ -25,7 +26,7 @@ BOUNDS = {"int8": 0.15, "fp8": 0.30}  # mean relative L2 of the UNet output vs f
 def quantized(request, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"q-{request.param}")
     cfg = QuantConfig(format=request.param, calib_steps=3, calib_frames=3)
-    result, report = export_quantized_unet(tiny_model, cfg, out)
+    result, report = export_quantized(tiny_model, "unet", cfg, out)
     return request.param, result, report
 
 
@@ -80,3 +81,39 @@ def test_int8_pipeline_frames_against_fp32(tiny_model, tiny_engine_dir, tiny_pip
     print(f"int8 frames vs fp32: max abs {err.max():.4f}, mean abs {err.mean():.5f}")
     # Frames live in [0, 1]; a broken UNet gives mean errors of ~0.1 or more.
     assert err.mean() < 0.05
+
+
+DECODER_BOUND = 0.15  # mean relative L2 of the decoded frames vs the fp32 decoder
+
+
+@pytest.mark.parametrize("variant", [None, "video-layout"])
+def test_int8_decoder_qdq_graph_and_error(tiny_model, tmp_path, variant):
+    """Both decoder graphs quantize: diffusers' (ONNX Runtime) and the video layout
+    (OpenVINO), whose frame convolutions are modules the stage sees like any other."""
+    from vidrt.export.quantize import decoder_calibration_batches
+
+    cfg = QuantConfig(format="int8", calib_frames=3)
+    batches = decoder_calibration_batches(tiny_model, cfg)
+    assert len(batches) == 4 and batches[0]["latents"].shape[0] == 3
+    assert not torch.equal(batches[0]["latents"][0], batches[0]["latents"][1])  # the clip moves
+    result, report = export_quantized(tiny_model, "vae_decoder", cfg, tmp_path, variant=variant)
+    model = onnx.load(str(result.onnx_path))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    fed_by_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    quantized = [n for n in convs if n.input[0] in fed_by_dq]
+    assert len(quantized) >= len(convs) // 2, f"{len(quantized)} of {len(convs)} convolutions quantized"
+    assert "per_step" not in report and report["inputs"] == 4
+    assert 0 < report["rel_l2"] <= DECODER_BOUND
+    print(f"int8 decoder ({variant or 'diffusers'} graph): rel L2 {report['rel_l2']:.4f}, max abs {report['max_abs_err']:.4f}")
+
+
+def test_component_precision_quantizes_the_decoder_only_where_asked():
+    from vidrt.build import component_precisions
+    from vidrt.errors import VidrtError
+
+    assert component_precisions("int8", "bf16") == {"image_encoder": "bf16", "vae_encoder": "bf16", "unet": "int8",
+                                                    "vae_decoder": "bf16"}
+    both = component_precisions("int8", "bf16", {"vae_decoder": "int8"})
+    assert both["unet"] == both["vae_decoder"] == "int8" and both["image_encoder"] == "bf16"
+    with pytest.raises(VidrtError, match="quantizes unet and vae_decoder only"):
+        component_precisions("int8", "bf16", {"image_encoder": "int8"})

@@ -54,7 +54,7 @@ class OrtEngine(Engine):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    # int8/fp8: the quantization stage's Q/DQ UNet (int8 runs integer kernels on
+    # int8/fp8: the quantization stage's Q/DQ UNet or decoder (int8 runs integer kernels on
     # CPU; FP8 dequantizes to fp32, which is how FP8 graphs are checked here).
     precisions = ("fp32", "int8", "fp8")
 

@@ -1,9 +1,9 @@
 """OpenVINO backend (CPU): the same ONNX, compiled by OpenVINO with its on-disk model
 cache as the artifact.
 
-Precisions: fp32 and bf16 (OpenVINO's inference-precision hint; bf16 runs on AMX
-where the CPU has it), and int8/fp8 for the quantization stage's Q/DQ UNet (int8
-runs integer kernels; the other components run bf16). Inputs and outputs stay
+Precisions: fp32 and bf16 (OpenVINO's inference-precision hint; bf16 runs on AMX or
+AVX512-BF16 where the CPU has them), and int8/fp8 for the quantization stage's Q/DQ
+UNet and decoder (int8 runs integer kernels, AMX or VNNI; the other components run bf16). Inputs and outputs stay
 float32 and are shared with torch tensors, so nothing is copied.
 """
 

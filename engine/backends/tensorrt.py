@@ -109,7 +109,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = TRT_PRECISIONS
     device = "cuda"
-    # With --precision int8/fp8 only the UNet is quantized; the rest runs in fp16.
+    # With --precision int8/fp8 the UNet (and, asked, the decoder) is quantized; the rest runs in fp16.
     companion_precision = "fp16"
 
     @classmethod
