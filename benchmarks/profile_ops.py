@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.profile_ops", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="svd-xt")
     p.add_argument("--component", default="unet", help="unet, vae_decoder, ... (FLOP rates for the UNet only)")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "int8"],
+                   help="int8: the quantization stage's graph of the component (unet or vae_decoder)")
     p.add_argument("--batch", type=int, default=2, help="UNet rows (2 per guided video)")
     p.add_argument("--frames", type=int, default=14)
     p.add_argument("--height", type=int, default=128)
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model(args.model)
     engine_dir = default_engine_dir(model, None)
     backend = get_backend("openvino")
-    prepare_engines(model, engine_dir, backend, args.precision)
+    quantized = {args.component: args.precision} if args.precision == "int8" else None
+    prepare_engines(model, engine_dir, backend, args.precision, component_precision=quantized)
     spec = model.specs()[args.component]
     s = model.vae_scale_factor
     dims = {"B": args.batch, "F": args.frames, "N": args.frames, "h": args.height // s, "w": args.width // s,

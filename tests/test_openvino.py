@@ -133,3 +133,14 @@ def test_static_shape_engines(ov_dir, tmp_path):
     assert np.abs(a - b).max() <= 1e-4  # same math, shape-specialised kernels
     with pytest.raises(VidrtError, match=r"built for the static shape \[1, 3, 224, 224\]|built for the static shape"):
         pipe(make_image(), output_type="np", **dict(KW, num_frames=4))
+
+
+def test_auto_picks_openvino_on_a_cpu_and_says_so(capsys, monkeypatch):
+    from vidrt.backends import get_backend
+    from vidrt.backends.openvino import OpenVinoBackend
+
+    for precision in ("fp32", "bf16", "int8"):
+        assert get_backend("auto", announce=True, precision=precision) is OpenVinoBackend
+        assert f"backend auto -> openvino (no CUDA GPU; OpenVINO is the fastest CPU backend for {precision})" in capsys.readouterr().out
+    monkeypatch.setattr(OpenVinoBackend, "unavailable_reason", classmethod(lambda cls: "openvino is not installed"))
+    assert get_backend("auto", precision="fp32").name == "onnxruntime"
