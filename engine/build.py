@@ -29,7 +29,7 @@ from .manifest import (
 
 EXPORT_FORMAT = 2  # bump when export code changes what it writes
 QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage
-QUANTIZABLE = ("unet", "vae_decoder")  # components it calibrates (export/quantize.py CALIBRATION)
+QUANTIZABLE = ("unet", "vae_decoder", "image_encoder")  # components it calibrates (export/quantize.py CALIBRATION)
 
 
 def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
@@ -40,7 +40,7 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     decoder run in the backend's float precision (``companion``: fp32 on ONNX
     Runtime, fp16 on TensorRT). ``overrides`` (``--component-precision``) sets
     single components, e.g. a VAE decoder kept at fp32 where fp16 overflows, or
-    quantized too (``vae_decoder=int8``).
+    quantized too (``vae_decoder=int8``, ``image_encoder=int8``).
     ``components`` are the model's (``model.components``).
     """
     if precision in QUANTIZED:
@@ -51,7 +51,7 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
         if c not in components:
             raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
         if p in QUANTIZED and c not in QUANTIZABLE:
-            raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {' and '.join(QUANTIZABLE)} only")
+            raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {', '.join(QUANTIZABLE)} only")
         out[c] = p
     return out
 
@@ -173,7 +173,7 @@ def prepare_engines(
             "build text-to-video engines with fp32 or bf16"
         )
     if len({precisions[c] for c in quantized}) > 1:
-        raise VidrtError("--component-precision: quantize the UNet and the decoder to the same format (int8 or fp8)")
+        raise VidrtError("--component-precision: quantize every quantized component to the same format (int8 or fp8)")
     if quantized and quant is None:
         quant = _built_or_default_quant(Path(engine_dir), precisions[quantized[0]], quantized)
     engine_dir = Path(engine_dir)

@@ -56,7 +56,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
     g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU; "
                    "on a CPU OpenVINO for bf16/int8/fp8, ONNX Runtime for fp32)")
-    g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet, --component-precision vae_decoder=int8 the decoder too (default: {d.precision})")
+    g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet, --component-precision vae_decoder=int8,image_encoder=int8 those too (default: {d.precision})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"seed for random-weight presets and for the noise (default: {d.seed})")
     g.add_argument("--component-precision", help="per-component precision, e.g. vae_decoder=fp32 where fp16 overflows")
     t = p.add_argument_group("TensorRT build (--backend tensorrt)")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(b)
     b.add_argument("--verify", action="store_true", help="re-hash every engine file instead of trusting unchanged size and mtime")
     q = b.add_argument_group("quantization (--precision int8 or fp8: the UNet is quantized with nvidia-modelopt; "
-                             "--component-precision vae_decoder=int8 quantizes the temporal VAE decoder too)")
+                             "--component-precision vae_decoder=int8,image_encoder=int8 quantizes those too)")
     q.add_argument("--calib-images", help="folder of calibration images (default: a built-in synthetic set)")
     q.add_argument("--calib-steps", type=int, default=4, help="sampler steps whose timesteps are calibrated (default: 4)")
     q.add_argument("--keep-high-precision", help="comma-separated module-name patterns left unquantized "

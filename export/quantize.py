@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidrt.build import QUANTIZABLE
 from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
 from vidrt.svd import SvdModel
@@ -78,28 +79,41 @@ def synthetic_images(n: int, size: int, seed: int) -> list:
     return images
 
 
+def _calibration_images(model: SvdModel, cfg: QuantConfig) -> tuple[list, int]:
+    """The calibration images (--calib-images, else the synthetic set) and their size."""
+    from vidrt.video_io import load_image
+
+    size = cfg.calib_size or 2 * model.pixel_multiple
+    return [load_image(p, announce=False) for p in cfg.calib_images] or synthetic_images(4, size, cfg.seed), size
+
+
+def _clip_input(model: SvdModel, image) -> torch.Tensor:
+    """One image as the pipeline feeds CLIP: resized to its input size, normalised with
+    the feature extractor's statistics."""
+    from diffusers.video_processor import VideoProcessor
+
+    from vidrt.imageops import clip_pixel_values
+
+    vp = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
+    fe = model.feature_extractor
+    return clip_pixel_values(vp.numpy_to_pt(vp.pil_to_numpy([image])), model.clip_image_size, fe["image_mean"], fe["image_std"])
+
+
 def _encoded_images(model: SvdModel, cfg: QuantConfig, with_clip: bool) -> list[tuple]:
     """(CLIP image embedding or None, VAE latent mode, unscaled) of each calibration image."""
     from diffusers.video_processor import VideoProcessor
 
-    from vidrt.imageops import clip_pixel_values
     from vidrt.sources import load_torch_component
-    from vidrt.video_io import load_image
 
-    size = cfg.calib_size or 2 * model.pixel_multiple
-    images = [load_image(p, announce=False) for p in cfg.calib_images] or synthetic_images(4, size, cfg.seed)
+    images, size = _calibration_images(model, cfg)
     clip = load_torch_component(model, "image_encoder") if with_clip else None
     vae = load_torch_component(model, "vae_encoder")
     vp = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
     gen = torch.Generator().manual_seed(cfg.seed)
-    fe = model.feature_extractor
     out = []
     with torch.no_grad():
         for image in images:
-            emb = None
-            if clip is not None:
-                pixels01 = vp.numpy_to_pt(vp.pil_to_numpy([image]))
-                emb = clip(clip_pixel_values(pixels01, model.clip_image_size, fe["image_mean"], fe["image_std"])).image_embeds
+            emb = clip(_clip_input(model, image)).image_embeds if clip is not None else None
             pix = vp.preprocess([image], height=size, width=size).float()
             out.append((emb, vae.encode(pix + 0.02 * torch.randn(pix.shape, generator=gen)).latent_dist.mode()))
     return out
@@ -148,22 +162,49 @@ def decoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[
     return batches
 
 
+def image_encoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
+    """CLIP vision inputs: each calibration image preprocessed as the pipeline does."""
+    return [{"pixel_values": _clip_input(model, image)} for image in _calibration_images(model, cfg)[0]]
+
+
 # What the stage calibrates, and on what: component -> its calibration inputs.
-CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_batches}
-QUANTIZABLE = tuple(CALIBRATION)
+CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_batches,
+               "image_encoder": image_encoder_calibration_batches}
+assert set(CALIBRATION) == set(QUANTIZABLE), "vidrt.build.QUANTIZABLE names the components calibrated here"
+# Modules quantized although modelopt's defaults leave them float: its defaults skip the
+# vision towers of multimodal LLMs ("*vision_model*"), which is what CLIP's is named. Only
+# the transformer layers: CLIP's embeddings and output projection stay float.
+COMPONENT_QUANTIZE = {"image_encoder": "*vision_model.encoder.layers.*"}
 
 
-def quantize_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict]) -> torch.nn.Module:
-    """Runs modelopt PTQ on a component graph in place (max calibration); returns it."""
+def _rules(qcfg: dict, cfg: QuantConfig, component: str | None) -> None:
+    """Adds vidrt's rules to modelopt's config in place: the component's own modules
+    (COMPONENT_QUANTIZE) switched on like modelopt's defaults, then every
+    --keep-high-precision pattern off. modelopt takes a list of rules (later ones win)
+    or, in older releases, a dict."""
+    rules = qcfg["quant_cfg"]
+    as_list = isinstance(rules, list)
+    defaults = {r["quantizer_name"]: r["cfg"] for r in rules if "cfg" in r} if as_list else rules
+    pattern = COMPONENT_QUANTIZE.get(component)
+    for kind in ("weight_quantizer", "input_quantizer") if pattern else ():
+        quantizer = {**defaults["*" + kind], "enable": True}
+        if as_list:
+            rules.append({"quantizer_name": pattern + kind, "cfg": quantizer})
+        else:
+            rules[pattern + kind] = quantizer
+    for name in cfg.keep_high_precision:
+        if as_list:
+            rules.append({"quantizer_name": name, "enable": False})
+        else:
+            rules[name] = {"enable": False}
+
+
+def quantize_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict], component: str | None = None) -> torch.nn.Module:
+    """Runs modelopt PTQ on a component graph in place (max calibration), leaving the
+    modules matching ``cfg.keep_high_precision`` float; returns it."""
     mtq = _modelopt()
     qcfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG if cfg.format == "int8" else mtq.FP8_DEFAULT_CFG)
-    rules = qcfg["quant_cfg"]
-    for pattern in cfg.keep_high_precision:
-        # modelopt takes a list of rules (later ones win) or, in older releases, a dict.
-        if isinstance(rules, list):
-            rules.append({"quantizer_name": pattern, "enable": False})
-        else:
-            rules[pattern] = {"enable": False}
+    _rules(qcfg, cfg, component)
 
     def forward_loop(model):
         for feeds in batches:
@@ -237,7 +278,7 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
 
     Args:
         model: the SVD-family model folder.
-        component: "unet" or "vae_decoder".
+        component: "unet", "vae_decoder" or "image_encoder".
         cfg: how to quantize and calibrate.
         out_dir: folder to write into (callers make it atomic).
         unet_weights: optional replacement UNet state dict.
@@ -258,7 +299,7 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
     from .onnx_export import export_component
 
     if component not in CALIBRATION:
-        raise VidrtError(f"the quantization stage calibrates {' and '.join(QUANTIZABLE)}, not {component}")
+        raise VidrtError(f"the quantization stage calibrates {', '.join(QUANTIZABLE)}, not {component}")
     _modelopt()
     spec = model.specs()[component]
     graph = component_graph(component, load_torch_component(model, component, unet_weights), variant)
@@ -267,7 +308,7 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
     held_out = calibrate(model, dataclasses.replace(cfg, seed=cfg.seed + 1))
     with torch.no_grad():
         reference = [graph(*feeds.values()) for feeds in held_out]
-    quantize_graph(graph, cfg, calib)
+    quantize_graph(graph, cfg, calib, component)
     result = export_component(
         graph, spec, out_dir, opset=QDQ_OPSET, postprocess=lambda m: to_standard_qdq(m, cfg.format),
         cleanup=False, tolerance=None,

@@ -230,5 +230,5 @@ def test_component_precision_int8_decoder_takes_the_quantization_flags(capsys, t
                        str(tmp_path), "--precision", "int8", "--component-precision", "vae_decoder=fp8")
     assert code == 2 and "same format" in err and err.count("\n") == 1
     code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime", "--engine-dir",
-                       str(tmp_path), "--component-precision", "image_encoder=int8")
-    assert code == 2 and "quantizes unet and vae_decoder only" in err
+                       str(tmp_path), "--component-precision", "vae_encoder=int8")
+    assert code == 2 and "quantizes unet, vae_decoder, image_encoder only" in err

@@ -115,5 +115,22 @@ def test_component_precision_quantizes_the_decoder_only_where_asked():
                                                     "vae_decoder": "bf16"}
     both = component_precisions("int8", "bf16", {"vae_decoder": "int8"})
     assert both["unet"] == both["vae_decoder"] == "int8" and both["image_encoder"] == "bf16"
-    with pytest.raises(VidrtError, match="quantizes unet and vae_decoder only"):
-        component_precisions("int8", "bf16", {"image_encoder": "int8"})
+    with pytest.raises(VidrtError, match="quantizes unet, vae_decoder, image_encoder only"):
+        component_precisions("int8", "bf16", {"vae_encoder": "int8"})
+
+
+def test_int8_image_encoder_keeps_embeddings_float(tiny_model, tmp_path):
+    """--component-precision image_encoder=int8: CLIP's transformer layers quantized, its
+    patch/position embeddings and output projection left float."""
+    from vidrt.export.quantize import image_encoder_calibration_batches
+
+    cfg = QuantConfig(format="int8")
+    batches = image_encoder_calibration_batches(tiny_model, cfg)
+    assert len(batches) == 4 and batches[0]["pixel_values"].shape[-1] == tiny_model.clip_image_size
+    result, report = export_quantized(tiny_model, "image_encoder", cfg, tmp_path)
+    model = onnx.load(str(result.onnx_path))
+    quantizers = [n.name for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert any("/encoder/layers" in n for n in quantizers)
+    assert not [n for n in quantizers if "embeddings" in n or "visual_projection" in n]
+    assert 0 < report["rel_l2"] <= BOUNDS["int8"]
+    print(f"int8 image encoder: rel L2 {report['rel_l2']:.4f}, max abs {report['max_abs_err']:.4f}")
