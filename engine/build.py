@@ -308,7 +308,7 @@ def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progr
 
 def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, build, full_verify, options) -> ComponentBuild:
     export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
-    out_dir = engine_dir / c / f"{backend.name}-{precision}"
+    out_dir = engine_dir / c / backend.artifact_name(precision, options)
     key = sha256_json(
         {
             "onnx": export_manifest["files"],
@@ -357,11 +357,11 @@ def _size(manifest: dict) -> int:
     return sum(rec["size"] for rec in manifest["files"].values())
 
 
-def load_engines(engine_dir: Path, backend, precision: str, model, component_precision=None) -> dict:
+def load_engines(engine_dir: Path, backend, precision: str, model, component_precision=None, backend_options=None) -> dict:
     """Loads every component's verified artifact as an Engine."""
     specs = model.specs()
     engines = {}
     for c, p in component_precisions(precision, backend.companion_precision, component_precision,
                                      model.components).items():
-        engines[c] = backend.load(engine_dir / c / f"{backend.name}-{p}", specs[c], p)
+        engines[c] = backend.load(engine_dir / c / backend.artifact_name(p, backend_options), specs[c], p)
     return engines

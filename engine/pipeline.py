@@ -138,7 +138,7 @@ class VideoPipeline:
             m, engine_dir, backend_cls, precision, unet_weights=unet_weights, quant=quant,
             backend_options=backend_options, component_precision=component_precision, build=build, progress=progress,
         )
-        engines = load_engines(engine_dir, backend_cls, precision, m, component_precision)
+        engines = load_engines(engine_dir, backend_cls, precision, m, component_precision, backend_options)
         if m.kind == "image-to-video":
             pipe_cls = VideoPipeline
         else:

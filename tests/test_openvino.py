@@ -125,9 +125,12 @@ def test_static_shape_engines(ov_dir, tmp_path):
     shutil.copytree(ov_dir, path)
     static = {"batch": 1, "frames": 3, "height": 32, "width": 48}
     pipe = ov_pipe(path, "fp32", backend_options=OvOptions(static=static))
-    manifest = json.loads((path / "unet" / "openvino-fp32" / "manifest.json").read_text())
+    artifact = pipe.builds["unet"].artifact_dir
+    assert artifact.name == "openvino-fp32-static-b1-f3-h32-w48"
+    manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["static_shapes"]["sample"] == [2, 3, 8, 16, 24]  # guided batch
-    dynamic = ov_pipe(ov_dir, "fp32")
+    dynamic = ov_pipe(path, "fp32")  # the dynamic engines beside them are still there
+    assert all(b.reason == "reused" for b in dynamic.builds.values())
     a = pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
     b = dynamic(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
     assert np.abs(a - b).max() <= 1e-4  # same math, shape-specialised kernels

@@ -83,6 +83,12 @@ class Backend(abc.ABC):
         return {}
 
     @classmethod
+    def artifact_name(cls, precision: str, options=None) -> str:
+        """Folder name of a component's artifact: one per precision, and per build
+        option set a backend keeps side by side (so switching does not rebuild)."""
+        return f"{cls.name}-{precision}"
+
+    @classmethod
     @abc.abstractmethod
     def unavailable_reason(cls) -> str | None:
         """None when usable here, else one line saying why not and how to fix it."""

@@ -106,6 +106,14 @@ class OpenVinoBackend(Backend):
         return (options or OvOptions()).describe()
 
     @classmethod
+    def artifact_name(cls, precision: str, options=None) -> str:
+        """Static-shape engines live beside the dynamic ones (openvino-bf16-static-b1-f14-h128-w128)."""
+        static = (options or OvOptions()).static
+        if not static:
+            return super().artifact_name(precision)
+        return f"{cls.name}-{precision}-static-" + "-".join(f"{k[0]}{v}" for k, v in sorted(static.items()))
+
+    @classmethod
     def _config(cls, precision: str, options: OvOptions, cache_dir: Path) -> dict:
         config = {
             "INFERENCE_PRECISION_HINT": HINTS[precision],
