@@ -64,23 +64,17 @@ def onnx_dir_name(precision: str, variant: str | None = None) -> str:
     return "-".join(parts)
 
 
-# Quantized graphs that stay diffusers' own: the INT8 UNet as measured (README), whose
-# video-layout blocks would need re-measuring as integer 3D convolutions.
-PLAIN_QUANTIZED = ("unet",)
-
-
-def graph_variant(model, backend, component: str, precision: str) -> str | None:
+def graph_variant(model, backend, component: str) -> str | None:
     """The ONNX graph variant ``backend`` runs ``component`` from: the one it asks for
-    when the model's component has it, else None (diffusers' own graph)."""
+    when the model's component has it, else None (diffusers' own graph). Quantized
+    components too: the stage quantizes the graph the backend runs."""
     want = backend.graph_variants.get(component)
-    if precision in QUANTIZED and component in PLAIN_QUANTIZED or want not in model.graph_variants.get(component, ()):
-        return None
-    return want
+    return want if want in model.graph_variants.get(component, ()) else None
 
 
 def onnx_path(model, engine_dir: Path, backend, component: str, precision: str) -> Path:
     """The ONNX file ``backend`` builds ``component`` at ``precision`` from."""
-    variant = graph_variant(model, backend, component, precision)
+    variant = graph_variant(model, backend, component)
     return Path(engine_dir) / component / onnx_dir_name(precision, variant) / "model.onnx"
 
 
@@ -180,7 +174,7 @@ def prepare_engines(
     specs = model.specs()
     vers = versions()
     hashes = _source_hashes(model, engine_dir, unet_weights)
-    variants = {c: graph_variant(model, backend, c, precisions[c]) for c in model.components}
+    variants = {c: graph_variant(model, backend, c) for c in model.components}
     onnx_dirs = {c: onnx_path(model, engine_dir, backend, c, precisions[c]).parent for c in model.components}
     export_keys = {
         c: sha256_json(

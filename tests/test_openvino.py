@@ -64,6 +64,8 @@ def test_int8_unet_against_fp32(ov_dir):
     pytest.importorskip("modelopt.torch.quantization")
     pipe = ov_pipe(ov_dir, "int8", quant=QuantConfig(format="int8", calib_steps=3, calib_frames=3))
     assert pipe.builds["unet"].artifact_dir.name == "openvino-int8"
+    manifest = json.loads((pipe.builds["unet"].artifact_dir / "manifest.json").read_text())
+    assert manifest["onnx"] == "../onnx-int8-video-layout/model.onnx"  # the graph OpenVINO runs, quantized
     assert pipe.builds["vae_decoder"].artifact_dir.name == "openvino-bf16"  # companions run bf16
     q = pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
     f = ov_pipe(ov_dir, "fp32")(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
@@ -104,7 +106,9 @@ def test_model_cache_is_the_artifact_and_is_reused(ov_dir, tiny_model):
     from vidrt.backends import get_backend
     from vidrt.build import prepare_engines
 
-    results = prepare_engines(tiny_model, ov_dir, get_backend("openvino"), "fp32", progress=False)
+    backend = get_backend("openvino")
+    prepare_engines(tiny_model, ov_dir, backend, "fp32", progress=False)  # built here or by an earlier test
+    results = prepare_engines(tiny_model, ov_dir, backend, "fp32", progress=False)
     assert all(r.reason == "reused" for r in results.values())
     manifest = json.loads((ov_dir / "unet" / "openvino-fp32" / "manifest.json").read_text())
     assert any(k.startswith("ov_cache/") for k in manifest["files"])  # OpenVINO's compiled blob
