@@ -200,6 +200,8 @@ def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
     used = cfg.precision if cfg.precision in ceilings else "bf16"
     return {
         "unet_tflop_per_step": flops / 1e12,
+        "diffusers_unet_tflop_per_step": unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width,
+                                                    diffusers_graph=True) / 1e12,
         "matmul_ceiling_tflops": ceilings,
         "matmul_ceiling_by_library": by_library,
         "engine_unet_tflops": flops / step_s / 1e12,

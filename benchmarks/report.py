@@ -36,7 +36,8 @@ def format_table(result: dict) -> str:
                  f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s")
     r = result.get("roofline")
     if r:
-        lines.append(f"unet: {r['unet_tflop_per_step']:.3f} TFLOP/step, engine {r['engine_unet_tflops']:.3f} TFLOP/s = "
+        lines.append(f"unet: {r['unet_tflop_per_step']:.3f} TFLOP/step (diffusers' forward "
+                     f"{r.get('diffusers_unet_tflop_per_step', r['unet_tflop_per_step']):.3f}), engine {r['engine_unet_tflops']:.3f} TFLOP/s = "
                      f"{100 * r['engine_fraction_of_ceiling']:.0f}% of this machine's {r['ceiling_used']} matmul ceiling "
                      f"({r['matmul_ceiling_tflops'][r['ceiling_used']]:.2f} TFLOP/s, best of "
                      f"{', '.join(r.get('matmul_ceiling_by_library', {}).get(r['ceiling_used'], {}))})")

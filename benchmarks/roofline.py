@@ -9,9 +9,12 @@ import time
 import torch
 
 
-def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_op: bool = False):
-    """FLOPs of one UNet call at this shape (2 per multiply-add, as torch counts), or
-    None when the folder's UNet is assembled at load time (a 2D UNet plus a motion adapter).
+def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_op: bool = False,
+               diffusers_graph: bool = False):
+    """FLOPs of one call of the UNet graph vidrt exports at this shape (2 per multiply-add,
+    as torch counts), or None when the folder's UNet is assembled at load time (a 2D UNet
+    plus a motion adapter). With ``diffusers_graph``, of diffusers' own forward instead
+    (what the baseline runs; export drops dead work such as one-token attention scores).
     With ``by_op``, a dict of FLOPs per aten op name ("convolution", "mm", "addmm", ...)."""
     import diffusers
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -31,7 +34,8 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     with torch.device("meta"):
         unet = cls(**config)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        graph = component_graph("unet", unet.to_empty(device="cpu"))
+        unet = unet.to_empty(device="cpu")
+        graph = (lambda *args: unet(*args, return_dict=False)) if diffusers_graph else component_graph("unet", unet)
         feeds = sample_inputs(spec, dims)
         with FlopCounterMode(display=False) as counter:
             graph(*(feeds[n] for n in spec.input_names))

@@ -27,7 +27,7 @@ from .manifest import (
     verify,
 )
 
-EXPORT_FORMAT = 2  # bump when export code changes what it writes
+EXPORT_FORMAT = 3  # bump when export code changes what it writes
 QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage
 QUANTIZABLE = ("unet", "vae_decoder", "image_encoder")  # components it calibrates (export/quantize.py CALIBRATION)
 

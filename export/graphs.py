@@ -66,12 +66,41 @@ def split_geglu(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+class OneTokenCrossAttention:
+    """A diffusers attention processor for cross-attention to a context of one token
+    (SVD's image embedding): softmax over a single key is exactly 1, so every query
+    receives that token's value. The query and key projections and the scores are dead
+    work (4.5% of the svd-xt UNet's FLOPs); this computes to_out(to_v(context)) once per
+    row, [N, 1, C], which the transformer block's residual add broadcasts over the
+    queries. The same function to float rounding."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        if encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or attention_mask is not None:
+            raise VidrtError("OneTokenCrossAttention needs an unmasked context of exactly one token")
+        return attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))
+
+
+def one_token_cross_attention(module: torch.nn.Module) -> torch.nn.Module:
+    """Gives every plain cross-attention (``attn2``) inside ``module`` the
+    OneTokenCrossAttention processor, in place. Only for models whose context is one
+    token by construction (the SVD UNet's ``encoder_hidden_states`` is [B, 1, D])."""
+    from diffusers.models.attention_processor import Attention
+
+    for name, attn in module.named_modules():
+        if not (name.endswith("attn2") and isinstance(attn, Attention) and attn.is_cross_attention):
+            continue
+        plain = attn.group_norm is None and attn.spatial_norm is None and attn.norm_cross is None
+        if plain and not attn.residual_connection and attn.rescale_output_factor == 1.0:
+            attn.set_processor(OneTokenCrossAttention())
+    return module
+
+
 class UNetGraph(torch.nn.Module):
     """UNetSpatioTemporalConditionModel with positional inputs and a tensor output."""
 
     def __init__(self, unet):
         super().__init__()
-        self.unet = split_geglu(unet)
+        self.unet = one_token_cross_attention(split_geglu(unet))
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids):
         return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]

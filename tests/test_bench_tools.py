@@ -13,13 +13,19 @@ from vidrt.errors import VidrtError
 def test_fake_tensor_flops_equal_a_real_forward(tiny_model):
     from torch.utils.flop_counter import FlopCounterMode
 
+    from vidrt.export.graphs import component_graph
     from vidrt.sources import load_torch_component
 
-    unet = load_torch_component(tiny_model, "unet")
     args = (torch.randn(2, 3, 8, 8, 12), torch.tensor([1.0]), torch.randn(2, 1, 32), torch.randn(2, 3))
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(*args)
-    assert unet_flops(tiny_model, 2, 3, 16, 24) == counter.get_total_flops() > 0
+    counted = {}
+    for name, module in (("diffusers", load_torch_component(tiny_model, "unet")),
+                         ("graph", component_graph("unet", load_torch_component(tiny_model, "unet")))):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            module(*args)
+        counted[name] = counter.get_total_flops()
+    assert unet_flops(tiny_model, 2, 3, 16, 24, diffusers_graph=True) == counted["diffusers"]
+    # the exported graph skips the one-token cross-attention's queries, keys and scores
+    assert unet_flops(tiny_model, 2, 3, 16, 24) == counted["graph"] < counted["diffusers"]
 
 
 def test_scenarios_are_the_issue_set():

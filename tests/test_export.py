@@ -33,6 +33,9 @@ def test_export_matches_torch_and_parses_for_tensorrt(component, tiny_model, mod
     model = onnx.load(str(result.onnx_path))
     assert [i.name for i in model.graph.input] == spec.input_names
     assert [o.name for o in model.graph.output] == spec.output_names
+    if component == "unet":  # one-token cross-attention: values only, no queries, keys or softmax
+        cross = {n.name.split("/attn2/")[1].split("/")[0] for n in model.graph.node if "/attn2/" in n.name}
+        assert {"to_v", "to_out.0"} <= cross and not cross & {"to_q", "to_k", "Softmax"}, cross
 
 
 def _trained_like(vae):
@@ -149,16 +152,21 @@ def test_tensorrt_op_list_names_its_source():
     assert not set(table["supported"]) & set(table["unsupported"])
 
 
-def test_split_geglu_is_the_same_function(tiny_model):
+def test_unet_graph_rewrites_are_the_same_function(tiny_model):
     """Export replaces diffusers' GEGLU (one linear + split) by two linears over views of
-    the same weights: no copy, and the UNet's output is unchanged (fp32 reordering only)."""
-    from vidrt.export.graphs import SplitGEGLU
+    the same weights (no copy) and attends to the one-token context without queries or
+    keys: the UNet's output is unchanged (fp32 reordering only)."""
+    from diffusers.models.attention_processor import Attention
+
+    from vidrt.export.graphs import OneTokenCrossAttention, SplitGEGLU
 
     unet = load_torch_component(tiny_model, "unet")
     before = load_torch_component(tiny_model, "unet")
     graph = component_graph("unet", unet)
     split = [m for m in graph.modules() if isinstance(m, SplitGEGLU)]
     assert split and all(m.value.weight.data_ptr() != m.gate.weight.data_ptr() for m in split)
+    cross = {n: m for n, m in graph.named_modules() if isinstance(m, Attention) and m.is_cross_attention}
+    assert cross and all(isinstance(m.processor, OneTokenCrossAttention) for m in cross.values()), list(cross)
     spec = tiny_model.specs()["unet"]
     feeds = sample_inputs(spec, check_point(spec), seed=3)
     with torch.no_grad():
