@@ -20,7 +20,7 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vidrt.export.graphs import component_graph, sample_inputs
+    from vidrt.export.graphs import component_graph, diffusers_cross_attention, sample_inputs
 
     cls = getattr(diffusers, model.unet.get("_class_name", "UNetSpatioTemporalConditionModel"), None)
     if cls is None or getattr(model, "motion_adapter", None) is not None:
@@ -34,8 +34,9 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     with torch.device("meta"):
         unet = cls(**config)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        unet = unet.to_empty(device="cpu")
-        graph = (lambda *args: unet(*args, return_dict=False)) if diffusers_graph else component_graph("unet", unet)
+        graph = component_graph("unet", unet.to_empty(device="cpu"))
+        if diffusers_graph:
+            diffusers_cross_attention(graph)
         feeds = sample_inputs(spec, dims)
         with FlopCounterMode(display=False) as counter:
             graph(*(feeds[n] for n in spec.input_names))

@@ -95,6 +95,17 @@ def one_token_cross_attention(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def diffusers_cross_attention(module: torch.nn.Module) -> torch.nn.Module:
+    """Undoes one_token_cross_attention: diffusers' default processor again, in place
+    (the benchmark counts the FLOPs of diffusers' own forward with it)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for m in module.modules():
+        if isinstance(getattr(m, "processor", None), OneTokenCrossAttention):
+            m.set_processor(AttnProcessor2_0())
+    return module
+
+
 class UNetGraph(torch.nn.Module):
     """UNetSpatioTemporalConditionModel with positional inputs and a tensor output."""
 
