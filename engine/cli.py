@@ -247,6 +247,8 @@ def cmd_generate(args) -> int:
     from .video_io import load_image, video_format, write_video
 
     cfg = _config(GenerateConfig, args)
+    if not cfg.image and not cfg.prompt:  # refused before a preset is materialised (gigabytes for svd-xt)
+        raise VidrtError("generate needs --image PATH (image-to-video models) or --prompt \"...\" (text-to-video models)")
     model = _check_request_early(cfg)
     if model.kind == "image-to-video" and not cfg.image:
         raise VidrtError(f"{cfg.model} is an image-to-video model: pass --image PATH")

@@ -141,13 +141,14 @@ def test_corrupted_engine_with_refusal_is_a_clear_error(capsys, tiny_engine_dir,
         VideoPipeline.from_pretrained("tiny-svd", engine_dir=broken, backend="onnxruntime", build=False, progress=False)
 
 
-def test_entry_points_and_help():
+def test_entry_points_and_help(tmp_path):
     for cmd in (["vidrt", "--help"], ["build-engines", "--help"], ["run-bench", "--help"], ["generate", "--help"]):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
         assert proc.returncode == 0, proc.stderr
         assert "usage:" in proc.stdout
-    proc = subprocess.run(["generate"], capture_output=True, text=True)
+    proc = subprocess.run(["generate"], capture_output=True, text=True, env=os.environ | {"VIDRT_CACHE": str(tmp_path)})
     assert proc.returncode == 2 and "--image" in proc.stderr
+    assert not any(tmp_path.iterdir())  # refused before the default preset was created
 
 
 def test_tensorrt_flags_map_onto_build_options():
@@ -205,7 +206,8 @@ def test_text_to_video_generate_and_run_bench(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("model, flag, message", [
-    ("tiny-t2v", [], "text-to-video model: pass --prompt"),
+    ("tiny-t2v", [], "or --prompt \"...\" (text-to-video models)"),
+    ("tiny-t2v", ["--image", "x.png"], "text-to-video model: pass --prompt"),
     ("tiny-svd", ["--prompt", "x"], "image-to-video model: pass --image"),
     ("tiny-t2v", ["--prompt", "x", "--sampler", "animatelcm"], "--sampler animatelcm is not for text-to-video"),
     ("tiny-animatediff", ["--prompt", "x", "--num-frames", "40"], "num_frames=40 is outside"),
