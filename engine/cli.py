@@ -55,7 +55,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    "mm_sd_v15_v2.ckpt) merged into a Stable Diffusion folder's UNet")
     g.add_argument("--engine-dir", help="where engines are kept (default: under $VIDRT_CACHE or ~/.cache/vidrt)")
     g.add_argument("--backend", default=d.backend, help=f"auto, openvino, onnxruntime, tensorrt (default: {d.backend}: TensorRT with a CUDA GPU; "
-                   "on a CPU OpenVINO for bf16/int8/fp8, ONNX Runtime for fp32)")
+                   "on a CPU OpenVINO when installed, else ONNX Runtime)")
     g.add_argument("--precision", default=d.precision, help=f"fp32; bf16 (openvino, tensorrt), fp16 (tensorrt); int8/fp8 quantize the UNet, --component-precision vae_decoder=int8,image_encoder=int8 those too (default: {d.precision})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"seed for random-weight presets and for the noise (default: {d.seed})")
     g.add_argument("--component-precision", help="per-component precision, e.g. vae_decoder=fp32 where fp16 overflows")
