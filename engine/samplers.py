@@ -147,22 +147,28 @@ class EulerEDMSampler(Sampler):
 
 
 class AnimateLCMSampler(Sampler):
-    """The AnimateLCM-SVD consistency sampler.
+    """The AnimateLCM-SVD consistency sampler, as published
+    (``AnimateLCMSVDStochasticIterativeScheduler``, G-U-N/AnimateLCM,
+    ``animatelcm_svd/animatelcm_scheduler.py``, with the settings every AnimateLCM-SVD
+    script uses: 40 training steps, sigma 0.002..700, sigma_data 1, rho 7, no clipping).
 
-    40 training steps, Karras sigmas over sigma_min..sigma_max with rho 7 and the
-    ramp ``arange(n)·(40//n)/39``, timestep ``0.25·ln(sigma)``, boundary-condition
-    scalings ``denoised = c_out·out + c_skip·x``, then fresh noise scaled by the
-    next sigma after every step (drawn on the last step too), no clipping.
+    Karras sigmas over the ramp ``arange(n)·(40//n)/39``, then 0; timestep
+    ``0.25·ln(sigma)``; initial noise scaled by ``sqrt(sigma_max² + 1)``; EDM's
+    v-prediction scalings ``denoised = c_skip·x + c_out·out`` with
+    ``c_skip = sd²/(σ²+sd²)``, ``c_out = -σ·sd/sqrt(σ²+sd²)``; then fresh noise scaled by
+    the next sigma. Noise is drawn on every step of a multi-step schedule (on the last
+    too, where it is scaled by 0) and never for a single step.
     """
 
     name = "animatelcm"
     num_train_timesteps = 40
     needs_noise = True
 
-    def __init__(self, sigma_min=0.002, sigma_max=700.0, sigma_data=1.0, rho=7.0):
+    def __init__(self, sigma_min=0.002, sigma_max=700.0, sigma_data=1.0, rho=7.0, s_noise=1.0):
         super().__init__()
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
-        self.init_noise_sigma = float(sigma_max)
+        self.s_noise = s_noise
+        self.init_noise_sigma = math.sqrt(sigma_max**2 + 1)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = num_inference_steps
@@ -174,18 +180,21 @@ class AnimateLCMSampler(Sampler):
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         sigmas = (hi + ramp * (lo - hi)) ** self.rho
         self.timesteps = torch.from_numpy(0.25 * np.log(sigmas + 1e-44)).to(torch.float32)
-        self.sigmas = torch.from_numpy(np.append(sigmas, self.sigma_min)).to(torch.float32)
+        self.sigmas = torch.from_numpy(np.append(sigmas, 0.0)).to(torch.float32)
         s = self.sigmas.double().tolist()
-        sd, smin = self.sigma_data, self.sigma_min
+        sd = self.sigma_data
         self._coefs = []
         for i in range(n):
-            c_skip = sd**2 / ((s[i] - smin) ** 2 + sd**2)
-            c_out = (s[i] - smin) * sd / math.sqrt(s[i] ** 2 + sd**2)
-            noise_scale = min(max(s[i + 1], smin), self.sigma_max)
+            c_skip = sd**2 / (s[i] ** 2 + sd**2)
+            c_out = -s[i] * sd / math.sqrt(s[i] ** 2 + sd**2)
+            noise_scale = self.s_noise * min(max(s[i + 1], 0.0), self.sigma_max)
             self._coefs.append([1.0 / math.sqrt(s[i] ** 2 + sd**2), float(self.timesteps[i]), c_skip, c_out, noise_scale])
 
+    def draws_noise(self, i: int) -> bool:
+        return self.num_steps > 1
+
     def apply(self, x, model_output, coef, noise):
-        """x ← c_skip·x + c_out·out + sigma_next·noise, in place."""
+        """x ← c_skip·x + c_out·out + s_noise·sigma_next·noise, in place."""
         return x.mul_(coef[2]).addcmul_(model_output, coef[3]).addcmul_(noise, coef[4])
 
 

@@ -47,17 +47,16 @@ def test_euler_matches_diffusers(steps, config):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
-def test_animatelcm_matches_reference_and_draws_from_the_generator(steps):
+def test_animatelcm_matches_the_published_scheduler_and_draws_from_the_generator(steps):
+    # Reference: written from G-U-N/AnimateLCM animatelcm_svd/animatelcm_scheduler.py
+    # (vidrt.benchmarks.reference_schedulers), not from vidrt's sampler.
     ref = AnimateLCMReferenceScheduler()
     ref.set_timesteps(steps)
     ours = AnimateLCMSampler()
     ours.set_timesteps(steps)
-    torch.testing.assert_close(ours.timesteps, ref.timesteps)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps.float())
     torch.testing.assert_close(ours.sigmas, ref.sigmas)
-    # The spec's ramp: arange(n) * (40 // n) / 39, timestep 0.25 ln(sigma).
-    ramp = torch.arange(steps) * (40 // steps) / 39
-    sig = (700 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 700 ** (1 / 7))) ** 7
-    torch.testing.assert_close(ours.timesteps, (0.25 * sig.log()).float())
+    assert ours.init_noise_sigma == pytest.approx(ref.init_noise_sigma)
     x0 = torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * ours.init_noise_sigma
     outs = torch.randn((steps,) + x0.shape, generator=torch.Generator().manual_seed(2))
     g_ref, g_ours = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -76,15 +75,38 @@ def test_animatelcm_matches_reference_and_draws_from_the_generator(steps):
     assert torch.equal(torch.get_rng_state(), global_state)
 
 
-def test_animatelcm_draws_noise_on_the_last_step():
+def test_animatelcm_published_constants():
+    # Numbers read off the published scheduler's formulas for 4 steps: the ramp
+    # arange(4)·10/39, sigma_max 700, a final sigma of 0, init noise sqrt(700² + 1).
     s = AnimateLCMSampler()
-    s.set_timesteps(1)
+    s.set_timesteps(4)
+    assert s.init_noise_sigma == pytest.approx(700.000714, rel=1e-7)
+    assert float(s.sigmas[0]) == pytest.approx(700.0, rel=1e-6) and float(s.sigmas[-1]) == 0.0
+    ramp = torch.arange(4, dtype=torch.float64) * 10 / 39
+    sig = (700 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 700 ** (1 / 7))) ** 7
+    torch.testing.assert_close(s.sigmas[:-1], sig.float())
+    torch.testing.assert_close(s.timesteps, (0.25 * sig.log()).float())
+    # EDM's v-prediction scalings (sigma_data 1): c_out is negative.
+    c_skip, c_out = s.coefficients(0)[2:4]
+    sigma = float(s.sigmas[0])
+    assert c_skip == pytest.approx(1 / (sigma**2 + 1)) and c_out == pytest.approx(-sigma / (sigma**2 + 1) ** 0.5)
+
+
+def test_animatelcm_noise_draws():
+    # One step draws nothing; more steps draw on every step, the last scaled by 0.
+    single = AnimateLCMSampler()
+    single.set_timesteps(1)
     g = torch.Generator().manual_seed(0)
     before = g.get_state()
     x = torch.zeros(1, 1, 1, 2, 2)
-    s.step(torch.zeros_like(x), 0, x, g)
-    assert not torch.equal(before, g.get_state())
-    assert x.abs().max() > 0  # sigma_min-scaled noise remains
+    single.step(torch.zeros_like(x), 0, x, g)
+    assert torch.equal(before, g.get_state()) and x.abs().max() == 0
+    multi = AnimateLCMSampler()
+    multi.set_timesteps(2)
+    assert [multi.draws_noise(i) for i in range(2)] == [True, True]
+    before = g.get_state()
+    multi.step(torch.zeros_like(x), 1, x, g)
+    assert not torch.equal(before, g.get_state()) and x.abs().max() == 0
 
 
 def test_randn_into_buffer_equals_fresh_draw():
