@@ -57,7 +57,7 @@ class BenchConfig(RequestOptions):
         if model.kind == "image-to-video":
             image = bench_image(self)
             return {"image": [image] * self.batch_size if self.batch_size > 1 else image}
-        prompt = self.prompt or DEFAULT_PROMPT
+        prompt = DEFAULT_PROMPT if self.prompt is None else self.prompt
         out = {"prompt": [prompt] * self.batch_size if self.batch_size > 1 else prompt}
         return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
 

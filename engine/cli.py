@@ -148,15 +148,42 @@ def _config(cls, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _check_values(cfg) -> None:
+    """Fails on flag values no model could use, before any model or preset is touched."""
+    import math
+
+    from .pipeline import check_request
+
+    if not 0 <= cfg.seed < 2**63:
+        raise VidrtError(f"--seed {cfg.seed}: take a whole number in 0..2**63-1")
+    for flag in ("min_guidance", "max_guidance", "guidance_scale", "noise_aug_strength"):
+        value = getattr(cfg, flag, None)
+        if value is not None and not math.isfinite(value):
+            raise VidrtError(f"--{flag.replace('_', '-')} {value}: must be a finite number")
+    if getattr(cfg, "fps", 1) < 1:
+        raise VidrtError(f"--fps {cfg.fps}: need at least 1 frame per second")
+    for flag in ("prompt", "negative_prompt"):
+        text = getattr(cfg, flag, None)
+        try:
+            (text or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise VidrtError(f"--{flag.replace('_', '-')}: not valid UTF-8 text; pass the prompt in UTF-8") from None
+    if hasattr(cfg, "runs") and (cfg.runs < 1 or cfg.warmup < 0):
+        raise VidrtError(f"--runs must be >= 1 and --warmup >= 0 (got {cfg.runs}, {cfg.warmup})")
+    chunk = getattr(cfg, "decode_chunk_size", None)
+    frames = cfg.num_frames if cfg.num_frames is not None else 1
+    check_request(cfg.height if cfg.height is not None else 8, cfg.width if cfg.width is not None else 8, frames,
+                  cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
+
+
 def _check_request_early(cfg) -> None:
     """Fails on bad request arguments before minutes of engine building, not after."""
-    from .pipeline import check_ranges, check_request
+    from .pipeline import check_ranges
     from .samplers import check_sampler
     from .sources import resolve_model
 
+    _check_values(cfg)
     chunk = getattr(cfg, "decode_chunk_size", None)
-    frames = cfg.num_frames if cfg.num_frames is not None else 1
-    check_request(cfg.height or 8, cfg.width or 8, frames, cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     check_sampler(cfg.sampler, model.kind)
     height, width = cfg.size(model)
@@ -231,9 +258,10 @@ def cmd_run_bench(args) -> int:
         for field, value in scenario(args.scenario).items():
             setattr(args, field, value)
     cfg = _config(BenchConfig, args)
-    _check_request_early(cfg)
+    _check_values(cfg)
     if cfg.output:
         check_writable(cfg.output)
+    _check_request_early(cfg)
     result = run_bench(cfg)
     print(format_table(result))
     if cfg.output:
@@ -244,21 +272,19 @@ def cmd_run_bench(args) -> int:
 
 def cmd_generate(args) -> int:
     from . import VideoPipeline
-    from .video_io import load_image, video_format, write_video
+    from .video_io import check_output, load_image, video_format, write_video
 
     cfg = _config(GenerateConfig, args)
-    if not cfg.image and not cfg.prompt:  # refused before a preset is materialised (gigabytes for svd-xt)
+    if cfg.image is None and cfg.prompt is None:  # refused before a preset is materialised (gigabytes for svd-xt)
         raise VidrtError("generate needs --image PATH (image-to-video models) or --prompt \"...\" (text-to-video models)")
-    model = _check_request_early(cfg)
-    if model.kind == "image-to-video" and not cfg.image:
-        raise VidrtError(f"{cfg.model} is an image-to-video model: pass --image PATH")
-    if model.kind != "image-to-video" and not cfg.prompt:
-        raise VidrtError(f"{cfg.model} is a text-to-video model: pass --prompt \"...\"")
+    _check_values(cfg)
     fmt = video_format(cfg.output, cfg.format)
-    if fmt != "png":
-        from .fsutil import check_writable
-
-        check_writable(cfg.output)
+    check_output(cfg.output, fmt)
+    model = _check_request_early(cfg)
+    if model.kind == "image-to-video" and cfg.image is None:
+        raise VidrtError(f"{cfg.model} is an image-to-video model: pass --image PATH")
+    if model.kind != "image-to-video" and cfg.prompt is None:
+        raise VidrtError(f"{cfg.model} is a text-to-video model: pass --prompt \"...\"")
     image = load_image(cfg.image) if model.kind == "image-to-video" else None
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,

@@ -77,8 +77,13 @@ def check_writable(path: str | Path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise VidrtError(f"cannot write {path}: folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise VidrtError(f"cannot write {path}: folder {parent} is not writable; choose another output path")
     if path.is_dir():
         raise VidrtError(f"cannot write {path}: it is a directory; give a file name")
+    try:  # a real file: permissions, read-only mounts and /proc-like folders all show here
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VidrtError(f"cannot write {path}: folder {parent} is not writable ({e.strerror}); "
+                         "choose another output path") from None
     return path

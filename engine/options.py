@@ -106,7 +106,8 @@ class RequestOptions(EngineOptions):
     def size(self, model) -> tuple[int, int]:
         """(height, width) of the request on ``model``, defaults filled in as the pipelines do."""
         default = (576, 1024) if model.kind == "image-to-video" else model.default_size
-        return self.height or default[0], self.width or default[1]
+        return (self.height if self.height is not None else default[0],
+                self.width if self.width is not None else default[1])
 
     def guided(self, model) -> bool:
         """Whether this request runs classifier-free guidance on ``model``."""

@@ -9,6 +9,7 @@ once per request shape.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from .loop import Conditioning, LoopState, denoise
 from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import resolve_model
 from .svd import SvdModel
+from .video_io import to_rgb
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -197,6 +199,8 @@ class VideoPipeline:
         images = self._as_images(image)
         batch = len(images) if isinstance(images, list) else images.shape[0]
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)
+        check_finite(min_guidance_scale=min_guidance_scale, max_guidance_scale=max_guidance_scale,
+                     noise_aug_strength=noise_aug_strength, fps=fps, motion_bucket_id=motion_bucket_id)
         do_cfg = max_guidance_scale > 1.0
         videos = batch * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
@@ -242,7 +246,7 @@ class VideoPipeline:
             for im in image:
                 if im.mode != "RGB":
                     warnings.warn(f"vidrt: converted a {im.mode} image to RGB (SVD conditions on RGB)", stacklevel=3)
-                    im = im.convert("RGB")
+                    im = to_rgb(im)
                 out.append(im)
             return out
         raise VidrtError(f"image must be a PIL image, a non-empty list of them or a [B,3,H,W] tensor, not {type(image).__name__}")
@@ -316,8 +320,20 @@ def _decode_overlapped(decoder, flat, frames, chunk) -> torch.Tensor:
     return host
 
 
+def check_finite(**values) -> None:
+    """Raises VidrtError naming the first value that is not a finite number (a NaN or
+    infinite guidance scale would silently give black videos, or turn guidance off)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise VidrtError(f"{name}={value!r}: must be a finite number")
+
+
 def check_request(height, width, frames, steps, chunk=1, per_prompt=1, output_type="np", generator=None) -> None:
     """Raises VidrtError for request arguments no engine could serve."""
+    for name, value in (("height", height), ("width", width), ("num_frames", frames), ("num_inference_steps", steps),
+                        ("decode_chunk_size", chunk), ("num_videos_per_prompt", per_prompt)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise VidrtError(f"{name}={value!r}: must be a whole number")
     if height % 8 or width % 8 or height < 8 or width < 8:
         raise VidrtError(f"height and width must be positive multiples of 8, got {height}x{width}")
     if frames < 1:
@@ -347,8 +363,12 @@ def check_ranges(model: SvdModel, batch, videos, do_cfg, frames, height, width, 
 
 
 def _initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor:
+    if isinstance(latents, np.ndarray):
+        latents = torch.from_numpy(np.ascontiguousarray(latents))
     if latents is None:
         latents = draw_noise(shape, generator)
+    elif not isinstance(latents, torch.Tensor):
+        raise VidrtError(f"latents must be a torch.Tensor or a NumPy array of shape {list(shape)}, not {type(latents).__name__}")
     else:
         if tuple(latents.shape) != tuple(shape):
             raise VidrtError(f"latents have shape {list(latents.shape)}, this request needs {list(shape)}")

@@ -15,7 +15,7 @@ import torch
 
 from .errors import VidrtError
 from .loop import Conditioning, denoise
-from .pipeline import StageTimings, VideoPipeline, VideoPipelineOutput, _initial_latents, check_request
+from .pipeline import StageTimings, VideoPipeline, VideoPipelineOutput, _initial_latents, check_finite, check_request
 from .samplers import make_sampler
 
 
@@ -75,14 +75,16 @@ class TextToVideoPipeline(VideoPipeline):
         start = self._now()
         m = self.model
         dh, dw = m.default_size
-        height, width = height or dh, width or dw
-        num_frames = num_frames or m.default_num_frames
+        height = dh if height is None else height
+        width = dw if width is None else width
+        num_frames = m.default_num_frames if num_frames is None else num_frames
         guidance_scale = m.default_guidance_scale if guidance_scale is None else guidance_scale
         output_type = output_type or ("np" if m.kind == "text-to-video-sd" else "pil")
         prompts = _as_prompts(prompt, "prompt")
         negatives = _negatives(negative_prompt, len(prompts))
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt,
                       output_type, generator)
+        check_finite(guidance_scale=guidance_scale)
         videos = len(prompts) * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
