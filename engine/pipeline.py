@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,9 +34,11 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 @dataclasses.dataclass
 class VideoPipelineOutput:
-    """frames: list of PIL frame lists, or [B, F, H, W, 3] array, or [B, F, 3, H, W] tensor."""
+    """frames: list of PIL frame lists, or [B, F, H, W, 3] array, or [B, F, 3, H, W] tensor;
+    timings: this call's seconds per stage."""
 
     frames: list | np.ndarray | torch.Tensor
+    timings: "StageTimings | None" = None
 
 
 @dataclasses.dataclass
@@ -74,6 +77,7 @@ class VideoPipeline:
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream() if self.device.type == "cuda" else None  # vidrt's own stream
         self.loop_state = LoopState(use_cuda_graphs=cuda_graphs)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -184,11 +188,21 @@ class VideoPipeline:
         Raises:
             VidrtError: invalid arguments, or a shape outside the engines' ranges.
         """
-        request = {k: v for k, v in locals().items() if k != "self"}
-        if self.stream is None:
-            return self._generate(**request)
-        with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
-            return self._generate(**request)
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
+
+    def _serve(self, request: dict):
+        """Runs one request under the pipeline's lock, on vidrt's own stream on a GPU.
+
+        A pipeline owns one set of step, engine-output and I/O buffers (and, on OpenVINO,
+        one infer request), so calls from several threads take turns: each returns
+        exactly what it would alone. ``timings`` then describes the last call to finish;
+        each output carries its own.
+        """
+        with self._lock:
+            if self.stream is None:
+                return self._generate(**request)
+            with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
+                return self._generate(**request)
 
     def _generate(self, image, height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
                   fps, motion_bucket_id, noise_aug_strength, decode_chunk_size, num_videos_per_prompt, generator,
@@ -225,7 +239,7 @@ class VideoPipeline:
             video = self._decode(latents, num_frames, decode_chunk_size)
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
         self.timings.end_to_end = self._now() - start
-        return VideoPipelineOutput(frames=frames) if return_dict else frames
+        return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
 
     def _now(self) -> float:
         """Stage clock: on a GPU, waits for the stream first (stage boundaries only,

@@ -64,11 +64,7 @@ class TextToVideoPipeline(VideoPipeline):
         Raises:
             VidrtError: invalid arguments, or a shape outside the engines' ranges.
         """
-        request = {k: v for k, v in locals().items() if k != "self"}
-        if self.stream is None:
-            return self._generate(**request)
-        with torch.cuda.stream(self.stream):
-            return self._generate(**request)
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
 
     def _generate(self, prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
                   num_videos_per_prompt, generator, latents, output_type, decode_chunk_size, return_dict, progress):
@@ -110,7 +106,7 @@ class TextToVideoPipeline(VideoPipeline):
             video = self._decode_frames(latents, decode_chunk_size)
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
         self.timings.end_to_end = self._now() - start
-        return VideoPipelineOutput(frames=frames) if return_dict else frames
+        return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
 
     def _encode(self, prompts: list[str], negatives: list[str] | None, per_prompt: int) -> torch.Tensor:
         """Prompt embeddings [(2)·V, L, D]: negatives first when guiding, each prompt's
