@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import settings
 from .errors import VidrtError
-from .fsutil import atomic_dir, atomic_write_json, sha256_json
+from .fsutil import atomic_dir, atomic_write_json, folder_lock, sha256_json
 from .manifest import (
     BUILD_MANIFEST,
     EXPORT_MANIFEST,
@@ -171,6 +171,16 @@ def prepare_engines(
     if quantized and quant is None:
         quant = _built_or_default_quant(Path(engine_dir), precisions[quantized[0]], quantized)
     engine_dir = Path(engine_dir)
+    args = (model, engine_dir, backend, precision, precisions, unet_weights, quant, backend_options, build, full_verify,
+            progress)
+    if not build:  # only reads: a read-only engine folder serves too
+        return _prepare_locked(*args)
+    with folder_lock(engine_dir, "engines", progress):
+        return _prepare_locked(*args)
+
+
+def _prepare_locked(model, engine_dir, backend, precision, precisions, unet_weights, quant, backend_options, build,
+                    full_verify, progress) -> dict[str, ComponentBuild]:
     specs = model.specs()
     vers = versions()
     hashes = _source_hashes(model, engine_dir, unet_weights)

@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
+    previous = _terminate_like_interrupt()
     try:
         return COMMANDS[args.command](args)
     except VidrtError as e:
@@ -341,6 +342,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vidrt: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_like_interrupt():
+    """SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so half-written engine
+    and output folders are removed on the way out. Returns the previous handler
+    (None off the main thread, where handlers cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _quiet_libraries() -> None:

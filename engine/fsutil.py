@@ -87,3 +87,51 @@ def check_writable(path: str | Path) -> Path:
         raise VidrtError(f"cannot write {path}: folder {parent} is not writable ({e.strerror}); "
                          "choose another output path") from None
     return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str, progress: bool = True) -> Iterator[Path]:
+    """Holds an exclusive lock on ``folder`` (created if missing) across processes.
+
+    Two builds of one engine folder, or two first uses of one preset, take turns: the
+    second waits, then finds the first one's work and reuses it. Leftovers of a killed
+    earlier holder (atomic_dir's temporary folders) are removed once the lock is held.
+
+    Raises:
+        VidrtError: the folder cannot be created or written (a file is in the way, or it is read-only).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    lock_path = folder.parent / f".{folder.name}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=0.5)
+        except Timeout:
+            if progress:
+                print(f"vidrt: waiting for another vidrt process using {folder} ({what})", flush=True)
+            lock.acquire()
+    except OSError as e:
+        raise VidrtError(f"cannot use {folder} for {what}: {e.strerror or e} ({e.filename or folder}); "
+                         "point --engine-dir or VIDRT_CACHE at a writable folder") from None
+    try:
+        sweep_stale(folder.parent, prefix=f".{folder.name}.")
+        for sub in [folder, *(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+            sweep_stale(sub)
+        yield folder
+    finally:
+        lock.release()
+
+
+def sweep_stale(folder: Path, prefix: str = ".") -> list[Path]:
+    """Removes atomic_dir's leftovers in ``folder`` (``.NAME.*.tmp``, ``.NAME.old-PID``) whose
+    name starts with ``prefix``; call it only while holding the lock that guards them."""
+    removed = []
+    for p in folder.iterdir() if folder.is_dir() else ():
+        stale = p.name.endswith(".tmp") or ".old-" in p.name
+        if p.name.startswith(prefix) and p.name.startswith(".") and stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import settings
 from .errors import VidrtError
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, folder_lock
 from .models import read_model
 from .presets import PRESETS
 from .presets_t2v import T2V_PRESETS
@@ -59,6 +59,13 @@ def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
     folder = settings.cache_dir() / "presets" / f"{name}-seed{seed}"
     if (folder / PRESET_MARKER).exists():
         return folder
+    with folder_lock(folder, f"the {name} preset", progress):
+        if (folder / PRESET_MARKER).exists():  # another process made it while we waited
+            return folder
+        return _create_preset(name, seed, folder, progress)
+
+
+def _create_preset(name: str, seed: int, folder: Path, progress: bool) -> Path:
     if progress:
         print(f"vidrt: creating preset {name} with RANDOM weights (seed {seed}) in {folder}", flush=True)
     if name in T2V_PRESETS:
