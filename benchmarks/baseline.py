@@ -63,18 +63,21 @@ def _autocast_bf16(fn, device: str):
     return run
 
 
+def check_baseline_precision(precision: str, device: str) -> None:
+    """Raises VidrtError for a baseline precision diffusers cannot run on ``device``."""
+    if precision not in BASELINE_PRECISIONS:
+        raise VidrtError(f"--baseline-precision {precision}: choose {', '.join(BASELINE_PRECISIONS)} or none")
+    if precision == "fp16" and device != "cuda":
+        raise VidrtError("--baseline-precision fp16 needs a GPU; on a CPU use fp32 or bf16")
+
+
 class DiffusersBaseline:
     """diffusers' pipeline, timed per stage like vidrt's."""
 
     def __init__(self, model, precision: str, unet_weights=None, device: str = "cpu", compile: bool = False):
         from vidrt.sources import load_torch_components
 
-        if precision not in BASELINE_PRECISIONS:
-            raise VidrtError(
-                f"--baseline-precision {precision}: choose {', '.join(BASELINE_PRECISIONS)} or none"
-            )
-        if precision == "fp16" and device != "cuda":
-            raise VidrtError("--baseline-precision fp16 needs a GPU; on a CPU use fp32 or bf16")
+        check_baseline_precision(precision, device)
         self.precision = precision
         self.pipe = load_torch_components(model, unet_weights)
         self.pipe.to(device=device, dtype=BASELINE_PRECISIONS[precision])

@@ -3,7 +3,9 @@
 Recipe: load both, then warm-up and N timed runs, interleaved (engine, baseline,
 engine, ...) so machine noise hits both alike; median/min/max per stage and end
 to end; parity of the two sides' frames; JSON tagged with git sha, versions and
-machine.
+machine. The engines run in this process and diffusers in a worker process
+(benchmarks/worker.py), so neither process holds both sides' models; memory is
+reported per side and for both processes together.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     if cfg.batch_size < 1:
         raise VidrtError(f"--batch-size={cfg.batch_size}: need at least 1")
     baseline_precision = cfg.baseline_precision or (cfg.precision if cfg.precision in ("fp32", "fp16", "bf16") else "fp32")
+    if baseline_precision != "none":
+        from .baseline import check_baseline_precision
+
+        check_baseline_precision(baseline_precision, "cuda" if _gpu() else "cpu")
     rss0 = rss_mb()
     t0 = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(
@@ -114,28 +120,37 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     engine_load_s = time.perf_counter() - t0
     engine_resident = rss_mb() - rss0
     baseline = None
-    if baseline_precision != "none":
-        from .baseline import DiffusersBaseline
+    try:
+        if baseline_precision != "none":
+            from .worker import BaselineWorker
 
-        from .reference_schedulers import reference_scheduler
+            baseline = BaselineWorker(pipe.model, baseline_precision, cfg.unet_weights, device=pipe.device.type,
+                                      compile=cfg.baseline_compile, sampler=cfg.sampler)
+        return _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, engine_resident, progress)
+    finally:
+        if baseline is not None:
+            baseline.close()
 
-        baseline = DiffusersBaseline(pipe.model, baseline_precision, cfg.unet_weights, device=pipe.device.type,
-                                     compile=cfg.baseline_compile)
-        baseline.pipe.scheduler = reference_scheduler(cfg.sampler, baseline.pipe.scheduler)
-        # Weights are memory-mapped and paged in lazily, so RSS at load undercounts them.
-        baseline_resident = baseline.weight_bytes() / 2**20
+
+def _gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, engine_resident, progress) -> dict:
+    """The interleaved runs and the result dict."""
     inputs = cfg.inputs(pipe.model)
     kwargs = cfg.request(pipe.model)
     engine_runs, base_runs = [], []
     from tqdm.auto import tqdm
 
     warmups = {"engine": [], "baseline": []}
-    for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
-        run = _engine_run(pipe, inputs, cfg, kwargs)
-        (engine_runs.append(run) if r >= cfg.warmup else warmups["engine"].append(run["total"]))
-        if baseline is not None:
-            run = _baseline_run(baseline, inputs, cfg, kwargs)
-            (base_runs.append(run) if r >= cfg.warmup else warmups["baseline"].append(run["total"]))
+    with PeakRss(pids=[baseline.pid] if baseline else []) as together:
+        for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
+            run = _engine_run(pipe, inputs, cfg, kwargs)
+            (engine_runs.append(run) if r >= cfg.warmup else warmups["engine"].append(run["total"]))
+            if baseline is not None:
+                run = baseline.run(inputs, cfg.seed, kwargs)
+                (base_runs.append(run) if r >= cfg.warmup else warmups["baseline"].append(run["total"]))
 
     videos = cfg.batch_size
     builds = pipe.builds
@@ -165,14 +180,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                   "kind": pipe.model.kind},
         "environment": environment(),
         "engine": engine,
+        # RSS of the engine process and the baseline worker sampled together: what the
+        # machine held at once (each side's own peak is in its peak_memory_mb).
+        "peak_memory_both_mb": together.peak_mb,
         "baseline": None,
         "speedup": None,
         "parity": None,
     }
     result["roofline"] = roofline(pipe, cfg, engine, frames)
     if baseline is not None:
-        result["baseline"] = _side(base_runs, videos, frames, baseline_resident, stages) | {
-            "backend": f"pytorch (diffusers {type(baseline.pipe).__name__})" + (" + torch.compile" if cfg.baseline_compile else ""),
+        result["baseline"] = _side(base_runs, videos, frames, baseline.resident_mb, stages, absolute=True) | {
+            "backend": f"pytorch (diffusers {getattr(pipe.model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
             "precision": baseline_precision, "build_s": 0.0,
             # With --baseline-compile the first warm-up run carries the compile time.
             "warmup_s": warmups["baseline"],
@@ -222,20 +240,9 @@ def _engine_run(pipe, inputs, cfg, kwargs) -> dict:
     }
 
 
-def _baseline_run(baseline, inputs, cfg, kwargs) -> dict:
-    if cfg.sampler == "animatelcm":
-        # diffusers' pipeline gives scheduler.step no generator: the reference holds it.
-        baseline.pipe.scheduler.generator = torch.Generator().manual_seed(cfg.seed)
-        gen = baseline.pipe.scheduler.generator
-    else:
-        gen = torch.Generator().manual_seed(cfg.seed)
-    with PeakRss() as mem, PeakDeviceMemory() as dev:
-        frames, stages, steps, total = baseline(inputs, gen, **kwargs)
-    return {"stages": stages, "unet_steps": steps, "total": total, "peak": mem.peak_mb - mem.start_mb,
-            "device": dev.as_dict(), "frames": frames}
-
-
-def _side(runs: list[dict], videos: int, frames: int, resident_mb: float, stage_names) -> dict:
+def _side(runs: list[dict], videos: int, frames: int, resident_mb: float, stage_names, absolute: bool = False) -> dict:
+    """One side's figures; peak memory is resident-at-load plus the runs' growth, or with
+    ``absolute`` the runs' own peak RSS (a worker process measures its whole self)."""
     totals = [r["total"] for r in runs]
     stages = {s: summary([r["stages"].get(s, 0.0) for r in runs], 1000.0) for s in stage_names}
     steps = [x for r in runs for x in r["unet_steps"]]
@@ -244,7 +251,7 @@ def _side(runs: list[dict], videos: int, frames: int, resident_mb: float, stage_
     return {
         "stages_ms": stages,
         "end_to_end_s": summary(totals),
-        "peak_memory_mb": resident_mb + max(r["peak"] for r in runs),
+        "peak_memory_mb": max(r["peak_rss_mb"] for r in runs) if absolute else resident_mb + max(r["peak"] for r in runs),
         "peak_device_memory_mb": runs[-1]["device"],
         "videos_per_min": 60.0 * videos / med,
         "frames_per_s": videos * frames / med,

@@ -7,33 +7,43 @@ import threading
 import psutil
 
 
-def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+def rss_mb(pids=()) -> float:
+    """Resident MiB of this process plus the processes ``pids`` (gone ones count 0)."""
+    total = psutil.Process().memory_info().rss
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
 
 
 class PeakRss:
-    """Context manager: ``peak_mb`` is the highest RSS seen inside the block."""
+    """Context manager: ``peak_mb`` is the highest RSS seen inside the block, of this
+    process alone or, with ``pids``, of it and those processes together (sampled at
+    the same instant, so the figure is what the machine held at once)."""
 
-    def __init__(self, interval: float = 0.02):
+    def __init__(self, interval: float = 0.02, pids=()):
         self.interval = interval
+        self.pids = tuple(pids)
         self.peak_mb = 0.0
         self.start_mb = 0.0
         self._stop = threading.Event()
 
     def __enter__(self):
-        self.start_mb = self.peak_mb = rss_mb()
+        self.start_mb = self.peak_mb = rss_mb(self.pids)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self):
         while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, rss_mb())
+            self.peak_mb = max(self.peak_mb, rss_mb(self.pids))
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, rss_mb())
+        self.peak_mb = max(self.peak_mb, rss_mb(self.pids))
         return False
 
 

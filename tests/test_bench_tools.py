@@ -126,3 +126,22 @@ def test_int8_ceiling_runs_an_integer_gemm():
     request.infer({0: np.zeros((64, 64), np.float32)})
     kernels = [p.exec_type for p in request.get_profiling_info() if p.node_type == "FullyConnected"]
     assert kernels and all(k.upper().endswith(("I8", "U8")) for k in kernels), kernels
+
+
+def test_baseline_worker_runs_diffusers_in_another_process_and_reports_its_death(tiny_model):
+    import os
+
+    from vidrt.benchmarks.worker import BaselineWorker
+    from vidrt.errors import VidrtError
+
+    from conftest import make_image
+
+    kwargs = dict(height=32, width=32, num_frames=2, num_inference_steps=1, min_guidance_scale=1.0, max_guidance_scale=1.0)
+    with BaselineWorker(tiny_model, "fp32") as worker:
+        assert worker.pid != os.getpid()
+        run = worker.run({"image": make_image(32, 32)}, 0, kwargs)
+        assert run["frames"].shape == (1, 2, 32, 32, 3) and run["peak_rss_mb"] > 0
+        worker.process.kill()
+        worker.process.join()
+        with pytest.raises(VidrtError, match="baseline process died"):
+            worker.run({"image": make_image(32, 32)}, 0, kwargs)
