@@ -33,7 +33,8 @@ QUANTIZABLE = ("unet", "vae_decoder", "image_encoder")  # components it calibrat
 
 
 def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
-                         components: tuple[str, ...] = ("image_encoder", "vae_encoder", "unet", "vae_decoder")) -> dict[str, str]:
+                         components: tuple[str, ...] = ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
+                         force_upcast: bool = False) -> dict[str, str]:
     """Precision of each component's engine for a requested ``--precision``.
 
     INT8/FP8 apply to the UNet, where the compute is; the encoders and the VAE
@@ -41,12 +42,16 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     Runtime, fp16 on TensorRT). ``overrides`` (``--component-precision``) sets
     single components, e.g. a VAE decoder kept at fp32 where fp16 overflows, or
     quantized too (``vae_decoder=int8``, ``image_encoder=int8``).
-    ``components`` are the model's (``model.components``).
+    ``components`` are the model's (``model.components``). ``force_upcast`` (the VAE
+    config's flag, set for SVD) keeps an fp16 VAE encoder at fp32, as diffusers
+    upcasts the VAE to encode.
     """
     if precision in QUANTIZED:
         out = {c: (precision if c == "unet" else companion) for c in components}
     else:
         out = {c: precision for c in components}
+    if force_upcast and out.get("vae_encoder") == "fp16":
+        out["vae_encoder"] = "fp32"
     for c, p in (overrides or {}).items():
         if c not in components:
             raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
@@ -157,7 +162,7 @@ def prepare_engines(
     Raises:
         VidrtError: something is stale and ``build`` is False, or a build failed.
     """
-    precisions = component_precisions(precision, backend.companion_precision, component_precision, model.components)
+    precisions = _precisions(model, backend, precision, component_precision)
     for p in set(precisions.values()):
         backend.check_precision(p)
     quantized = [c for c, p in precisions.items() if p in QUANTIZED]
@@ -365,8 +370,13 @@ def _size(manifest: dict) -> int:
 def load_engines(engine_dir: Path, backend, precision: str, model, component_precision=None, backend_options=None) -> dict:
     """Loads every component's verified artifact as an Engine."""
     specs = model.specs()
+    shared = backend.shared_state()  # one per pipeline: its engines run one at a time
     engines = {}
-    for c, p in component_precisions(precision, backend.companion_precision, component_precision,
-                                     model.components).items():
-        engines[c] = backend.load(engine_dir / c / backend.artifact_name(p, backend_options), specs[c], p)
+    for c, p in _precisions(model, backend, precision, component_precision).items():
+        engines[c] = backend.load(engine_dir / c / backend.artifact_name(p, backend_options), specs[c], p, shared)
     return engines
+
+
+def _precisions(model, backend, precision: str, overrides: dict | None) -> dict[str, str]:
+    return component_precisions(precision, backend.companion_precision, overrides, model.components,
+                                force_upcast=bool(getattr(model, "vae", {}).get("force_upcast", False)))

@@ -68,6 +68,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--workspace", type=int, help="builder memory-pool cap in MiB (default: TensorRT's)")
     t.add_argument("--opt-level", type=int, default=d.opt_level, help=f"builder optimisation level 0..5 (default: {d.opt_level})")
     t.add_argument("--timing-cache", help="timing cache file, read and updated by every build")
+    t.add_argument("--tf32", action="store_true", help="let fp32 layers use TF32 tensor cores (10-bit mantissa; off by default)")
+    t.add_argument("--build-timeout", type=float, help="stop a component's build after this many seconds (default: no limit)")
     t.add_argument("--no-cuda-graphs", action="store_true", help="run each denoising step eagerly instead of replaying a CUDA graph")
     o = p.add_argument_group("OpenVINO (--backend openvino)")
     o.add_argument("--threads", type=int, help="inference threads (default: every core)")

@@ -35,11 +35,20 @@ def files_record(paths: list[Path], root: Path) -> dict:
 
 
 def read_manifest(path: Path) -> dict | None:
-    """The manifest at ``path``, or None when missing or unreadable (→ rebuild)."""
+    """The manifest at ``path``, or None when missing or not a vidrt manifest (→ rebuild).
+
+    Raises:
+        VidrtError: the file exists but cannot be read (permissions, a folder in its
+            place): a rebuild would not fix that, and would cost gigabytes and minutes.
+    """
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except ValueError:
+        return None  # torn or foreign content: rebuilt
+    except OSError as e:
+        raise VidrtError(f"cannot read {path}: {e.strerror or e}; fix its permissions (or remove it to rebuild)") from None
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
 
 
@@ -62,6 +71,8 @@ def verify(folder: Path, manifest_name: str, key: str, full: bool = False) -> tu
         return None, "inputs changed (weights, shapes, versions or options)"
     for rel, rec in manifest.get("files", {}).items():
         path = folder / rel
+        if not inside(path, folder):
+            return None, f"its manifest lists {rel}, outside {folder}"
         if not path.is_file():
             return None, f"{rel} is missing"
         st = path.stat()
@@ -71,6 +82,15 @@ def verify(folder: Path, manifest_name: str, key: str, full: bool = False) -> tu
             if sha256_file(path) != rec["sha256"]:
                 return None, f"{rel} is corrupted (sha256 mismatch)"
     return manifest, ""
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies within ``folder``."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def refuse(component: str, folder: Path, reason: str) -> VidrtError:

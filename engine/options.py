@@ -30,6 +30,8 @@ class EngineOptions:
     workspace: int | None = None
     opt_level: int = 3
     timing_cache: str | None = None
+    tf32: bool = False
+    build_timeout: float | None = None
     component_precision: str | None = None
     no_cuda_graphs: bool = False
     # OpenVINO compile options.
@@ -42,7 +44,7 @@ class EngineOptions:
 
         shapes = ShapeRequest.from_flags(self.min, self.opt, self.max, self.static)
         return TrtOptions(shapes=shapes, optimization_level=self.opt_level, workspace_mb=self.workspace,
-                          timing_cache=self.timing_cache)
+                          timing_cache=self.timing_cache, tf32=self.tf32, build_timeout_s=self.build_timeout)
 
     def component_precisions(self) -> dict[str, str]:
         """--component-precision 'vae_decoder=fp32,image_encoder=fp16' as a dict."""
@@ -76,7 +78,7 @@ class EngineOptions:
 
         backend = get_backend(self.backend, precision=self.precision).name
         if self.uses_trt_flags() and backend != "tensorrt":
-            raise VidrtError(f"--min/--opt/--max/--workspace/--opt-level/--timing-cache are TensorRT build flags; "
+            raise VidrtError(f"--min/--opt/--max/--workspace/--opt-level/--timing-cache/--tf32/--build-timeout are TensorRT build flags; "
                              f"--backend {backend} takes none of them")
         if self.static and backend == "onnxruntime":
             raise VidrtError("--static specialises TensorRT and OpenVINO engines; --backend onnxruntime takes dynamic shapes only")
@@ -84,7 +86,8 @@ class EngineOptions:
         return {"backend_options": options, "component_precision": self.component_precisions() or None}
 
     def uses_trt_flags(self) -> bool:
-        return any((self.min, self.opt, self.max, self.workspace, self.timing_cache, self.opt_level != 3))
+        return any((self.min, self.opt, self.max, self.workspace, self.timing_cache, self.opt_level != 3, self.tf32,
+                    self.build_timeout is not None))
 
 
 @dataclasses.dataclass(frozen=True)

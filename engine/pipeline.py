@@ -209,7 +209,8 @@ class VideoPipeline:
                   latents, output_type, return_dict, progress):
         start = self._now()
         num_frames = num_frames if num_frames is not None else self.model.default_num_frames
-        decode_chunk_size = decode_chunk_size if decode_chunk_size is not None else num_frames
+        if decode_chunk_size is None:  # all frames at once, or as many as the decoder engine takes
+            decode_chunk_size = min(num_frames, self.engines["vae_decoder"].max_dims.get("N", num_frames))
         images = self._as_images(image)
         batch = len(images) if isinstance(images, list) else images.shape[0]
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt, output_type, generator)

@@ -85,6 +85,8 @@ class Profile:
 
     shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
     label: str = ""
+    # The component's dims at the profile's max corner (what its activation memory is sized by).
+    max_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def contains(self, input_shapes: Mapping[str, tuple[int, ...]]) -> bool:
         for name, (lo, _, hi) in self.shapes.items():
@@ -94,13 +96,29 @@ class Profile:
         return True
 
     def describe(self) -> dict:
-        return {"label": self.label, "shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()}}
+        return {"label": self.label, "shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()},
+                "max_dims": dict(self.max_dims)}
+
+
+# Frames per decoder call when the user names no --max: the temporal decoder's
+# activations grow fast with the chunk (~9 GiB fp16 for 8 frames at 576x1024).
+DEFAULT_DECODE_CHUNK = 8
+
+
+def _default_max(component: str, spec: ComponentSpec) -> dict[str, int]:
+    """Where a profile ends for dims the user gave no --max for: the tuned (opt) shape,
+    not the model's whole range, whose activations (64 frames at 2048 px) fit no GPU.
+    Larger requests then need an explicit --max."""
+    top = spec.corner("opt")
+    if component == "vae_decoder":
+        top["N"] = min(top["N"], DEFAULT_DECODE_CHUNK)
+    return top
 
 
 def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int) -> dict[str, dict[str, int]]:
     """min/opt/max of every dynamic dim of ``spec`` from the user's request."""
     sources = _dim_sources(component, vae_scale)
-    corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": spec.corner("max")}
+    corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": _default_max(component, spec)}
     if request.static is not None:  # dims the user cannot name (text length) sit at their opt
         corners["min"], corners["max"] = dict(corners["opt"]), dict(corners["opt"])
     for which in ("min", "opt", "max"):
@@ -113,6 +131,10 @@ def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int
                         raise VidrtError(f"{name}={user[name]} must be a multiple of {div} for {component}")
                     value //= div
                 corners[which][dim] = value
+    asked_max = _requested(request, "max", component, vae_scale)
+    for dim in spec.ranges:  # an --opt beyond the default end moves the end with it
+        if request.static is None and dim not in asked_max and dim in _requested(request, "opt", component, vae_scale):
+            corners["max"][dim] = max(corners["max"][dim], corners["opt"][dim])
     for dim, rng in spec.ranges.items():
         lo, opt, hi = corners["min"][dim], corners["opt"][dim], corners["max"][dim]
         opt = min(max(opt, lo), hi) if request.static is None and dim not in _requested(request, "opt", component, vae_scale) else opt
@@ -152,10 +174,10 @@ def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, 
         # The description's batch range counts UNet rows (2 per guided video); the
         # user's batch counts videos, so unrequested defaults are halved.
         if "batch" not in request.max:
-            corners["max"]["B"] = max(corners["min"]["B"], spec.ranges["B"].max // 2)
+            corners["max"]["B"] = max(corners["min"]["B"], corners["max"]["B"] // 2)
         if "batch" not in request.opt:
             corners["opt"]["B"] = min(max(corners["min"]["B"], spec.opt.get("B", 2) // 2), corners["max"]["B"])
-    if component == "vae_decoder":
+    if component == "vae_decoder" and "frames" in (request.static or request.max):
         videos = (request.static or request.max).get("batch", 1)
         rng = spec.ranges["N"]
         corners["max"]["N"] = min(rng.max, corners["max"]["N"] * videos)
@@ -172,7 +194,7 @@ def _profile(spec: ComponentSpec, corners, label) -> Profile:
     shapes = {}
     for t in spec.inputs:
         shapes[t.name] = tuple(spec.shape_of(t, corners[w]) for w in ("min", "opt", "max"))
-    return Profile(shapes, label)
+    return Profile(shapes, label, dict(corners["max"]))
 
 
 def select_profile(profiles: list[Profile], input_shapes: Mapping[str, tuple[int, ...]], component: str) -> int:
@@ -201,17 +223,26 @@ class TrtOptions:
     workspace_mb: int | None = None
     timing_cache: str | None = None
     cfg_profiles: bool = True
+    tf32: bool = False  # fp32 layers on TF32 tensor cores (10-bit mantissa): only when asked
+    build_timeout_s: float | None = None  # a build still running then is stopped
 
     def __post_init__(self):
         if not 0 <= self.optimization_level <= 5:
             raise VidrtError(f"--opt-level {self.optimization_level}: TensorRT takes 0..5")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise VidrtError(f"--workspace {self.workspace_mb}: give a size in MiB, at least 1")
+        if self.build_timeout_s is not None and not self.build_timeout_s > 0:
+            raise VidrtError(f"--build-timeout {self.build_timeout_s}: give seconds, more than 0")
 
     def describe(self) -> dict:
         # The timing cache speeds builds up but does not change what is built.
         return {"shapes": self.shapes.describe(), "optimization_level": self.optimization_level,
-                "workspace_mb": self.workspace_mb, "cfg_profiles": self.cfg_profiles}
+                "workspace_mb": self.workspace_mb, "cfg_profiles": self.cfg_profiles, "tf32": self.tf32}
+
+    def folder_suffix(self) -> str:
+        """Short hash of what changes the plan: engines built with other shape ranges or
+        settings live in their own folder, so switching never rebuilds one in place."""
+        return sha256_json(self.describe())[:10]
 
 
 def builder_settings(precision: str, options: TrtOptions, profiles: list[Profile]) -> dict:
@@ -221,6 +252,8 @@ def builder_settings(precision: str, options: TrtOptions, profiles: list[Profile
     return {
         "precision": precision,
         "flags": list(PRECISION_FLAGS[precision]),
+        # TensorRT turns TF32 on by default; vidrt keeps fp32 math fp32 unless --tf32.
+        "tf32": options.tf32,
         "strongly_typed": precision in STRONGLY_TYPED,
         "optimization_level": options.optimization_level,
         "workspace_bytes": options.workspace_mb * 2**20 if options.workspace_mb else None,
@@ -229,10 +262,36 @@ def builder_settings(precision: str, options: TrtOptions, profiles: list[Profile
     }
 
 
-def plan_key(onnx_files: Mapping, settings: dict, tensorrt_version: str, device: Mapping) -> str:
-    """Cache key of a plan: what it was built from, how, with which TensorRT, for which GPU."""
-    return sha256_json({"onnx": onnx_files, "settings": settings, "tensorrt": tensorrt_version,
-                        "compute_capability": device.get("compute_capability")})
+# Lowest compute capability whose tensor cores run each precision (bf16: Ampere, 8.0;
+# fp8: Ada/Hopper, 8.9). TensorRT would otherwise fail deep inside a build, or fall back.
+MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9)}
+
+
+def check_device_precision(precision: str, compute_capability: str, gpu: str = "this GPU") -> None:
+    """Raises VidrtError when the GPU cannot run ``precision`` natively."""
+    need = MIN_COMPUTE_CAPABILITY.get(precision)
+    have = tuple(int(x) for x in compute_capability.split(".")[:2])
+    if need and have < need:
+        fallback = "fp16" if precision == "bf16" else "int8 or fp16"
+        raise VidrtError(f"--precision {precision} needs compute capability {need[0]}.{need[1]} or newer; "
+                         f"{gpu} is {compute_capability}: use --precision {fallback}")
+
+
+def check_profile_memory(component: str, profile: "Profile", activation_bytes: int, weight_bytes: int,
+                         device_bytes: int) -> str:
+    """One line saying what a profile needs on the GPU (printed before building).
+
+    Raises:
+        VidrtError: activations at the profile's largest shape plus the weights exceed the
+            GPU's memory; names the shape and how to shrink it.
+    """
+    dims = ",".join(f"{DIM_WORDS.get(k, k)}={v}" for k, v in profile.max_dims.items())
+    line = (f"{component} profile '{profile.label}': up to {dims}: ~{activation_bytes / 2**30:.1f} GiB of activations "
+            f"+ {weight_bytes / 2**30:.1f} GiB of weights (estimate; GPU has {device_bytes / 2**30:.1f} GiB)")
+    if activation_bytes + weight_bytes > device_bytes:
+        raise VidrtError(f"{line}: does not fit; lower --max (frames, height, width or batch), "
+                         "or --static for one shape")
+    return line
 
 
 def check_plan_compatible(manifest: Mapping, tensorrt_version: str, device: Mapping) -> str | None:

@@ -8,6 +8,7 @@ mantissa, so frames move by ~1e-2; bounded at 5% relative L2 against vidrt fp32
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -58,41 +59,36 @@ def test_bf16_against_fp32(ov_dir):
     assert 0 < err <= 0.05
 
 
-def test_int8_unet_against_fp32(ov_dir):
+@pytest.fixture(scope="module")
+def int8_pipe(ov_dir):
+    """INT8 UNet and INT8 decoder (the rest bf16), calibrated once for the module."""
     from vidrt.export.quantize import QuantConfig
 
     pytest.importorskip("modelopt.torch.quantization")
-    pipe = ov_pipe(ov_dir, "int8", quant=QuantConfig(format="int8", calib_steps=3, calib_frames=3))
-    assert pipe.builds["unet"].artifact_dir.name == "openvino-int8"
-    manifest = json.loads((pipe.builds["unet"].artifact_dir / "manifest.json").read_text())
-    assert manifest["onnx"] == "../onnx-int8-video-layout/model.onnx"  # the graph OpenVINO runs, quantized
-    assert pipe.builds["vae_decoder"].artifact_dir.name == "openvino-bf16"  # companions run bf16
-    q = pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
-    f = ov_pipe(ov_dir, "fp32")(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
-    err = np.abs(q - f)
-    print(f"openvino int8 vs fp32 frames: mean abs {err.mean():.4f}, max abs {err.max():.4f}")
-    assert err.mean() < 0.05  # a broken UNet moves frames by ~0.1 or more
-
-
-def test_int8_decoder_runs_integer_convolutions(ov_dir):
-    """--component-precision vae_decoder=int8: the video-layout decoder, quantized, runs
-    its frame convolutions on OpenVINO's integer kernels; frames stay close to fp32."""
-    import openvino as ov
-
-    from vidrt.export.quantize import QuantConfig
-
-    pytest.importorskip("modelopt.torch.quantization")
-    pipe = ov_pipe(ov_dir, "int8", quant=QuantConfig(format="int8", calib_steps=3, calib_frames=3),
+    return ov_pipe(ov_dir, "int8", quant=QuantConfig(format="int8", calib_steps=3, calib_frames=3),
                    component_precision={"vae_decoder": "int8"})
-    artifact = pipe.builds["vae_decoder"].artifact_dir
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    assert artifact.name == "openvino-int8" and manifest["onnx"] == "../onnx-int8-video-layout/model.onnx"
-    assert not pipe.builds["unet"].built  # the INT8 UNet of the test above is reused
-    q = pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
+
+
+def test_int8_engines_against_fp32(ov_dir, int8_pipe):
+    for c in ("unet", "vae_decoder"):  # the graphs OpenVINO runs, quantized
+        artifact = int8_pipe.builds[c].artifact_dir
+        assert artifact.name == "openvino-int8"
+        assert json.loads((artifact / "manifest.json").read_text())["onnx"] == "../onnx-int8-video-layout/model.onnx"
+    assert int8_pipe.builds["image_encoder"].artifact_dir.name == "openvino-bf16"  # companions run bf16
+    q = int8_pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
     f = ov_pipe(ov_dir, "fp32")(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW).frames
     err = np.abs(q - f)
     print(f"openvino int8 UNet + int8 decoder vs fp32 frames: mean abs {err.mean():.4f}, max abs {err.max():.4f}")
-    assert err.mean() < 0.05
+    assert err.mean() < 0.05  # a broken UNet or decoder moves frames by ~0.1 or more
+
+
+def test_int8_decoder_runs_integer_convolutions(int8_pipe):
+    """The video-layout decoder, quantized, runs its frame convolutions on OpenVINO's
+    integer kernels."""
+    import openvino as ov
+
+    artifact = int8_pipe.builds["vae_decoder"].artifact_dir
+    manifest = json.loads((artifact / "manifest.json").read_text())
     core = ov.Core()
     model = core.read_model(str((artifact / manifest["onnx"]).resolve()))
     request = core.compile_model(model, "CPU", {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": "bf16"}).create_infer_request()
@@ -151,3 +147,72 @@ def test_auto_picks_openvino_on_a_cpu_and_says_so(capsys, monkeypatch):
         assert f"backend auto -> openvino (no CUDA GPU; OpenVINO is the fastest CPU backend for {precision})" in capsys.readouterr().out
     monkeypatch.setattr(OpenVinoBackend, "unavailable_reason", classmethod(lambda cls: "openvino is not installed"))
     assert get_backend("auto", precision="fp32").name == "onnxruntime"
+
+
+def artifact_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "openvino" in str(p))
+
+
+@pytest.mark.parametrize("static", [None, {"batch": 1, "frames": 3, "height": 32, "width": 48}], ids=["dynamic", "static"])
+def test_loading_uses_what_the_build_left_and_writes_nothing(ov_dir, tmp_path, static):
+    from vidrt.backends.openvino import OvOptions
+
+    path = tmp_path / "engines"
+    shutil.copytree(ov_dir, path)
+    options = OvOptions(static=static) if static else None
+    ov_pipe(path, "bf16", backend_options=options)  # builds what is missing
+    built = artifact_files(path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pipe = ov_pipe(path, "bf16", backend_options=options, build=False)
+    assert not [str(w.message) for w in seen if "compiled" in str(w.message)]
+    assert all(b.reason == "reused" for b in pipe.builds.values())
+    pipe(make_image(), generator=torch.Generator().manual_seed(0), output_type="np", **KW)
+    assert artifact_files(path) == built  # no blob OpenVINO wrote at load or first inference
+
+
+def test_a_manifest_pointing_outside_the_engine_folder_is_refused(ov_dir, tmp_path):
+    from vidrt.errors import VidrtError
+
+    path = tmp_path / "engines"
+    shutil.copytree(ov_dir, path)
+    ov_pipe(path, "fp32")
+    manifest_path = path / "vae_encoder" / "openvino-fp32" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    outside = tmp_path / "evil"
+    shutil.copytree(path / "vae_encoder" / "onnx", outside)  # a graph with the same hashes, outside the folder
+    manifest["onnx"] = str(outside / "model.onnx")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(VidrtError, match="not this engine folder's export"):
+        ov_pipe(path, "fp32", build=False)
+
+
+def test_an_unreadable_manifest_is_an_error_not_a_rebuild(ov_dir, tmp_path):
+    from vidrt.errors import VidrtError
+
+    path = tmp_path / "engines"
+    shutil.copytree(ov_dir, path)
+    ov_pipe(path, "fp32")
+    manifest = path / "unet" / "openvino-fp32" / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()  # reading it raises IsADirectoryError, as a permission problem would raise PermissionError
+    with pytest.raises(VidrtError, match="cannot read .*manifest.json"):
+        ov_pipe(path, "fp32")
+
+
+def test_a_build_that_wrote_no_blob_is_refused(ov_dir, tmp_path, monkeypatch):
+    from vidrt.backends.openvino import OpenVinoBackend
+    from vidrt.errors import VidrtError
+
+    path = tmp_path / "engines"
+    shutil.copytree(ov_dir, path)
+    shutil.rmtree(path / "vae_encoder" / "openvino-fp32", ignore_errors=True)
+    real = OpenVinoBackend._config.__func__
+
+    def without_cache(cls, precision, options, cache_dir):  # as if OpenVINO had silently not cached
+        return {k: v for k, v in real(cls, precision, options, cache_dir).items() if k != "CACHE_DIR"}
+
+    monkeypatch.setattr(OpenVinoBackend, "_config", classmethod(without_cache))
+    with pytest.raises(VidrtError, match="wrote no cached blob"):
+        ov_pipe(path, "fp32")
+    assert not (path / "vae_encoder" / "openvino-fp32").exists()

@@ -11,7 +11,6 @@ from vidrt.trt_plan import (
     builder_settings,
     check_plan_compatible,
     derive_profiles,
-    plan_key,
     select_profile,
     shared_device_memory,
     tensor_bytes,
@@ -57,13 +56,72 @@ def test_static_shape_is_one_point(svd_xt):
     assert d.shapes["latents"][2] == (14, 4, 72, 128)
 
 
-def test_defaults_come_from_the_component_description(svd_xt):
+def test_defaults_end_at_the_tuned_shape_not_the_whole_range(svd_xt):
+    # The model's whole range (16 rows x 64 frames x 256x256 latents) needs tens of GB of
+    # activations; by default a profile ends at the description's opt point (one video,
+    # the model's frames and size), and larger requests need an explicit --max.
     spec = svd_xt.specs()["unet"]
-    _, plain = derive_profiles("unet", spec, ShapeRequest(), svd_xt.vae_scale_factor)
+    cfg, plain = derive_profiles("unet", spec, ShapeRequest(), svd_xt.vae_scale_factor)
     lo, opt, hi = plain.shapes["sample"]
-    # Batch counts videos: the guided profile doubles it up to the description's 16 rows.
-    assert lo == (1, 1, 8, 8, 8) and hi == (spec.ranges["B"].max // 2, 64, 8, 256, 256)
-    assert opt == (1, 25, 8, 96, 96)  # the description's opt point (svd-xt default size)
+    assert lo == (1, 1, 8, 8, 8) and opt == hi == (1, 25, 8, 96, 96)
+    assert cfg.shapes["sample"][2] == (2, 25, 8, 96, 96) and cfg.max_dims == {"B": 2, "F": 25, "h": 96, "w": 96}
+    (dec,) = derive_profiles("vae_decoder", svd_xt.specs()["vae_decoder"], ShapeRequest(), svd_xt.vae_scale_factor)
+    assert dec.shapes["latents"][2] == (8, 4, 96, 96)  # decoded 8 frames per call
+    # An --opt past the default end moves the end with it; --max sets it.
+    (_, wide) = derive_profiles("unet", spec, ShapeRequest.from_flags(opt="frames=40"), svd_xt.vae_scale_factor)
+    assert wide.shapes["sample"][2][1] == 40
+    (_, big) = derive_profiles("unet", spec, ShapeRequest.from_flags(max="batch=2,frames=64"), svd_xt.vae_scale_factor)
+    assert big.shapes["sample"][2][:2] == (2, 64)
+
+
+def test_profile_memory_is_estimated_and_refused_when_it_cannot_fit(svd_xt):
+    from vidrt.export.memory_estimate import activation_peak_bytes
+    from vidrt.trt_plan import check_profile_memory
+
+    spec = svd_xt.specs()["unet"]
+    cfg, _ = derive_profiles("unet", spec, ShapeRequest(), svd_xt.vae_scale_factor)
+    need = activation_peak_bytes(svd_xt, "unet", dict(cfg.max_dims), "fp16")
+    # Activations of one guided 25-frame 768x768 video in fp16: a few GiB, well under 24.
+    assert 1 << 30 < need < 12 << 30
+    assert activation_peak_bytes(svd_xt, "unet", dict(cfg.max_dims), "fp32") == pytest.approx(2 * need, rel=1e-6)
+    line = check_profile_memory("unet", cfg, need, 3 << 30, 24 << 30)
+    assert "unet profile 'cfg': up to batch=2,num_frames=25" in line and "GiB of activations" in line
+    (_, huge) = derive_profiles("unet", spec, ShapeRequest.from_flags(max="batch=8,frames=64,height=2048,width=2048"),
+                                svd_xt.vae_scale_factor)
+    big = activation_peak_bytes(svd_xt, "unet", dict(huge.max_dims), "fp16")
+    with pytest.raises(VidrtError, match="does not fit; lower --max"):
+        check_profile_memory("unet", huge, big, 3 << 30, 24 << 30)
+
+
+def test_precisions_the_gpu_cannot_run_are_refused():
+    from vidrt.trt_plan import check_device_precision
+
+    check_device_precision("fp8", "8.9")
+    check_device_precision("bf16", "8.0")
+    check_device_precision("fp16", "7.5")
+    with pytest.raises(VidrtError, match=r"--precision fp8 needs compute capability 8.9 .* is 8.6: use --precision int8"):
+        check_device_precision("fp8", "8.6", "A10")
+    with pytest.raises(VidrtError, match=r"--precision bf16 needs compute capability 8.0 .*T4 is 7.5: use --precision fp16"):
+        check_device_precision("bf16", "7.5", "T4")
+
+
+def test_other_shape_ranges_build_into_their_own_folder():
+    from vidrt.backends.tensorrt import TensorRTBackend
+
+    a = TensorRTBackend.artifact_name("fp16", TrtOptions())
+    b = TensorRTBackend.artifact_name("fp16", TrtOptions(shapes=ShapeRequest.from_flags(max="frames=40")))
+    assert a.startswith("tensorrt-fp16-") and b.startswith("tensorrt-fp16-") and a != b
+    assert a == TensorRTBackend.artifact_name("fp16", TrtOptions(timing_cache="/x"))  # a cache changes no plan
+
+
+def test_fp16_vae_encoder_is_upcast_where_the_vae_asks():
+    from vidrt.build import component_precisions
+
+    assert component_precisions("fp16", "fp16", force_upcast=True)["vae_encoder"] == "fp32"
+    assert component_precisions("int8", "fp16", force_upcast=True)["vae_encoder"] == "fp32"
+    assert component_precisions("fp16", "fp16", force_upcast=False)["vae_encoder"] == "fp16"
+    assert component_precisions("bf16", "bf16", force_upcast=True)["vae_encoder"] == "bf16"  # diffusers upcasts fp16 only
+    assert component_precisions("fp16", "fp16", {"vae_encoder": "fp16"}, force_upcast=True)["vae_encoder"] == "fp16"
 
 
 @pytest.mark.parametrize(
@@ -99,12 +157,7 @@ def test_settings_and_key(svd_xt):
     assert s16["flags"] == ["FP16"] and not s16["strongly_typed"] and s16["engine_host_code_allowed"] is False
     s8 = builder_settings("int8", TrtOptions(workspace_mb=512), profiles)
     assert s8["flags"] == [] and s8["strongly_typed"] and s8["workspace_bytes"] == 512 * 2**20
-    dev = {"name": "L4", "compute_capability": "8.9"}
-    base = plan_key({"model.onnx": "a"}, s16, "10.15.1", dev)
-    assert base == plan_key({"model.onnx": "a"}, s16, "10.15.1", dev)
-    assert base != plan_key({"model.onnx": "b"}, s16, "10.15.1", dev)
-    assert base != plan_key({"model.onnx": "a"}, s16, "10.16.0", dev)
-    assert base != plan_key({"model.onnx": "a"}, s16, "10.15.1", dict(dev, compute_capability="9.0"))
+    assert s16["tf32"] is False and builder_settings("fp32", TrtOptions(tf32=True), profiles)["tf32"] is True
     # The timing cache path does not change the plan, so not the key.
     assert TrtOptions(timing_cache="/x").describe() == TrtOptions().describe()
     with pytest.raises(VidrtError, match="TensorRT takes 0..5"):

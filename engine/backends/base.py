@@ -8,7 +8,6 @@ here, once.
 from __future__ import annotations
 
 import abc
-import time
 from pathlib import Path
 from typing import Mapping
 
@@ -32,7 +31,6 @@ class Engine(abc.ABC):
     def __init__(self, spec: ComponentSpec):
         self.spec = spec
         self._buffers = BoundedCache()  # output tensors per input shape
-        self.last_seconds = 0.0
 
     def __call__(self, out: Mapping[str, torch.Tensor] | None = None, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         dims = self.spec.bind({k: tuple(v.shape) for k, v in feeds.items()})
@@ -43,9 +41,7 @@ class Engine(abc.ABC):
                 raise VidrtError(f"{self.spec.name}: input '{t.name}' is {feeds[t.name].dtype}, this engine takes {t.dtype}")
         feeds = {k: v if v.is_contiguous() else v.contiguous() for k, v in feeds.items()}
         outputs = self._outputs(dims, feeds, out)
-        start = time.perf_counter()
         self._run(feeds, outputs)
-        self.last_seconds = time.perf_counter() - start
         return outputs
 
     def _outputs(self, dims, feeds, out) -> dict[str, torch.Tensor]:
@@ -61,6 +57,12 @@ class Engine(abc.ABC):
         return self._buffers.get_or_make(
             key, lambda: {n: torch.empty(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
         )
+
+    @property
+    def max_dims(self) -> dict[str, int]:
+        """Largest value of each dim this engine takes, where it is narrower than the
+        component's declared range (TensorRT profiles); empty when it takes the whole range."""
+        return {}
 
     @abc.abstractmethod
     def _run(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
@@ -121,6 +123,12 @@ class Backend(abc.ABC):
         """
 
     @classmethod
+    def shared_state(cls):
+        """What the engines of one pipeline share when loaded together (TensorRT: its
+        activation block), or None."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
-    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str) -> Engine:
-        """Loads a built artifact as an Engine."""
+    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str, shared=None) -> Engine:
+        """Loads a built artifact as an Engine (``shared``: from ``shared_state``)."""

@@ -98,7 +98,7 @@ class OnnxRuntimeBackend(Backend):
         return [out_dir / ARTIFACT] + ([out_dir / ARTIFACT_DATA] if external else []), {}
 
     @classmethod
-    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str) -> Engine:
+    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str, shared=None) -> Engine:
         ort = _ort()
         opts = cls._options(ort)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,21 +147,64 @@ class OpenVinoBackend(Backend):
         except RuntimeError as e:
             raise VidrtError(f"OpenVINO could not compile {spec.name}: {str(e).splitlines()[0]}") from e
         files = sorted(p for p in cache.iterdir() if p.is_file())
+        if not any(p.suffix == ".blob" for p in files):
+            raise VidrtError(f"OpenVINO compiled {spec.name} but wrote no cached blob to {cache}; loading would compile "
+                             "again every time (is the disk full?)")
         extras = {"onnx": os.path.relpath(onnx_path, out_dir), "openvino_config": cls._config(precision, options, Path(CACHE)),
                   "static_shapes": shapes}
         return files, extras
 
     @classmethod
-    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str) -> Engine:
+    def load(cls, artifact_dir: Path, spec: ComponentSpec, precision: str, shared=None) -> Engine:
         manifest = json.loads((artifact_dir / "manifest.json").read_text())
         options = OvOptions(**manifest["options"])
-        core, ov_model = cls._read((artifact_dir / manifest["onnx"]).resolve(), manifest.get("static_shapes"))
+        onnx = _verified_graph(artifact_dir, manifest)
+        cache = artifact_dir / CACHE
+        before = _blobs(cache)
         try:
-            compiled = core.compile_model(ov_model, "CPU", cls._config(precision, options, artifact_dir / CACHE))
+            core, ov_model = cls._read(onnx, manifest.get("static_shapes"))
+            compiled = core.compile_model(ov_model, "CPU", cls._config(precision, options, cache))
         except RuntimeError as e:
             raise VidrtError(f"OpenVINO could not load {spec.name} from {artifact_dir}: {str(e).splitlines()[0]}; "
                              "rebuild it with build-engines") from e
+        written = _blobs(cache) - before
+        if written:
+            # OpenVINO compiled again instead of reading the build's blob. The engine works,
+            # but the artifact stays as built (and as its manifest lists): drop the new files.
+            for name in written:
+                (cache / name).unlink(missing_ok=True)
+            warnings.warn(f"vidrt: OpenVINO compiled {spec.name} again at load instead of reading the blob "
+                          f"build-engines left in {cache}; loads will stay slow until it is rebuilt", stacklevel=2)
         return OvEngine(spec, compiled, manifest.get("static_shapes"))
+
+
+def _blobs(cache: Path) -> set[str]:
+    return {p.name for p in cache.iterdir()} if cache.is_dir() else set()
+
+
+def _verified_graph(artifact_dir: Path, manifest: dict) -> Path:
+    """The ONNX graph an artifact was built from, if it is the engine folder's own export:
+    inside the component's folder, unchanged since export, with the hash the build recorded.
+
+    Raises:
+        VidrtError: the manifest points elsewhere, or the graph changed.
+    """
+    from ..manifest import EXPORT_MANIFEST, inside, read_manifest
+
+    component_dir = artifact_dir.parent
+    onnx = (artifact_dir / str(manifest.get("onnx", ""))).resolve()
+    export = read_manifest(onnx.parent / EXPORT_MANIFEST) if inside(onnx, component_dir) else None
+    record = (export or {}).get("files", {}).get(onnx.name)
+    expected = (manifest.get("onnx_sha256") or {}).get(onnx.name)
+    if record is None or expected is None or record["sha256"] != expected:
+        raise VidrtError(f"{artifact_dir}: its manifest names a graph ({manifest.get('onnx')}) that is not this engine "
+                         "folder's export; rebuild with build-engines")
+    for rel, rec in export["files"].items():  # the graph and its external weights
+        path = onnx.parent / rel
+        st = path.stat() if path.is_file() and inside(path, onnx.parent) else None
+        if st is None or st.st_size != rec["size"] or st.st_mtime_ns != rec["mtime_ns"]:
+            raise VidrtError(f"{path} changed since export; rebuild with build-engines")
+    return onnx
 
 
 def static_shapes(spec: ComponentSpec, static: dict, model) -> dict[str, list[int]]:

@@ -21,15 +21,20 @@ from ..fsutil import atomic_write_text
 LOG_FILE = "build.log"
 
 
-def _make_logger(trt, lines: list[str]):
-    class CapturingLogger(trt.ILogger):
-        """Keeps every message (for the build log) and warnings and errors for failures."""
+def _make_logger(trt, lines: list[str], keep: str = "INFO"):
+    """A logger keeping messages up to severity ``keep`` (INFO: not TensorRT's
+    per-tactic VERBOSE flood) for the build log."""
+    order = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+    limit = order.index(keep)
 
+    class CapturingLogger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
 
         def log(self, severity, msg):
-            lines.append(f"[{str(severity).rsplit('.', 1)[-1]}] {msg}")
+            name = str(severity).rsplit(".", 1)[-1]
+            if name in order and order.index(name) <= limit:
+                lines.append(f"[{name}] {msg}")
 
     return CapturingLogger()
 
@@ -69,6 +74,8 @@ def build_plan(onnx_path: str, plan_path: str, settings: dict, timing_cache: str
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     for flag in settings["flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if not settings.get("tf32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
     for p in settings["profiles"]:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in p["shapes"].items():
@@ -78,7 +85,9 @@ def build_plan(onnx_path: str, plan_path: str, settings: dict, timing_cache: str
     if timing_cache:
         data = Path(timing_cache).read_bytes() if os.path.exists(timing_cache) else b""
         cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise RuntimeError(f"TensorRT refused the timing cache {timing_cache} (made by another TensorRT or GPU?); "
+                               "delete it or pass another --timing-cache")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError("TensorRT could not build the engine: " + " | ".join(l for l in lines if "ERROR" in l)[-2000:])
@@ -100,6 +109,15 @@ def _write_timing_cache(cache, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _stop(proc) -> None:
+    """Terminates the builder child, killing it if it ignores SIGTERM."""
+    proc.terminate()
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
 def _child(onnx_path, plan_path, settings, timing_cache, queue) -> None:
     try:
         queue.put(("ok", build_plan(onnx_path, plan_path, settings, timing_cache)))
@@ -108,23 +126,35 @@ def _child(onnx_path, plan_path, settings, timing_cache, queue) -> None:
 
 
 def build_in_child(onnx_path: Path, out_dir: Path, plan_name: str, settings: dict, timing_cache: str | None,
-                   component: str) -> dict:
+                   component: str, timeout_s: float | None = None) -> dict:
     """Runs ``build_plan`` in a fresh process; writes the build log beside the plan.
 
+    The child is stopped when ``timeout_s`` passes, and on Ctrl-C or SIGTERM of this
+    process (which then re-raises): no orphaned builder keeps the GPU busy.
+
     Raises:
-        VidrtError: build failed or the child died; the message carries TensorRT's words.
+        VidrtError: build failed, timed out or the child died; the message carries TensorRT's words.
     """
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(str(onnx_path), str(out_dir / plan_name), settings, timing_cache, queue))
     proc.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     result = None
-    while proc.is_alive() or not queue.empty():
-        try:
-            result = queue.get(timeout=1.0)
-            break
-        except Exception:  # queue.Empty: keep waiting while the child lives
-            continue
+    try:
+        while proc.is_alive() or not queue.empty():
+            if deadline is not None and time.monotonic() > deadline:
+                _stop(proc)
+                raise VidrtError(f"TensorRT build of {component} did not finish in {timeout_s:.0f} s and was stopped; "
+                                 "raise --build-timeout, or lower --opt-level or --max")
+            try:
+                result = queue.get(timeout=0.5)
+                break
+            except Exception:  # queue.Empty: keep waiting while the child lives
+                continue
+    except BaseException:
+        _stop(proc)
+        raise
     proc.join()
     if result is None:
         raise VidrtError(
