@@ -155,6 +155,9 @@ def _check_values(cfg) -> None:
     import math
 
     from .pipeline import check_request
+    from .sources import check_weight_paths
+
+    check_weight_paths(cfg.unet_weights, cfg.motion_adapter)
 
     if not 0 <= cfg.seed < 2**63:
         raise VidrtError(f"--seed {cfg.seed}: take a whole number in 0..2**63-1")
@@ -206,7 +209,14 @@ def cmd_build_engines(args) -> int:
     from .sources import resolve_model
 
     cfg = _config(BuildConfig, args)
+    from .sources import check_weight_paths
+
+    check_weight_paths(cfg.unet_weights, cfg.motion_adapter)
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
+    if cfg.unet_weights:
+        from .sources import check_unet_weights
+
+        check_unet_weights(model, cfg.unet_weights)
     backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)

@@ -64,16 +64,14 @@ def load_motion_adapter(path: str | Path, block_out_channels):
     state = _load_state(path)
     if any(".temporal_transformer." in k or ".attention_blocks." in k for k in state):
         state = convert_animatediff_checkpoint_to_diffusers(state)
+    from .sources import load_state_checked
+
     adapter = MotionAdapter(**adapter_config(path, block_out_channels))
-    result = adapter.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
     # Positional encodings are sinusoidal buffers diffusers recomputes; all else must match.
-    missing = [k for k in result.missing_keys if not k.endswith("pos_embed.pe")]
-    if missing or result.unexpected_keys:
-        raise VidrtError(
-            f"--motion-adapter {path} does not fit a motion adapter for UNet channels {list(block_out_channels)}: "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(result.unexpected_keys)} unexpected "
-            f"(e.g. {result.unexpected_keys[:2]})"
-        )
+    load_state_checked(adapter, {k: v.to(torch.float32) for k, v in state.items()},
+                       f"--motion-adapter {path} (for UNet channels {list(block_out_channels)})",
+                       "pass an AnimateDiff motion adapter made for this Stable Diffusion UNet",
+                       may_miss=lambda k: k.endswith("pos_embed.pe"))
     return adapter.eval()
 
 

@@ -25,7 +25,7 @@ from .errors import VidrtError
 from .imageops import clip_pixel_values
 from .loop import Conditioning, LoopState, denoise
 from .samplers import check_sampler, draw_noise, make_sampler
-from .sources import resolve_model
+from .sources import check_unet_weights, check_weight_paths, resolve_model
 from .svd import SvdModel
 from .video_io import to_rgb
 
@@ -128,7 +128,10 @@ class VideoPipeline:
         Raises:
             VidrtError: any problem with the model, the engines or the options.
         """
+        check_weight_paths(unet_weights, motion_adapter)
         m = resolve_model(str(model), seed=seed, progress=progress, motion_adapter=motion_adapter)
+        if unet_weights:
+            check_unet_weights(m, unet_weights)
         check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         backend_cls = get_backend(backend, announce=progress and backend == "auto", precision=precision)

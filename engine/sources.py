@@ -54,6 +54,14 @@ def resolve_model(model: str, seed: int = DEFAULT_SEED, progress: bool = True, m
     return read_model(download_from_hub(model, progress), motion_adapter)
 
 
+def check_weight_paths(unet_weights=None, motion_adapter=None) -> None:
+    """Refuses --unet-weights / --motion-adapter paths that do not exist, before any model work."""
+    if unet_weights is not None and not Path(unet_weights).expanduser().is_file():
+        raise VidrtError(f"--unet-weights {unet_weights}: file not found; pass a .safetensors UNet state dict")
+    if motion_adapter is not None and not Path(motion_adapter).expanduser().exists():
+        raise VidrtError(f"--motion-adapter {motion_adapter}: no such file or folder")
+
+
 def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
     """Saves a random-weight preset once under the cache dir; returns its folder."""
     folder = settings.cache_dir() / "presets" / f"{name}-seed{seed}"
@@ -88,19 +96,18 @@ def download_from_hub(repo_id: str, progress: bool = True) -> Path:
         "download it on a connected machine (huggingface-cli download) and pass the folder, "
         "or use an offline preset: " + ", ".join(ALL_PRESETS)
     )
-    if settings.hub_offline():
-        raise VidrtError(f"--model {repo_id}: HF_HUB_OFFLINE is set, so the hub cannot be reached; {hint}")
+    patterns = dict(allow_patterns=["*.json", "*.txt", "*.safetensors"],
+                    ignore_patterns=["*.fp16.safetensors", "svd*.safetensors"])
+    if settings.hub_offline():  # the local hub cache only, as huggingface_hub itself does offline
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True, **patterns))
+        except Exception:  # not (completely) in the cache
+            raise VidrtError(f"--model {repo_id}: HF_HUB_OFFLINE is set and the model is not in the local hub "
+                             f"cache; {hint}") from None
     if progress:
         print(f"vidrt: downloading {repo_id} from the Hugging Face hub", flush=True)
     try:
-        return Path(
-            snapshot_download(
-                repo_id,
-                allow_patterns=["*.json", "*.txt", "*.safetensors"],
-                ignore_patterns=["*.fp16.safetensors", "svd*.safetensors"],
-                etag_timeout=10,
-            )
-        )
+        return Path(snapshot_download(repo_id, etag_timeout=10, **patterns))
     except Exception as e:  # every hub failure (network, auth, missing repo) becomes one line
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise VidrtError(f"--model {repo_id}: could not download from the Hugging Face hub ({reason}); {hint}") from None
@@ -220,10 +227,68 @@ def load_unet_weights(unet, path: str | Path) -> None:
         state = load_file(str(path))
     except Exception as e:
         raise VidrtError(f"--unet-weights {path}: not a readable safetensors file ({e})") from None
-    result = unet.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    load_state_checked(unet, state, f"--unet-weights {path}", "pass the UNet state dict of the same architecture")
+
+
+def check_unet_weights(model, path: str | Path) -> None:
+    """Compares a --unet-weights file's tensor names and shapes (its header only) with the
+    model's UNet built from its config on the meta device: a mismatch is refused in a
+    second, not after minutes of exporting the other components.
+
+    Raises:
+        VidrtError: unreadable file, or names or shapes that do not match.
+    """
+    import importlib
+
+    import torch
+    from safetensors import safe_open
+
+    lib, name, _ = _TORCH_CLASSES[model.kind]["unet"]
+    if getattr(model, "motion_adapter_path", None) is not None:
+        return  # assembled at load time; checked when loaded
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # a damaged or foreign file
+        raise VidrtError(f"--unet-weights {path}: not a readable safetensors file ({type(e).__name__})") from None
+    with torch.device("meta"):
+        cls = getattr(importlib.import_module(lib), name)
+        own = {k: list(v.shape) for k, v in cls.from_config({k: v for k, v in model.unet.items()
+                                                              if not k.startswith("_")}).state_dict().items()}
+    fix = "pass the UNet state dict of the same architecture"
+    wrong = [k for k in shapes if k in own and shapes[k] != own[k]]
+    if wrong:
+        k = wrong[0]
+        raise VidrtError(f"--unet-weights {path} does not match: {len(wrong)} tensors of another shape "
+                         f"(e.g. {k}: {shapes[k]}, the model's is {own[k]}); {fix}")
+    missing, unexpected = sorted(set(own) - set(shapes)), sorted(set(shapes) - set(own))
+    if missing or unexpected:
+        raise VidrtError(f"--unet-weights {path} does not match: {len(missing)} missing keys (e.g. {missing[:2]}), "
+                         f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]}); {fix}")
+
+
+def load_state_checked(module, state: dict, what: str, fix: str, may_miss=lambda key: False) -> None:
+    """Loads ``state`` into ``module``: every key present with its shape and finite values.
+
+    Raises:
+        VidrtError: missing or unexpected keys, a tensor of another shape, or NaN/Inf weights.
+    """
+    import torch
+
+    own = module.state_dict()
+    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise VidrtError(f"{what} does not match: {len(wrong)} tensors of another shape (e.g. {k}: {list(got)}, "
+                         f"the model's is {list(want)}); {fix}")
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise VidrtError(f"{what} holds NaN or Inf values ({len(bad)} tensors, e.g. {bad[0]}); the file is damaged, "
+                         "re-download or re-export it")
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not may_miss(k)]
+    if missing or result.unexpected_keys:
         raise VidrtError(
-            f"--unet-weights {path} does not match this UNet: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected keys "
-            f"(e.g. {result.unexpected_keys[:2]}); pass the UNet state dict of the same architecture"
+            f"{what} does not match: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]}); {fix}"
         )

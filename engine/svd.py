@@ -203,6 +203,9 @@ def _read_json(path: Path, folder: Path) -> dict:
             "save the pipeline with save_pretrained() or pass a preset (vidrt build-engines --help lists them)"
         )
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VidrtError(f"{path} is not valid JSON ({e}); re-save the model folder") from None
+    if not isinstance(data, dict):
+        raise VidrtError(f"{path} holds a JSON {type(data).__name__}, not an object; re-save the model folder")
+    return data

@@ -255,6 +255,9 @@ def check_against_torch(graph, spec: ComponentSpec, onnx_path: Path, tolerance=(
     for name, g, w in zip(spec.output_names, got, want):
         if g.shape != w.shape:
             raise VidrtError(f"{spec.name}: ONNX output '{name}' shape {g.shape} != PyTorch {w.shape} at {point}")
+    if not all(np.isfinite(w).all() for w in want):
+        raise VidrtError(f"{spec.name}: the PyTorch model itself gives NaN or Inf outputs at {point}; its weights "
+                         "(or config) are damaged: re-download or re-save the model")
     err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
     scale = max(float(np.abs(w).max()) for w in want)
     tol = tolerance[0] + tolerance[1] * scale

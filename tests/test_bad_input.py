@@ -181,3 +181,65 @@ def test_pipeline_takes_numpy_latents_like_tensors(tiny_pipe):
     assert np.array_equal(a, b)
     with pytest.raises(VidrtError, match="latents must be a torch.Tensor or a NumPy array"):
         tiny_pipe(image, latents=[[0.0]], **request)
+
+
+def broken_copy(tiny_model, tmp_path, sub, **changes):
+    """A copy of tiny-svd's folder with entries of one config changed."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model.folder, folder)
+    path = folder / sub
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(config | changes) if changes else "[1, 2, 3]")
+    return folder
+
+
+@pytest.mark.parametrize("sub, changes, message", [
+    ("model_index.json", {}, "holds a JSON list, not an object"),
+    ("unet/config.json", {"num_attention_heads": 0}, "num_attention_heads=0 must be a positive whole number"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 0}, "num_train_timesteps=0 must be a positive"),
+    ("vae/config.json", {"block_out_channels": [8] * 41}, "41 levels in block_out_channels"),
+])
+def test_impossible_configs_are_refused_when_read(capsys, tiny_model, tmp_path, sub, changes, message):
+    folder = broken_copy(tiny_model, tmp_path, sub, **changes)
+    code, _, err = run(capsys, "build-engines", "--model", str(folder), "--engine-dir", str(tmp_path / "e"),
+                       "--backend", "onnxruntime")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "e").exists()  # refused before any export
+
+
+def test_unet_weights_of_another_shape_or_nan_are_one_line_errors(capsys, tiny_model, tmp_path):
+    from safetensors.torch import save_file
+
+    from vidrt.sources import load_torch_component
+
+    state = {k: v.clone() for k, v in load_torch_component(tiny_model, "unet").state_dict().items()}
+    name = next(k for k, v in state.items() if v.ndim == 4)
+    wrong = dict(state, **{name: torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)})
+    save_file(wrong, tmp_path / "wrong.safetensors")
+    nan = dict(state, **{name: torch.full_like(state[name], float("nan"))})
+    save_file(nan, tmp_path / "nan.safetensors")
+    # A shape mismatch is found from the file's header, before any export.
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--engine-dir", str(tmp_path / "e"),
+                       "--backend", "onnxruntime", "--unet-weights", str(tmp_path / "wrong.safetensors"))
+    assert code == 2 and "tensors of another shape" in err and err.count("\n") == 1, err
+    # NaN values need the data: found when the UNet is loaded for export, still one error line at the end.
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--engine-dir", str(tmp_path / "e"),
+                       "--backend", "onnxruntime", "--unet-weights", str(tmp_path / "nan.safetensors"))
+    assert code == 2 and err.strip().splitlines()[-1].startswith("vidrt: error: --unet-weights") and "NaN or Inf" in err
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--unet-weights", str(tmp_path / "missing.safetensors"))
+    assert code == 2 and "--unet-weights" in err and "file not found" in err
+
+
+def test_a_model_whose_weights_give_nan_is_not_called_a_vidrt_bug(tiny_model, tmp_path):
+    from vidrt.export.graphs import component_graph
+    from vidrt.export.onnx_export import export_component
+    from vidrt.sources import load_torch_component
+
+    vae = load_torch_component(tiny_model, "vae_encoder")
+    with torch.no_grad():
+        next(vae.parameters()).fill_(float("nan"))
+    with pytest.raises(VidrtError, match="PyTorch model itself gives NaN or Inf outputs"):
+        export_component(component_graph("vae_encoder", vae), tiny_model.specs()["vae_encoder"], tmp_path)

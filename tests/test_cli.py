@@ -90,7 +90,7 @@ def test_run_bench_without_baseline_and_with_animatelcm(capsys, tiny_engine_dir,
     "argv,message",
     [
         (["--model", "/nonexistent/model"], "does not exist"),
-        (["--model", "owner/some-svd-model"], "HF_HUB_OFFLINE is set, so the hub cannot be reached"),
+        (["--model", "owner/some-svd-model"], "HF_HUB_OFFLINE is set and the model is not in the local hub cache"),
         (["--model", "not-a-thing"], "not a preset"),
         (["--steps", "0"], "need at least 1 step"),
         (["--num-frames", "0"], "need at least 1 frame"),

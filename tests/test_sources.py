@@ -39,6 +39,22 @@ def test_offline_hub_id_fails_clearly(monkeypatch):
         resolve_model("stabilityai/stable-video-diffusion-img2vid-xt")
 
 
+def test_offline_hub_id_uses_a_complete_local_cache(monkeypatch, tmp_path, tiny_model):
+    import shutil
+
+    import huggingface_hub.constants
+
+    # The hub cache layout: models--owner--name/{refs/main, snapshots/<revision>/...}.
+    repo = tmp_path / "models--someone--tiny-svd"
+    shutil.copytree(tiny_model.folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = resolve_model("someone/tiny-svd", progress=False)
+    assert model.folder == repo / "snapshots" / "0123abcd" and model.unet == tiny_model.unet
+
+
 def test_unreachable_hub_fails_clearly(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
@@ -58,7 +74,7 @@ def test_replacement_unet_weights(tiny_model, tmp_path):
 def test_mismatched_unet_weights_are_refused(tiny_model, tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"not.a.unet.key": torch.zeros(2)}, str(path))
-    with pytest.raises(VidrtError, match="does not match this UNet"):
+    with pytest.raises(VidrtError, match=r"does not match: \d+ missing keys"):
         load_unet_weights(load_torch_component(tiny_model, "unet"), path)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"nope")

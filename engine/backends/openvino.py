@@ -139,10 +139,10 @@ class OpenVinoBackend(Backend):
         cls.check_precision(precision)
         options = options or OvOptions()
         shapes = static_shapes(spec, options.static, model) if options.static else None
-        core, ov_model = cls._read(onnx_path, shapes)
         cache = out_dir / CACHE
         cache.mkdir(parents=True, exist_ok=True)
         try:
+            core, ov_model = cls._read(onnx_path, shapes)
             core.compile_model(ov_model, "CPU", cls._config(precision, options, cache))
         except RuntimeError as e:
             raise VidrtError(f"OpenVINO could not compile {spec.name}: {str(e).splitlines()[0]}") from e
