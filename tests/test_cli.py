@@ -144,14 +144,23 @@ def test_corrupted_engine_with_refusal_is_a_clear_error(capsys, tiny_engine_dir,
         VideoPipeline.from_pretrained("tiny-svd", engine_dir=broken, backend="onnxruntime", build=False, progress=False)
 
 
-def test_entry_points_and_help(tmp_path):
-    for cmd in (["vidrt", "--help"], ["build-engines", "--help"], ["run-bench", "--help"], ["generate", "--help"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
-        assert proc.returncode == 0, proc.stderr
-        assert "usage:" in proc.stdout
+def test_entry_points_and_help(capsys, tmp_path, monkeypatch):
+    from importlib.metadata import entry_points
+
+    import vidrt.cli
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.value.startswith("vidrt.")}
+    assert scripts == {"vidrt": "vidrt.cli:main", "build-engines": "vidrt.cli:build_engines_main",
+                       "run-bench": "vidrt.cli:run_bench_main", "generate": "vidrt.cli:generate_main"}
+    for entry in (vidrt.cli.main, vidrt.cli.build_engines_main, vidrt.cli.run_bench_main, vidrt.cli.generate_main):
+        monkeypatch.setattr("sys.argv", ["x", "--help"])
+        with pytest.raises(SystemExit) as done:
+            entry(["--help"]) if entry is vidrt.cli.main else entry()
+        assert done.value.code == 0 and "usage:" in capsys.readouterr().out
+    # One real process: the installed script, refusing before the default preset is created.
     proc = subprocess.run(["generate"], capture_output=True, text=True, env=os.environ | {"VIDRT_CACHE": str(tmp_path)})
     assert proc.returncode == 2 and "--image" in proc.stderr
-    assert not any(tmp_path.iterdir())  # refused before the default preset was created
+    assert not any(tmp_path.iterdir())
 
 
 def test_tensorrt_flags_map_onto_build_options():
@@ -222,7 +231,7 @@ def test_generate_text_to_video_bad_input_is_one_line(capsys, tmp_path, model, f
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
 
 
-def test_component_precision_int8_decoder_takes_the_quantization_flags(capsys, tmp_path):
+def test_component_precision_int8_decoder_takes_the_quantization_flags(capsys, tmp_path, tiny_model):
     from vidrt.cli import BuildConfig, _config, _quant_config, build_parser
 
     args = build_parser().parse_args([

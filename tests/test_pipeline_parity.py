@@ -63,11 +63,19 @@ def test_frames_match_diffusers(tiny_pipe, reference, sampler, max_guidance, fra
 def test_batch_of_images_is_one_unet_batch(tiny_pipe, reference):
     images = [make_image(seed=1), make_image(seed=2)]
     kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)
-    ours = run_vidrt(tiny_pipe, "euler", images, 0, **kw)
+    unet = tiny_pipe.engines["unet"]
+    batches = []
+    real_run = unet._run
+    unet._run = lambda feeds, outputs: (batches.append(feeds["sample"].shape[0]), real_run(feeds, outputs))
+    try:
+        ours = run_vidrt(tiny_pipe, "euler", images, 0, **kw)
+    finally:
+        del unet._run
     ref = run_reference(reference, "euler", images, 0, **kw)
     assert ours.shape == (2, 2, 32, 32, 3)
     assert np.abs(ours - ref).max() <= TOL
-    assert tiny_pipe.engines["unet"].spec.name == "unet"
+    # Two images with guidance: one UNet call per step holding all 2 x 2 rows.
+    assert batches == [4, 4]
 
 
 def test_videos_per_prompt(tiny_pipe, reference):

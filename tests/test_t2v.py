@@ -43,6 +43,14 @@ def reference(ref, sampler, **kw):
     return np.asarray(ref(**kw, output_type="np").frames)
 
 
+@pytest.fixture(autouse=True)
+def default_sampler(request):
+    """Tests that pick a sampler on the shared pipeline leave it as they found it."""
+    yield
+    if "t2v" in request.fixturenames:
+        request.getfixturevalue("t2v")[0].sampler_name = None
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("guidance", [1.0, 6.0])
 def test_frames_match_diffusers(t2v, sampler, guidance):
