@@ -16,6 +16,7 @@ from pathlib import Path
 from . import settings
 from .errors import VidrtError
 from .fsutil import atomic_dir, atomic_write_json, folder_lock, sha256_json
+from .prune import touch_used
 from .manifest import (
     BUILD_MANIFEST,
     EXPORT_MANIFEST,
@@ -230,6 +231,8 @@ def _prepare_locked(model, engine_dir, backend, precision, precisions, unet_weig
         results[c].build_s += export_s.get(c, 0.0)
         if c in stale_exports:
             results[c].reason = f"exported ({stale_exports[c]})"
+        touch_used(onnx_dirs[c])  # what `vidrt prune` sorts by
+        touch_used(results[c].artifact_dir)
     return results
 
 

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidrt.benchmarks.harness import BenchConfig
 
     root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
-    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune}")
 
     b = sub.add_parser("build-engines", help="export the model to ONNX and build engines (reuses what is up to date)",
                        description="Export every component (image encoder, VAE encoder, UNet, temporal VAE decoder) to ONNX, "
@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", help="a named request from benchmarks/scenarios.py (a, b, c-lcm, c-euler); "
                    "sets model, size, frames, steps, sampler, guidance and batch")
     r.add_argument("--output", help="write the JSON result here")
+
+    p = sub.add_parser("prune", help="list engine variants and presets; remove the unused or oversized ones",
+                       description="Lists every engine variant (an ONNX export or a backend's artifact of one component) "
+                       "and preset in the cache with its size and last use. With --older-than or --max-size, removes "
+                       "those unused for that long, then the least recently used until the rest fits; they are rebuilt "
+                       "when next needed.")
+    p.add_argument("--older-than", type=float, help="remove what has not been used for this many days")
+    p.add_argument("--max-size", type=float, help="then remove the least recently used until the cache fits in this many GB")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 
     g = sub.add_parser("generate", help="generate a video from an image or a prompt",
                        description="Generate a video from --image (image-to-video models) or --prompt (text-to-video models) "
@@ -337,7 +346,32 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
     )
 
 
-COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "generate": cmd_generate}
+def cmd_prune(args) -> int:
+    import time
+
+    from . import settings
+    from .prune import inventory, remove, select
+
+    for flag, value in (("--older-than", args.older_than), ("--max-size", args.max_size)):
+        if value is not None and not value >= 0:
+            raise VidrtError(f"{flag} {value}: give a number >= 0")
+    root = settings.cache_dir()
+    entries = inventory(root)
+    chosen = select(entries, args.older_than, None if args.max_size is None else int(args.max_size * 1e9))
+    now = time.time()
+    print(f"cache: {root}  ({sum(e.size for e in entries) / 1e9:.2f} GB in {len(entries)} entries)")
+    for e in entries:
+        mark = ("would remove" if args.dry_run else "remove") if e in chosen else ""
+        print(f"  {e.size / 1e9:8.2f} GB  used {(now - e.last_used) / 86400:6.1f} d ago  {e.path.relative_to(root)}  {mark}".rstrip())
+    if chosen and not args.dry_run:
+        print(f"removed {len(chosen)} entries, {remove(chosen) / 1e9:.2f} GB freed")
+    elif chosen:
+        print(f"would remove {len(chosen)} entries, {sum(e.size for e in chosen) / 1e9:.2f} GB")
+    return 0
+
+
+COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "generate": cmd_generate,
+            "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:

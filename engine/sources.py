@@ -13,6 +13,7 @@ from pathlib import Path
 from . import settings
 from .errors import VidrtError
 from .fsutil import atomic_dir, folder_lock
+from .prune import touch_used
 from .models import read_model
 from .presets import PRESETS
 from .presets_t2v import T2V_PRESETS
@@ -66,6 +67,7 @@ def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
     """Saves a random-weight preset once under the cache dir; returns its folder."""
     folder = settings.cache_dir() / "presets" / f"{name}-seed{seed}"
     if (folder / PRESET_MARKER).exists():
+        touch_used(folder)
         return folder
     with folder_lock(folder, f"the {name} preset", progress):
         if (folder / PRESET_MARKER).exists():  # another process made it while we waited
