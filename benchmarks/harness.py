@@ -191,7 +191,7 @@ def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, engine_resi
     if baseline is not None:
         result["baseline"] = _side(base_runs, videos, frames, baseline.resident_mb, stages, absolute=True) | {
             "backend": f"pytorch (diffusers {getattr(pipe.model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
-            "precision": baseline_precision, "build_s": 0.0,
+            "precision": baseline_precision, "build_s": 0.0, "load_s": baseline.load_s,
             # With --baseline-compile the first warm-up run carries the compile time.
             "warmup_s": warmups["baseline"],
         }

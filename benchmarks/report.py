@@ -33,7 +33,10 @@ def format_table(result: dict) -> str:
                             ("peak memory MB", "peak_memory_mb", ".0f")):
         lines.append(f"{label:<16}{format(e[key], fmt):<36}{format(b[key], fmt) if b else '':<36}".rstrip())
     lines.append(f"engine build: {e['build_s']:.1f}s recorded ({e['build_s_this_run']:.1f}s in this run), "
-                 f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s")
+                 f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s"
+                 + (f"; diffusers load {b['load_s']:.1f}s (own process)" if b else ""))
+    if b and result.get("peak_memory_both_mb"):
+        lines.append(f"peak memory of both processes together: {result['peak_memory_both_mb']:.0f} MB")
     r = result.get("roofline")
     if r:
         lines.append(f"unet: {r['unet_tflop_per_step']:.3f} TFLOP/step (diffusers' forward "

@@ -64,6 +64,9 @@ class BaselineWorker:
 
     def __init__(self, model, precision: str, unet_weights=None, device: str = "cpu", compile: bool = False,
                  sampler: str | None = None):
+        import time
+
+        start = time.perf_counter()
         ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of the engines' memory
         self._conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child, model, precision, unet_weights, device, compile, sampler),
@@ -71,6 +74,7 @@ class BaselineWorker:
         self.process.start()
         child.close()
         info = self._receive()
+        self.load_s = time.perf_counter() - start  # process start, imports and model loading
         self.weight_bytes = info["weight_bytes"]
         self.resident_mb = info["rss_mb"]
 

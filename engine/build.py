@@ -332,6 +332,8 @@ def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, b
             "spec": spec.describe(),
             "options": backend.options_key(options),
         }
+        | ({"artifact_format": backend.artifact_format} if backend.artifact_format != 1 else {})
+        | ({"graph_path": str((onnx_dir / "model.onnx").resolve())} if backend.keyed_by_graph_path else {})
     )
     export_s = float(export_manifest.get("export_s", 0.0))
     manifest, reason = verify(out_dir, BUILD_MANIFEST, key, full_verify)

@@ -59,6 +59,23 @@ def tiny_engine_dir(tmp_path_factory, tiny_model):
 
 
 @pytest.fixture(scope="session")
+def ov_engine_dir(tiny_engine_dir, tmp_path_factory):
+    """tiny-svd's engine folder with OpenVINO fp32 engines too (the ONNX export reused);
+    tests add other OpenVINO variants beside them."""
+    import shutil
+
+    pytest.importorskip("openvino")
+    from vidrt.backends import get_backend
+    from vidrt.build import prepare_engines
+    from vidrt.sources import resolve_model
+
+    path = tmp_path_factory.mktemp("ov") / "engines"
+    shutil.copytree(tiny_engine_dir, path)
+    prepare_engines(resolve_model("tiny-svd", progress=False), path, get_backend("openvino"), "fp32", progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe(tiny_engine_dir):
     from vidrt import VideoPipeline
 

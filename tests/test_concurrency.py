@@ -3,7 +3,6 @@ caller, exactly what that call returns alone (ONNX Runtime, OpenVINO, text to vi
 Before the pipeline's lock, ONNX Runtime callers received each other's frames and
 OpenVINO raised 'Infer Request is busy'."""
 
-import shutil
 import threading
 
 import numpy as np
@@ -57,13 +56,10 @@ def test_onnxruntime_pipeline_serves_threads(tiny_pipe):
     check_each_thread_gets_its_own(tiny_pipe, image_call(tiny_pipe))
 
 
-def test_openvino_pipeline_serves_threads(tiny_engine_dir, tmp_path):
-    pytest.importorskip("openvino")
+def test_openvino_pipeline_serves_threads(ov_engine_dir):
     from vidrt import VideoPipeline
 
-    path = tmp_path / "engines"
-    shutil.copytree(tiny_engine_dir, path)
-    pipe = VideoPipeline.from_pretrained("tiny-svd", engine_dir=path, backend="openvino", progress=False)
+    pipe = VideoPipeline.from_pretrained("tiny-svd", engine_dir=ov_engine_dir, backend="openvino", progress=False)
     check_each_thread_gets_its_own(pipe, image_call(pipe))
 
 

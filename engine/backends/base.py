@@ -76,6 +76,10 @@ class Backend(abc.ABC):
     precisions: tuple[str, ...] = ()
     device: str = "cpu"  # where the engines take their tensors
     companion_precision: str = "fp32"  # precision of the unquantized components under int8/fp8
+    artifact_format: int = 1  # bumped when a backend changes what it writes: older artifacts rebuild
+    # The artifact is tied to where its graph lies (OpenVINO's cache key holds the path):
+    # a moved engine folder rebuilds it once instead of recompiling at every load.
+    keyed_by_graph_path: bool = False
     # component -> ONNX graph variant this backend runs faster, used where the model has it
     graph_variants: dict[str, str] = {}
 
