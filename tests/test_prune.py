@@ -32,7 +32,7 @@ def test_select_by_age_then_by_size(tmp_path):
     assert [e.path for e in by_size] == [old, preset]
 
 
-def test_prune_command_lists_removes_and_the_engines_come_back(capsys, tmp_path, monkeypatch, tiny_model):
+def test_prune_command_lists_and_removes(capsys, tmp_path, monkeypatch, tiny_engine_dir):
     monkeypatch.setenv("VIDRT_CACHE", str(tmp_path))
     old, new, preset = fake_cache(tmp_path)
     assert main(["prune"]) == 0
@@ -43,12 +43,18 @@ def test_prune_command_lists_removes_and_the_engines_come_back(capsys, tmp_path,
     assert main(["prune", "--older-than", "30"]) == 0
     assert "removed 1 entries" in capsys.readouterr().out
     assert not old.exists() and not marker(old).exists() and new.exists() and preset.exists()
-    # A real engine folder: built, pruned to nothing, built again on the next build-engines.
+    # A real engine folder (a copy of the session's tiny-svd engines): pruned to nothing, then
+    # refused by a load that may not build, which names what is missing.
+    import shutil
+
+    import pytest
+
+    from vidrt import VideoPipeline
+    from vidrt.errors import VidrtError
+
     engines = tmp_path / "engines" / "real"
-    args = ["build-engines", "--model", "tiny-svd", "--backend", "onnxruntime", "--engine-dir", str(engines)]
-    assert main(args) == 0
+    shutil.copytree(tiny_engine_dir, engines)
     assert main(["prune", "--max-size", "0"]) == 0
-    assert not [p for p in engines.rglob("manifest.json")]
-    capsys.readouterr()
-    assert main(args) == 0
-    assert capsys.readouterr().out.count("built in") == 4
+    assert not list(engines.rglob("manifest.json")) and not list(engines.rglob("export.json"))
+    with pytest.raises(VidrtError, match="not built yet"):
+        VideoPipeline.from_pretrained("tiny-svd", engine_dir=engines, backend="onnxruntime", build=False, progress=False)

@@ -128,10 +128,17 @@ def test_build_timeout_and_interrupt_stop_the_child(fake_trt, tiny_model, tmp_pa
     # Ctrl-C in the parent stops the child too (no builder left running on the GPU).
     import multiprocessing
 
+    # A shell's background job starts with SIGINT ignored; Ctrl-C's handler is what is tested.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(3.0, lambda: signal.raise_signal(signal.SIGINT))
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        build_in_child(tmp_path / "model.onnx", tmp_path, "model.plan", settings, None, "vae_decoder")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_in_child(tmp_path / "model.onnx", tmp_path, "model.plan", settings, None, "vae_decoder",
+                           timeout_s=120)  # a safety net: the interrupt should stop it in seconds
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
 
 

@@ -181,7 +181,7 @@ class Builder(_Strict):
         if mode == "crash":
             os._exit(3)
         if mode == "hang":
-            time.sleep(3600)
+            time.sleep(300)  # long enough for any test; never forever
         if mode == "fail":
             self._logger.log(ILogger.Severity.ERROR, "out of memory while tuning tactic for /unet/conv_in")
             return None
