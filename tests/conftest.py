@@ -76,6 +76,25 @@ def ov_engine_dir(tiny_engine_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def t2v_engine_dir(tmp_path_factory):
+    """name -> engine folder of that text-to-video preset on ONNX Runtime, built on first use."""
+    from vidrt.backends import get_backend
+    from vidrt.build import prepare_engines
+    from vidrt.sources import resolve_model
+
+    built = {}
+
+    def engines(name: str):
+        if name not in built:
+            path = tmp_path_factory.mktemp("t2v") / name
+            prepare_engines(resolve_model(name, progress=False), path, get_backend("onnxruntime"), "fp32", progress=False)
+            built[name] = path
+        return built[name]
+
+    return engines
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe(tiny_engine_dir):
     from vidrt import VideoPipeline
 

@@ -196,18 +196,20 @@ def test_tensorrt_flags_with_another_backend_are_refused(capsys, tmp_path):
     assert code == 2 and "write component=precision" in err
 
 
-def test_text_to_video_generate_and_run_bench(capsys, tmp_path):
+def test_text_to_video_generate_and_run_bench(capsys, tmp_path, t2v_engine_dir):
     """generate --prompt writes an MP4; run-bench on AnimateDiff writes the same JSON schema
     with the text-to-video stages, and its frames agree with diffusers'."""
-    engines = ["--engine-dir", str(tmp_path / "engines"), "--backend", "onnxruntime"]
+    engines = ["--backend", "onnxruntime", "--engine-dir"]
     req = ["--height", "32", "--width", "32", "--num-frames", "4", "--steps", "2"]
     mp4 = tmp_path / "t2v.mp4"
-    code, out, err = run(capsys, "generate", "--model", "tiny-t2v", *engines, *req, "--prompt", "a red car",
+    code, out, err = run(capsys, "generate", "--model", "tiny-t2v", *engines, str(t2v_engine_dir("tiny-t2v")), *req,
+                         "--prompt", "a red car",
                          "--negative-prompt", "blurry", "--output", str(mp4))
     assert code == 0, err
     assert "RANDOM WEIGHTS" in out and mp4.stat().st_size > 0
     out_json = tmp_path / "bench.json"
-    code, out, err = run(capsys, "run-bench", "--model", "tiny-animatediff", *engines, *req, "--sampler", "lcm",
+    code, out, err = run(capsys, "run-bench", "--model", "tiny-animatediff", *engines,
+                         str(t2v_engine_dir("tiny-animatediff")), *req, "--sampler", "lcm",
                          "--guidance-scale", "2", "--runs", "1", "--warmup", "0", "--output", str(out_json))
     assert code == 0, err
     r = json.loads(out_json.read_text())

@@ -63,10 +63,11 @@ def test_openvino_pipeline_serves_threads(ov_engine_dir):
     check_each_thread_gets_its_own(pipe, image_call(pipe))
 
 
-def test_text_to_video_pipeline_serves_threads(tmp_path):
+def test_text_to_video_pipeline_serves_threads(t2v_engine_dir):
     from vidrt import VideoPipeline
 
-    pipe = VideoPipeline.from_pretrained("tiny-t2v", engine_dir=tmp_path / "t2v", backend="onnxruntime", progress=False)
+    pipe = VideoPipeline.from_pretrained("tiny-t2v", engine_dir=t2v_engine_dir("tiny-t2v"), backend="onnxruntime",
+                                         progress=False)
 
     def call(seed):
         return pipe(prompt="a red car", generator=torch.Generator().manual_seed(seed), guidance_scale=2.0,

@@ -22,11 +22,36 @@ pytest.importorskip("modelopt.torch.quantization", reason="quantization needs nv
 BOUNDS = {"int8": 0.15, "fp8": 0.30}  # mean relative L2 of the UNet output vs fp32
 
 
+CFG = dict(calib_steps=3, calib_frames=3)
+
+
+@pytest.fixture(scope="module")
+def int8_engines(tiny_model, tiny_engine_dir, tmp_path_factory):
+    """tiny-svd's engines with the INT8 UNet on ONNX Runtime, quantized once for the module
+    (the Q/DQ graph tests and the pipeline test read the same export)."""
+    from vidrt.backends import get_backend
+    from vidrt.build import prepare_engines
+
+    engines = tmp_path_factory.mktemp("q-int8") / "engines"
+    shutil.copytree(tiny_engine_dir, engines)
+    builds = prepare_engines(tiny_model, engines, get_backend("onnxruntime"), "int8",
+                             quant=QuantConfig(format="int8", **CFG), progress=False)
+    assert builds["unet"].built and not builds["vae_decoder"].built  # fp32 parts reused
+    return engines
+
+
 @pytest.fixture(scope="module", params=["int8", "fp8"])
 def quantized(request, tiny_model, tmp_path_factory):
+    if request.param == "int8":  # the pipeline's own export, as export.json records it
+        import json
+        import types
+
+        folder = request.getfixturevalue("int8_engines") / "unet" / "onnx-int8"
+        record = json.loads((folder / "export.json").read_text())
+        result = types.SimpleNamespace(onnx_path=folder / "model.onnx", ops=record["tensorrt_ops"])
+        return "int8", result, record["quantization"]["error_vs_fp32"]
     out = tmp_path_factory.mktemp(f"q-{request.param}")
-    cfg = QuantConfig(format=request.param, calib_steps=3, calib_frames=3)
-    result, report = export_quantized(tiny_model, "unet", cfg, out)
+    result, report = export_quantized(tiny_model, "unet", QuantConfig(format=request.param, **CFG), out)
     return request.param, result, report
 
 
@@ -61,17 +86,14 @@ def test_synthetic_calibration_set_is_deterministic():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_int8_pipeline_frames_against_fp32(tiny_model, tiny_engine_dir, tiny_pipe, tmp_path):
+def test_int8_pipeline_frames_against_fp32(int8_engines, tiny_pipe):
     """The whole pipeline with the INT8 UNet (ONNX Runtime) vs the fp32 engines."""
     from vidrt import VideoPipeline
 
-    engines = tmp_path / "engines"
-    shutil.copytree(tiny_engine_dir, engines)
     pipe = VideoPipeline.from_pretrained(
-        "tiny-svd", engine_dir=engines, backend="onnxruntime", precision="int8",
-        quant=QuantConfig(format="int8", calib_steps=3, calib_frames=3), progress=False,
+        "tiny-svd", engine_dir=int8_engines, backend="onnxruntime", precision="int8",
+        quant=QuantConfig(format="int8", **CFG), build=False, progress=False,
     )
-    assert pipe.builds["unet"].built and not pipe.builds["vae_decoder"].built  # fp32 parts reused
     from conftest import make_image
 
     kw = dict(height=32, width=32, num_frames=3, num_inference_steps=3, output_type="np")

@@ -22,13 +22,13 @@ ATOL = 2e-3
 
 
 @pytest.fixture(scope="module", params=PIPELINES)
-def t2v(request, tmp_path_factory):
+def t2v(request, t2v_engine_dir):
     """(vidrt pipeline on ONNX Runtime, the model, diffusers' pipeline) per preset."""
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components, resolve_model
 
     model = resolve_model(request.param, progress=False)
-    engines = tmp_path_factory.mktemp("t2v") / request.param
+    engines = t2v_engine_dir(request.param)
     pipe = VideoPipeline.from_pretrained(request.param, engine_dir=engines, backend="onnxruntime", progress=False)
     ref = load_torch_components(model)
     ref.set_progress_bar_config(disable=True)
@@ -159,7 +159,7 @@ def test_quantized_precisions_are_refused_for_text_to_video(tmp_path):
 
 
 @pytest.mark.parametrize("name", PIPELINES)
-def test_openvino_engines_match_diffusers_and_bf16_stays_close(name, tmp_path):
+def test_openvino_engines_match_diffusers_and_bf16_stays_close(name, tmp_path, t2v_engine_dir):
     """OpenVINO fp32 within the same 2e-3 of diffusers; bf16 (8 mantissa bits) within 5%
     relative L2 of vidrt fp32 on these random tiny weights."""
     pytest.importorskip("openvino")
@@ -171,8 +171,10 @@ def test_openvino_engines_match_diffusers_and_bf16_stays_close(name, tmp_path):
     kw = dict(KW, prompt="a panda eating bamboo", guidance_scale=4.0)
     want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(2), output_type="np").frames)
     got = {}
+    engines = tmp_path / "engines"
+    shutil.copytree(t2v_engine_dir(name), engines)  # the ONNX export is reused
     for precision in ("fp32", "bf16"):
-        pipe = VideoPipeline.from_pretrained(name, engine_dir=tmp_path, backend="openvino", precision=precision,
+        pipe = VideoPipeline.from_pretrained(name, engine_dir=engines, backend="openvino", precision=precision,
                                              progress=False)
         got[precision] = pipe(**kw, generator=torch.Generator().manual_seed(2), output_type="np").frames
     assert np.abs(got["fp32"] - want).max() <= ATOL
