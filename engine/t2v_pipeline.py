@@ -81,6 +81,9 @@ class TextToVideoPipeline(VideoPipeline):
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt,
                       output_type, generator)
         check_finite(guidance_scale=guidance_scale)
+        # The VAE decodes frame by frame, so the chunk changes memory, never frames: at most
+        # what the decoder engine takes (TensorRT profiles end at 8 frames by default).
+        decode_chunk_size = min(decode_chunk_size, self.engines["vae_decoder"].max_dims.get("N", decode_chunk_size))
         videos = len(prompts) * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")

@@ -261,3 +261,28 @@ def test_stable_diffusion_folder_with_a_motion_adapter_file(tmp_path, suffix):
     got = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
     want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0)).frames)
     assert np.abs(got - want).max() <= ATOL
+
+
+def test_decode_chunks_stay_within_the_decoder_engine(t2v):
+    """A decoder engine narrower than the request's chunk (TensorRT's default profile ends at
+    8 frames) gets chunks it takes; frames are decoded one by one, so they do not change."""
+    pipe, _, _ = t2v
+    real = pipe.engines["vae_decoder"]
+    sizes = []
+
+    class Narrow:
+        spec, max_dims = real.spec, {"N": 2}
+
+        def __call__(self, **kw):
+            sizes.append(kw["latents"].shape[0])
+            return real(**kw)
+
+    kw = dict(KW, prompt="a boat", generator=torch.Generator().manual_seed(1), output_type="np")
+    want = pipe(**dict(kw, generator=torch.Generator().manual_seed(1))).frames
+    pipe.engines["vae_decoder"] = Narrow()
+    try:
+        got = pipe(**kw).frames
+    finally:
+        pipe.engines["vae_decoder"] = real
+    assert max(sizes) <= 2 and sum(sizes) == KW["num_frames"]
+    assert np.abs(got - want).max() <= 1e-5
