@@ -190,13 +190,13 @@ def _check_values(cfg) -> None:
                   cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
 
 
-def _check_request_early(cfg) -> None:
-    """Fails on bad request arguments before minutes of engine building, not after."""
+def _check_request_early(cfg):
+    """Fails on request arguments the model cannot serve, before minutes of engine building
+    (callers run _check_values first, before the model is resolved); returns the model."""
     from .pipeline import check_ranges
     from .samplers import check_sampler
     from .sources import resolve_model
 
-    _check_values(cfg)
     chunk = getattr(cfg, "decode_chunk_size", None)
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     check_sampler(cfg.sampler, model.kind)
