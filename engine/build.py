@@ -62,11 +62,13 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     return out
 
 
-def onnx_dir_name(precision: str, variant: str | None = None) -> str:
-    """Folder of a component's ONNX: fp32 graphs in onnx/, Q/DQ graphs in onnx-<format>/,
-    a graph variant (export/graphs.py GRAPH_VARIANTS) in onnx-<variant>/ or
-    onnx-<format>-<variant>/."""
-    parts = ["onnx"] + ([precision] if precision in QUANTIZED else []) + ([variant] if variant else [])
+def onnx_dir_name(precision: str, variant: str | None = None, qdq_float: str = "fp32") -> str:
+    """Folder of a component's ONNX: fp32 graphs in onnx/, Q/DQ graphs in onnx-<format>/
+    (onnx-<format>-fp16/ when their unquantized layers are fp16), a graph variant
+    (export/graphs.py GRAPH_VARIANTS) in onnx-<variant>/ or onnx-<format>-<variant>/."""
+    quantized = precision in QUANTIZED
+    parts = (["onnx"] + ([precision] if quantized else []) + ([qdq_float] if quantized and qdq_float != "fp32" else [])
+             + ([variant] if variant else []))
     return "-".join(parts)
 
 
@@ -81,7 +83,7 @@ def graph_variant(model, backend, component: str) -> str | None:
 def onnx_path(model, engine_dir: Path, backend, component: str, precision: str) -> Path:
     """The ONNX file ``backend`` builds ``component`` at ``precision`` from."""
     variant = graph_variant(model, backend, component)
-    return Path(engine_dir) / component / onnx_dir_name(precision, variant) / "model.onnx"
+    return Path(engine_dir) / component / onnx_dir_name(precision, variant, backend.qdq_float) / "model.onnx"
 
 
 @dataclasses.dataclass
@@ -202,6 +204,7 @@ def _prepare_locked(model, engine_dir, backend, precision, precisions, unet_weig
                 "versions": {k: vers[k] for k in ("torch", "diffusers", "transformers", "onnx", "onnxslim")},
             }
             | ({"quant": quant.describe(), "modelopt": vers.get("nvidia-modelopt")} if precisions[c] in QUANTIZED else {})
+            | ({"qdq_float": backend.qdq_float} if precisions[c] in QUANTIZED and backend.qdq_float != "fp32" else {})
             | ({"variant": variants[c]} if variants[c] else {})
         )
         for c in model.components
@@ -216,7 +219,8 @@ def _prepare_locked(model, engine_dir, backend, precision, precisions, unet_weig
         c, reason = next(iter(stale_exports.items()))
         raise refuse(c, onnx_dirs[c], reason)
     export_s = _export_all(
-        model, onnx_dirs, stale_exports, export_keys, unet_weights, vers, hashes, progress, precisions, quant, variants
+        model, onnx_dirs, stale_exports, export_keys, unet_weights, vers, hashes, progress, precisions, quant, variants,
+        backend.qdq_float,
     )
 
     from tqdm.auto import tqdm
@@ -262,7 +266,8 @@ def _source_hashes(model, engine_dir: Path, unet_weights: str | None) -> dict:
     return hashes
 
 
-def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progress, precisions, quant, variants) -> dict[str, float]:
+def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progress, precisions, quant, variants,
+                qdq_float) -> dict[str, float]:
     if not stale:
         return {}
     from tqdm.auto import tqdm
@@ -283,7 +288,7 @@ def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progr
             if precisions[c] in QUANTIZED:
                 from vidrt.export.quantize import export_quantized
 
-                result, quantization = export_quantized(model, c, quant, tmp, unet_weights, variants[c])
+                result, quantization = export_quantized(model, c, quant, tmp, unet_weights, variants[c], qdq_float)
             else:
                 # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
                 graph = component_graph(c, load_torch_component(model, c, unet_weights), variants[c])
@@ -306,6 +311,7 @@ def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progr
                     "tensorrt_ops": result.ops,
                     "precision": precisions[c],
                     "graph_variant": variants[c],
+                    **({"qdq_float": qdq_float} if quantization else {}),
                     "quantization": quantization and {"config": quant.describe(), "error_vs_fp32": quantization},
                     "versions": vers,
                 },

@@ -2,8 +2,10 @@
 temporal VAE decoder) with nvidia-modelopt, exported as Q/DQ ONNX (INT8, or FP8 with
 FLOAT8E4M3FN zero points, opset 19).
 
-The Q/DQ graph is the one artifact every backend reads: TensorRT builds it
-strongly typed, ONNX Runtime (CPU) runs it, which is how it is checked here.
+The Q/DQ graph is what every backend reads. TensorRT builds it strongly typed, so the
+graph's own float type is what its unquantized layers run in: its graph is fp16
+(weights, activations and Q/DQ scales; fp32 only at the inputs and outputs), the CPU
+backends' is fp32. ONNX Runtime (CPU) runs both, which is how they are checked here.
 Calibration runs the fp32 PyTorch UNet on real conditioning (CLIP embedding and
 VAE latent of each calibration image) at every timestep of the sampler, with CFG's
 unconditional half included, so activation ranges cover what inference sees; the
@@ -27,6 +29,8 @@ from vidrt.svd import SvdModel
 
 QUANT_FORMATS = ("int8", "fp8")
 QDQ_OPSET = 19
+# Float type of a Q/DQ graph's unquantized layers -> its torch dtype
+QDQ_FLOATS = {"fp32": torch.float32, "fp16": torch.float16}
 # Layers whose quantization costs most accuracy for least speed: the first and last
 # convolutions and the timestep/added-time embeddings. Patterns match module names.
 DEFAULT_KEEP = ("*conv_in*", "*conv_out*", "*time_embedding*", "*add_embedding*", "*time_pos_embed*")
@@ -215,10 +219,41 @@ def quantize_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict]
         return mtq.quantize(graph, qcfg, forward_loop=forward_loop)
 
 
-def to_standard_qdq(model, fmt: str):
+class CastBoundary(torch.nn.Module):
+    """Runs ``graph`` in ``dtype`` behind float32 inputs and outputs: the Q/DQ graph keeps
+    the component's interface (what the runtime binds) while everything inside, Q/DQ
+    scales included, is ``dtype``."""
+
+    def __init__(self, graph: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.graph, self.dtype = graph, dtype
+
+    def forward(self, *inputs):
+        out = self.graph(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs))
+        return out.float()
+
+
+def in_float_type(graph: torch.nn.Module, float_type: str) -> torch.nn.Module:
+    """The calibrated graph with its unquantized layers in ``float_type`` (QDQ_FLOATS):
+    weights cast, and every quantizer told to export its scales in that type (modelopt
+    exports fp32 scales by default, which a strongly typed fp16 network cannot mix)."""
+    if float_type == "fp32":
+        return graph
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    dtype = QDQ_FLOATS[float_type]
+    graph = graph.to(dtype)
+    for m in graph.modules():
+        if isinstance(m, TensorQuantizer):
+            m.trt_high_precision_dtype = "Half"  # modelopt's name for fp16
+    return CastBoundary(graph, dtype)
+
+
+def to_standard_qdq(model, fmt: str, float_type: str = "fp32"):
     """modelopt's TorchScript export writes FP8 as trt::TRT_FP8(De)QuantizeLinear; turn
     them into opset-19 QuantizeLinear/DequantizeLinear with FLOAT8E4M3FN zero points
-    (modelopt's FP8 exporter, then the ops moved to the default domain)."""
+    (modelopt's FP8 exporter, then the ops moved to the default domain), with every
+    Q/DQ scale in the graph's ``float_type``."""
 
     if fmt == "fp8":
         from modelopt.onnx.export.fp8_exporter import FP8QuantExporter
@@ -232,6 +267,7 @@ def to_standard_qdq(model, fmt: str):
         keep = [v for v in model.graph.value_info if v.name not in q_outputs]
         del model.graph.value_info[:]
         model.graph.value_info.extend(keep)
+        _scales_in(model, float_type)
     imports = [o for o in model.opset_import if o.domain not in ("trt",)]
     del model.opset_import[:]
     model.opset_import.extend(imports)
@@ -239,6 +275,23 @@ def to_standard_qdq(model, fmt: str):
         if o.domain in ("", "ai.onnx"):
             o.version = max(o.version, QDQ_OPSET)
     return model
+
+
+def _scales_in(model, float_type: str) -> None:
+    """Casts fp32 Q/DQ scales of an fp16 graph to fp16 in place. modelopt's FP8 exporter
+    types the scales it adds after softmax from tensor types the TorchScript export
+    leaves unset, so they come out fp32, which ONNX (one type per Q/DQ) and a strongly
+    typed TensorRT network refuse."""
+    if float_type == "fp32":
+        return
+    import onnx
+    from onnx import numpy_helper
+
+    dtype = torch.empty(0, dtype=QDQ_FLOATS[float_type]).numpy().dtype
+    scales = {n.input[1] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    for i, t in enumerate(model.graph.initializer):
+        if t.name in scales and t.data_type == onnx.TensorProto.FLOAT:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name))
 
 
 def count_qdq(model) -> dict:
@@ -272,7 +325,7 @@ MAX_REL_L2 = 0.5
 
 
 def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir: Path, unet_weights=None,
-                     variant: str | None = None):
+                     variant: str | None = None, float_type: str = "fp32"):
     """Quantizes one component (QUANTIZABLE), exports Q/DQ ONNX to ``out_dir``, and
     measures its error.
 
@@ -283,6 +336,8 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
         out_dir: folder to write into (callers make it atomic).
         unet_weights: optional replacement UNet state dict.
         variant: graph variant to quantize (export/graphs.py GRAPH_VARIANTS), or None.
+        float_type: float type of the unquantized layers (QDQ_FLOATS; the backend's
+            ``qdq_float``). Calibration always runs in fp32.
 
     Returns:
         (ExportResult, error report): the report compares the Q/DQ graph on ONNX
@@ -300,6 +355,8 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
 
     if component not in CALIBRATION:
         raise VidrtError(f"the quantization stage calibrates {', '.join(QUANTIZABLE)}, not {component}")
+    if float_type not in QDQ_FLOATS:
+        raise VidrtError(f"Q/DQ graphs are written in {' or '.join(QDQ_FLOATS)}, not {float_type}")
     _modelopt()
     spec = model.specs()[component]
     graph = component_graph(component, load_torch_component(model, component, unet_weights), variant)
@@ -310,7 +367,8 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
         reference = [graph(*feeds.values()) for feeds in held_out]
     quantize_graph(graph, cfg, calib, component)
     result = export_component(
-        graph, spec, out_dir, opset=QDQ_OPSET, postprocess=lambda m: to_standard_qdq(m, cfg.format),
+        in_float_type(graph, float_type), spec, out_dir, opset=QDQ_OPSET,
+        postprocess=lambda m: to_standard_qdq(m, cfg.format, float_type),
         cleanup=False, tolerance=None,
     )
     report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps if component == "unet" else None)

@@ -40,23 +40,29 @@ def int8_engines(tiny_model, tiny_engine_dir, tmp_path_factory):
     return engines
 
 
-@pytest.fixture(scope="module", params=["int8", "fp8"])
+# (format, float type of the unquantized layers): the CPU backends' INT8 graph (the
+# pipeline's own export), and TensorRT's fp16 INT8 and FP8 graphs.
+GRAPHS = [("int8", "fp32"), ("int8", "fp16"), ("fp8", "fp16")]
+
+
+@pytest.fixture(scope="module", params=GRAPHS, ids=["-".join(g) for g in GRAPHS])
 def quantized(request, tiny_model, tmp_path_factory):
-    if request.param == "int8":  # the pipeline's own export, as export.json records it
+    fmt, float_type = request.param
+    if request.param == ("int8", "fp32"):  # the pipeline's own export, as export.json records it
         import json
         import types
 
         folder = request.getfixturevalue("int8_engines") / "unet" / "onnx-int8"
         record = json.loads((folder / "export.json").read_text())
         result = types.SimpleNamespace(onnx_path=folder / "model.onnx", ops=record["tensorrt_ops"])
-        return "int8", result, record["quantization"]["error_vs_fp32"]
-    out = tmp_path_factory.mktemp(f"q-{request.param}")
-    result, report = export_quantized(tiny_model, "unet", QuantConfig(format=request.param, **CFG), out)
-    return request.param, result, report
+        return fmt, float_type, result, record["quantization"]["error_vs_fp32"]
+    out = tmp_path_factory.mktemp(f"q-{fmt}-{float_type}")
+    result, report = export_quantized(tiny_model, "unet", QuantConfig(format=fmt, **CFG), out, float_type=float_type)
+    return fmt, float_type, result, report
 
 
 def test_qdq_graph_uses_standard_ops_and_zero_point_type(quantized):
-    fmt, result, report = quantized
+    fmt, _, result, report = quantized
     model = onnx.load(str(result.onnx_path))
     assert next(o.version for o in model.opset_import if o.domain == "") >= 19
     assert all(n.domain == "" for n in model.graph.node)  # no trt:: custom ops left
@@ -65,8 +71,35 @@ def test_qdq_graph_uses_standard_ops_and_zero_point_type(quantized):
     assert result.ops["ok"], result.ops["unsupported"]  # TensorRT's parser takes it
 
 
+# Ops whose fp32 output would mean a layer left out of the graph's float type. The
+# timestep's sinusoidal embedding (a few Mul/Sin/Cos on a (rows, 256) tensor) is fp32 in
+# diffusers itself, and is not in this list.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Softmax", "InstanceNormalization",
+               "GroupNormalization", "LayerNormalization", "DequantizeLinear")  # (Q outputs are int8/fp8)
+
+
+def test_unquantized_layers_run_in_the_graph_float_type(quantized):
+    """TensorRT builds Q/DQ graphs strongly typed: a layer is fp16 only if the graph says
+    so. Its graph is fp16 inside (weights, Q/DQ scales, every compute op) behind fp32
+    inputs and outputs; the CPU backends' graph stays fp32."""
+    _, float_type, result, _ = quantized
+    want = onnx.TensorProto.FLOAT16 if float_type == "fp16" else onnx.TensorProto.FLOAT
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(result.onnx_path)))
+    graph = model.graph
+    assert {v.type.tensor_type.elem_type for v in [*graph.input, *graph.output] if v.name != "timestep"} == {onnx.TensorProto.FLOAT}
+    inits = {t.name: t.data_type for t in graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t.data_type for n in graph.node if n.op_type == "Constant"}
+    weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.input[1] in inits}
+    scales = {n.input[1] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    assert {inits[w] for w in weights} <= {want, onnx.TensorProto.FLOAT8E4M3FN}
+    assert {inits.get(s, consts.get(s)) for s in scales} == {want}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    wrong = [n.name for n in graph.node if n.op_type in COMPUTE_OPS and types.get(n.output[0]) != want]
+    assert not wrong, wrong[:5]
+
+
 def test_sensitive_layers_stay_high_precision(quantized):
-    _, result, _ = quantized
+    _, _, result, _ = quantized
     model = onnx.load(str(result.onnx_path))
     names = [n.name for n in model.graph.node if n.op_type == "QuantizeLinear"]
     for layer in ("conv_in", "conv_out", "time_embedding", "add_embedding"):
@@ -74,10 +107,10 @@ def test_sensitive_layers_stay_high_precision(quantized):
 
 
 def test_error_against_fp32_is_reported_per_step_and_bounded(quantized):
-    fmt, _, report = quantized
+    fmt, float_type, _, report = quantized
     assert [r["step"] for r in report["per_step"]] == [0, 1, 2]
     assert 0 < report["rel_l2"] <= BOUNDS[fmt]
-    print(f"{fmt}: UNet rel L2 {report['rel_l2']:.4f}, max abs {report['max_abs_err']:.4f}")
+    print(f"{fmt} ({float_type} inside): UNet rel L2 {report['rel_l2']:.4f}, max abs {report['max_abs_err']:.4f}")
 
 
 def test_synthetic_calibration_set_is_deterministic():
@@ -156,3 +189,19 @@ def test_int8_image_encoder_keeps_embeddings_float(tiny_model, tmp_path):
     assert not [n for n in quantizers if "embeddings" in n or "visual_projection" in n]
     assert 0 < report["rel_l2"] <= BOUNDS["int8"]
     print(f"int8 image encoder: rel L2 {report['rel_l2']:.4f}, max abs {report['max_abs_err']:.4f}")
+
+
+def test_each_backend_reads_the_qdq_graph_in_its_float_type(tiny_model, tmp_path):
+    """TensorRT's quantized components come from the fp16 Q/DQ graph, in a folder of its
+    own; the CPU backends' from the fp32 one; unquantized components share onnx/."""
+    from vidrt.backends import get_backend
+    from vidrt.backends.tensorrt import TensorRTBackend
+    from vidrt.build import onnx_path
+
+    def folder(backend, component, precision):
+        return onnx_path(tiny_model, tmp_path, backend, component, precision).parent.name
+
+    assert folder(TensorRTBackend, "unet", "int8") == "onnx-int8-fp16"
+    assert folder(TensorRTBackend, "unet", "fp8") == "onnx-fp8-fp16"
+    assert folder(get_backend("onnxruntime"), "unet", "int8") == "onnx-int8"
+    assert folder(TensorRTBackend, "vae_decoder", "fp16") == "onnx"

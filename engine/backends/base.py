@@ -80,6 +80,9 @@ class Backend(abc.ABC):
     # The artifact is tied to where its graph lies (OpenVINO's cache key holds the path):
     # a moved engine folder rebuilds it once instead of recompiling at every load.
     keyed_by_graph_path: bool = False
+    # Float type of a Q/DQ graph's unquantized layers (export/quantize.py QDQ_FLOATS): a
+    # backend that builds the graph strongly typed runs them in the graph's own type.
+    qdq_float: str = "fp32"
     # component -> ONNX graph variant this backend runs faster, used where the model has it
     graph_variants: dict[str, str] = {}
 

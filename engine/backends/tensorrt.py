@@ -187,6 +187,9 @@ class TensorRTBackend(Backend):
     device = "cuda"
     # With --precision int8/fp8 the UNet (and, asked, the decoder) is quantized; the rest runs in fp16.
     companion_precision = "fp16"
+    # Strongly typed INT8/FP8 networks run every layer without Q/DQ in the graph's float
+    # type: an fp32 Q/DQ graph would leave them fp32.
+    qdq_float = "fp16"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
