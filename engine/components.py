@@ -134,10 +134,6 @@ class ComponentSpec:
     def output_shapes(self, dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
         return {t.name: self.shape_of(t, dims) for t in self.outputs}
 
-    def shapes_at(self, point: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-        """Input shapes at a point (e.g. min/opt/max) of the ranges."""
-        return {t.name: self.shape_of(t, point) for t in self.inputs}
-
     def corner(self, which: str) -> dict[str, int]:
         """The 'min', 'opt' or 'max' point of the declared ranges."""
         if which == "opt":

@@ -9,9 +9,11 @@ float32 and are shared with torch tensors, so nothing is copied.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -47,12 +49,48 @@ class OvOptions:
         return dataclasses.asdict(self)
 
 
+MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now
+
+
+def page_out_mapped(folder: Path) -> int:
+    """Gives back the pages this process holds of files mapped from ``folder``; returns
+    how many mappings it asked for.
+
+    OpenVINO maps its cached blob and reads the weights from it while it loads and while
+    the first inference repacks them into its own layout; afterwards the mapped pages sit
+    in the process's RSS unused (8.5 GB of svd-xt's 19.5 GB peak). They are clean file
+    pages: anything that touches them again reads them back from the file, so this only
+    costs time, never correctness. Where the kernel lacks MADV_PAGEOUT the pages stay
+    (memory, not results, is what changes), so madvise's answer is not checked.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    prefix = str(Path(folder).resolve()) + os.sep
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return 0
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    count = 0
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(prefix):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            madvise(start, end - start, MADV_PAGEOUT)
+            count += 1
+    return count
+
+
 class OvEngine(Engine):
-    def __init__(self, spec: ComponentSpec, compiled, static_shapes: dict | None = None):
+    def __init__(self, spec: ComponentSpec, compiled, static_shapes: dict | None = None, blob_dir: Path | None = None):
         super().__init__(spec)
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.static_shapes = static_shapes
+        self.blob_dir = blob_dir  # pages of its mapped blob are given back after the first run
+        if blob_dir is not None:
+            page_out_mapped(blob_dir)
 
     def _run(self, feeds, outputs):
         ov = _ov()
@@ -68,6 +106,9 @@ class OvEngine(Engine):
         for name, t in outputs.items():
             req.set_tensor(name, ov.Tensor(t.numpy(), shared_memory=True))
         req.infer()
+        if self.blob_dir is not None:  # the weights are repacked now: the blob's pages are not needed
+            page_out_mapped(self.blob_dir)
+            self.blob_dir = None
         for name, t in outputs.items():
             got = req.get_tensor(name).data
             if got.ctypes.data != t.data_ptr():  # OpenVINO chose its own buffer: copy once
@@ -186,7 +227,7 @@ class OpenVinoBackend(Backend):
                 (cache / name).unlink(missing_ok=True)
             warnings.warn(f"vidrt: OpenVINO compiled {spec.name} again at load instead of reading the blob "
                           f"build-engines left in {cache}; loads will stay slow until it is rebuilt", stacklevel=2)
-        return OvEngine(spec, compiled, manifest.get("static_shapes"))
+        return OvEngine(spec, compiled, manifest.get("static_shapes"), blob_dir=cache)
 
 
 def _blobs(cache: Path) -> set[str]:
