@@ -23,7 +23,7 @@ from vidrt.options import RequestOptions
 from vidrt.samplers import make_sampler
 
 from .environment import environment
-from .memory import PeakDeviceMemory, PeakRss, rss_mb
+from .memory import PeakDeviceMemory, PeakRss
 
 STAGES = {
     "image-to-video": ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
@@ -109,16 +109,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         from .baseline import check_baseline_precision
 
         check_baseline_precision(baseline_precision, "cuda" if _gpu() else "cpu")
-    rss0 = rss_mb()
     t0 = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(
-        cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
-        sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-        progress=progress,
-        cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
-    )
+    with PeakRss() as loading:  # (a build, where one is needed, counts too)
+        pipe = VideoPipeline.from_pretrained(
+            cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
+            sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
+            progress=progress,
+            cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
+        )
     engine_load_s = time.perf_counter() - t0
-    engine_resident = rss_mb() - rss0
     baseline = None
     try:
         if baseline_precision != "none":
@@ -126,7 +125,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
 
             baseline = BaselineWorker(pipe.model, baseline_precision, cfg.unet_weights, device=pipe.device.type,
                                       compile=cfg.baseline_compile, sampler=cfg.sampler)
-        return _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, engine_resident, progress)
+        return _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, loading.peak_mb, progress)
     finally:
         if baseline is not None:
             baseline.close()
@@ -136,27 +135,32 @@ def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, engine_resident, progress) -> dict:
-    """The interleaved runs and the result dict."""
+def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, load_peak_mb, progress) -> dict:
+    """The interleaved runs and the result dict. Each side's peak memory is its process's
+    peak RSS over the whole benchmark, warm-ups included (the first run is where a
+    backend packs its weights); the engine's counts its load too."""
     inputs = cfg.inputs(pipe.model)
     kwargs = cfg.request(pipe.model)
     engine_runs, base_runs = [], []
     from tqdm.auto import tqdm
 
     warmups = {"engine": [], "baseline": []}
+    peaks = {"engine": [load_peak_mb], "baseline": [baseline.resident_mb] if baseline else []}
     with PeakRss(pids=[baseline.pid] if baseline else []) as together:
         for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
             run = _engine_run(pipe, inputs, cfg, kwargs)
             (engine_runs.append(run) if r >= cfg.warmup else warmups["engine"].append(run["total"]))
+            peaks["engine"].append(run["peak_rss_mb"])
             if baseline is not None:
                 run = baseline.run(inputs, cfg.seed, kwargs)
                 (base_runs.append(run) if r >= cfg.warmup else warmups["baseline"].append(run["total"]))
+                peaks["baseline"].append(run["peak_rss_mb"])
 
     videos = cfg.batch_size
     builds = pipe.builds
     frames = kwargs["num_frames"] or pipe.model.default_num_frames
     stages = STAGES["image-to-video" if pipe.model.kind == "image-to-video" else "text-to-video"]
-    engine = _side(engine_runs, videos, frames, engine_resident, stages)
+    engine = _side(engine_runs, videos, frames, max(peaks["engine"]), stages)
     engine.update({
         "backend": pipe.backend,
         "precision": cfg.precision,
@@ -189,7 +193,7 @@ def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, engine_resi
     }
     result["roofline"] = roofline(pipe, cfg, engine, frames)
     if baseline is not None:
-        result["baseline"] = _side(base_runs, videos, frames, baseline.resident_mb, stages, absolute=True) | {
+        result["baseline"] = _side(base_runs, videos, frames, max(peaks["baseline"]), stages) | {
             "backend": f"pytorch (diffusers {getattr(pipe.model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
             "precision": baseline_precision, "build_s": 0.0, "load_s": baseline.load_s,
             # With --baseline-compile the first warm-up run carries the compile time.
@@ -235,14 +239,13 @@ def _engine_run(pipe, inputs, cfg, kwargs) -> dict:
     return {
         "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "text_encoder": t.text_encoder,
                    "unet": t.unet, "vae_decoder": t.vae_decoder},
-        "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak": mem.peak_mb - mem.start_mb,
+        "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak_rss_mb": mem.peak_mb,
         "device": dev.as_dict(), "frames": out.frames,
     }
 
 
-def _side(runs: list[dict], videos: int, frames: int, resident_mb: float, stage_names, absolute: bool = False) -> dict:
-    """One side's figures; peak memory is resident-at-load plus the runs' growth, or with
-    ``absolute`` the runs' own peak RSS (a worker process measures its whole self)."""
+def _side(runs: list[dict], videos: int, frames: int, peak_mb: float, stage_names) -> dict:
+    """One side's figures from its timed runs; ``peak_mb`` is its process's peak RSS."""
     totals = [r["total"] for r in runs]
     stages = {s: summary([r["stages"].get(s, 0.0) for r in runs], 1000.0) for s in stage_names}
     steps = [x for r in runs for x in r["unet_steps"]]
@@ -251,7 +254,7 @@ def _side(runs: list[dict], videos: int, frames: int, resident_mb: float, stage_
     return {
         "stages_ms": stages,
         "end_to_end_s": summary(totals),
-        "peak_memory_mb": max(r["peak_rss_mb"] for r in runs) if absolute else resident_mb + max(r["peak"] for r in runs),
+        "peak_memory_mb": peak_mb,
         "peak_device_memory_mb": runs[-1]["device"],
         "videos_per_min": 60.0 * videos / med,
         "frames_per_s": videos * frames / med,
