@@ -221,17 +221,17 @@ def _original_animatediff_keys(state: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt", "-folder"])
-def test_stable_diffusion_folder_with_a_motion_adapter_file(tmp_path, suffix):
-    """--motion-adapter FILE (original AnimateDiff layout) or FOLDER (diffusers') on a Stable
-    Diffusion folder runs as AnimateDiff and matches diffusers' AnimateDiffPipeline given
-    the same adapter."""
-    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
+def test_stable_diffusion_folder_with_a_motion_adapter_file(tmp_path):
+    """--motion-adapter FILE (original AnimateDiff layout, .safetensors or .ckpt) or FOLDER
+    (diffusers') on a Stable Diffusion folder runs as AnimateDiff: each gives the UNet
+    diffusers' UNetMotionModel.from_unet2d builds from the same adapter, and the pipeline
+    (built once, from the original-layout checkpoint) matches diffusers' AnimateDiffPipeline."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel, UNetMotionModel
     from safetensors.torch import save_file
 
     from vidrt import VideoPipeline
     from vidrt.presets_t2v import T2V_PRESETS
-    from vidrt.sources import load_torch_components, resolve_model
+    from vidrt.sources import load_torch_component, load_torch_components, resolve_model
 
     cfg = T2V_PRESETS["tiny-animatediff"]
     parts = load_torch_components(resolve_model("tiny-animatediff", progress=False))
@@ -244,17 +244,23 @@ def test_stable_diffusion_folder_with_a_motion_adapter_file(tmp_path, suffix):
                             scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(sd)
     state = _original_animatediff_keys({k: v.contiguous() for k, v in adapter.state_dict().items()})
-    path = tmp_path / f"mm{suffix}"
-    if suffix == "-folder":
-        adapter.save_pretrained(path)
-    else:
-        save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    paths = {suffix: tmp_path / f"mm{suffix}" for suffix in (".safetensors", ".ckpt", "-folder")}
+    adapter.save_pretrained(paths["-folder"])
+    save_file(state, str(paths[".safetensors"]))
+    torch.save(state, paths[".ckpt"])
 
     with pytest.raises(VidrtError, match="add --motion-adapter"):
         resolve_model(str(sd))
-    pipe = VideoPipeline.from_pretrained(str(sd), motion_adapter=str(path), engine_dir=tmp_path / "e",
+    want_unet = UNetMotionModel.from_unet2d(unet, motion_adapter=adapter).state_dict()
+    for suffix, path in paths.items():
+        model = resolve_model(str(sd), progress=False, motion_adapter=str(path))
+        assert model.kind == "animatediff" and model.motion_adapter["motion_max_seq_length"] == 32, suffix
+        got_unet = load_torch_component(model, "unet").state_dict()
+        assert got_unet.keys() == want_unet.keys(), suffix
+        assert all(torch.equal(got_unet[k], want_unet[k]) for k in want_unet), suffix
+
+    pipe = VideoPipeline.from_pretrained(str(sd), motion_adapter=str(paths[".ckpt"]), engine_dir=tmp_path / "e",
                                          backend="onnxruntime", progress=False)
-    assert pipe.model.kind == "animatediff" and pipe.model.motion_adapter["motion_max_seq_length"] == 32
     ref = AnimateDiffPipeline.from_pretrained(sd, motion_adapter=adapter)
     ref.set_progress_bar_config(disable=True)
     kw = dict(KW, prompt="a robot dancing", guidance_scale=3.0, output_type="np")
