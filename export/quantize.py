@@ -267,7 +267,7 @@ def to_standard_qdq(model, fmt: str, float_type: str = "fp32"):
         keep = [v for v in model.graph.value_info if v.name not in q_outputs]
         del model.graph.value_info[:]
         model.graph.value_info.extend(keep)
-        _scales_in(model, float_type)
+    _scales_in(model, float_type)
     imports = [o for o in model.opset_import if o.domain not in ("trt",)]
     del model.opset_import[:]
     model.opset_import.extend(imports)
@@ -281,7 +281,7 @@ def _scales_in(model, float_type: str) -> None:
     """Casts fp32 Q/DQ scales of an fp16 graph to fp16 in place. modelopt's FP8 exporter
     types the scales it adds after softmax from tensor types the TorchScript export
     leaves unset, so they come out fp32, which ONNX (one type per Q/DQ) and a strongly
-    typed TensorRT network refuse."""
+    typed TensorRT network refuse. (Its INT8 export already writes them fp16.)"""
     if float_type == "fp32":
         return
     import onnx
