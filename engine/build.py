@@ -133,6 +133,40 @@ def weight_files(model, component: str, unet_weights: str | None) -> list[Path]:
     return files
 
 
+@dataclasses.dataclass
+class BuildPlan:
+    """What one prepare_engines call works from: the request, then (under the engine
+    folder's lock) each component's graph folder, export key and the source hashes.
+    Each build step below takes the plan and a component."""
+
+    model: object
+    engine_dir: Path
+    backend: type
+    precision: str
+    precisions: dict[str, str]  # component -> engine precision
+    quant: object = None  # QuantConfig where a component is quantized
+    unet_weights: str | None = None
+    options: object = None  # backend build options
+    build: bool = True
+    full_verify: bool = False
+    progress: bool = True
+    versions: dict = dataclasses.field(default_factory=dict)
+    hashes: dict = dataclasses.field(default_factory=dict)  # source path -> {sha256, size, mtime_ns}
+    variants: dict = dataclasses.field(default_factory=dict)  # component -> graph variant or None
+    onnx_dirs: dict = dataclasses.field(default_factory=dict)  # component -> its ONNX folder
+    export_keys: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self.model.components
+
+    def weight_files(self, c: str) -> list[Path]:
+        return weight_files(self.model, c, self.unet_weights)
+
+    def quantized(self, c: str) -> bool:
+        return self.precisions[c] in QUANTIZED
+
+
 def prepare_engines(
     model,
     engine_dir: Path,
@@ -178,66 +212,75 @@ def prepare_engines(
         raise VidrtError("--component-precision: quantize every quantized component to the same format (int8 or fp8)")
     if quantized and quant is None:
         quant = _built_or_default_quant(Path(engine_dir), precisions[quantized[0]], quantized)
-    engine_dir = Path(engine_dir)
-    args = (model, engine_dir, backend, precision, precisions, unet_weights, quant, backend_options, build, full_verify,
-            progress)
+    plan = BuildPlan(model, Path(engine_dir), backend, precision, precisions, quant, unet_weights, backend_options,
+                     build, full_verify, progress)
     if not build:  # only reads: a read-only engine folder serves too
-        return _prepare_locked(*args)
-    with folder_lock(engine_dir, "engines", progress):
-        return _prepare_locked(*args)
+        return _prepare_locked(plan)
+    with folder_lock(plan.engine_dir, "engines", progress):
+        return _prepare_locked(plan)
 
 
-def _prepare_locked(model, engine_dir, backend, precision, precisions, unet_weights, quant, backend_options, build,
-                    full_verify, progress) -> dict[str, ComponentBuild]:
+def _prepare_locked(plan: BuildPlan) -> dict[str, ComponentBuild]:
+    """The build steps, in order: locate the graphs, find stale exports, export them,
+    build (or reuse) each component's artifact."""
+    _locate(plan)
+    stale = _stale_exports(plan)
+    if stale and not plan.build:
+        c, reason = next(iter(stale.items()))
+        raise refuse(c, plan.onnx_dirs[c], reason)
+    export_s = _export_all(plan, stale)
+
+    from tqdm.auto import tqdm
+
+    results: dict[str, ComponentBuild] = {}
+    bar = tqdm(plan.components, desc=f"build {plan.backend.name}-{plan.precision}", disable=not plan.progress,
+               unit="component")
+    for c in bar:
+        bar.set_postfix_str(c)
+        results[c] = _build_one(plan, c)
+        results[c].exported = c in stale
+        results[c].build_s += export_s.get(c, 0.0)
+        if c in stale:
+            results[c].reason = f"exported ({stale[c]})"
+        touch_used(plan.onnx_dirs[c])  # what `vidrt prune` sorts by
+        touch_used(results[c].artifact_dir)
+    return results
+
+
+def _locate(plan: BuildPlan) -> None:
+    """Fills in the plan's source hashes, graph variants, ONNX folders and export keys."""
+    model, backend = plan.model, plan.backend
     specs = model.specs()
-    vers = versions()
-    hashes = _source_hashes(model, engine_dir, unet_weights)
-    variants = {c: graph_variant(model, backend, c) for c in model.components}
-    onnx_dirs = {c: onnx_path(model, engine_dir, backend, c, precisions[c]).parent for c in model.components}
-    export_keys = {
+    plan.versions = versions()
+    plan.hashes = _source_hashes(model, plan.engine_dir, plan.unet_weights)
+    plan.variants = {c: graph_variant(model, backend, c) for c in plan.components}
+    plan.onnx_dirs = {c: onnx_path(model, plan.engine_dir, backend, c, plan.precisions[c]).parent for c in plan.components}
+    vers = plan.versions
+    plan.export_keys = {
         c: sha256_json(
             {
                 "component": c,
                 "format": EXPORT_FORMAT,
                 "spec": specs[c].describe(),
-                "sources": {p: hashes[p]["sha256"] for p in map(str, weight_files(model, c, unet_weights))},
+                "sources": {p: plan.hashes[p]["sha256"] for p in map(str, plan.weight_files(c))},
                 "versions": {k: vers[k] for k in ("torch", "diffusers", "transformers", "onnx", "onnxslim")},
             }
-            | ({"quant": quant.describe(), "modelopt": vers.get("nvidia-modelopt")} if precisions[c] in QUANTIZED else {})
-            | ({"qdq_float": backend.qdq_float} if precisions[c] in QUANTIZED and backend.qdq_float != "fp32" else {})
-            | ({"variant": variants[c]} if variants[c] else {})
+            | ({"quant": plan.quant.describe(), "modelopt": vers.get("nvidia-modelopt")} if plan.quantized(c) else {})
+            | ({"qdq_float": backend.qdq_float} if plan.quantized(c) and backend.qdq_float != "fp32" else {})
+            | ({"variant": plan.variants[c]} if plan.variants[c] else {})
         )
-        for c in model.components
+        for c in plan.components
     }
-    results: dict[str, ComponentBuild] = {}
-    stale_exports = {}
-    for c in model.components:
-        _, reason = verify(onnx_dirs[c], EXPORT_MANIFEST, export_keys[c], full_verify)
+
+
+def _stale_exports(plan: BuildPlan) -> dict[str, str]:
+    """component -> why its ONNX export must be (re)made, for those that must."""
+    stale = {}
+    for c in plan.components:
+        _, reason = verify(plan.onnx_dirs[c], EXPORT_MANIFEST, plan.export_keys[c], plan.full_verify)
         if reason:
-            stale_exports[c] = reason
-    if stale_exports and not build:
-        c, reason = next(iter(stale_exports.items()))
-        raise refuse(c, onnx_dirs[c], reason)
-    export_s = _export_all(
-        model, onnx_dirs, stale_exports, export_keys, unet_weights, vers, hashes, progress, precisions, quant, variants,
-        backend.qdq_float,
-    )
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(model.components, desc=f"build {backend.name}-{precision}", disable=not progress, unit="component")
-    for c in bar:
-        bar.set_postfix_str(c)
-        results[c] = _build_one(
-            c, model, engine_dir, onnx_dirs[c], backend, precisions[c], specs[c], vers, build, full_verify, backend_options
-        )
-        results[c].exported = c in stale_exports
-        results[c].build_s += export_s.get(c, 0.0)
-        if c in stale_exports:
-            results[c].reason = f"exported ({stale_exports[c]})"
-        touch_used(onnx_dirs[c])  # what `vidrt prune` sorts by
-        touch_used(results[c].artifact_dir)
-    return results
+            stale[c] = reason
+    return stale
 
 
 def _built_or_default_quant(engine_dir: Path, precision: str, components: list[str]):
@@ -266,68 +309,80 @@ def _source_hashes(model, engine_dir: Path, unet_weights: str | None) -> dict:
     return hashes
 
 
-def _export_all(model, onnx_dirs, stale, keys, unet_weights, vers, hashes, progress, precisions, quant, variants,
-                qdq_float) -> dict[str, float]:
+def _export_all(plan: BuildPlan, stale: dict[str, str]) -> dict[str, float]:
+    """Exports the stale components, one at a time; returns the seconds each took."""
     if not stale:
         return {}
     from tqdm.auto import tqdm
 
+    bar = tqdm(list(stale), desc="export onnx", disable=not plan.progress, unit="component")
+    seconds = {}
+    for c in bar:
+        bar.set_postfix_str(c)
+        seconds[c] = _export_one(plan, c)
+        gc.collect()
+    return seconds
+
+
+def _export_one(plan: BuildPlan, c: str) -> float:
+    """Exports one component (quantized where its precision says) with its manifest;
+    returns the seconds it took, loading, calibrating and checking included."""
     from .sources import load_torch_component
 
     from vidrt.export.graphs import component_graph
     from vidrt.export.onnx_export import export_component
 
-    specs = model.specs()
-    seconds = {}
-    bar = tqdm(list(stale), desc="export onnx", disable=not progress, unit="component")
-    for c in bar:
-        bar.set_postfix_str(c)
-        quantization = None
-        t0 = time.perf_counter()  # the whole step: loading, calibrating and checking too
-        with atomic_dir(onnx_dirs[c]) as tmp:
-            if precisions[c] in QUANTIZED:
-                from vidrt.export.quantize import export_quantized
+    model, spec = plan.model, plan.model.specs()[c]
+    quantization = None
+    t0 = time.perf_counter()
+    with atomic_dir(plan.onnx_dirs[c]) as tmp:
+        if plan.quantized(c):
+            from vidrt.export.quantize import export_quantized
 
-                result, quantization = export_quantized(model, c, quant, tmp, unet_weights, variants[c], qdq_float)
-            else:
-                # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
-                graph = component_graph(c, load_torch_component(model, c, unet_weights), variants[c])
-                result = export_component(graph, specs[c], tmp)
-                del graph
-            seconds[c] = time.perf_counter() - t0
-            atomic_write_json(
-                tmp / EXPORT_MANIFEST,
-                {
-                    "schema": SCHEMA,
-                    "component": c,
-                    "key": keys[c],
-                    "model": model.label,
-                    "random_weights": bool(model.preset),
-                    "spec": specs[c].describe(),
-                    "sources": {p: hashes[p] for p in map(str, weight_files(model, c, unet_weights))},
-                    "files": files_record(result.files(), tmp),
-                    "export_s": round(seconds[c], 3),
-                    "parity_check": result.check,
-                    "tensorrt_ops": result.ops,
-                    "precision": precisions[c],
-                    "graph_variant": variants[c],
-                    **({"qdq_float": qdq_float} if quantization else {}),
-                    "quantization": quantization and {"config": quant.describe(), "error_vs_fp32": quantization},
-                    "versions": vers,
-                },
-            )
-        if not result.ops["ok"]:
-            print(f"vidrt: warning: {c} uses ops TensorRT cannot parse: {', '.join(result.ops['unsupported'])}")
-        if quantization:
-            print(f"vidrt: {precisions[c]} {c} vs fp32 on held-out inputs: mean relative L2 "
-                  f"{quantization['rel_l2']:.4f}, max abs err {quantization['max_abs_err']:.4f}")
-        gc.collect()
+            result, quantization = export_quantized(model, c, plan.quant, tmp, plan.unet_weights, plan.variants[c],
+                                                    plan.backend.qdq_float)
+        else:
+            # One torch module at a time: the real UNet alone needs ~6 GB, its export twice that.
+            graph = component_graph(c, load_torch_component(model, c, plan.unet_weights), plan.variants[c])
+            result = export_component(graph, spec, tmp)
+            del graph
+        seconds = time.perf_counter() - t0
+        atomic_write_json(
+            tmp / EXPORT_MANIFEST,
+            {
+                "schema": SCHEMA,
+                "component": c,
+                "key": plan.export_keys[c],
+                "model": model.label,
+                "random_weights": bool(model.preset),
+                "spec": spec.describe(),
+                "sources": {p: plan.hashes[p] for p in map(str, plan.weight_files(c))},
+                "files": files_record(result.files(), tmp),
+                "export_s": round(seconds, 3),
+                "parity_check": result.check,
+                "tensorrt_ops": result.ops,
+                "precision": plan.precisions[c],
+                "graph_variant": plan.variants[c],
+                **({"qdq_float": plan.backend.qdq_float} if quantization else {}),
+                "quantization": quantization and {"config": plan.quant.describe(), "error_vs_fp32": quantization},
+                "versions": plan.versions,
+            },
+        )
+    if not result.ops["ok"]:
+        print(f"vidrt: warning: {c} uses ops TensorRT cannot parse: {', '.join(result.ops['unsupported'])}")
+    if quantization:
+        print(f"vidrt: {plan.precisions[c]} {c} vs fp32 on held-out inputs: mean relative L2 "
+              f"{quantization['rel_l2']:.4f}, max abs err {quantization['max_abs_err']:.4f}")
     return seconds
 
 
-def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, build, full_verify, options) -> ComponentBuild:
+def _build_one(plan: BuildPlan, c: str) -> ComponentBuild:
+    """Reuses the component's verified artifact, or builds it from its export."""
+    backend, options, precision = plan.backend, plan.options, plan.precisions[c]
+    spec = plan.model.specs()[c]
+    onnx_dir = plan.onnx_dirs[c]
     export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
-    out_dir = engine_dir / c / backend.artifact_name(precision, options)
+    out_dir = plan.engine_dir / c / backend.artifact_name(precision, options)
     key = sha256_json(
         {
             "onnx": export_manifest["files"],
@@ -342,14 +397,14 @@ def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, b
         | ({"graph_path": str((onnx_dir / "model.onnx").resolve())} if backend.keyed_by_graph_path else {})
     )
     export_s = float(export_manifest.get("export_s", 0.0))
-    manifest, reason = verify(out_dir, BUILD_MANIFEST, key, full_verify)
+    manifest, reason = verify(out_dir, BUILD_MANIFEST, key, plan.full_verify)
     if manifest is not None:
         return ComponentBuild(c, out_dir, False, False, 0.0, export_s + manifest["build_s"], _size(manifest), "reused")
-    if not build:
+    if not plan.build:
         raise refuse(c, out_dir, reason)
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
-        files, extras = backend.build(onnx_dir / "model.onnx", tmp, spec, precision, options, model)
+        files, extras = backend.build(onnx_dir / "model.onnx", tmp, spec, precision, options, plan.model)
         seconds = time.perf_counter() - start
         manifest = {
             "schema": SCHEMA,
@@ -359,8 +414,8 @@ def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, b
             "backend_version": backend.version(),
             "machine": backend.machine(),
             "precision": precision,
-            "model": model.label,
-            "random_weights": bool(model.preset),
+            "model": plan.model.label,
+            "random_weights": bool(plan.model.preset),
             "shape_ranges": spec.describe()["ranges"],
             "spec": spec.describe(),
             "onnx_sha256": {k: v["sha256"] for k, v in export_manifest["files"].items()},
@@ -368,7 +423,7 @@ def _build_one(c, model, engine_dir, onnx_dir, backend, precision, spec, vers, b
             "files": files_record(files, tmp),
             "build_s": round(seconds, 3),
             "options": backend.options_key(options),
-            "versions": vers,
+            "versions": plan.versions,
         } | extras
         atomic_write_json(tmp / BUILD_MANIFEST, manifest)
     return ComponentBuild(c, out_dir, False, True, seconds, export_s + seconds, _size(manifest), reason)
