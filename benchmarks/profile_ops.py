@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import time
 
 GEMM_TYPES = ("Convolution", "MatMul", "FullyConnected", "ScaledDotProductAttention", "GroupConvolution",
@@ -69,7 +68,8 @@ def profile_component(onnx_path, spec, dims: dict, precision: str, runs: int = 2
 def main(argv: list[str] | None = None) -> int:
     from vidrt.backends import get_backend
     from vidrt.benchmarks.roofline import matmul_ceiling, unet_flops
-    from vidrt.build import default_engine_dir, onnx_path, prepare_engines
+    from vidrt.build import prepare_engines
+    from vidrt.layout import default_engine_dir, onnx_path
     from vidrt.sources import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.profile_ops", description=__doc__.split("\n\n")[0])

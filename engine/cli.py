@@ -214,7 +214,8 @@ def _check_request_early(cfg):
 
 def cmd_build_engines(args) -> int:
     from .backends import get_backend
-    from .build import default_engine_dir, prepare_engines
+    from .build import prepare_engines
+    from .layout import default_engine_dir
     from .sources import resolve_model
 
     cfg = _config(BuildConfig, args)
@@ -247,7 +248,7 @@ def cmd_build_engines(args) -> int:
 def _quant_config(cfg: BuildConfig):
     """QuantConfig from build-engines flags (None unless --precision or a
     --component-precision is int8/fp8)."""
-    from .build import QUANTIZED
+    from .layout import QUANTIZED
 
     fmt = next((p for p in (cfg.precision, *cfg.component_precisions().values()) if p in QUANTIZED), None)
     if fmt is None:

@@ -20,9 +20,10 @@ import PIL.Image
 import torch
 
 from .backends import get_backend
-from .build import default_engine_dir, load_engines, prepare_engines
+from .build import load_engines, prepare_engines
 from .errors import VidrtError
 from .imageops import clip_pixel_values
+from .layout import default_engine_dir
 from .loop import Conditioning, LoopState, denoise
 from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import check_unet_weights, check_weight_paths, resolve_model

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidrt.build import QUANTIZABLE
+from vidrt.layout import QUANTIZABLE
 from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
 from vidrt.svd import SvdModel
@@ -174,7 +174,7 @@ def image_encoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list
 # What the stage calibrates, and on what: component -> its calibration inputs.
 CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_batches,
                "image_encoder": image_encoder_calibration_batches}
-assert set(CALIBRATION) == set(QUANTIZABLE), "vidrt.build.QUANTIZABLE names the components calibrated here"
+assert set(CALIBRATION) == set(QUANTIZABLE), "vidrt.layout.QUANTIZABLE names the components calibrated here"
 # Modules quantized although modelopt's defaults leave them float: its defaults skip the
 # vision towers of multimodal LLMs ("*vision_model*"), which is what CLIP's is named. Only
 # the transformer layers: CLIP's embeddings and output projection stay float.

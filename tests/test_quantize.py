@@ -163,7 +163,7 @@ def test_int8_decoder_qdq_graph_and_error(tiny_model, tmp_path, variant):
 
 
 def test_component_precision_quantizes_the_decoder_only_where_asked():
-    from vidrt.build import component_precisions
+    from vidrt.layout import component_precisions
     from vidrt.errors import VidrtError
 
     assert component_precisions("int8", "bf16") == {"image_encoder": "bf16", "vae_encoder": "bf16", "unet": "int8",
@@ -196,7 +196,7 @@ def test_each_backend_reads_the_qdq_graph_in_its_float_type(tiny_model, tmp_path
     own; the CPU backends' from the fp32 one; unquantized components share onnx/."""
     from vidrt.backends import get_backend
     from vidrt.backends.tensorrt import TensorRTBackend
-    from vidrt.build import onnx_path
+    from vidrt.layout import onnx_path
 
     def folder(backend, component, precision):
         return onnx_path(tiny_model, tmp_path, backend, component, precision).parent.name

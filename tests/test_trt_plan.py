@@ -115,7 +115,7 @@ def test_other_shape_ranges_build_into_their_own_folder():
 
 
 def test_fp16_vae_encoder_is_upcast_where_the_vae_asks():
-    from vidrt.build import component_precisions
+    from vidrt.layout import component_precisions
 
     assert component_precisions("fp16", "fp16", force_upcast=True)["vae_encoder"] == "fp32"
     assert component_precisions("int8", "fp16", force_upcast=True)["vae_encoder"] == "fp32"
