@@ -163,7 +163,7 @@ def _check_values(cfg) -> None:
     """Fails on flag values no model could use, before any model or preset is touched."""
     import math
 
-    from .pipeline import check_request
+    from .pipeline_base import check_request
     from .sources import check_weight_paths
 
     check_weight_paths(cfg.unet_weights, cfg.motion_adapter)

@@ -15,11 +15,11 @@ import torch
 
 from .errors import VidrtError
 from .loop import Conditioning, denoise
-from .pipeline import StageTimings, VideoPipeline, VideoPipelineOutput, _initial_latents, check_finite, check_request
+from .pipeline_base import BasePipeline, StageTimings, VideoPipelineOutput, check_finite, check_request, initial_latents
 from .samplers import make_sampler
 
 
-class TextToVideoPipeline(VideoPipeline):
+class TextToVideoPipeline(BasePipeline):
     """Text-to-video generation on compiled engines; built by ``VideoPipeline.from_pretrained``
     from a TextToVideoSDPipeline or AnimateDiffPipeline folder."""
 
@@ -99,7 +99,7 @@ class TextToVideoPipeline(VideoPipeline):
         cond = Conditioning({"encoder_hidden_states": embeds}, channel_axis=1)
         s = m.vae_scale_factor
         shape = (videos, m.latent_channels, num_frames, height // s, width // s)
-        latents = _initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
+        latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["unet"], sampler, latents, cond, guidance, generator, self.timings.unet_steps,
                           progress=progress, state=self.loop_state)
