@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import VidrtError
-from .svd import SvdModel, _read_json
+from .model_folder import read_json
+from .svd import SvdModel
 from .t2v import PIPELINES, T2vModel
 
 
@@ -20,7 +21,7 @@ def read_model(folder: str | Path, motion_adapter: str | Path | None = None):
         VidrtError: the folder is missing, incomplete, or holds an unsupported pipeline.
     """
     folder = Path(folder)
-    index = _read_json(folder / "model_index.json", folder)
+    index = read_json(folder / "model_index.json", folder)
     if index.get("_class_name") in (*PIPELINES, "StableDiffusionPipeline") or motion_adapter is not None:
         model = T2vModel.from_folder(folder, index, motion_adapter)
     else:

@@ -17,7 +17,7 @@ from .prune import touch_used
 from .models import read_model
 from .presets import PRESETS
 from .presets_t2v import T2V_PRESETS
-from .svd import PRESET_MARKER
+from .model_folder import PRESET_MARKER
 
 ALL_PRESETS = (*PRESETS, *T2V_PRESETS)
 

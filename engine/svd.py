@@ -13,44 +13,13 @@ from pathlib import Path
 
 from .components import ComponentSpec, DimRange, TensorSpec
 from .errors import VidrtError
+from .model_folder import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, frame_decoder_spec
+from .model_folder import read_json as _read_json
 
 COMPONENTS = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
 
 # Subfolder of the model folder that holds each component's weights.
 WEIGHTS_FOLDER = {"image_encoder": "image_encoder", "vae_encoder": "vae", "unet": "unet", "vae_decoder": "vae"}
-
-MAX_BATCH = 16
-MAX_FRAMES = 64
-MAX_PIXELS = 2048  # per side
-
-PRESET_MARKER = "vidrt_preset.json"
-
-
-class ModelFolderMixin:
-    """What every model family derives alike from its ``folder``, ``preset``, ``vae`` and
-    ``unet`` configs."""
-
-    graph_variants: dict[str, tuple[str, ...]] = {}  # component -> export variants it has
-
-    @property
-    def label(self) -> str:
-        """How results name this model; random weights are always said."""
-        if self.preset:
-            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
-        return str(self.folder)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
-
-    @property
-    def unet_up_factor(self) -> int:
-        """Latent sides must be multiples of this (one per UNet downsampling)."""
-        return 2 ** (len(self.unet["block_out_channels"]) - 1)
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.vae_scale_factor * self.unet_up_factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,30 +151,4 @@ def unet_spec(m: SvdModel) -> ComponentSpec:
 
 
 def vae_decoder_spec(m: SvdModel) -> ComponentSpec:
-    s = m.vae_scale_factor
-    top = MAX_PIXELS // s
-    h, w = m.default_size
-    return ComponentSpec(
-        name="vae_decoder",
-        inputs=(TensorSpec("latents", ("N", m.latent_channels, "h", "w")),),
-        outputs=(TensorSpec("frames", ("N", 3, f"h*{s}", f"w*{s}")),),
-        ranges={"N": DimRange(1, MAX_FRAMES), "h": DimRange(1, top), "w": DimRange(1, top)},
-        opt={"N": m.default_num_frames, "h": h // s, "w": w // s},
-    )
-
-
-def _read_json(path: Path, folder: Path) -> dict:
-    if not folder.is_dir():
-        raise VidrtError(f"model folder {folder} does not exist; pass a diffusers model folder, a hub id or a preset")
-    if not path.is_file():
-        raise VidrtError(
-            f"{folder} is not a complete diffusers model folder: {path.relative_to(folder)} is missing; "
-            "save the pipeline with save_pretrained() or pass a preset (vidrt build-engines --help lists them)"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VidrtError(f"{path} is not valid JSON ({e}); re-save the model folder") from None
-    if not isinstance(data, dict):
-        raise VidrtError(f"{path} holds a JSON {type(data).__name__}, not an object; re-save the model folder")
-    return data
+    return frame_decoder_spec(m, m.latent_channels, MAX_FRAMES)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .components import ComponentSpec, DimRange, TensorSpec
 from .errors import VidrtError
-from .svd import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, _read_json
+from .model_folder import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, frame_decoder_spec
+from .model_folder import read_json as _read_json
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 WEIGHTS_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
@@ -176,13 +177,4 @@ def unet_spec(m: T2vModel) -> ComponentSpec:
 
 def vae_decoder_spec(m: T2vModel) -> ComponentSpec:
     """AutoencoderKL decoder over frames stacked in the batch (a chunk of them at a time)."""
-    s = m.vae_scale_factor
-    top = MAX_PIXELS // s
-    h, w = m.default_size
-    return ComponentSpec(
-        name="vae_decoder",
-        inputs=(TensorSpec("latents", ("N", int(m.vae.get("latent_channels", 4)), "h", "w")),),
-        outputs=(TensorSpec("frames", ("N", 3, f"h*{s}", f"w*{s}")),),
-        ranges={"N": DimRange(1, MAX_FRAMES * MAX_BATCH), "h": DimRange(1, top), "w": DimRange(1, top)},
-        opt={"N": m.default_num_frames, "h": h // s, "w": w // s},
-    )
+    return frame_decoder_spec(m, int(m.vae.get("latent_channels", 4)), MAX_FRAMES * MAX_BATCH)

@@ -1,0 +1,80 @@
+"""What every model family's folder shares: the size limits of the shape ranges, the
+preset marker, the JSON reader with its errors, the properties derived from the VAE and
+UNet configs, and the description of a VAE decoder over stacked latent frames. Family
+modules (vidrt.svd, vidrt.t2v) build on this; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .components import ComponentSpec, DimRange, TensorSpec
+from .errors import VidrtError
+
+MAX_BATCH = 16
+MAX_FRAMES = 64
+MAX_PIXELS = 2048  # per side
+
+PRESET_MARKER = "vidrt_preset.json"
+
+
+class ModelFolderMixin:
+    """What every model family derives alike from its ``folder``, ``preset``, ``vae`` and
+    ``unet`` configs."""
+
+    graph_variants: dict[str, tuple[str, ...]] = {}  # component -> export variants it has
+
+    @property
+    def label(self) -> str:
+        """How results name this model; random weights are always said."""
+        if self.preset:
+            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
+        return str(self.folder)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def unet_up_factor(self) -> int:
+        """Latent sides must be multiples of this (one per UNet downsampling)."""
+        return 2 ** (len(self.unet["block_out_channels"]) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale_factor * self.unet_up_factor
+
+
+def frame_decoder_spec(m: ModelFolderMixin, latent_channels: int, max_frames: int) -> ComponentSpec:
+    """A VAE decoder over latent frames stacked in the batch (``N``: the frames of one
+    decode chunk, up to ``max_frames``), tuned at the model's default frames and size."""
+    s = m.vae_scale_factor
+    top = MAX_PIXELS // s
+    h, w = m.default_size
+    return ComponentSpec(
+        name="vae_decoder",
+        inputs=(TensorSpec("latents", ("N", latent_channels, "h", "w")),),
+        outputs=(TensorSpec("frames", ("N", 3, f"h*{s}", f"w*{s}")),),
+        ranges={"N": DimRange(1, max_frames), "h": DimRange(1, top), "w": DimRange(1, top)},
+        opt={"N": m.default_num_frames, "h": h // s, "w": w // s},
+    )
+
+
+def read_json(path: Path, folder: Path) -> dict:
+    """The JSON object at ``path`` inside model folder ``folder``; a missing folder or file,
+    invalid JSON or a non-object is a VidrtError saying how to fix it."""
+    if not folder.is_dir():
+        raise VidrtError(f"model folder {folder} does not exist; pass a diffusers model folder, a hub id or a preset")
+    if not path.is_file():
+        raise VidrtError(
+            f"{folder} is not a complete diffusers model folder: {path.relative_to(folder)} is missing; "
+            "save the pipeline with save_pretrained() or pass a preset (vidrt build-engines --help lists them)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VidrtError(f"{path} is not valid JSON ({e}); re-save the model folder") from None
+    if not isinstance(data, dict):
+        raise VidrtError(f"{path} holds a JSON {type(data).__name__}, not an object; re-save the model folder")
+    return data
