@@ -7,6 +7,7 @@ conditions, denoises and decodes a request; this module imports none of them but
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 import math
@@ -69,8 +70,10 @@ def family_pipeline(kind: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-class BasePipeline:
-    """Engines of one model, served one request at a time (see ``from_pretrained``)."""
+class BasePipeline(abc.ABC):
+    """Engines of one model, served one request at a time (see ``from_pretrained``). A
+    family's pipeline adds ``__call__`` with its diffusers pipeline's arguments, which
+    hands them to ``_serve``, and ``_generate``, which runs them."""
 
     def __init__(self, model, engines: dict, sampler: str, backend: str, precision: str, engine_dir: Path,
                  device: str = "cpu", cuda_graphs: bool = True):
@@ -176,6 +179,10 @@ class BasePipeline:
                 return self._generate(**request)
             with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
                 return self._generate(**request)
+
+    @abc.abstractmethod
+    def _generate(self, **request):
+        """Runs one request (``__call__``'s arguments by name); returns the output."""
 
     def _now(self) -> float:
         """Stage clock: on a GPU, waits for the stream first (stage boundaries only,
