@@ -72,6 +72,7 @@ class BuildPlan:
     build: bool = True
     full_verify: bool = False
     progress: bool = True
+    specs: dict = dataclasses.field(default_factory=dict)  # component -> ComponentSpec
     versions: dict = dataclasses.field(default_factory=dict)
     hashes: dict = dataclasses.field(default_factory=dict)  # source path -> {sha256, size, mtime_ns}
     variants: dict = dataclasses.field(default_factory=dict)  # component -> graph variant or None
@@ -172,7 +173,7 @@ def _prepare_locked(plan: BuildPlan) -> dict[str, ComponentBuild]:
 def _locate(plan: BuildPlan) -> None:
     """Fills in the plan's source hashes, graph variants, ONNX folders and export keys."""
     model, backend = plan.model, plan.backend
-    specs = model.specs()
+    specs = plan.specs = model.specs()
     plan.versions = versions()
     plan.hashes = _source_hashes(model, plan.engine_dir, plan.unet_weights)
     plan.variants = {c: graph_variant(model, backend, c) for c in plan.components}
@@ -254,7 +255,7 @@ def _export_one(plan: BuildPlan, c: str) -> float:
     from vidrt.export.graphs import component_graph
     from vidrt.export.onnx_export import export_component
 
-    model, spec = plan.model, plan.model.specs()[c]
+    model, spec = plan.model, plan.specs[c]
     quantization = None
     t0 = time.perf_counter()
     with atomic_dir(plan.onnx_dirs[c]) as tmp:
@@ -301,7 +302,7 @@ def _export_one(plan: BuildPlan, c: str) -> float:
 def _build_one(plan: BuildPlan, c: str) -> ComponentBuild:
     """Reuses the component's verified artifact, or builds it from its export."""
     backend, options, precision = plan.backend, plan.options, plan.precisions[c]
-    spec = plan.model.specs()[c]
+    spec = plan.specs[c]
     onnx_dir = plan.onnx_dirs[c]
     export_manifest = read_manifest(onnx_dir / EXPORT_MANIFEST)
     out_dir = plan.engine_dir / c / backend.artifact_name(precision, options)

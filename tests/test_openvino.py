@@ -232,16 +232,17 @@ def test_a_moved_engine_folder_rebuilds_openvino_artifacts_once(ov_dir, tmp_path
 
 def _resident_kb(folder) -> tuple[int, int]:
     """(mappings of files under ``folder``, their resident kB) in this process."""
-    prefix, mapped, rss = str(folder.resolve()), 0, 0
-    current = None
+    import re
+
+    prefix, mapped, rss, inside = str(folder.resolve()), 0, 0, False
     with open("/proc/self/smaps") as f:
         for line in f:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5 and fields[0][0] in "0123456789abcdef" and ":" not in fields[0]:
-                current = fields[5] if len(fields) > 5 else ""
-                mapped += current.startswith(prefix)
-            elif fields[0] == "Rss:" and current and current.startswith(prefix):
-                rss += int(fields[1])
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header: address range ... path
+                fields = line.split(maxsplit=5)
+                inside = len(fields) == 6 and fields[5].strip().startswith(prefix)
+                mapped += inside
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1])
     return mapped, rss
 
 
