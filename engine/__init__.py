@@ -11,11 +11,11 @@ __all__ = ["TextToVideoPipeline", "VideoPipeline", "VideoPipelineOutput", "Vidrt
 
 def __getattr__(name):
     if name in ("VideoPipeline", "VideoPipelineOutput"):
-        from . import pipeline
+        from .families.svd import pipeline
 
         return getattr(pipeline, name)
     if name == "TextToVideoPipeline":
-        from .t2v_pipeline import TextToVideoPipeline
+        from .families.t2v.pipeline import TextToVideoPipeline
 
         return TextToVideoPipeline
     raise AttributeError(f"module 'vidrt' has no attribute {name!r}")

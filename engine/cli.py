@@ -193,22 +193,14 @@ def _check_values(cfg) -> None:
 def _check_request_early(cfg):
     """Fails on request arguments the model cannot serve, before minutes of engine building
     (callers run _check_values first, before the model is resolved); returns the model."""
-    from .pipeline import check_ranges
     from .samplers import check_sampler
     from .sources import resolve_model
 
-    chunk = getattr(cfg, "decode_chunk_size", None)
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     check_sampler(cfg.sampler, model.kind)
     height, width = cfg.size(model)
     frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
-    if model.kind == "image-to-video":
-        chunk = chunk if chunk is not None else frames
-        check_ranges(model, cfg.batch_size, cfg.batch_size, cfg.guided(model), frames, height, width, chunk)
-    else:
-        from .t2v_pipeline import check_t2v_ranges
-
-        check_t2v_ranges(model, cfg.batch_size, cfg.guided(model), frames, height, width, chunk or 16)
+    model.check_ranges(cfg.batch_size, cfg.guided(model), frames, height, width, getattr(cfg, "decode_chunk_size", None))
     return model
 
 

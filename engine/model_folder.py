@@ -1,7 +1,7 @@
 """What every model family's folder shares: the size limits of the shape ranges, the
 preset marker, the JSON reader with its errors, the properties derived from the VAE and
 UNet configs, and the description of a VAE decoder over stacked latent frames. Family
-modules (vidrt.svd, vidrt.t2v) build on this; it imports none of them.
+models (vidrt.families.<family>.model) build on this; it imports none of them.
 """
 
 from __future__ import annotations

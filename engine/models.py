@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import VidrtError
+from .families import PIPELINE_CLASSES, family_module
 from .model_folder import read_json
-from .svd import SvdModel
-from .t2v import PIPELINES, T2vModel
 
 
 def read_model(folder: str | Path, motion_adapter: str | Path | None = None):
@@ -15,17 +14,20 @@ def read_model(folder: str | Path, motion_adapter: str | Path | None = None):
     (a Stable Diffusion folder with a ``motion_adapter`` is AnimateDiff).
 
     Returns:
-        SvdModel (image-to-video) or T2vModel (text-to-video).
+        the family's model (vidrt.families.<family>.model), e.g. SvdModel or T2vModel.
 
     Raises:
         VidrtError: the folder is missing, incomplete, or holds an unsupported pipeline.
     """
     folder = Path(folder)
     index = read_json(folder / "model_index.json", folder)
-    if index.get("_class_name") in (*PIPELINES, "StableDiffusionPipeline") or motion_adapter is not None:
-        model = T2vModel.from_folder(folder, index, motion_adapter)
-    else:
-        model = SvdModel.from_folder(folder, index)
+    name = index.get("_class_name", "")
+    family = "t2v" if motion_adapter is not None else PIPELINE_CLASSES.get(name)
+    if family is None:
+        raise VidrtError(f"{folder} holds a '{name}'; vidrt serves "
+                         f"{', '.join(c for c in PIPELINE_CLASSES if c != 'StableDiffusionPipeline')} folders "
+                         "(and StableDiffusionPipeline with --motion-adapter)")
+    model = family_module(family, "model").read_folder(folder, index, motion_adapter)
     check_configs(model)
     return model
 

@@ -1,15 +1,14 @@
 """What every model family's pipeline shares: loading (and building) the engines of a
 model folder, one request at a time per pipeline on vidrt's own stream, the stage clock,
-the output types and the request checks. A family's pipeline (vidrt.pipeline for image
-to video, vidrt.t2v_pipeline for text to video) derives from BasePipeline and adds how it
-conditions, denoises and decodes a request; this module imports none of them but by name.
+the output types and the request checks. A family's pipeline (vidrt.families.<family>.pipeline)
+derives from BasePipeline and adds how it conditions, denoises and decodes a request;
+this module reaches them only through the registry in vidrt.families, by name.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import importlib
 import math
 import threading
 import time
@@ -21,6 +20,7 @@ import torch
 from .backends import get_backend
 from .build import load_engines, prepare_engines
 from .errors import VidrtError
+from .families import family_pipeline
 from .layout import default_engine_dir
 from .loop import LoopState
 from .samplers import check_sampler, draw_noise, make_sampler
@@ -52,22 +52,6 @@ class StageTimings:
     @property
     def unet(self) -> float:
         return float(sum(self.unet_steps))
-
-
-# model kind -> the family pipeline serving it (module, class), imported when first used
-FAMILY_PIPELINES = {
-    "image-to-video": ("vidrt.pipeline", "VideoPipeline"),
-    "text-to-video-sd": ("vidrt.t2v_pipeline", "TextToVideoPipeline"),
-    "animatediff": ("vidrt.t2v_pipeline", "TextToVideoPipeline"),
-}
-
-
-def family_pipeline(kind: str) -> type:
-    """The pipeline class of a model kind (vidrt.sources' ``model.kind``)."""
-    if kind not in FAMILY_PIPELINES:
-        raise VidrtError(f"no vidrt pipeline serves '{kind}' models; supported: {', '.join(FAMILY_PIPELINES)}")
-    module, name = FAMILY_PIPELINES[kind]
-    return getattr(importlib.import_module(module), name)
 
 
 class BasePipeline(abc.ABC):
@@ -118,7 +102,7 @@ class BasePipeline(abc.ABC):
             model: preset (vidrt.sources.ALL_PRESETS), local diffusers folder or hub id.
                 The folder's model_index.json picks the pipeline: StableVideoDiffusionPipeline
                 gives a VideoPipeline (image to video); TextToVideoSDPipeline and
-                AnimateDiffPipeline give a vidrt.t2v_pipeline.TextToVideoPipeline.
+                AnimateDiffPipeline give a TextToVideoPipeline (vidrt.families.t2v.pipeline).
             engine_dir: where engines live (default: under $VIDRT_CACHE).
             backend: "auto" or a backend name.
             precision: engine precision.

@@ -13,13 +13,13 @@ from pathlib import Path
 from . import settings
 from .errors import VidrtError
 from .fsutil import atomic_dir, folder_lock
-from .prune import touch_used
-from .models import read_model
-from .presets import PRESETS
-from .presets_t2v import T2V_PRESETS
+from .families import family_module, presets
 from .model_folder import PRESET_MARKER
+from .models import read_model
+from .prune import touch_used
 
-ALL_PRESETS = (*PRESETS, *T2V_PRESETS)
+PRESET_FAMILIES = presets()  # preset name -> family
+ALL_PRESETS = tuple(PRESET_FAMILIES)
 
 DEFAULT_SEED = 0
 
@@ -78,12 +78,7 @@ def materialize_preset(name: str, seed: int, progress: bool = True) -> Path:
 def _create_preset(name: str, seed: int, folder: Path, progress: bool) -> Path:
     if progress:
         print(f"vidrt: creating preset {name} with RANDOM weights (seed {seed}) in {folder}", flush=True)
-    if name in T2V_PRESETS:
-        from .presets_t2v import build_random_t2v_pipeline as build
-    else:
-        from .presets import build_random_pipeline as build
-
-    pipe = build(name, seed)
+    pipe = family_module(PRESET_FAMILIES[name], "presets").build_random_pipeline(name, seed)
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / PRESET_MARKER).write_text(json.dumps({"name": name, "seed": seed, "random_weights": True}) + "\n")
@@ -132,7 +127,7 @@ def load_torch_components(model, unet_weights: str | Path | None = None):
     cls = getattr(diffusers, "StableVideoDiffusionPipeline" if model.kind == "image-to-video" else model.pipeline_class)
     extra = {}
     if getattr(model, "motion_adapter_path", None) is not None:
-        from .motion_adapter import load_motion_adapter
+        from .families.t2v.motion_adapter import load_motion_adapter
 
         extra["motion_adapter"] = load_motion_adapter(model.motion_adapter_path, model.unet["block_out_channels"])
     try:
@@ -167,27 +162,6 @@ def _quiet_loading():
             transformers_logging.enable_progress_bar()
 
 
-# component -> (module class, subfolder), per model kind
-_TORCH_CLASSES = {
-    "image-to-video": {
-        "unet": ("diffusers", "UNetSpatioTemporalConditionModel", "unet"),
-        "vae_encoder": ("diffusers", "AutoencoderKLTemporalDecoder", "vae"),
-        "vae_decoder": ("diffusers", "AutoencoderKLTemporalDecoder", "vae"),
-        "image_encoder": ("transformers", "CLIPVisionModelWithProjection", "image_encoder"),
-    },
-    "text-to-video-sd": {
-        "unet": ("diffusers", "UNet3DConditionModel", "unet"),
-        "vae_decoder": ("diffusers", "AutoencoderKL", "vae"),
-        "text_encoder": ("transformers", "CLIPTextModel", "text_encoder"),
-    },
-    "animatediff": {
-        "unet": ("diffusers", "UNetMotionModel", "unet"),
-        "vae_decoder": ("diffusers", "AutoencoderKL", "vae"),
-        "text_encoder": ("transformers", "CLIPTextModel", "text_encoder"),
-    },
-}
-
-
 def load_torch_component(model, component: str, unet_weights: str | Path | None = None):
     """Loads only the torch module a component needs (fp32, eval), to keep export memory low.
 
@@ -200,12 +174,12 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
     """
     import importlib
 
-    lib, name, sub = _TORCH_CLASSES[model.kind][component]
+    lib, name, sub = model.torch_classes[component]
     try:
         if model.kind == "animatediff" and component == "unet" and model.motion_adapter_path is not None:
             from diffusers import UNet2DConditionModel, UNetMotionModel
 
-            from .motion_adapter import load_motion_adapter
+            from .families.t2v.motion_adapter import load_motion_adapter
 
             adapter = load_motion_adapter(model.motion_adapter_path, model.unet["block_out_channels"])
             module = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(model.folder / sub), adapter)
@@ -245,7 +219,7 @@ def check_unet_weights(model, path: str | Path) -> None:
     import torch
     from safetensors import safe_open
 
-    lib, name, _ = _TORCH_CLASSES[model.kind]["unet"]
+    lib, name, _ = model.torch_classes["unet"]
     if getattr(model, "motion_adapter_path", None) is not None:
         return  # assembled at load time; checked when loaded
     try:

@@ -51,9 +51,8 @@ class _LiveBytes(TorchDispatchMode):
 def _empty_module(model, component: str):
     """The component's torch module built from the model's config on the meta device
     (no weights read, no folder needed)."""
-    from vidrt.sources import _TORCH_CLASSES
 
-    lib, name, sub = _TORCH_CLASSES[model.kind][component]
+    lib, name, sub = model.torch_classes[component]
     cls = getattr(importlib.import_module(lib), name)
     config = {k: v for k, v in getattr(model, sub).items() if not k.startswith("_")}
     with torch.device("meta"):

@@ -25,7 +25,7 @@ import torch
 from vidrt.layout import QUANTIZABLE
 from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
-from vidrt.svd import SvdModel
+from vidrt.families.svd.model import SvdModel
 
 QUANT_FORMATS = ("int8", "fp8")
 QDQ_OPSET = 19

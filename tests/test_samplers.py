@@ -12,7 +12,7 @@ from diffusers import EulerDiscreteScheduler
 
 from vidrt.benchmarks.reference_schedulers import AnimateLCMReferenceScheduler
 from vidrt.errors import VidrtError
-from vidrt.presets import SVD_SCHEDULER
+from vidrt.families.svd.presets import SVD_SCHEDULER
 from vidrt.samplers import AnimateLCMSampler, EulerEDMSampler, make_sampler
 
 
@@ -135,7 +135,7 @@ def test_text_to_video_steps_equal_diffusers(name, cls, prediction):
     diffusers' scheduler.step on the same inputs, noise included, at every step."""
     import diffusers
 
-    from vidrt.presets_t2v import MODELSCOPE_SCHEDULER
+    from vidrt.families.t2v.presets import MODELSCOPE_SCHEDULER
 
     config = MODELSCOPE_SCHEDULER | {"prediction_type": prediction, "_class_name": "DDIMScheduler"}
     ours = make_sampler(name, config)

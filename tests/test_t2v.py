@@ -230,7 +230,7 @@ def test_stable_diffusion_folder_with_a_motion_adapter_file(tmp_path):
     from safetensors.torch import save_file
 
     from vidrt import VideoPipeline
-    from vidrt.presets_t2v import T2V_PRESETS
+    from vidrt.families.t2v.presets import PRESETS as T2V_PRESETS
     from vidrt.sources import load_torch_component, load_torch_components, resolve_model
 
     cfg = T2V_PRESETS["tiny-animatediff"]

@@ -21,8 +21,8 @@ from vidrt.trt_plan import (
 def svd_xt(tmp_path_factory):
     """The real svd-xt configs (no weights needed for planning)."""
 
-    from vidrt.presets import PRESETS, SVD_SCHEDULER
-    from vidrt.svd import SvdModel
+    from vidrt.families.svd.presets import PRESETS, SVD_SCHEDULER
+    from vidrt.families.svd.model import SvdModel
 
     cfg = PRESETS["svd-xt"]
     return SvdModel(

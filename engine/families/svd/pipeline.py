@@ -13,10 +13,10 @@ import warnings
 import PIL.Image
 import torch
 
-from .errors import VidrtError
-from .imageops import clip_pixel_values
-from .loop import Conditioning, denoise
-from .pipeline_base import (
+from ...errors import VidrtError
+from ...imageops import clip_pixel_values
+from ...loop import Conditioning, denoise
+from ...pipeline_base import (
     BasePipeline,
     StageTimings,
     VideoPipelineOutput,
@@ -24,9 +24,9 @@ from .pipeline_base import (
     check_request,
     initial_latents,
 )
-from .samplers import draw_noise, make_sampler
-from .svd import SvdModel
-from .video_io import to_rgb
+from ...samplers import draw_noise, make_sampler
+from .model import SvdModel
+from ...video_io import to_rgb
 
 class VideoPipeline(BasePipeline):
     """Image-to-video generation on compiled engines (see ``from_pretrained``, which
@@ -85,7 +85,7 @@ class VideoPipeline(BasePipeline):
         videos = batch * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
-        check_ranges(self.model, batch, videos, do_cfg, num_frames, height, width, decode_chunk_size)
+        self.model.check_ranges(videos, do_cfg, num_frames, height, width, decode_chunk_size, batch=batch)
         sampler = make_sampler(self.sampler_name, self.model.scheduler)
         sampler.set_timesteps(num_inference_steps)
         self.timings = StageTimings()
@@ -191,16 +191,4 @@ def _decode_overlapped(decoder, flat, frames, chunk) -> torch.Tensor:
             host[i : i + chunk].copy_(frames[i : i + chunk], non_blocking=True)
     copy_stream.synchronize()
     return host
-
-
-def check_ranges(model: SvdModel, batch, videos, do_cfg, frames, height, width, chunk) -> None:
-    """Raises VidrtError naming the first size outside a component's declared range."""
-    s = model.vae_scale_factor
-    unet_batch = videos * (2 if do_cfg else 1)
-    specs = model.specs()
-    specs["image_encoder"].check({"B": batch})
-    specs["vae_encoder"].check({"B": batch, "H": height, "W": width})
-    specs["unet"].check({"B": unet_batch, "F": frames, "h": height // s, "w": width // s})
-    specs["vae_decoder"].check({"N": min(chunk, frames * videos), "h": height // s, "w": width // s})
-
 

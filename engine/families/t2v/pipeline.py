@@ -13,10 +13,10 @@ import warnings
 
 import torch
 
-from .errors import VidrtError
-from .loop import Conditioning, denoise
-from .pipeline_base import BasePipeline, StageTimings, VideoPipelineOutput, check_finite, check_request, initial_latents
-from .samplers import make_sampler
+from ...errors import VidrtError
+from ...loop import Conditioning, denoise
+from ...pipeline_base import BasePipeline, StageTimings, VideoPipelineOutput, check_finite, check_request, initial_latents
+from ...samplers import make_sampler
 
 
 class TextToVideoPipeline(BasePipeline):
@@ -88,7 +88,7 @@ class TextToVideoPipeline(BasePipeline):
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         do_cfg = guidance_scale > 1.0
-        check_t2v_ranges(m, videos, do_cfg, num_frames, height, width, decode_chunk_size)
+        m.check_ranges(videos, do_cfg, num_frames, height, width, decode_chunk_size)
         sampler = make_sampler(self.sampler_name, m.scheduler)
         if m.kind == "text-to-video-sd":
             sampler.step_layout = (0, 2, 1, 3, 4)  # TextToVideoSDPipeline steps on [B*F, C, h, w]
@@ -167,13 +167,3 @@ def _negatives(negative_prompt, count: int) -> list[str]:
         raise VidrtError(f"{len(negatives)} negative prompts for {count} prompts; pass one per prompt, or a single string")
     return negatives
 
-
-def check_t2v_ranges(model, videos, do_cfg, frames, height, width, chunk) -> None:
-    """Raises VidrtError naming the first size outside a component's declared range."""
-    s = model.vae_scale_factor
-    groups = 2 if do_cfg else 1
-    length = model.max_text_length
-    specs = model.specs()
-    specs["text_encoder"].check({"B": groups * videos, "L": length})
-    specs["unet"].check({"B": groups * videos, "F": frames, "h": height // s, "w": width // s, "L": length})
-    specs["vae_decoder"].check({"N": min(chunk, frames * videos), "h": height // s, "w": width // s})

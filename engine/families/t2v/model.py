@@ -12,10 +12,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .components import ComponentSpec, DimRange, TensorSpec
-from .errors import VidrtError
-from .model_folder import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, frame_decoder_spec
-from .model_folder import read_json as _read_json
+from ...components import ComponentSpec, DimRange, TensorSpec
+from ...errors import VidrtError
+from ...model_folder import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, frame_decoder_spec
+from ...model_folder import read_json as _read_json
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 WEIGHTS_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
@@ -100,6 +100,15 @@ class T2vModel(ModelFolderMixin):
         return PIPELINES[self.pipeline_class][0]
 
     @property
+    def torch_classes(self) -> dict[str, tuple[str, str, str]]:
+        """component -> (library, torch module class, subfolder): what export and the baseline load."""
+        return {
+            "unet": ("diffusers", PIPELINES[self.pipeline_class][1], "unet"),
+            "vae_decoder": ("diffusers", "AutoencoderKL", "vae"),
+            "text_encoder": ("transformers", "CLIPTextModel", "text_encoder"),
+        }
+
+    @property
     def latent_channels(self) -> int:
         return int(self.unet.get("in_channels", 4))
 
@@ -135,6 +144,22 @@ class T2vModel(ModelFolderMixin):
     def specs(self) -> dict[str, ComponentSpec]:
         return {"text_encoder": text_encoder_spec(self), "unet": unet_spec(self), "vae_decoder": vae_decoder_spec(self)}
 
+    def check_ranges(self, videos, do_cfg, frames, height, width, chunk) -> None:
+        """Raises VidrtError naming the first size outside a component's declared range
+        (``chunk`` None: the pipeline's default of 16 frames)."""
+        s = self.vae_scale_factor
+        chunk = 16 if chunk is None else chunk
+        groups = 2 if do_cfg else 1
+        length = self.max_text_length
+        specs = self.specs()
+        specs["text_encoder"].check({"B": groups * videos, "L": length})
+        specs["unet"].check({"B": groups * videos, "F": frames, "h": height // s, "w": width // s, "L": length})
+        specs["vae_decoder"].check({"N": min(chunk, frames * videos), "h": height // s, "w": width // s})
+
+
+def read_folder(folder: Path, index: dict, motion_adapter=None) -> T2vModel:
+    """The family's entry point for vidrt.models.read_model."""
+    return T2vModel.from_folder(folder, index, motion_adapter)
 
 def text_encoder_spec(m: T2vModel) -> ComponentSpec:
     """Token ids -> last hidden states (what the UNet attends to) and the pooled output."""

@@ -11,10 +11,10 @@ import json
 import math
 from pathlib import Path
 
-from .components import ComponentSpec, DimRange, TensorSpec
-from .errors import VidrtError
-from .model_folder import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, frame_decoder_spec
-from .model_folder import read_json as _read_json
+from ...components import ComponentSpec, DimRange, TensorSpec
+from ...errors import VidrtError
+from ...model_folder import MAX_BATCH, MAX_FRAMES, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, frame_decoder_spec
+from ...model_folder import read_json as _read_json
 
 COMPONENTS = ("image_encoder", "vae_encoder", "unet", "vae_decoder")
 
@@ -37,6 +37,13 @@ class SvdModel(ModelFolderMixin):
     components = COMPONENTS
     weights_folder = WEIGHTS_FOLDER
     kind = "image-to-video"
+    # component -> (library, torch module class, subfolder): what export and the baseline load
+    torch_classes = {
+        "unet": ("diffusers", "UNetSpatioTemporalConditionModel", "unet"),
+        "vae_encoder": ("diffusers", "AutoencoderKLTemporalDecoder", "vae"),
+        "vae_decoder": ("diffusers", "AutoencoderKLTemporalDecoder", "vae"),
+        "image_encoder": ("transformers", "CLIPVisionModelWithProjection", "image_encoder"),
+    }
     # ONNX graph variants export can write per component (export/graphs.py GRAPH_VARIANTS)
     graph_variants = {"vae_decoder": ("video-layout",), "unet": ("video-layout",)}
 
@@ -96,6 +103,22 @@ class SvdModel(ModelFolderMixin):
             "vae_decoder": vae_decoder_spec(self),
         }
 
+    def check_ranges(self, videos, do_cfg, frames, height, width, chunk, batch=None) -> None:
+        """Raises VidrtError naming the first size outside a component's declared range
+        (``batch``: conditioning images, default one per video; ``chunk`` None: all frames)."""
+        s = self.vae_scale_factor
+        chunk = frames if chunk is None else chunk
+        batch = videos if batch is None else batch
+        specs = self.specs()
+        specs["image_encoder"].check({"B": batch})
+        specs["vae_encoder"].check({"B": batch, "H": height, "W": width})
+        specs["unet"].check({"B": videos * (2 if do_cfg else 1), "F": frames, "h": height // s, "w": width // s})
+        specs["vae_decoder"].check({"N": min(chunk, frames * videos), "h": height // s, "w": width // s})
+
+
+def read_folder(folder: Path, index: dict, motion_adapter=None) -> SvdModel:
+    """The family's entry point for vidrt.models.read_model."""
+    return SvdModel.from_folder(folder, index)
 
 def image_encoder_spec(m: SvdModel) -> ComponentSpec:
     s = m.clip_image_size

@@ -40,7 +40,7 @@ MODELSCOPE_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule
 ANIMATEDIFF_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear", "clip_sample": False,
                          "timestep_spacing": "linspace", "steps_offset": 1, "num_train_timesteps": 1000}
 
-T2V_PRESETS = {
+PRESETS = {
     "tiny-t2v": {
         "pipeline": "TextToVideoSDPipeline",
         "unet": {
@@ -136,7 +136,7 @@ def train_tokenizer(vocab_size: int = 1000, max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def build_random_t2v_pipeline(name: str, seed: int):
+def build_random_pipeline(name: str, seed: int):
     """Builds a diffusers TextToVideoSDPipeline or AnimateDiffPipeline with seeded random weights."""
     import torch
     from diffusers import (
@@ -151,7 +151,7 @@ def build_random_t2v_pipeline(name: str, seed: int):
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    cfg = T2V_PRESETS[name]
+    cfg = PRESETS[name]
     tokenizer = train_tokenizer()
     text_config = CLIPTextConfig(
         **cfg["text_encoder"], vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,

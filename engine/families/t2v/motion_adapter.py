@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import VidrtError
+from ...errors import VidrtError
 
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -64,7 +64,7 @@ def load_motion_adapter(path: str | Path, block_out_channels):
     state = _load_state(path)
     if any(".temporal_transformer." in k or ".attention_blocks." in k for k in state):
         state = convert_animatediff_checkpoint_to_diffusers(state)
-    from .sources import load_state_checked
+    from ...sources import load_state_checked
 
     adapter = MotionAdapter(**adapter_config(path, block_out_channels))
     # Positional encodings are sinusoidal buffers diffusers recomputes; all else must match.

@@ -1,0 +1,1 @@
+"""Text to video on a video U-Net: ModelScope (TextToVideoSDPipeline) and AnimateDiff."""
