@@ -87,6 +87,16 @@ class StepBuffers:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertSwitch:
+    """From step ``step`` on, the loop calls ``unet`` with ``guidance`` (Wan 2.2's
+    low-noise expert and its guidance scale, shaped like the first's)."""
+
+    step: int
+    unet: object
+    guidance: torch.Tensor | None
+
+
 class LoopState:
     """What a pipeline keeps across requests: step buffers and CUDA graphs, per shape."""
 
@@ -123,6 +133,7 @@ def denoise(
     step_times: list,
     progress: bool = False,
     state: LoopState | None = None,
+    switch: ExpertSwitch | None = None,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
@@ -140,6 +151,7 @@ def denoise(
             when it replays as a CUDA graph).
         progress: show a progress bar.
         state: buffers and graphs kept across requests (default: fresh).
+        switch: a second denoiser taking over at a step (same inputs and shapes).
     """
     from tqdm.auto import tqdm
 
@@ -170,6 +182,10 @@ def denoise(
     timer = _Timer(cuda)
     copied = None
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
+        if switch is not None and i == switch.step:
+            unet, key = switch.unet, (*key, "expert-2")
+            if guidance is not None:
+                b.guidance.copy_(switch.guidance)
         b.coef.copy_(coefs[i], non_blocking=cuda)
         if sampler.draws_noise(i):
             if b.host_noise is not None:
@@ -182,9 +198,9 @@ def denoise(
                 copied.record()
             else:
                 sampler.draw(latents.shape, generator, out=b.noise)
-        # Graphs replay from the second step: the first runs eagerly, which also
+        # Graphs replay from each denoiser's second step: its first runs eagerly, which also
         # warms TensorRT up (profiles set, lazy allocations done) before capture.
-        if graphs and i > 0:
+        if graphs and i > 0 and not (switch is not None and i == switch.step):
             graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, videos, channels)
             with timer.span(step_times):
                 graph.replay()

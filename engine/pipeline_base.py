@@ -221,3 +221,24 @@ def initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor
             raise VidrtError("latents contain NaN or Inf; pass finite values (e.g. torch.randn)")
         latents = latents.to(torch.float32).clone()
     return latents.mul_(init_noise_sigma)
+
+
+def as_prompts(prompt, what: str) -> list[str]:
+    """``prompt`` as a non-empty list of strings, else a VidrtError naming ``what``."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise VidrtError(f"{what} must be a string or a non-empty list of strings, not {type(prompt).__name__}")
+
+
+def negatives_for(negative_prompt, count: int) -> list[str]:
+    """One negative prompt per prompt ("" when none is given, as diffusers does)."""
+    if negative_prompt is None:
+        return [""] * count
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * count
+    negatives = as_prompts(negative_prompt, "negative_prompt")
+    if len(negatives) != count:
+        raise VidrtError(f"{len(negatives)} negative prompts for {count} prompts; pass one per prompt, or a single string")
+    return negatives

@@ -17,12 +17,16 @@ import torch
 
 from .errors import VidrtError
 
-SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler")
+SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler", "flow-euler")
 # Samplers per model kind: SVD's EDM samplers take continuous sigmas, the others
 # step discrete-timestep schedules.
-SAMPLERS_FOR = {"image-to-video": ("euler", "animatelcm"), "text-to-video": ("ddim", "lcm", "dpm++", "euler", "scheduler")}
+# Flow-matching models (Wan) predict a velocity: the folder's scheduler (UniPC on flow
+# sigmas) or flow-matching Euler.
+SAMPLERS_FOR = {"image-to-video": ("euler", "animatelcm"), "text-to-video": ("ddim", "lcm", "dpm++", "euler", "scheduler"),
+                "wan": ("scheduler", "flow-euler")}
 # A model folder's scheduler class -> the sampler that steps as it does.
-DEFAULT_FOR_SCHEDULER = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "LCMScheduler": "lcm"}
+DEFAULT_FOR_SCHEDULER = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "LCMScheduler": "lcm",
+                         "FlowMatchEulerDiscreteScheduler": "flow-euler"}
 
 
 class Sampler:
@@ -145,6 +149,40 @@ class EulerEDMSampler(Sampler):
     def apply(self, x, model_output, coef, noise=None):
         return x.mul_(coef[2]).addcmul_(model_output, coef[3])
 
+
+
+class FlowEulerSampler(Sampler):
+    """diffusers' FlowMatchEulerDiscreteScheduler (deterministic): the schedule comes from
+    the diffusers class, the step is vidrt's, ``x <- x + (sigma_next - sigma)·v``. A folder
+    shipping UniPC on flow sigmas (Wan) gets the Euler schedule of the same shift."""
+
+    name = "flow-euler"
+
+    def __init__(self, scheduler_config: dict):
+        super().__init__()
+        config = _public(scheduler_config)
+        if scheduler_config.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
+            if config.get("prediction_type", "flow_prediction") != "flow_prediction":
+                raise VidrtError("flow-euler sampler: the model's scheduler does not predict flow; use --sampler scheduler")
+            config = {"num_train_timesteps": config.get("num_train_timesteps", 1000),
+                      "shift": config.get("flow_shift", config.get("shift", 1.0))}
+        if config.get("stochastic_sampling") or config.get("use_dynamic_shifting"):
+            raise VidrtError("flow-euler sampler: stochastic sampling and dynamic shifting are not supported; "
+                             "use --sampler scheduler")
+        self.config = config
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.config)
+        scheduler.set_timesteps(_check_steps(num_inference_steps))
+        self.sigmas = scheduler.sigmas.to(torch.float32)
+        self.timesteps = scheduler.timesteps.to(torch.float32)
+        s = self.sigmas.tolist()
+        self._coefs = [[1.0, float(self.timesteps[i]), s[i + 1] - s[i]] for i in range(len(s) - 1)]
+
+    def apply(self, x, model_output, coef, noise=None):
+        return x.addcmul_(model_output, coef[2])
 
 class AnimateLCMSampler(Sampler):
     """The AnimateLCM-SVD consistency sampler, as published
@@ -356,9 +394,9 @@ def _check_steps(n: int) -> int:
 
 def check_sampler(name: str | None, kind: str) -> None:
     """Raises VidrtError when sampler ``name`` does not fit a model of ``kind``."""
-    allowed = SAMPLERS_FOR["image-to-video" if kind == "image-to-video" else "text-to-video"]
+    allowed = SAMPLERS_FOR.get(kind, SAMPLERS_FOR["text-to-video"])
     if name is not None and name not in allowed:
-        what = "image-to-video (SVD)" if kind == "image-to-video" else "text-to-video"
+        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan"}.get(kind, "text-to-video")
         raise VidrtError(f"--sampler {name} is not for {what} models; choose one of {', '.join(allowed)}")
 
 
@@ -393,4 +431,6 @@ def make_sampler(name: str | None, scheduler_config: dict):
         return SchedulerSampler("DPMSolverMultistepScheduler", scheduler_config, "dpm++", algorithm_type="dpmsolver++")
     if name == "scheduler":
         return SchedulerSampler(cls_name, scheduler_config)
+    if name == "flow-euler":
+        return FlowEulerSampler(scheduler_config)
     raise VidrtError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}")

@@ -11,6 +11,7 @@ from vidrt.components import ComponentSpec
 from vidrt.errors import VidrtError
 
 from .video_layout import VideoLayoutDecoderGraph, VideoLayoutResBlock
+from .wan_graphs import WAN_GRAPHS
 
 
 class ImageEncoderGraph(torch.nn.Module):
@@ -201,6 +202,7 @@ GRAPHS = {
     ("unet", "UNet3DConditionModel"): VideoUNetGraph,
     ("unet", "UNetMotionModel"): MotionUNetGraph,
     ("vae_decoder", "AutoencoderKL"): FrameDecoderGraph,
+    **WAN_GRAPHS,
 }
 
 # (component, torch module class, variant) -> the same function as another graph, laid out

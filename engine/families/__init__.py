@@ -19,6 +19,7 @@ PIPELINE_CLASSES = {
     "TextToVideoSDPipeline": "t2v",
     "AnimateDiffPipeline": "t2v",
     "StableDiffusionPipeline": "t2v",  # with a motion adapter: AnimateDiff
+    "WanPipeline": "wan",
 }
 
 # model kind (``model.kind``) -> (family, its pipeline class)
@@ -26,9 +27,10 @@ KINDS = {
     "image-to-video": ("svd", "VideoPipeline"),
     "text-to-video-sd": ("t2v", "TextToVideoPipeline"),
     "animatediff": ("t2v", "TextToVideoPipeline"),
+    "wan": ("wan", "WanTextToVideoPipeline"),
 }
 
-FAMILIES = ("svd", "t2v")
+FAMILIES = ("svd", "t2v", "wan")
 
 
 def family_module(family: str, part: str):

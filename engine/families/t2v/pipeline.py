@@ -15,7 +15,16 @@ import torch
 
 from ...errors import VidrtError
 from ...loop import Conditioning, denoise
-from ...pipeline_base import BasePipeline, StageTimings, VideoPipelineOutput, check_finite, check_request, initial_latents
+from ...pipeline_base import (
+    BasePipeline,
+    StageTimings,
+    VideoPipelineOutput,
+    as_prompts,
+    check_finite,
+    check_request,
+    initial_latents,
+    negatives_for,
+)
 from ...samplers import make_sampler
 
 
@@ -76,8 +85,8 @@ class TextToVideoPipeline(BasePipeline):
         num_frames = m.default_num_frames if num_frames is None else num_frames
         guidance_scale = m.default_guidance_scale if guidance_scale is None else guidance_scale
         output_type = output_type or ("np" if m.kind == "text-to-video-sd" else "pil")
-        prompts = _as_prompts(prompt, "prompt")
-        negatives = _negatives(negative_prompt, len(prompts))
+        prompts = as_prompts(prompt, "prompt")
+        negatives = negatives_for(negative_prompt, len(prompts))
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt,
                       output_type, generator)
         check_finite(guidance_scale=guidance_scale)
@@ -147,23 +156,3 @@ class TextToVideoPipeline(BasePipeline):
             decoder(latents=flat[i : i + chunk].contiguous(), out={"frames": out[i : i + chunk]})
         self.timings.vae_decoder = self._now() - t0
         return out.reshape(videos, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4)
-
-
-def _as_prompts(prompt, what: str) -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise VidrtError(f"{what} must be a string or a non-empty list of strings, not {type(prompt).__name__}")
-
-
-def _negatives(negative_prompt, count: int) -> list[str]:
-    if negative_prompt is None:
-        return [""] * count
-    if isinstance(negative_prompt, str):
-        return [negative_prompt] * count
-    negatives = _as_prompts(negative_prompt, "negative_prompt")
-    if len(negatives) != count:
-        raise VidrtError(f"{len(negatives)} negative prompts for {count} prompts; pass one per prompt, or a single string")
-    return negatives
-

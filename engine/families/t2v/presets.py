@@ -98,7 +98,7 @@ PRESETS = {
     },
 }
 
-_CORPUS = [
+PROMPT_CORPUS = [  # what the offline tokenizers of every family train on
     "a cat playing the piano on a stage", "an astronaut riding a horse on the moon",
     "waves crashing against rocks at sunset", "a timelapse of clouds over a mountain lake",
     "a golden retriever running through snow", "fireworks over a city skyline at night",
@@ -126,7 +126,7 @@ def train_tokenizer(vocab_size: int = 1000, max_length: int = 77):
         vocab_size=vocab_size, special_tokens=specials, end_of_word_suffix="</w>",
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    base.backend_tokenizer.train_from_iterator(_CORPUS, trainer)
+    base.backend_tokenizer.train_from_iterator(PROMPT_CORPUS, trainer)
     model = json.loads(base.backend_tokenizer.to_str())["model"]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + "</w>" for c in alphabet]

@@ -1,0 +1,261 @@
+"""What vidrt needs to know about a Wan 2.1 / 2.2 text-to-video folder (diffusers'
+WanPipeline: UMT5 text encoder, one or two WanTransformer3DModel experts, the Wan VAE),
+and its component descriptions. JSON configs only; no torch model is built.
+
+The components: ``text_encoder`` (token ids and mask -> hidden states), ``transformer``
+(and ``transformer_2``, Wan 2.2's low-noise expert) on latents [B, C, F, h, w], and
+``vae_decoder``, which decodes a whole latent clip [B, C, T, h, w] in one call into
+4T-3 frames (diffusers decodes latent frame by frame through per-layer caches; the
+graph computes the same causal convolutions over the clip at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ...components import ComponentSpec, DimRange, TensorSpec
+from ...errors import VidrtError
+from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin
+from ...model_folder import read_json as _read_json
+
+EXPERTS = ("transformer", "transformer_2")
+MAX_LATENT_FRAMES = 32  # 125 video frames
+
+
+@dataclasses.dataclass(frozen=True)
+class WanModel(ModelFolderMixin):
+    """Configs of a WanPipeline folder (model_index.json layout)."""
+
+    folder: Path
+    transformer: dict | None  # None when a Wan 2.2 folder ships the low-noise expert only
+    transformer_2: dict | None
+    vae: dict
+    text_encoder: dict
+    tokenizer: dict
+    scheduler: dict
+    boundary_ratio: float | None
+    preset: dict | None
+
+    kind = "wan"
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, index: dict | None = None) -> "WanModel":
+        """Reads the configs of a diffusers WanPipeline folder.
+
+        Raises:
+            VidrtError: the folder or one of its config files is missing or malformed,
+                or it is a Wan variant vidrt does not serve yet.
+        """
+        folder = Path(folder)
+        index = index or _read_json(folder / "model_index.json", folder)
+        experts = {e: _read_json(folder / e / "config.json", folder) if _listed(index, e) else None for e in EXPERTS}
+        if experts["transformer"] is None:
+            raise VidrtError(f"{folder}: model_index.json lists no transformer; vidrt needs the high-noise expert "
+                             "(a folder saved by WanPipeline.save_pretrained has it)")
+        if index.get("expand_timesteps"):
+            raise VidrtError(f"{folder} is a Wan 2.2 TI2V folder (expand_timesteps); vidrt serves Wan 2.1 and 2.2 T2V")
+        vae = _read_json(folder / "vae" / "config.json", folder)
+        if vae.get("is_residual") or vae.get("patch_size"):
+            raise VidrtError(f"{folder}: the Wan 2.2 TI2V VAE (is_residual, patch_size) is not supported yet; "
+                             "vidrt serves the Wan 2.1 VAE that Wan 2.1 and Wan 2.2 T2V use")
+        boundary = index.get("boundary_ratio")
+        if experts["transformer_2"] is not None and boundary is None:
+            raise VidrtError(f"{folder}: a transformer_2 without boundary_ratio in model_index.json; "
+                             "set the ratio at which the low-noise expert takes over")
+        preset_file = folder / PRESET_MARKER
+        return cls(
+            folder=folder,
+            transformer=experts["transformer"],
+            transformer_2=experts["transformer_2"],
+            vae=vae,
+            text_encoder=_read_json(folder / "text_encoder" / "config.json", folder),
+            tokenizer=_read_json(folder / "tokenizer" / "tokenizer_config.json", folder),
+            scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
+            boundary_ratio=float(boundary) if boundary is not None else None,
+            preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+        )
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        experts = tuple(e for e in EXPERTS if getattr(self, e) is not None)
+        return ("text_encoder", *experts, "vae_decoder")
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        return tuple(e for e in EXPERTS if getattr(self, e) is not None)
+
+    @property
+    def weights_folder(self) -> dict[str, str]:
+        return {"text_encoder": "text_encoder", "transformer": "transformer", "transformer_2": "transformer_2",
+                "vae_decoder": "vae"}
+
+    @property
+    def torch_classes(self) -> dict[str, tuple[str, str, str]]:
+        """component -> (library, torch module class, subfolder): what export and the baseline load."""
+        return {
+            "text_encoder": ("transformers", self.text_encoder.get("architectures", ["UMT5EncoderModel"])[0],
+                             "text_encoder"),
+            "transformer": ("diffusers", "WanTransformer3DModel", "transformer"),
+            "transformer_2": ("diffusers", "WanTransformer3DModel", "transformer_2"),
+            "vae_decoder": ("diffusers", "AutoencoderKLWan", "vae"),
+        }
+
+    @property
+    def unet(self) -> dict:
+        """The denoiser's config (the name the shared checks and tools read)."""
+        return self.transformer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.vae.get("scale_factor_spatial", 2 ** len(self.vae.get("temperal_downsample", [0] * 3))))
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(self.vae.get("scale_factor_temporal", 4))
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.transformer.get("patch_size", (1, 2, 2)))
+
+    @property
+    def unet_up_factor(self) -> int:
+        return self.patch_size[1]
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Wan's height and width must be multiples of 16 (VAE 8 x patch 2)."""
+        return self.vae_scale_factor * self.patch_size[1]
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.get("in_channels", 16))
+
+    @property
+    def default_num_frames(self) -> int:
+        return 81
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return 480, 832
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return 5.0
+
+    @property
+    def max_text_length(self) -> int:
+        return 512  # WanPipeline's default max_sequence_length; UMT5 itself has no limit
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_encoder.get("d_model", 4096))
+
+    @property
+    def max_frames(self) -> int:
+        """Video frames: the transformer's rotary table ends at rope_max_seq_len latent frames."""
+        rope = int(self.transformer.get("rope_max_seq_len", 1024)) * self.patch_size[0]
+        return self.temporal_factor * (min(rope, MAX_LATENT_FRAMES) - 1) + 1
+
+    def latent_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) // self.temporal_factor + 1
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raises VidrtError unless num_frames is 4k+1 within the model's range."""
+        k = self.temporal_factor
+        if num_frames < 1 or (num_frames - 1) % k or num_frames > self.max_frames:
+            near = max(1, min(self.max_frames, (num_frames - 1) // k * k + 1))
+            raise VidrtError(f"num_frames={num_frames}: Wan makes {k}k+1 frames (1, {k + 1}, {2 * k + 1}, ... "
+                             f"{self.max_frames}); try {near}")
+
+    def check_ranges(self, videos, do_cfg, frames, height, width, chunk=None, text_length=None) -> None:
+        """Raises VidrtError naming the first size outside a component's declared range."""
+        self.check_frames(frames)
+        m = self.pixel_multiple
+        if height % m or width % m or height < m or width < m:
+            raise VidrtError(f"height and width must be positive multiples of {m} for Wan, got {height}x{width}; "
+                             f"try {max(m, height // m * m)}x{max(m, width // m * m)}")
+        s = self.vae_scale_factor
+        rows = videos * (2 if do_cfg else 1)
+        length = self.max_text_length if text_length is None else text_length
+        specs = self.specs()
+        specs["text_encoder"].check({"B": rows, "L": length})
+        for e in self.experts:
+            specs[e].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
+        specs["vae_decoder"].check({"B": videos, "T": self.latent_frames(frames), "h": height // s, "w": width // s})
+
+    def specs(self) -> dict[str, ComponentSpec]:
+        out = {"text_encoder": text_encoder_spec(self)}
+        out |= {e: transformer_spec(self, e) for e in self.experts}
+        out["vae_decoder"] = vae_decoder_spec(self)
+        return out
+
+
+def _listed(index: dict, component: str) -> bool:
+    entry = index.get(component)
+    return isinstance(entry, list) and entry[0] is not None
+
+
+def read_folder(folder: Path, index: dict, motion_adapter=None) -> WanModel:
+    """The family's entry point for vidrt.models.read_model."""
+    if motion_adapter is not None:
+        raise VidrtError("--motion-adapter goes with a Stable Diffusion or AnimateDiff folder, not a WanPipeline")
+    return WanModel.from_folder(folder, index)
+
+
+def text_encoder_spec(m: WanModel) -> ComponentSpec:
+    """UMT5 encoder: token ids and their mask -> last hidden states. The pipeline runs it at
+    the longest prompt's length (the mask hides the padding, so the states of real tokens
+    are those of diffusers' call at max_sequence_length) and zero-pads as diffusers does."""
+    vocab = int(m.text_encoder.get("vocab_size", 256384))
+    return ComponentSpec(
+        name="text_encoder",
+        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab),
+                TensorSpec("attention_mask", ("B", "L"), "int64", high=2)),
+        outputs=(TensorSpec("last_hidden_state", ("B", "L", m.text_dim)),),
+        ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
+        opt={"B": 2, "L": 64},
+    )
+
+
+def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
+    """One expert: latents, the step's timestep and the text states (both guidance halves
+    stacked in the batch) -> the flow prediction."""
+    c = m.latent_channels
+    pt, ph, pw = m.patch_size
+    rope = int(m.transformer.get("rope_max_seq_len", 1024))
+    top = min(MAX_PIXELS // m.vae_scale_factor, rope * ph) // ph * ph
+    s = m.vae_scale_factor
+    return ComponentSpec(
+        name=name,
+        inputs=(
+            TensorSpec("sample", ("B", c, "F", "h", "w")),
+            TensorSpec("timestep", (1,), value=500.0),
+            TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
+        ),
+        outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
+        ranges={
+            "B": DimRange(1, MAX_BATCH),
+            "F": DimRange(pt, min(rope * pt, MAX_LATENT_FRAMES), pt),
+            "h": DimRange(ph, top, ph),
+            "w": DimRange(pw, top, pw),
+            "L": DimRange(1, m.max_text_length),
+        },
+        opt={"B": 2, "F": m.latent_frames(m.default_num_frames), "h": 480 // s, "w": 832 // s, "L": m.max_text_length},
+    )
+
+
+def vae_decoder_spec(m: WanModel) -> ComponentSpec:
+    """The Wan VAE decoder over a whole latent clip, ``latents_mean``/``latents_std`` folded
+    in: [B, C, T, h, w] -> frames [B, 3, 4T-3, 8h, 8w] in [-1, 1]."""
+    s, k = m.vae_scale_factor, m.temporal_factor
+    top = MAX_PIXELS // s
+    return ComponentSpec(
+        name="vae_decoder",
+        inputs=(TensorSpec("latents", ("B", int(m.vae.get("z_dim", 16)), "T", "h", "w")),),
+        outputs=(TensorSpec("frames", ("B", 3, f"{k}*T-{k - 1}", f"h*{s}", f"w*{s}")),),
+        ranges={"B": DimRange(1, MAX_BATCH), "T": DimRange(1, MAX_LATENT_FRAMES), "h": DimRange(1, top),
+                "w": DimRange(1, top)},
+        opt={"B": 1, "T": m.latent_frames(m.default_num_frames), "h": 480 // s, "w": 832 // s},
+    )

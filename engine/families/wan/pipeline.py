@@ -1,0 +1,184 @@
+"""WanTextToVideoPipeline: diffusers' WanPipeline (Wan 2.1 and 2.2 T2V) on compiled engines.
+
+As diffusers does: prompts are cleaned and tokenized to ``max_sequence_length`` and their
+states zero-padded past each prompt's end; latents are drawn from the request's
+generator in diffusers' order; the folder's scheduler steps the flow prediction; Wan
+2.2's low-noise expert takes over once the timestep falls below ``boundary_ratio`` of
+the training steps. Unlike diffusers, the prompt and negative prompt are encoded in one
+text encoder call at the longest prompt's length, and both guidance halves run in one
+transformer call per step.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ...errors import VidrtError
+from ...loop import Conditioning, ExpertSwitch, denoise
+from ...pipeline_base import (
+    BasePipeline,
+    StageTimings,
+    VideoPipelineOutput,
+    as_prompts,
+    check_finite,
+    check_request,
+    initial_latents,
+    negatives_for,
+)
+from ...samplers import make_sampler
+
+
+class WanTextToVideoPipeline(BasePipeline):
+    """Wan text-to-video generation on compiled engines; built by
+    ``VideoPipeline.from_pretrained`` from a WanPipeline folder."""
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
+        except (OSError, ValueError) as e:
+            raise VidrtError(f"cannot load the tokenizer in {model.folder / 'tokenizer'}: {str(e).splitlines()[0]}") from None
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        guidance_scale_2: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        max_sequence_length: int = 512,
+        progress: bool = False,
+    ):
+        """Generates videos from text, as diffusers' WanPipeline does.
+
+        Args mirror WanPipeline.__call__, with its defaults. ``guidance_scale`` <= 1 turns
+        guidance off; ``guidance_scale_2`` is the low-noise expert's (Wan 2.2; default:
+        ``guidance_scale``). Latents are [videos, 16, (num_frames - 1) / 4 + 1, h, w].
+
+        Returns:
+            VideoPipelineOutput: frames as [B, F, H, W, 3] (np), [B, F, 3, H, W] (pt),
+            lists of PIL images (pil) or latents (latent).
+
+        Raises:
+            VidrtError: invalid arguments (frames not 4k+1, sizes not multiples of 16, ...)
+                or a shape outside the engines' ranges.
+        """
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
+
+    def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
+                  guidance_scale_2, num_videos_per_prompt, generator, latents, output_type, return_dict,
+                  max_sequence_length, progress):
+        start = self._now()
+        m = self.model
+        prompts = as_prompts(prompt, "prompt")
+        negatives = negatives_for(negative_prompt, len(prompts))
+        check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
+        check_finite(guidance_scale=guidance_scale)
+        guidance_scale_2 = _second_guidance(m, guidance_scale, guidance_scale_2)
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
+                1 <= max_sequence_length <= m.max_text_length):
+            raise VidrtError(f"max_sequence_length={max_sequence_length!r}: must be a whole number in 1..{m.max_text_length}")
+        videos = len(prompts) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != videos:
+            raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
+        do_cfg = guidance_scale > 1.0
+        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=max_sequence_length)
+        sampler = make_sampler(self.sampler_name, m.scheduler)
+        sampler.set_timesteps(num_inference_steps)
+        self.timings = StageTimings()
+
+        embeds = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, max_sequence_length)
+        cond = Conditioning({"encoder_hidden_states": embeds}, channel_axis=1)
+        s = m.vae_scale_factor
+        shape = (videos, m.latent_channels, m.latent_frames(num_frames), height // s, width // s)
+        latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
+        guidance = self._guidance(guidance_scale) if do_cfg else None
+        first, switch = self._experts(sampler, guidance_scale_2 if do_cfg else None)
+        latents = denoise(first, sampler, latents, cond, guidance, generator, self.timings.unet_steps,
+                          progress=progress, state=self.loop_state, switch=switch)
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = self.video_processor.postprocess_video(video=self._decode(latents), output_type=output_type)
+        self.timings.end_to_end = self._now() - start
+        return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
+
+    def _guidance(self, scale: float) -> torch.Tensor:
+        return torch.full((1, 1, 1, 1, 1), float(scale), device=self.device)
+
+    def _experts(self, sampler, guidance_scale_2):
+        """The first step's transformer and, for Wan 2.2, where the second takes over:
+        diffusers' ``t >= boundary_ratio * num_train_timesteps`` runs the high-noise expert."""
+        m = self.model
+        if m.transformer_2 is None:
+            return self.engines["transformer"], None
+        boundary = m.boundary_ratio * int(m.scheduler.get("num_train_timesteps", 1000))
+        low = [i for i, t in enumerate(sampler.timesteps.tolist()) if t < boundary]
+        if not low:
+            return self.engines["transformer"], None
+        guidance = self._guidance(guidance_scale_2) if guidance_scale_2 is not None else None
+        if low[0] == 0:
+            return self.engines["transformer_2"], ExpertSwitch(0, self.engines["transformer_2"], guidance)
+        return self.engines["transformer"], ExpertSwitch(low[0], self.engines["transformer_2"], guidance)
+
+    def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
+        """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
+        videos adjacent, zeros past each prompt's end, as WanPipeline.encode_prompt makes
+        them. One text encoder call, at the longest prompt's token count."""
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        texts = [prompt_clean(t) for t in (negatives or []) + prompts]
+        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                             return_attention_mask=True, return_tensors="pt")
+        _warn_truncated(self.tokenizer, texts, length)
+        mask = tok.attention_mask.to(torch.int64)
+        used = max(1, int(mask.sum(1).max()))
+        t0 = self._now()
+        states = self.engines["text_encoder"](input_ids=tok.input_ids[:, :used].to(torch.int64).to(self.device),
+                                              attention_mask=mask[:, :used].to(self.device))["last_hidden_state"]
+        self.timings.text_encoder = self._now() - t0
+        embeds = torch.zeros((len(texts), length, states.shape[-1]), device=self.device)
+        embeds[:, :used] = states * mask[:, :used, None].to(states)
+        return embeds.repeat_interleave(per_prompt, dim=0).contiguous()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE decoder over each video's whole latent clip; returns [V, 3, F, H, W] in [-1, 1]."""
+        t0 = self._now()
+        decoder = self.engines["vae_decoder"]
+        s, k = self.model.vae_scale_factor, self.model.temporal_factor
+        v, _, t, h, w = latents.shape
+        out = torch.empty((v, 3, k * (t - 1) + 1, h * s, w * s), device=self.device)
+        for i in range(v):  # one video at a time: the decoder's activations grow with the clip
+            decoder(latents=latents[i : i + 1].contiguous(), out={"frames": out[i : i + 1]})
+        self.timings.vae_decoder = self._now() - t0
+        return out
+
+
+def _second_guidance(model, guidance_scale, guidance_scale_2):
+    if guidance_scale_2 is None:
+        return guidance_scale if model.transformer_2 is not None else None
+    if model.transformer_2 is None:
+        raise VidrtError("guidance_scale_2 is for Wan 2.2's second expert; this model has one transformer, drop it")
+    check_finite(guidance_scale_2=guidance_scale_2)
+    return guidance_scale_2
+
+
+def _warn_truncated(tokenizer, texts, length) -> None:
+    full = tokenizer(texts, padding="longest", add_special_tokens=True, return_tensors="pt").input_ids
+    if full.shape[-1] > length:
+        removed = tokenizer.batch_decode(full[:, length - 1 : -1], skip_special_tokens=True)
+        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}", stacklevel=5)
+

@@ -1,0 +1,91 @@
+"""Offline Wan presets: seeded random weights and a T5-style tokenizer trained here.
+
+``tiny-wan`` (Wan 2.1) and ``tiny-wan22`` (Wan 2.2, two experts switched at
+``boundary_ratio``) have diffusers' WanPipeline fast-test sizes, with a tiny UMT5 text
+encoder; ``wan2.1-t2v-1.3b`` is the real Wan2.1-T2V-1.3B architecture (transformer dim
+1536, 30 layers; the Wan VAE; the UMT5-XXL text encoder). Without the hub there is no
+UMT5 vocabulary: each preset trains a small SentencePiece-style Unigram tokenizer with
+the ``tokenizers`` library on a built-in corpus, in T5's format (``</s>`` appended,
+``<pad>`` = 0), while the text encoder keeps UMT5's vocabulary size; real models bring
+their own tokenizer.
+"""
+
+from __future__ import annotations
+
+# As Wan2.1-T2V-1.3B-Diffusers ships it: UniPC on flow sigmas, shift 3.
+WAN_SCHEDULER = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0,
+                 "num_train_timesteps": 1000, "solver_order": 2}
+
+_TINY_TRANSFORMER = {
+    "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 16, "out_channels": 16,
+    "text_dim": 32, "freq_dim": 256, "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 32,
+}
+_TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+             "temperal_downsample": [False, True, True]}
+_TINY_UMT5 = {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 4,
+              "relative_attention_num_buckets": 8, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
+
+PRESETS = {
+    "tiny-wan": {"transformer": _TINY_TRANSFORMER, "vae": _TINY_VAE, "text_encoder": _TINY_UMT5,
+                 "scheduler": WAN_SCHEDULER},
+    "tiny-wan22": {"transformer": _TINY_TRANSFORMER, "transformer_2": _TINY_TRANSFORMER, "boundary_ratio": 0.875,
+                   "vae": _TINY_VAE, "text_encoder": _TINY_UMT5, "scheduler": WAN_SCHEDULER},
+    "wan2.1-t2v-1.3b": {
+        "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
+                        "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
+                        "num_layers": 30, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
+                        "rope_max_seq_len": 1024},
+        "vae": {},  # AutoencoderKLWan's defaults are the Wan 2.1 VAE
+        # UMT5-XXL's encoder (google/umt5-xxl, as Wan ships it)
+        "text_encoder": {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+                         "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                         "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "tie_word_embeddings": False},
+        "scheduler": WAN_SCHEDULER,
+    },
+}
+
+
+def train_tokenizer(vocab_size: int = 400, max_length: int = 512):
+    """A T5-format Unigram tokenizer trained on the built-in corpus: ``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2, SentencePiece's word-start marker, ``</s>`` after every text; printable
+    ASCII is in the alphabet, so English prompts need no unknown tokens."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    from ..t2v.presets import PROMPT_CORPUS
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                      unk_token="<unk>", initial_alphabet=list(string.printable.strip()),
+                                      show_progress=False)
+    tok.train_from_iterator(PROMPT_CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def build_random_pipeline(name: str, seed: int):
+    """Builds a diffusers WanPipeline with seeded random weights."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = PRESETS[name]
+    tokenizer = train_tokenizer()
+    text_config = {"vocab_size": max(len(tokenizer), 128), **cfg["text_encoder"]}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        text_encoder = UMT5EncoderModel(UMT5Config(**text_config, pad_token_id=0, eos_token_id=1)).eval()
+        vae = AutoencoderKLWan(**cfg["vae"]).eval()
+        transformer = WanTransformer3DModel(**cfg["transformer"]).eval()
+        transformer_2 = WanTransformer3DModel(**cfg["transformer_2"]).eval() if "transformer_2" in cfg else None
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
+                       boundary_ratio=cfg.get("boundary_ratio"))
