@@ -1,6 +1,6 @@
 """The PyTorch baseline: the model folder's diffusers pipeline (StableVideoDiffusionPipeline,
-TextToVideoSDPipeline or AnimateDiffPipeline) on the same components, with per-stage
-timers around its modules."""
+TextToVideoSDPipeline, AnimateDiffPipeline or WanPipeline) on the same components, with
+per-stage timers around its modules and the denoiser's seconds summed per scheduler step."""
 
 from __future__ import annotations
 
@@ -22,9 +22,20 @@ class StageTimer:
     def __init__(self, cuda: bool = False):
         self.cuda = cuda
         self.seconds: dict[str, list[float]] = {}
+        self.steps: list[float] = []
+        self._stepped = 0  # denoiser calls already counted into steps
 
     def reset(self):
         self.seconds = {}
+        self.steps = []
+        self._stepped = 0
+
+    def close_step(self, stage: str) -> None:
+        """Ends a denoising step: its seconds are the ``stage`` calls since the last one
+        (two per step where diffusers runs the guidance halves as two calls)."""
+        calls = self.seconds.get(stage, [])
+        self.steps.append(float(sum(calls[self._stepped:])))
+        self._stepped = len(calls)
 
     def wrap(self, obj, attr: str, stage: str):
         inner = getattr(obj, attr)
@@ -85,16 +96,21 @@ class DiffusersBaseline:
         if precision == "bf16-autocast":
             # Autocast around the models only: diffusers' CLIP preprocessing breaks on
             # bf16 tensors, and outputs go back to fp32 as the pipeline expects.
-            for module, attr in self._timed(("unet", "forward"), ("vae", "decode"), ("image_encoder", "forward"),
-                                            ("text_encoder", "forward")):
+            for module, attr in self._timed(("unet", "forward"), ("transformer", "forward"), ("transformer_2", "forward"),
+                                            ("vae", "decode"), ("image_encoder", "forward"), ("text_encoder", "forward")):
                 setattr(module, attr, _autocast_bf16(getattr(module, attr), device))
         if compile:
             # Compiled on first use: the first (warm-up) run carries the compile time.
-            self.pipe.unet.forward = torch.compile(self.pipe.unet.forward)
+            for module, attr in self._timed(("unet", "forward"), ("transformer", "forward"), ("transformer_2", "forward")):
+                setattr(module, attr, torch.compile(getattr(module, attr)))
         self.timer = StageTimer(cuda=device == "cuda")
         self.device = device
+        self.denoiser = model.denoiser
         stages = {("image_encoder", "forward"): "image_encoder", ("vae", "encode"): "vae_encoder",
-                  ("text_encoder", "forward"): "text_encoder", ("unet", "forward"): "unet", ("vae", "decode"): "vae_decoder"}
+                  ("text_encoder", "forward"): "text_encoder", ("unet", "forward"): "unet",
+                  # both Wan 2.2 experts count as the transformer stage
+                  ("transformer", "forward"): "transformer", ("transformer_2", "forward"): "transformer",
+                  ("vae", "decode"): "vae_decoder"}
         if model.kind != "image-to-video":
             del stages[("vae", "encode")]  # text to video never encodes
         for (name, attr), stage in stages.items():
@@ -107,14 +123,24 @@ class DiffusersBaseline:
     def weight_bytes(self) -> int:
         """Bytes of every parameter and buffer of the pipeline's models."""
         total = 0
-        for module, _ in self._timed(("unet", ""), ("vae", ""), ("image_encoder", ""), ("text_encoder", "")):
+        for module, _ in self._timed(("unet", ""), ("transformer", ""), ("transformer_2", ""), ("vae", ""),
+                                     ("image_encoder", ""), ("text_encoder", "")):
             for t in list(module.parameters()) + list(module.buffers()):
                 total += t.numel() * t.element_size()
         return total
 
     def __call__(self, inputs: dict, generator, **kwargs):
         """Runs one request (``inputs``: image= or prompt=); returns (frames as np
-        [B,F,H,W,3], {stage: seconds}, unet step seconds)."""
+        [B,F,H,W,3], {stage: seconds}, denoiser seconds per step)."""
+        scheduler = self.pipe.scheduler  # replaced after construction when the sampler asks
+        if not getattr(scheduler, "_vidrt_timed", False):
+            step = scheduler.step
+
+            def timed_step(*args, **kw):
+                self.timer.close_step(self.denoiser)
+                return step(*args, **kw)
+
+            scheduler.step, scheduler._vidrt_timed = timed_step, True
         self.timer.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -122,4 +148,4 @@ class DiffusersBaseline:
         total = time.perf_counter() - t0
         s = self.timer.seconds
         stages = {k: float(sum(v)) for k, v in s.items()}
-        return frames, stages, list(s.get("unet", [])), total
+        return frames, stages, list(self.timer.steps), total

@@ -27,7 +27,9 @@ from .memory import PeakDeviceMemory, PeakRss
 
 STAGES = {
     "image-to-video": ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
-    "text-to-video": ("text_encoder", "unet", "vae_decoder"),
+    "text-to-video-sd": ("text_encoder", "unet", "vae_decoder"),
+    "animatediff": ("text_encoder", "unet", "vae_decoder"),
+    "wan": ("text_encoder", "transformer", "vae_decoder"),
 }
 SCHEMA = 1
 DEFAULT_PROMPT = "a panda playing a guitar on a mountain top, cinematic, high quality"
@@ -159,8 +161,8 @@ def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, load_peak_m
     videos = cfg.batch_size
     builds = pipe.builds
     frames = kwargs["num_frames"] or pipe.model.default_num_frames
-    stages = STAGES["image-to-video" if pipe.model.kind == "image-to-video" else "text-to-video"]
-    engine = _side(engine_runs, videos, frames, max(peaks["engine"]), stages)
+    stages = STAGES[pipe.model.kind]
+    engine = _side(engine_runs, videos, frames, max(peaks["engine"]), stages, pipe.model.denoiser)
     engine.update({
         "backend": pipe.backend,
         "precision": cfg.precision,
@@ -193,7 +195,7 @@ def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, load_peak_m
     }
     result["roofline"] = roofline(pipe, cfg, engine, frames)
     if baseline is not None:
-        result["baseline"] = _side(base_runs, videos, frames, max(peaks["baseline"]), stages) | {
+        result["baseline"] = _side(base_runs, videos, frames, max(peaks["baseline"]), stages, pipe.model.denoiser) | {
             "backend": f"pytorch (diffusers {getattr(pipe.model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
             "precision": baseline_precision, "build_s": 0.0, "load_s": baseline.load_s,
             # With --baseline-compile the first warm-up run carries the compile time.
@@ -212,15 +214,17 @@ def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
     if pipe.device.type != "cpu":
         return None  # the ceilings measured here are CPU matmuls
     unet_batch = cfg.batch_size * (2 if cfg.guided(pipe.model) else 1)
+    denoiser = pipe.model.denoiser
     flops = unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width)
     if flops is None:
         return None
     by_library = {p: matmul_ceilings(p) for p in ("fp32", "bf16", "int8")}
     ceilings = {p: max(rates.values()) for p, rates in by_library.items() if rates}
-    step_s = engine["stages_ms"]["unet_step"]["median"] / 1000
+    step_s = engine["stages_ms"][f"{denoiser}_step"]["median"] / 1000
     # An int8 UNet is put against the int8 GEMM rate: the bar its quantized layers could reach.
     used = cfg.precision if cfg.precision in ceilings else "bf16"
     return {
+        "denoiser": denoiser,  # the component the unet_* figures describe (unet, or Wan's transformer)
         "unet_tflop_per_step": flops / 1e12,
         "diffusers_unet_tflop_per_step": unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width,
                                                     diffusers_graph=True) / 1e12,
@@ -238,18 +242,19 @@ def _engine_run(pipe, inputs, cfg, kwargs) -> dict:
     t = pipe.timings
     return {
         "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "text_encoder": t.text_encoder,
-                   "unet": t.unet, "vae_decoder": t.vae_decoder},
+                   pipe.model.denoiser: t.unet, "vae_decoder": t.vae_decoder},
         "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak_rss_mb": mem.peak_mb,
         "device": dev.as_dict(), "frames": out.frames,
     }
 
 
-def _side(runs: list[dict], videos: int, frames: int, peak_mb: float, stage_names) -> dict:
-    """One side's figures from its timed runs; ``peak_mb`` is its process's peak RSS."""
+def _side(runs: list[dict], videos: int, frames: int, peak_mb: float, stage_names, denoiser: str = "unet") -> dict:
+    """One side's figures from its timed runs; ``peak_mb`` is its process's peak RSS;
+    ``<denoiser>_step`` summarises the denoiser's seconds per step."""
     totals = [r["total"] for r in runs]
     stages = {s: summary([r["stages"].get(s, 0.0) for r in runs], 1000.0) for s in stage_names}
     steps = [x for r in runs for x in r["unet_steps"]]
-    stages["unet_step"] = summary(steps, 1000.0) if steps else None
+    stages[f"{denoiser}_step"] = summary(steps, 1000.0) if steps else None
     med = statistics.median(totals)
     return {
         "stages_ms": stages,

@@ -98,6 +98,13 @@ def reference_scheduler(sampler: str | None, current):
 
     if sampler == "animatelcm":
         return AnimateLCMReferenceScheduler()
+    if sampler == "flow-euler":  # the flow shift of the folder's (UniPC) schedule
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if type(current).__name__ == "FlowMatchEulerDiscreteScheduler":
+            return current
+        shift = current.config.get("flow_shift", current.config.get("shift", 1.0))
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=current.config.num_train_timesteps, shift=shift)
     if sampler not in _DIFFUSERS_CLASS:
         return current
     extra = {"algorithm_type": "dpmsolver++"} if sampler == "dpm++" else {}

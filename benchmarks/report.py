@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-STAGE_ROWS = ("image_encoder", "vae_encoder", "text_encoder", "unet", "unet_step", "vae_decoder")
+STAGE_ROWS = ("image_encoder", "vae_encoder", "text_encoder", "unet", "unet_step", "transformer", "transformer_step",
+              "vae_decoder")
 
 
 def _cell(stats: dict | None, unit: str = "ms") -> str:
@@ -22,16 +23,16 @@ def format_table(result: dict) -> str:
         f"{cfg['runs']} runs after {cfg['warmup']} warm-up",
         f"machine: {result['environment']['cpu']} ({result['environment']['cpu_count']} cpus), git {result['environment']['git_sha']}",
         "",
-        f"{'stage':<16}{'vidrt ' + e['backend'] + ' ' + e['precision']:<36}{('diffusers ' + b['precision']) if b else 'baseline skipped':<36}",
+        f"{'stage':<18}{'vidrt ' + e['backend'] + ' ' + e['precision']:<36}{('diffusers ' + b['precision']) if b else 'baseline skipped':<36}",
     ]
     for s in STAGE_ROWS:
         if s not in e["stages_ms"]:
             continue  # a stage this model does not have
-        lines.append(f"{s:<16}{_cell(e['stages_ms'].get(s)):<36}{_cell(b['stages_ms'].get(s)) if b else '':<36}")
-    lines.append(f"{'end to end':<16}{_cell(e['end_to_end_s'], 's'):<36}{_cell(b['end_to_end_s'], 's') if b else '':<36}")
+        lines.append(f"{s:<18}{_cell(e['stages_ms'].get(s)):<36}{_cell(b['stages_ms'].get(s)) if b else '':<36}")
+    lines.append(f"{'end to end':<18}{_cell(e['end_to_end_s'], 's'):<36}{_cell(b['end_to_end_s'], 's') if b else '':<36}")
     for label, key, fmt in (("videos/min", "videos_per_min", ".3f"), ("frames/s", "frames_per_s", ".3f"),
                             ("peak memory MB", "peak_memory_mb", ".0f")):
-        lines.append(f"{label:<16}{format(e[key], fmt):<36}{format(b[key], fmt) if b else '':<36}".rstrip())
+        lines.append(f"{label:<18}{format(e[key], fmt):<36}{format(b[key], fmt) if b else '':<36}".rstrip())
     lines.append(f"engine build: {e['build_s']:.1f}s recorded ({e['build_s_this_run']:.1f}s in this run), "
                  f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s"
                  + (f"; diffusers load {b['load_s']:.1f}s (own process)" if b else ""))
@@ -39,7 +40,7 @@ def format_table(result: dict) -> str:
         lines.append(f"peak memory of both processes together: {result['peak_memory_both_mb']:.0f} MB")
     r = result.get("roofline")
     if r:
-        lines.append(f"unet: {r['unet_tflop_per_step']:.3f} TFLOP/step (diffusers' forward "
+        lines.append(f"{r.get('denoiser', 'unet')}: {r['unet_tflop_per_step']:.3f} TFLOP/step (diffusers' forward "
                      f"{r.get('diffusers_unet_tflop_per_step', r['unet_tflop_per_step']):.3f}), engine {r['engine_unet_tflops']:.3f} TFLOP/s = "
                      f"{100 * r['engine_fraction_of_ceiling']:.0f}% of this machine's {r['ceiling_used']} matmul ceiling "
                      f"({r['matmul_ceiling_tflops'][r['ceiling_used']]:.2f} TFLOP/s, best of "

@@ -23,18 +23,19 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     from vidrt.export.graphs import component_graph, diffusers_cross_attention, sample_inputs
 
     cls = getattr(diffusers, model.unet.get("_class_name", "UNetSpatioTemporalConditionModel"), None)
+    denoiser = model.denoiser
     if cls is None or getattr(model, "motion_adapter", None) is not None:
         return None
     config = {k: v for k, v in model.unet.items() if not k.startswith("_")}
     s = model.vae_scale_factor
-    spec = model.specs()["unet"]
-    dims = {"B": unet_batch, "F": frames, "h": height // s, "w": width // s}
+    spec = model.specs()[denoiser]
+    dims = {"B": unet_batch, "F": model.latent_frames(frames), "h": height // s, "w": width // s}
     if "L" in spec.ranges:
         dims["L"] = model.max_text_length
     with torch.device("meta"):
         unet = cls(**config)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        graph = component_graph("unet", unet.to_empty(device="cpu"))
+        graph = component_graph(denoiser, unet.to_empty(device="cpu"))
         if diffusers_graph:
             diffusers_cross_attention(graph)
         feeds = sample_inputs(spec, dims)

@@ -18,8 +18,8 @@ from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
     "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt; text to video: "
-    "tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff), a local diffusers StableVideoDiffusionPipeline, "
-    "TextToVideoSDPipeline or AnimateDiffPipeline folder, or a hub id (needs network)."
+    "tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff, tiny-wan, tiny-wan22, wan2.1-t2v-1.3b), a local diffusers "
+    "StableVideoDiffusionPipeline, TextToVideoSDPipeline, AnimateDiffPipeline or WanPipeline folder, or a hub id (needs network)."
 )
 
 
@@ -85,13 +85,15 @@ def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default: {defaults.steps})")
     g.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS),
                    help="euler, animatelcm (SVD, 4 steps, no CFG), ddim, lcm (AnimateLCM-t2v), dpm++ (DPM-Solver++), "
-                   "scheduler (the model's own diffusers scheduler) (default: the one matching the model's scheduler)")
+                   "flow-euler (Wan: flow-matching Euler), scheduler (the model's own diffusers scheduler, UniPC for Wan) "
+                   "(default: the one matching the model's scheduler)")
     g.add_argument("--min-guidance", type=float, default=defaults.min_guidance, help=f"image to video: guidance at the first frame (default: {defaults.min_guidance})")
     g.add_argument("--max-guidance", type=float, default=defaults.max_guidance, help=f"image to video: guidance at the last frame; <= 1 turns CFG off (default: {defaults.max_guidance})")
     g.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"videos per request, all in one UNet batch (default: {defaults.batch_size})")
     g.add_argument("--prompt", default=defaults.prompt, help="text to video: the prompt" + (f" (default: {defaults.prompt!r})" if defaults.prompt else ""))
     g.add_argument("--negative-prompt", help="text to video: what to steer away from (default: none)")
-    g.add_argument("--guidance-scale", type=float, help="text to video: CFG scale; <= 1 turns CFG off (default: the pipeline's, 9.0 ModelScope, 7.5 AnimateDiff)")
+    g.add_argument("--guidance-scale", type=float, help="text to video: CFG scale; <= 1 turns CFG off (default: the pipeline's, 9.0 ModelScope, 7.5 AnimateDiff, 5.0 Wan)")
+    g.add_argument("--guidance-scale-2", type=float, help="Wan 2.2: CFG scale of the low-noise expert (default: --guidance-scale)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +318,7 @@ def cmd_generate(args) -> int:
     note = " (RANDOM WEIGHTS: expect noise)" if pipe.model.preset else ""
     t = pipe.timings
     print(f"wrote {', '.join(map(str, paths))}{note}: {len(out.frames[0])} frames, {t.end_to_end:.1f}s "
-          f"(unet {t.unet:.1f}s over {len(t.unet_steps)} steps)")
+          f"({pipe.model.denoiser} {t.unet:.1f}s over {len(t.unet_steps)} steps)")
     return 0
 
 
@@ -333,10 +335,16 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
             fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
             decode_chunk_size=cfg.decode_chunk_size,
         )
-    return common | dict(
-        prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, guidance_scale=cfg.guidance_scale,
-        num_videos_per_prompt=cfg.batch_size, decode_chunk_size=cfg.decode_chunk_size or 16,
-    )
+    text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
+    if model.kind == "wan":
+        if cfg.decode_chunk_size is not None:
+            raise VidrtError("--decode-chunk-size: Wan's VAE decodes a whole clip at once; drop the flag")
+        frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
+        scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
+        return common | text | dict(num_frames=frames, guidance_scale=scale, guidance_scale_2=cfg.guidance_scale_2)
+    if cfg.guidance_scale_2 is not None:
+        raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
+    return common | text | dict(guidance_scale=cfg.guidance_scale, decode_chunk_size=cfg.decode_chunk_size or 16)
 
 
 def cmd_prune(args) -> int:

@@ -24,6 +24,11 @@ class ModelFolderMixin:
     ``unet`` configs."""
 
     graph_variants: dict[str, tuple[str, ...]] = {}  # component -> export variants it has
+    denoiser = "unet"  # the component the denoising loop calls (its stage name in timings)
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of a video of ``num_frames`` (one each, unless the VAE compresses time)."""
+        return num_frames
 
     @property
     def label(self) -> str:

@@ -105,6 +105,7 @@ class RequestOptions(EngineOptions):
     prompt: str | None = None  # text to video
     negative_prompt: str | None = None
     guidance_scale: float | None = None  # text to video; None: the pipeline's default
+    guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert; None: guidance_scale
 
     def size(self, model) -> tuple[int, int]:
         """(height, width) of the request on ``model``, defaults filled in as the pipelines do."""

@@ -39,6 +39,8 @@ class WanModel(ModelFolderMixin):
     preset: dict | None
 
     kind = "wan"
+    pipeline_class = "WanPipeline"
+    denoiser = "transformer"
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict | None = None) -> "WanModel":
@@ -159,6 +161,7 @@ class WanModel(ModelFolderMixin):
         return self.temporal_factor * (min(rope, MAX_LATENT_FRAMES) - 1) + 1
 
     def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of a 4k+1-frame video: the Wan VAE keeps the first and packs 4 per latent."""
         return (num_frames - 1) // self.temporal_factor + 1
 
     def check_frames(self, num_frames: int) -> None:
