@@ -154,3 +154,29 @@ def test_text_to_video_steps_equal_diffusers(name, cls, prediction):
         x_ref = ref.step(out, t, x_ref, generator=torch.Generator().manual_seed(100 + i)).prev_sample
         ours.step(out, i, x, generator=torch.Generator().manual_seed(100 + i))
         assert torch.allclose(x, x_ref, rtol=1e-5, atol=1e-5 * float(x_ref.abs().max())), (name, i)
+
+
+@pytest.mark.parametrize("config", [
+    {"_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction", "use_flow_sigmas": True,
+     "flow_shift": 3.0, "num_train_timesteps": 1000},
+    {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 5.0, "num_train_timesteps": 1000},
+])
+def test_flow_euler_steps_equal_diffusers(config):
+    """vidrt's fused flow-matching Euler step equals FlowMatchEulerDiscreteScheduler.step at
+    every step; a Wan folder's UniPC config gives the Euler schedule of its flow_shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    ours = make_sampler("flow-euler", config)
+    ours.set_timesteps(6)
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.get("flow_shift", config.get("shift")))
+    ref.set_timesteps(6)
+    assert torch.equal(ours.timesteps, ref.timesteps.float())
+    assert ours.init_noise_sigma == 1.0  # WanPipeline draws unit noise (no init_noise_sigma on flow schedulers)
+    x = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x_ref = x.clone()
+    for i, t in enumerate(ref.timesteps):
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + i))
+        x_ref = ref.step(v, t, x_ref).prev_sample
+        ours.step(v, i, x)
+        assert torch.allclose(x, x_ref, rtol=1e-6, atol=1e-6), i
+    assert make_sampler(None, config).name == ("flow-euler" if "shift" in config else "scheduler")
