@@ -25,6 +25,7 @@ class ModelFolderMixin:
 
     graph_variants: dict[str, tuple[str, ...]] = {}  # component -> export variants it has
     denoiser = "unet"  # the component the denoising loop calls (its stage name in timings)
+    temporal_factor = 1  # video frames per latent frame (the Wan VAE packs 4 after the first)
 
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames of a video of ``num_frames`` (one each, unless the VAE compresses time)."""

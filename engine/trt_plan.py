@@ -66,17 +66,37 @@ class ShapeRequest:
                 "static": dict(self.static) if self.static is not None else None}
 
 
-# How a component's dims follow from the user's: (user dim, divisor from pixels, multiplier).
-def _dim_sources(component: str, vae_scale: int) -> dict[str, tuple[str, int, int]]:
+GUIDED = ("unet", "transformer", "transformer_2", "text_encoder")  # guidance doubles their batch
+
+
+# How a component's dims follow from the user's: (user dim, divisor from pixels, multiplier,
+# temporal factor: a VAE packing k frames per latent frame makes 4k+1 frames k+1 latents).
+def _dim_sources(component: str, vae_scale: int, temporal: int = 1) -> dict[str, tuple[str, int, int, int]]:
+    latent = {"h": ("height", vae_scale, 1, 1), "w": ("width", vae_scale, 1, 1)}
     if component in ("image_encoder", "text_encoder"):
-        return {"B": ("batch", 1, 1)}
+        return {"B": ("batch", 1, 1, 1)}
     if component == "vae_encoder":
-        return {"B": ("batch", 1, 1), "H": ("height", 1, 1), "W": ("width", 1, 1)}
-    if component == "unet":
-        return {"B": ("batch", 1, 1), "F": ("frames", 1, 1), "h": ("height", vae_scale, 1), "w": ("width", vae_scale, 1)}
+        return {"B": ("batch", 1, 1, 1), "H": ("height", 1, 1, 1), "W": ("width", 1, 1, 1)}
+    if component in ("unet", "transformer", "transformer_2"):
+        return {"B": ("batch", 1, 1, 1), "F": ("frames", 1, 1, temporal), **latent}
+    if component == "vae_decoder" and temporal > 1:  # Wan: a whole latent clip per video
+        return {"B": ("batch", 1, 1, 1), "T": ("frames", 1, 1, temporal), **latent}
     if component == "vae_decoder":
-        return {"N": ("frames", 1, 1), "h": ("height", vae_scale, 1), "w": ("width", vae_scale, 1)}
+        return {"N": ("frames", 1, 1, 1), **latent}
     raise VidrtError(f"unknown component '{component}'")
+
+
+def _from_user(name: str, given: int, div: int, mul: int, temporal: int, component: str) -> int:
+    value = given * mul
+    if temporal > 1:
+        if (value - 1) % temporal:
+            raise VidrtError(f"{name}={given} must be {temporal}k+1 for {component}")
+        return (value - 1) // temporal + 1
+    if div > 1:
+        if value % div:
+            raise VidrtError(f"{name}={given} must be a multiple of {div} for {component}")
+        value //= div
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +107,8 @@ class Profile:
     label: str = ""
     # The component's dims at the profile's max corner (what its activation memory is sized by).
     max_dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # ... and at its min corner (not described: the shapes already say it).
+    min_dims: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
     def contains(self, input_shapes: Mapping[str, tuple[int, ...]]) -> bool:
         for name, (lo, _, hi) in self.shapes.items():
@@ -110,34 +132,31 @@ def _default_max(component: str, spec: ComponentSpec) -> dict[str, int]:
     not the model's whole range, whose activations (64 frames at 2048 px) fit no GPU.
     Larger requests then need an explicit --max."""
     top = spec.corner("opt")
-    if component == "vae_decoder":
+    if component == "vae_decoder" and "N" in top:
         top["N"] = min(top["N"], DEFAULT_DECODE_CHUNK)
     return top
 
 
-def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int) -> dict[str, dict[str, int]]:
+def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int,
+           temporal: int = 1) -> dict[str, dict[str, int]]:
     """min/opt/max of every dynamic dim of ``spec`` from the user's request."""
-    sources = _dim_sources(component, vae_scale)
+    sources = _dim_sources(component, vae_scale, temporal)
     corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": _default_max(component, spec)}
     if request.static is not None:  # dims the user cannot name (text length) sit at their opt
         corners["min"], corners["max"] = dict(corners["opt"]), dict(corners["opt"])
     for which in ("min", "opt", "max"):
         user = request.static if request.static is not None else getattr(request, which)
-        for dim, (name, div, mul) in sources.items():
+        for dim, (name, div, mul, k) in sources.items():
             if name in user:
-                value = user[name] * mul
-                if div > 1:
-                    if value % div:
-                        raise VidrtError(f"{name}={user[name]} must be a multiple of {div} for {component}")
-                    value //= div
-                corners[which][dim] = value
-    asked_max = _requested(request, "max", component, vae_scale)
+                corners[which][dim] = _from_user(name, user[name], div, mul, k, component)
+    asked_max = _requested(request, "max", sources)
+    asked_opt = _requested(request, "opt", sources)
     for dim in spec.ranges:  # an --opt beyond the default end moves the end with it
-        if request.static is None and dim not in asked_max and dim in _requested(request, "opt", component, vae_scale):
+        if request.static is None and dim not in asked_max and dim in asked_opt:
             corners["max"][dim] = max(corners["max"][dim], corners["opt"][dim])
     for dim, rng in spec.ranges.items():
         lo, opt, hi = corners["min"][dim], corners["opt"][dim], corners["max"][dim]
-        opt = min(max(opt, lo), hi) if request.static is None and dim not in _requested(request, "opt", component, vae_scale) else opt
+        opt = min(max(opt, lo), hi) if request.static is None and dim not in asked_opt else opt
         corners["opt"][dim] = opt
         word = DIM_WORDS.get(dim, dim)
         if not lo <= opt <= hi:
@@ -151,13 +170,13 @@ def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int
     return corners
 
 
-def _requested(request: ShapeRequest, which: str, component: str, vae_scale: int) -> set[str]:
+def _requested(request: ShapeRequest, which: str, sources: dict) -> set[str]:
     user = getattr(request, which)
-    return {dim for dim, (name, _, _) in _dim_sources(component, vae_scale).items() if name in user}
+    return {dim for dim, (name, *_) in sources.items() if name in user}
 
 
 def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, vae_scale: int,
-                    cfg_profiles: bool = True) -> list[Profile]:
+                    cfg_profiles: bool = True, temporal: int = 1) -> list[Profile]:
     """Optimization profiles of one component from the model's ranges and the request.
 
     The UNet gets two profiles when ``cfg_profiles``: guidance batches both halves
@@ -167,9 +186,9 @@ def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, 
     Raises:
         VidrtError: a requested value outside the model's range, or min > opt > max.
     """
-    corners = _point(component, spec, request, vae_scale)
-    # Guidance doubles the batch of the UNet and of the text encoder (negative prompts).
-    guided = component in ("unet", "text_encoder") and cfg_profiles
+    corners = _point(component, spec, request, vae_scale, temporal)
+    # Guidance doubles the batch of the denoiser and of the text encoder (negative prompts).
+    guided = component in GUIDED and cfg_profiles
     if guided and request.static is None:
         # The description's batch range counts UNet rows (2 per guided video); the
         # user's batch counts videos, so unrequested defaults are halved.
@@ -177,7 +196,7 @@ def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, 
             corners["max"]["B"] = max(corners["min"]["B"], corners["max"]["B"] // 2)
         if "batch" not in request.opt:
             corners["opt"]["B"] = min(max(corners["min"]["B"], spec.opt.get("B", 2) // 2), corners["max"]["B"])
-    if component == "vae_decoder" and "frames" in (request.static or request.max):
+    if component == "vae_decoder" and "N" in spec.ranges and "frames" in (request.static or request.max):
         videos = (request.static or request.max).get("batch", 1)
         rng = spec.ranges["N"]
         corners["max"]["N"] = min(rng.max, corners["max"]["N"] * videos)
@@ -194,7 +213,7 @@ def _profile(spec: ComponentSpec, corners, label) -> Profile:
     shapes = {}
     for t in spec.inputs:
         shapes[t.name] = tuple(spec.shape_of(t, corners[w]) for w in ("min", "opt", "max"))
-    return Profile(shapes, label, dict(corners["max"]))
+    return Profile(shapes, label, dict(corners["max"]), dict(corners["min"]))
 
 
 def select_profile(profiles: list[Profile], input_shapes: Mapping[str, tuple[int, ...]], component: str) -> int:
@@ -245,11 +264,18 @@ class TrtOptions:
         return sha256_json(self.describe())[:10]
 
 
-def builder_settings(precision: str, options: TrtOptions, profiles: list[Profile]) -> dict:
-    """Everything the builder is told, as data (recorded in the manifest, hashed into the key)."""
+def builder_settings(precision: str, options: TrtOptions, profiles: list[Profile],
+                     fp32_layers: tuple[str, ...] = ()) -> dict:
+    """Everything the builder is told, as data (recorded in the manifest, hashed into the key).
+
+    ``fp32_layers``: layer-name patterns (fnmatch, on the ONNX node names TensorRT's parser
+    gives its layers) kept in fp32 in an fp16 build, where fp16's range would overflow
+    (the Wan transformer's RMS and layer norms square activations beyond 65504). Set only
+    where asked: other builds' settings, and so their cache keys, stay as they were."""
     if precision not in TRT_PRECISIONS:
         raise VidrtError(f"TensorRT precision '{precision}': choose one of {', '.join(TRT_PRECISIONS)}")
-    return {
+    keep = list(fp32_layers) if precision == "fp16" and fp32_layers else []
+    return ({"fp32_layers": keep} if keep else {}) | {
         "precision": precision,
         "flags": list(PRECISION_FLAGS[precision]),
         # TensorRT turns TF32 on by default; vidrt keeps fp32 math fp32 unless --tf32.

@@ -194,3 +194,63 @@ def test_generate_writes_an_mp4(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "num_frames=6: Wan makes 4k+1 frames" in err and err.count("\n") == 1
     assert not (tmp_path / "x.mp4").exists()
+
+
+# -- TensorRT, GPU-free: profiles and builder calls against the strict fake ------------------
+
+
+def test_tensorrt_profiles_follow_video_frames_and_text_length():
+    """--static/--max name video frames (4k+1) and pixels; the transformer's profile holds
+    latent frames, both guidance halves, and the text states at max_sequence_length; the
+    decoder takes one video's whole latent clip."""
+    from vidrt.sources import resolve_model
+    from vidrt.trt_plan import ShapeRequest, derive_profiles
+
+    model = resolve_model("tiny-wan", progress=False)
+    specs = model.specs()
+    req = ShapeRequest.from_flags(static="batch=1,frames=17,height=256,width=256")
+    cfg, plain = derive_profiles("transformer", specs["transformer"], req, model.vae_scale_factor, temporal=4)
+    assert cfg.shapes["sample"][0] == (2, 16, 5, 32, 32) and plain.shapes["sample"][0] == (1, 16, 5, 32, 32)
+    assert cfg.shapes["encoder_hidden_states"][0] == (2, 512, 32)
+    (decoder,) = derive_profiles("vae_decoder", specs["vae_decoder"], req, model.vae_scale_factor, temporal=4)
+    assert decoder.shapes["latents"][0] == (1, 16, 5, 32, 32)
+    text_cfg, _ = derive_profiles("text_encoder", specs["text_encoder"], ShapeRequest(), model.vae_scale_factor,
+                                  temporal=4)
+    assert text_cfg.min_dims["L"] == 1 and text_cfg.max_dims["L"] == 64  # the prompts' token count, up to opt
+    with pytest.raises(VidrtError, match="frames=16 must be 4k\\+1 for transformer"):
+        derive_profiles("transformer", specs["transformer"], ShapeRequest(max={"frames": 16}), 8, temporal=4)
+
+
+def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch):
+    """An fp16 build of the tiny-wan transformer: every float layer of a normalisation (layer
+    norms, the q/k RMS norms) runs in fp32 with fp32 outputs, matmuls stay fp16, and the
+    builder is told to prefer those constraints; bf16 builds keep TensorRT's own choice."""
+    import sys
+    from pathlib import Path
+
+    from vidrt import VideoPipeline
+    from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
+
+    pipe = VideoPipeline.from_pretrained("tiny-wan", engine_dir=tmp_path, backend="onnxruntime", progress=False)
+    model, spec = pipe.model, pipe.model.specs()["transformer"]
+    profiles = derive_profiles("transformer", spec, ShapeRequest(), model.vae_scale_factor, temporal=4)
+    assert "fp32_layers" not in builder_settings("bf16", TrtOptions(), profiles, model.fp16_fp32_layers)
+    settings = builder_settings("fp16", TrtOptions(), profiles, model.fp16_fp32_layers)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
+    sys.modules.pop("tensorrt", None)
+    try:
+        import tensorrt
+
+        from vidrt.backends.tensorrt_build import build_plan
+
+        tensorrt.CALLS.clear()
+        build_plan(str(tmp_path / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
+        calls = list(tensorrt.CALLS)
+    finally:
+        sys.modules.pop("tensorrt", None)
+    fp32 = {c[1] for c in calls if c[0] == "layer.precision" and c[2] == "FLOAT"}
+    assert ("config.set_flag", "PREFER_PRECISION_CONSTRAINTS") in calls
+    assert "/transformer/blocks.0/norm1/LayerNormalization" in fp32
+    assert any(n.startswith("/transformer/blocks.0/attn1/norm_q/") and n.endswith("ReduceMean") for n in fp32)
+    assert not any("to_q" in n or "MatMul" in n for n in fp32)
+    assert all(c[3] == "FLOAT" for c in calls if c[0] == "layer.set_output_type")

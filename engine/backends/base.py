@@ -64,6 +64,12 @@ class Engine(abc.ABC):
         component's declared range (TensorRT profiles); empty when it takes the whole range."""
         return {}
 
+    @property
+    def min_dims(self) -> dict[str, int]:
+        """Smallest value of each dim this engine takes, where it is narrower than the
+        declared range (TensorRT profiles, static shapes); empty when it takes the whole range."""
+        return {}
+
     @abc.abstractmethod
     def _run(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Runs the engine, writing every output tensor in place."""

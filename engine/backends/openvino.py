@@ -92,6 +92,14 @@ class OvEngine(Engine):
         if blob_dir is not None:
             page_out_mapped(blob_dir)
 
+    @property
+    def min_dims(self) -> dict[str, int]:
+        return self.spec.bind(self.static_shapes) if self.static_shapes else {}
+
+    @property
+    def max_dims(self) -> dict[str, int]:
+        return self.min_dims
+
     def _run(self, feeds, outputs):
         ov = _ov()
         for name, shape in (self.static_shapes or {}).items():
@@ -263,5 +271,6 @@ def static_shapes(spec: ComponentSpec, static: dict, model) -> dict[str, list[in
     """Input shapes of one component at the user's static point (guided batch for the UNet)."""
     from ..trt_plan import ShapeRequest, derive_profiles
 
-    profile = derive_profiles(spec.name, spec, ShapeRequest(static=static), model.vae_scale_factor)[0]
+    profile = derive_profiles(spec.name, spec, ShapeRequest(static=static), model.vae_scale_factor,
+                              temporal=model.temporal_factor)[0]
     return {name: list(shapes[0]) for name, shapes in profile.shapes.items()}

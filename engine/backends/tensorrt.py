@@ -138,6 +138,14 @@ class TrtEngine(Engine):
                 out[dim] = max(out.get(dim, 0), v)
         return out
 
+    @property
+    def min_dims(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.profiles:
+            for dim, v in p.min_dims.items():
+                out[dim] = min(out.get(dim, v), v)
+        return out
+
     def _run(self, feeds, outputs):
         for name, t in {**feeds, **outputs}.items():
             if not t.is_cuda:
@@ -230,10 +238,11 @@ class TensorRTBackend(Backend):
         options = options or TrtOptions()
         device = device_info()
         check_device_precision(precision, device["compute_capability"], device["name"])
-        profiles = derive_profiles(spec.name, spec, options.shapes, model.vae_scale_factor, options.cfg_profiles)
+        profiles = derive_profiles(spec.name, spec, options.shapes, model.vae_scale_factor, options.cfg_profiles,
+                                   model.temporal_factor)
         for line in profile_memory(model, spec.name, profiles, precision, onnx_path):
             print(f"vidrt: tensorrt: {line}", flush=True)
-        settings = builder_settings(precision, options, profiles)
+        settings = builder_settings(precision, options, profiles, getattr(model, "fp16_fp32_layers", ()))
         stats = build_in_child(onnx_path, out_dir, PLAN, settings, options.timing_cache, spec.name,
                                options.build_timeout_s)
         extras = {"tensorrt_version": cls.version(), "device": device_info(), "settings": settings,

@@ -74,6 +74,9 @@ def build_plan(onnx_path: str, plan_path: str, settings: dict, timing_cache: str
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_bytes"])
     for flag in settings["flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if settings.get("fp32_layers"):
+        _keep_fp32(trt, network, settings["fp32_layers"])
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     if not settings.get("tf32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     for p in settings["profiles"]:
@@ -99,6 +102,25 @@ def build_plan(onnx_path: str, plan_path: str, settings: dict, timing_cache: str
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "log": "\n".join(lines),
     }
+
+
+def _keep_fp32(trt, network, patterns: list[str]) -> int:
+    """Runs the float layers whose names match ``patterns`` in fp32, outputs included
+    (shape and index layers among them keep their integer types); returns how many."""
+    from fnmatch import fnmatch
+
+    floats = (trt.DataType.FLOAT, trt.DataType.HALF)
+    kept = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not any(fnmatch(layer.name, p) for p in patterns) or not all(t.dtype in floats for t in outputs):
+            continue
+        layer.precision = trt.DataType.FLOAT
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.DataType.FLOAT)
+        kept += 1
+    return kept
 
 
 def _write_timing_cache(cache, path: str) -> None:

@@ -41,6 +41,9 @@ class WanModel(ModelFolderMixin):
     kind = "wan"
     pipeline_class = "WanPipeline"
     denoiser = "transformer"
+    # TensorRT fp16: every normalisation (the transformer's RMS/layer norms, UMT5's, the
+    # VAE's) in fp32, as diffusers' FP32LayerNorm and WanRMS_norm do in half precision.
+    fp16_fp32_layers = ("*norm*",)
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict | None = None) -> "WanModel":
@@ -245,7 +248,9 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
             "w": DimRange(pw, top, pw),
             "L": DimRange(1, m.max_text_length),
         },
-        opt={"B": 2, "F": m.latent_frames(m.default_num_frames), "h": 480 // s, "w": 832 // s, "L": m.max_text_length},
+        # tuned for diffusers' default request, 81 frames at 480x832, within the rotary table
+        opt={"B": 2, "F": min(m.latent_frames(m.default_num_frames), MAX_LATENT_FRAMES, rope * pt),
+             "h": min(480 // s, top) // ph * ph, "w": min(832 // s, top) // pw * pw, "L": m.max_text_length},
     )
 
 

@@ -145,10 +145,13 @@ class WanTextToVideoPipeline(BasePipeline):
                              return_attention_mask=True, return_tensors="pt")
         _warn_truncated(self.tokenizer, texts, length)
         mask = tok.attention_mask.to(torch.int64)
-        used = max(1, int(mask.sum(1).max()))
+        # The longest prompt's tokens, padded up to what the engine takes (a TensorRT profile
+        # or static shape may start above 1): the mask hides the padding either way.
+        encoder = self.engines["text_encoder"]
+        used = min(length, max(1, int(mask.sum(1).max()), encoder.min_dims.get("L", 1)))
         t0 = self._now()
-        states = self.engines["text_encoder"](input_ids=tok.input_ids[:, :used].to(torch.int64).to(self.device),
-                                              attention_mask=mask[:, :used].to(self.device))["last_hidden_state"]
+        states = encoder(input_ids=tok.input_ids[:, :used].to(torch.int64).to(self.device),
+                         attention_mask=mask[:, :used].to(self.device))["last_hidden_state"]
         self.timings.text_encoder = self._now() - t0
         embeds = torch.zeros((len(texts), length, states.shape[-1]), device=self.device)
         embeds[:, :used] = states * mask[:, :used, None].to(states)

@@ -167,7 +167,7 @@ class Builder(_Strict):
 
     def create_network(self, flags):
         _record("builder.create_network", flags)
-        return object()
+        return _Network()
 
     def create_builder_config(self):
         return _Config()
@@ -190,14 +190,81 @@ class Builder(_Strict):
         return b"FAKEPLAN"
 
 
+class _Tensor(_Strict):
+    _api = "ITensor"
+
+    def __init__(self, name, dtype):
+        self.name = name
+        self.dtype = dtype
+
+
+class _Layer(_Strict):
+    """One layer per ONNX node, named as TensorRT's ONNX parser names layers (the node's
+    name), its outputs typed as ONNX shape inference types them."""
+
+    _api = "ILayer"
+
+    def __init__(self, name, outputs):
+        self.name = name
+        self.num_outputs = len(outputs)
+        self._outputs = outputs
+        self._precision = None
+
+    def get_output(self, index):
+        return self._outputs[index]
+
+    @property
+    def precision(self):
+        return self._precision if self._precision is not None else DataType.FLOAT
+
+    @precision.setter
+    def precision(self, value):
+        _record("layer.precision", self.name, _short(value))
+        self._precision = value
+
+    def set_output_type(self, index, dtype):
+        if not 0 <= index < self.num_outputs:
+            raise IndexError(f"layer {self.name} has {self.num_outputs} outputs")
+        if self._outputs[index].dtype not in (DataType.FLOAT, DataType.HALF, DataType.BF16):
+            raise TypeError(f"layer {self.name}: output {index} is {_short(self._outputs[index].dtype)}, not a float tensor")
+        _record("layer.set_output_type", self.name, index, _short(dtype))
+
+
+class _Network(_Strict):
+    _api = "INetworkDefinition"
+
+    def __init__(self):
+        self._layers = []
+
+    @property
+    def num_layers(self):
+        return len(self._layers)
+
+    def get_layer(self, index):
+        return self._layers[index]
+
+
 class OnnxParser(_Strict):
     _api = "OnnxParser"
 
     def __init__(self, network, logger):
         self.num_errors = 0
+        self._network = network
 
     def parse_from_file(self, path):
         _record("parser.parse_from_file", os.path.basename(path))
+        if os.path.isfile(path) and os.path.getsize(path) > 0:  # tests may name no real graph
+            import onnx
+
+            model = onnx.shape_inference.infer_shapes(onnx.load(path, load_external_data=False))
+            graph = model.graph
+            types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+            names = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT64: "INT64",
+                     onnx.TensorProto.INT32: "INT32", onnx.TensorProto.BOOL: "BOOL", onnx.TensorProto.BFLOAT16: "BF16"}
+            self._network._layers = [
+                _Layer(n.name, [_Tensor(o, getattr(DataType, names.get(types.get(o), "FLOAT"))) for o in n.output])
+                for n in graph.node
+            ]
         return True
 
     def get_error(self, i):
