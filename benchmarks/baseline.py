@@ -134,8 +134,12 @@ class DiffusersBaseline:
         [B,F,H,W,3], {stage: seconds}, denoiser seconds per step)."""
         scheduler = self.pipe.scheduler  # replaced after construction when the sampler asks
         if not getattr(scheduler, "_vidrt_timed", False):
+            import functools
+
             step = scheduler.step
 
+            # wraps: diffusers reads step's signature to decide whether to pass a generator
+            @functools.wraps(step)
             def timed_step(*args, **kw):
                 self.timer.close_step(self.denoiser)
                 return step(*args, **kw)

@@ -12,15 +12,17 @@ from . import settings
 from .errors import VidrtError
 
 QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage
-QUANTIZABLE = ("unet", "vae_decoder", "image_encoder")  # components it calibrates (export/quantize.py CALIBRATION)
+# components it calibrates (export/quantize.py CALIBRATION)
+QUANTIZABLE = ("unet", "vae_decoder", "image_encoder", "transformer", "transformer_2")
 
 
 def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
                          components: tuple[str, ...] = ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
-                         force_upcast: bool = False) -> dict[str, str]:
+                         force_upcast: bool = False, denoisers: tuple[str, ...] = ("unet",),
+                         quantizable: tuple[str, ...] = QUANTIZABLE) -> dict[str, str]:
     """Precision of each component's engine for a requested ``--precision``.
 
-    INT8/FP8 apply to the UNet, where the compute is; the encoders and the VAE
+    INT8/FP8 apply to the ``denoisers`` (the UNet, Wan's transformers), where the compute is; the encoders and the VAE
     decoder run in the backend's float precision (``companion``: fp32 on ONNX
     Runtime, fp16 on TensorRT). ``overrides`` (``--component-precision``) sets
     single components, e.g. a VAE decoder kept at fp32 where fp16 overflows, or
@@ -30,7 +32,7 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     upcasts the VAE to encode.
     """
     if precision in QUANTIZED:
-        out = {c: (precision if c == "unet" else companion) for c in components}
+        out = {c: (precision if c in denoisers else companion) for c in components}
     else:
         out = {c: precision for c in components}
     if force_upcast and out.get("vae_encoder") == "fp16":
@@ -38,8 +40,8 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     for c, p in (overrides or {}).items():
         if c not in components:
             raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
-        if p in QUANTIZED and c not in QUANTIZABLE:
-            raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {', '.join(QUANTIZABLE)} only")
+        if p in QUANTIZED and c not in quantizable:
+            raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {', '.join(quantizable)} only")
         out[c] = p
     return out
 
@@ -91,4 +93,5 @@ def weight_files(model, component: str, unet_weights: str | None) -> list[Path]:
 def engine_precisions(model, backend, precision: str, overrides: dict | None) -> dict[str, str]:
     """Each of ``model``'s components' precision on ``backend`` for ``--precision``."""
     return component_precisions(precision, backend.companion_precision, overrides, model.components,
-                                force_upcast=bool(getattr(model, "vae", {}).get("force_upcast", False)))
+                                force_upcast=bool(getattr(model, "vae", {}).get("force_upcast", False)),
+                                denoisers=model.denoisers, quantizable=model.quantizable)

@@ -27,6 +27,13 @@ class ModelFolderMixin:
     denoiser = "unet"  # the component the denoising loop calls (its stage name in timings)
     temporal_factor = 1  # video frames per latent frame (the Wan VAE packs 4 after the first)
 
+    quantizable = ("unet", "vae_decoder", "image_encoder")  # what the quantization stage calibrates of it
+
+    @property
+    def denoisers(self) -> tuple[str, ...]:
+        """Every component the loop may call (Wan 2.2 has two experts)."""
+        return (self.denoiser,)
+
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames of a video of ``num_frames`` (one each, unless the VAE compresses time)."""
         return num_frames

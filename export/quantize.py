@@ -27,6 +27,8 @@ from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
 from vidrt.families.svd.model import SvdModel
 
+from .wan_calibration import TRANSFORMER_KEEP, transformer_calibration_batches
+
 QUANT_FORMATS = ("int8", "fp8")
 QDQ_OPSET = 19
 # Float type of a Q/DQ graph's unquantized layers -> its torch dtype
@@ -173,12 +175,22 @@ def image_encoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list
 
 # What the stage calibrates, and on what: component -> its calibration inputs.
 CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_batches,
-               "image_encoder": image_encoder_calibration_batches}
+               "image_encoder": image_encoder_calibration_batches,
+               "transformer": transformer_calibration_batches, "transformer_2": transformer_calibration_batches}
+# --keep-high-precision's default, per component where it is not DEFAULT_KEEP
+COMPONENT_KEEP = {"transformer": TRANSFORMER_KEEP, "transformer_2": TRANSFORMER_KEEP}
 assert set(CALIBRATION) == set(QUANTIZABLE), "vidrt.layout.QUANTIZABLE names the components calibrated here"
 # Modules quantized although modelopt's defaults leave them float: its defaults skip the
 # vision towers of multimodal LLMs ("*vision_model*"), which is what CLIP's is named. Only
 # the transformer layers: CLIP's embeddings and output projection stay float.
 COMPONENT_QUANTIZE = {"image_encoder": "*vision_model.encoder.layers.*"}
+
+
+def keep_patterns(cfg: QuantConfig, component: str | None) -> tuple[str, ...]:
+    """The module patterns left unquantized: --keep-high-precision, whose default is the
+    component's own (COMPONENT_KEEP) where DEFAULT_KEEP names none of its layers."""
+    keep = tuple(cfg.keep_high_precision)
+    return COMPONENT_KEEP.get(component, keep) if keep == DEFAULT_KEEP else keep
 
 
 def _rules(qcfg: dict, cfg: QuantConfig, component: str | None) -> None:
@@ -196,7 +208,7 @@ def _rules(qcfg: dict, cfg: QuantConfig, component: str | None) -> None:
             rules.append({"quantizer_name": pattern + kind, "cfg": quantizer})
         else:
             rules[pattern + kind] = quantizer
-    for name in cfg.keep_high_precision:
+    for name in keep_patterns(cfg, component):
         if as_list:
             rules.append({"quantizer_name": name, "enable": False})
         else:
@@ -324,14 +336,15 @@ def count_qdq(model) -> dict:
 MAX_REL_L2 = 0.5
 
 
-def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir: Path, unet_weights=None,
+def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, unet_weights=None,
                      variant: str | None = None, float_type: str = "fp32"):
     """Quantizes one component (QUANTIZABLE), exports Q/DQ ONNX to ``out_dir``, and
     measures its error.
 
     Args:
-        model: the SVD-family model folder.
-        component: "unet", "vae_decoder" or "image_encoder".
+        model: the model folder (SVD family, or Wan for its transformers).
+        component: "unet", "vae_decoder" or "image_encoder" (SVD); "transformer" or
+            "transformer_2" (Wan).
         cfg: how to quantize and calibrate.
         out_dir: folder to write into (callers make it atomic).
         unet_weights: optional replacement UNet state dict.
@@ -371,7 +384,8 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
         postprocess=lambda m: to_standard_qdq(m, cfg.format, float_type),
         cleanup=False, tolerance=None,
     )
-    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps if component == "unet" else None)
+    per_step = component in ("unet", "transformer", "transformer_2")
+    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps if per_step else None)
     if not report["rel_l2"] <= MAX_REL_L2:
         raise VidrtError(
             f"{cfg.format} {component} is too far from fp32 (mean relative L2 {report['rel_l2']:.3f} > {MAX_REL_L2}); "
@@ -380,6 +394,7 @@ def export_quantized(model: SvdModel, component: str, cfg: QuantConfig, out_dir:
     import onnx
 
     report["qdq"] = count_qdq(onnx.load(str(result.onnx_path), load_external_data=False))
+    report["kept_high_precision"] = list(keep_patterns(cfg, component))
     return result, report
 
 

@@ -254,3 +254,35 @@ def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch):
     assert any(n.startswith("/transformer/blocks.0/attn1/norm_q/") and n.endswith("ReduceMean") for n in fp32)
     assert not any("to_q" in n or "MatMul" in n for n in fp32)
     assert all(c[3] == "FLOAT" for c in calls if c[0] == "layer.set_output_type")
+
+
+def test_int8_transformers_through_the_quantization_stage(tmp_path):
+    """--precision int8 on Wan 2.2 quantizes both experts (calibrated on flow latents and
+    real prompt states), keeps the text encoder and VAE fp32 and the patch embedding,
+    embedders and output projection unquantized; each expert's Q/DQ graph is within 5%
+    relative L2 of fp32 on held-out inputs (measured 0.4% on tiny-wan22), and the frames
+    stay near diffusers' fp32 ones (random weights amplify per-step error over the steps)."""
+    import json
+
+    import onnx
+
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components
+
+    pipe = VideoPipeline.from_pretrained("tiny-wan22", engine_dir=tmp_path, backend="onnxruntime", precision="int8",
+                                         progress=False)
+    for expert in ("transformer", "transformer_2"):
+        report = json.loads((tmp_path / expert / "onnx-int8" / "export.json").read_text())["quantization"]["error_vs_fp32"]
+        assert report["rel_l2"] <= 0.05 and report["qdq"]["QuantizeLinear"] > 0
+        assert report["kept_high_precision"] == ["*patch_embedding*", "*condition_embedder*", "*proj_out*"]
+        graph = onnx.load(str(tmp_path / expert / "onnx-int8" / "model.onnx"), load_external_data=False).graph
+        quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        patch = [n for n in graph.node if n.op_type == "Conv"]
+        assert patch and not any(i in quantized_inputs for n in patch for i in n.input)
+    assert not (tmp_path / "text_encoder" / "onnx-int8").exists() and not (tmp_path / "vae_decoder" / "onnx-int8").exists()
+    ref = load_torch_components(pipe.model)
+    ref.set_progress_bar_config(disable=True)
+    kw = dict(KW, num_inference_steps=4, guidance_scale=5.0)
+    got = pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames
+    want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames)
+    assert np.abs(got - want).mean() <= 0.05

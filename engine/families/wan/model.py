@@ -91,6 +91,8 @@ class WanModel(ModelFolderMixin):
     def experts(self) -> tuple[str, ...]:
         return tuple(e for e in EXPERTS if getattr(self, e) is not None)
 
+    denoisers = quantizable = experts
+
     @property
     def weights_folder(self) -> dict[str, str]:
         return {"text_encoder": "text_encoder", "transformer": "transformer", "transformer_2": "transformer_2",

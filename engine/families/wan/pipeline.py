@@ -136,25 +136,17 @@ class WanTextToVideoPipeline(BasePipeline):
 
     def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
         """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
-        videos adjacent, zeros past each prompt's end, as WanPipeline.encode_prompt makes
-        them. One text encoder call, at the longest prompt's token count."""
-        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-
-        texts = [prompt_clean(t) for t in (negatives or []) + prompts]
-        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
-                             return_attention_mask=True, return_tensors="pt")
-        _warn_truncated(self.tokenizer, texts, length)
-        mask = tok.attention_mask.to(torch.int64)
-        # The longest prompt's tokens, padded up to what the engine takes (a TensorRT profile
-        # or static shape may start above 1): the mask hides the padding either way.
+        videos adjacent. One text encoder call (see ``prompt_states``)."""
         encoder = self.engines["text_encoder"]
-        used = min(length, max(1, int(mask.sum(1).max()), encoder.min_dims.get("L", 1)))
-        t0 = self._now()
-        states = encoder(input_ids=tok.input_ids[:, :used].to(torch.int64).to(self.device),
-                         attention_mask=mask[:, :used].to(self.device))["last_hidden_state"]
-        self.timings.text_encoder = self._now() - t0
-        embeds = torch.zeros((len(texts), length, states.shape[-1]), device=self.device)
-        embeds[:, :used] = states * mask[:, :used, None].to(states)
+
+        def encode(ids, mask):
+            t0 = self._now()
+            states = encoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))["last_hidden_state"]
+            self.timings.text_encoder = self._now() - t0
+            return states
+
+        texts = (negatives or []) + prompts
+        embeds = prompt_states(encode, self.tokenizer, texts, length, encoder.min_dims.get("L", 1))
         return embeds.repeat_interleave(per_prompt, dim=0).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -170,6 +162,26 @@ class WanTextToVideoPipeline(BasePipeline):
         return out
 
 
+def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: int = 1) -> torch.Tensor:
+    """Text states [len(texts), length, D] as WanPipeline._get_t5_prompt_embeds makes them:
+    cleaned prompts tokenized to ``length``, zeros past each prompt's end. ``encode(ids,
+    mask)`` runs the text encoder once, at the longest prompt's token count (padded up to
+    ``min_tokens``, what the engine takes): the mask hides the padding, so the real
+    tokens' states are those of a call at ``length``."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    texts = [prompt_clean(t) for t in texts]
+    tok = tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                    return_attention_mask=True, return_tensors="pt")
+    _warn_truncated(tokenizer, texts, length)
+    mask = tok.attention_mask.to(torch.int64)
+    used = min(length, max(1, int(mask.sum(1).max()), min_tokens))
+    states = encode(tok.input_ids[:, :used].to(torch.int64), mask[:, :used])
+    embeds = torch.zeros((len(texts), length, states.shape[-1]), device=states.device)
+    embeds[:, :used] = states * mask[:, :used, None].to(states)
+    return embeds
+
+
 def _second_guidance(model, guidance_scale, guidance_scale_2):
     if guidance_scale_2 is None:
         return guidance_scale if model.transformer_2 is not None else None
@@ -183,5 +195,5 @@ def _warn_truncated(tokenizer, texts, length) -> None:
     full = tokenizer(texts, padding="longest", add_special_tokens=True, return_tensors="pt").input_ids
     if full.shape[-1] > length:
         removed = tokenizer.batch_decode(full[:, length - 1 : -1], skip_special_tokens=True)
-        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}", stacklevel=5)
+        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}", stacklevel=7)
 

@@ -1,0 +1,59 @@
+"""Calibration inputs of the Wan transformer(s) for the quantization stage.
+
+What inference feeds the transformer: flow-matching latents ``(1 - sigma)·x0 + sigma·noise``
+at each of the sampler's calibrated timesteps, and text states of real prompts (the
+built-in prompt corpus through the folder's own text encoder and tokenizer, made as the
+pipeline makes them) with guidance's unconditional half, the empty negative prompt,
+stacked in the batch. Latents of a Wan VAE are normalised (latents_mean/std), so x0 is
+unit-variance noise: a random-weight model has no clean latents of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vidrt.samplers import make_sampler
+
+CALIB_PROMPTS = 4  # prompts of the corpus calibrated on
+CALIB_LATENT_FRAMES = 2  # 5 video frames
+
+
+def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]:
+    """Transformer inputs (guidance batch of 2) per calibration prompt and timestep."""
+    from transformers import AutoTokenizer
+
+    from vidrt.families.t2v.presets import PROMPT_CORPUS
+    from vidrt.families.wan.pipeline import prompt_states
+    from vidrt.sources import load_torch_component
+
+    sampler = make_sampler(None, model.scheduler)
+    sampler.set_timesteps(cfg.calib_steps)
+    text_encoder = load_torch_component(model, "text_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
+    prompts = [PROMPT_CORPUS[(cfg.seed + i) % len(PROMPT_CORPUS)] for i in range(CALIB_PROMPTS)]
+    with torch.no_grad():
+        states = prompt_states(lambda ids, mask: text_encoder(ids, mask).last_hidden_state, tokenizer,
+                               ["", *prompts], model.max_text_length)
+    del text_encoder
+    side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
+    shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train = int(model.scheduler.get("num_train_timesteps", 1000))
+    batches = []
+    for k in range(len(prompts)):
+        x0 = torch.randn(shape, generator=gen)
+        for t in sampler.timesteps.tolist():
+            sigma = t / train
+            x = (1 - sigma) * x0 + sigma * torch.randn(shape, generator=gen)
+            batches.append({
+                "sample": torch.cat([x, x]),
+                "timestep": torch.tensor([float(t)]),
+                "encoder_hidden_states": torch.cat([states[:1], states[k + 1 : k + 2]]),
+            })
+    return batches
+
+
+# --keep-high-precision's default for the transformer: the patch embedding, the time and
+# text embedders and the output projection (what the UNet's default keeps: its first and
+# last layers and the embeddings).
+TRANSFORMER_KEEP = ("*patch_embedding*", "*condition_embedder*", "*proj_out*")
