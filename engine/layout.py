@@ -19,7 +19,7 @@ QUANTIZABLE = ("unet", "vae_decoder", "image_encoder", "transformer", "transform
 def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
                          components: tuple[str, ...] = ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
                          force_upcast: bool = False, denoisers: tuple[str, ...] = ("unet",),
-                         quantizable: tuple[str, ...] = QUANTIZABLE) -> dict[str, str]:
+                         quantizable: tuple[str, ...] = ("unet", "vae_decoder", "image_encoder")) -> dict[str, str]:
     """Precision of each component's engine for a requested ``--precision``.
 
     INT8/FP8 apply to the ``denoisers`` (the UNet, Wan's transformers), where the compute is; the encoders and the VAE

@@ -223,6 +223,20 @@ def initial_latents(shape, latents, generator, init_noise_sigma) -> torch.Tensor
     return latents.mul_(init_noise_sigma)
 
 
+def load_tokenizer(folder: Path, cls_name: str = "AutoTokenizer"):
+    """The model folder's tokenizer (a transformers class by name).
+
+    Raises:
+        VidrtError: the tokenizer files are missing or unreadable.
+    """
+    import transformers
+
+    try:
+        return getattr(transformers, cls_name).from_pretrained(folder / "tokenizer")
+    except (OSError, ValueError) as e:
+        raise VidrtError(f"cannot load the tokenizer in {folder / 'tokenizer'}: {str(e).splitlines()[0]}") from None
+
+
 def as_prompts(prompt, what: str) -> list[str]:
     """``prompt`` as a non-empty list of strings, else a VidrtError naming ``what``."""
     if isinstance(prompt, str):

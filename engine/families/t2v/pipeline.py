@@ -23,6 +23,7 @@ from ...pipeline_base import (
     check_finite,
     check_request,
     initial_latents,
+    load_tokenizer,
     negatives_for,
 )
 from ...samplers import make_sampler
@@ -34,12 +35,7 @@ class TextToVideoPipeline(BasePipeline):
 
     def __init__(self, model, *args, **kwargs):
         super().__init__(model, *args, **kwargs)
-        from transformers import CLIPTokenizer
-
-        try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(model.folder / "tokenizer")
-        except (OSError, ValueError) as e:
-            raise VidrtError(f"cannot load the tokenizer in {model.folder / 'tokenizer'}: {str(e).splitlines()[0]}") from None
+        self.tokenizer = load_tokenizer(model.folder, "CLIPTokenizer")
 
     @torch.no_grad()
     def __call__(

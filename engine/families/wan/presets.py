@@ -2,12 +2,9 @@
 
 ``tiny-wan`` (Wan 2.1) and ``tiny-wan22`` (Wan 2.2, two experts switched at
 ``boundary_ratio``) have diffusers' WanPipeline fast-test sizes, with a tiny UMT5 text
-encoder; ``wan2.1-t2v-1.3b`` is the real Wan2.1-T2V-1.3B architecture (transformer dim
-1536, 30 layers; the Wan VAE; the UMT5-XXL text encoder). Without the hub there is no
-UMT5 vocabulary: each preset trains a small SentencePiece-style Unigram tokenizer with
-the ``tokenizers`` library on a built-in corpus, in T5's format (``</s>`` appended,
-``<pad>`` = 0), while the text encoder keeps UMT5's vocabulary size; real models bring
-their own tokenizer.
+encoder. Without the hub there is no UMT5 vocabulary: each preset trains a small
+SentencePiece-style Unigram tokenizer with the ``tokenizers`` library on a built-in
+corpus, in T5's format (``</s>`` appended, ``<pad>`` = 0); real models bring their own.
 """
 
 from __future__ import annotations
@@ -31,18 +28,6 @@ PRESETS = {
                  "scheduler": WAN_SCHEDULER},
     "tiny-wan22": {"transformer": _TINY_TRANSFORMER, "transformer_2": _TINY_TRANSFORMER, "boundary_ratio": 0.875,
                    "vae": _TINY_VAE, "text_encoder": _TINY_UMT5, "scheduler": WAN_SCHEDULER},
-    "wan2.1-t2v-1.3b": {
-        "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
-                        "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
-                        "num_layers": 30, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
-                        "rope_max_seq_len": 1024},
-        "vae": {},  # AutoencoderKLWan's defaults are the Wan 2.1 VAE
-        # UMT5-XXL's encoder (google/umt5-xxl, as Wan ships it)
-        "text_encoder": {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
-                         "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-                         "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "tie_word_embeddings": False},
-        "scheduler": WAN_SCHEDULER,
-    },
 }
 
 
