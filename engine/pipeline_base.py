@@ -102,7 +102,8 @@ class BasePipeline(abc.ABC):
             model: preset (vidrt.sources.ALL_PRESETS), local diffusers folder or hub id.
                 The folder's model_index.json picks the pipeline: StableVideoDiffusionPipeline
                 gives a VideoPipeline (image to video); TextToVideoSDPipeline and
-                AnimateDiffPipeline give a TextToVideoPipeline (vidrt.families.t2v.pipeline).
+                AnimateDiffPipeline give a TextToVideoPipeline (vidrt.families.t2v.pipeline),
+                WanPipeline a WanTextToVideoPipeline (vidrt.families.wan.pipeline).
             engine_dir: where engines live (default: under $VIDRT_CACHE).
             backend: "auto" or a backend name.
             precision: engine precision.

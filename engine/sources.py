@@ -112,7 +112,7 @@ def download_from_hub(repo_id: str, progress: bool = True) -> Path:
 
 def load_torch_components(model, unet_weights: str | Path | None = None):
     """Loads the model folder's diffusers pipeline (fp32, eval): StableVideoDiffusionPipeline,
-    TextToVideoSDPipeline or AnimateDiffPipeline, as model_index.json names it.
+    TextToVideoSDPipeline, AnimateDiffPipeline or WanPipeline, as model_index.json names it.
 
     Args:
         model: the resolved model.
@@ -137,7 +137,7 @@ def load_torch_components(model, unet_weights: str | Path | None = None):
         raise VidrtError(f"cannot load the model in {model.folder}: {str(e).splitlines()[0]}") from None
     if unet_weights is not None:
         load_unet_weights(pipe.unet, unet_weights)
-    for c in ("unet", "vae", "image_encoder", "text_encoder"):
+    for c in ("unet", "transformer", "transformer_2", "vae", "image_encoder", "text_encoder"):
         module = getattr(pipe, c, None)
         if module is not None:
             module.eval().requires_grad_(False)
