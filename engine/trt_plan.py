@@ -79,8 +79,8 @@ def _dim_sources(component: str, vae_scale: int, temporal: int = 1) -> dict[str,
         return {"B": ("batch", 1, 1, 1), "H": ("height", 1, 1, 1), "W": ("width", 1, 1, 1)}
     if component in ("unet", "transformer", "transformer_2"):
         return {"B": ("batch", 1, 1, 1), "F": ("frames", 1, 1, temporal), **latent}
-    if component == "vae_decoder" and temporal > 1:  # Wan: a whole latent clip per video
-        return {"B": ("batch", 1, 1, 1), "T": ("frames", 1, 1, temporal), **latent}
+    if component in ("vae_decoder", "vae_decoder_chunk") and temporal > 1:  # Wan: one latent frame per call
+        return {"B": ("batch", 1, 1, 1), **latent}
     if component == "vae_decoder":
         return {"N": ("frames", 1, 1, 1), **latent}
     raise VidrtError(f"unknown component '{component}'")

@@ -3,13 +3,12 @@
 Three things in diffusers' Wan code do not trace to ONNX as they are, and each is
 replaced here by the same arithmetic: ``torch.nn.RMSNorm`` (no ONNX op at opset 17), the
 rotary embedding's strided in-place writes (they trace to an Expand that breaks at a
-second shape), and the VAE's frame-by-frame decode through per-layer caches (Python
-lists, not tensors). The tests compare each graph with diffusers' own modules.
+second shape), and the VAE's per-layer caches, a Python list (here graph inputs and
+outputs). The tests compare each graph with diffusers' own modules.
 """
 
 from __future__ import annotations
 
-import types
 
 import torch
 import torch.nn.functional as F
@@ -90,29 +89,10 @@ class UMT5Graph(torch.nn.Module):
         return self.text_encoder(input_ids, attention_mask).last_hidden_state
 
 
-def _whole_clip_upsample3d(self, x, feat_cache=None, feat_idx=(0,)):
-    """WanResample('upsample3d') over a whole latent clip. diffusers decodes one latent
-    frame at a time: the first passes the temporal convolution by (its cache says "Rep"),
-    the second sees zeros before it, later ones their predecessors. Over the clip that is
-    the causal convolution of [zeros, frames 1..] with frame 0's output dropped; frame 0
-    itself is not doubled in time. Zeros stand in for frame 0 so no tensor is ever
-    0 frames long (ONNX Reshape reads a 0 as "keep this axis")."""
-    b, c, t, h, w = x.shape
-    first = x[:, :, :1]
-    y = self.time_conv(torch.cat([torch.zeros_like(first), x[:, :, 1:]], 2))
-    y = y.reshape(b, 2, c, t, h, w)
-    y = torch.stack((y[:, 0], y[:, 1]), 3).reshape(b, c, 2 * t, h, w)[:, :, 2:]
-    x = torch.cat([first, y], 2)
-    t = x.shape[2]
-    x = self.resample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
-    return x.view(b, t, x.size(1), x.size(2), x.size(3)).permute(0, 2, 1, 3, 4)
-
-
-class WanVaeDecoderGraph(torch.nn.Module):
-    """AutoencoderKLWan's decode of a whole latent clip: un-normalise with the config's
-    latents_mean/latents_std (as WanPipeline does before decoding), post-quant conv, the
-    decoder with no feature cache (every causal convolution pads with zeros in front, as
-    the first chunk does), clamp to [-1, 1]."""
+class _VaeChunkBase(torch.nn.Module):
+    """The Wan VAE decoder on one latent frame through diffusers' own cached code path
+    (``feat_cache``/``feat_idx``), latents un-normalised with the config's
+    latents_mean/latents_std as WanPipeline does, frames clamped to [-1, 1]."""
 
     def __init__(self, vae):
         super().__init__()
@@ -122,16 +102,53 @@ class WanVaeDecoderGraph(torch.nn.Module):
         z = vae.config.z_dim
         self.register_buffer("mean", torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1))
         self.register_buffer("std", torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1))
+        self.upsamplers3d = [m for m in vae.decoder.modules() if isinstance(m, WanResample) and m.mode == "upsample3d"]
         for m in vae.decoder.modules():
-            if isinstance(m, WanResample) and m.mode in ("upsample2d", "upsample3d"):
-                if isinstance(m.resample[0], WanUpsample):  # nearest-exact at 2x is nearest
-                    m.resample[0] = torch.nn.Upsample(scale_factor=2.0, mode="nearest")
-                if m.mode == "upsample3d":
-                    m.forward = types.MethodType(_whole_clip_upsample3d, m)
+            if isinstance(m, WanResample) and isinstance(m.resample[0], WanUpsample):
+                m.resample[0] = torch.nn.Upsample(scale_factor=2.0, mode="nearest")  # nearest-exact at 2x is nearest
+
+    def _decode(self, latents, caches: list, first: bool):
+        x = self.vae.post_quant_conv(latents * self.std + self.mean)
+        frames = self.vae.decoder(x, feat_cache=caches, feat_idx=[0], first_chunk=first)
+        return frames.clamp(-1.0, 1.0)
+
+
+class WanVaeFirstChunkGraph(_VaeChunkBase):
+    """Latent frame 0 -> (1 frame, every cache). diffusers leaves each cache with the one
+    frame it saw and the temporal upsamplers' with the marker "Rep" (the next frame's
+    temporal convolution pads with zeros); here each is two frames, zeros in front, which
+    the next frame's convolutions read exactly as that padding, so one chunk graph serves
+    every later frame."""
 
     def forward(self, latents):
-        z = latents * self.std + self.mean
-        return self.vae.decoder(self.vae.post_quant_conv(z)).clamp(-1.0, 1.0)
+        caches = [None] * self.vae._cached_conv_counts["decoder"]
+        rep_inputs = []
+        hooks = [m.register_forward_pre_hook(lambda mod, args: rep_inputs.append(args[0])) for m in self.upsamplers3d]
+        try:
+            frames = self._decode(latents, caches, first=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        rep = iter(rep_inputs)
+        out = []
+        for c in caches:
+            if c is None:
+                break  # the rest are the residual shortcuts' 1x1x1 convolutions: no cache
+            if isinstance(c, str):  # "Rep": a temporal upsampler's, its input's shape
+                x = next(rep)
+                c = torch.zeros_like(x[:, :, :1])
+            out.append(torch.cat([torch.zeros_like(c[:, :, :1]).expand(-1, -1, 2 - c.shape[2], -1, -1), c], 2)
+                       if c.shape[2] < 2 else c)
+        return (frames, *out)
+
+
+class WanVaeChunkGraph(_VaeChunkBase):
+    """One later latent frame and the caches -> (4 frames, the caches updated)."""
+
+    def forward(self, latents, *caches):
+        caches = list(caches) + [None] * (self.vae._cached_conv_counts["decoder"] - len(caches))
+        frames = self._decode(latents, caches, first=False)
+        return (frames, *(c for c in caches if c is not None))
 
 
 # (component, torch module class) -> graph
@@ -140,5 +157,6 @@ WAN_GRAPHS = {
     ("text_encoder", "T5EncoderModel"): UMT5Graph,
     ("transformer", "WanTransformer3DModel"): WanTransformerGraph,
     ("transformer_2", "WanTransformer3DModel"): WanTransformerGraph,
-    ("vae_decoder", "AutoencoderKLWan"): WanVaeDecoderGraph,
+    ("vae_decoder", "AutoencoderKLWan"): WanVaeFirstChunkGraph,
+    ("vae_decoder_chunk", "AutoencoderKLWan"): WanVaeChunkGraph,
 }

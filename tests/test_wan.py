@@ -108,10 +108,12 @@ def test_openvino_matches_diffusers(tmp_path):
 
 
 def test_exported_graphs_equal_diffusers_modules():
-    """The graph-friendly RMSNorm, attention and whole-clip VAE decode compute what
-    diffusers' modules do: the transformer at two shapes, the decoder against diffusers'
-    frame-by-frame decode at 1, 2 and 5 latent frames."""
+    """The graph-friendly RMSNorm and attention, and the VAE decoder with its caches as
+    inputs and outputs, compute what diffusers' modules do: the transformer at two shapes,
+    the first-frame and chunk graphs chained against diffusers' decode at 1, 2 and 5 latent
+    frames."""
     from vidrt.export.graphs import component_graph
+    from vidrt.families.wan.model import decoder_caches
     from vidrt.sources import load_torch_component, resolve_model
 
     model = resolve_model("tiny-wan", progress=False)
@@ -124,16 +126,24 @@ def test_exported_graphs_equal_diffusers_modules():
             want = transformer(x, torch.full((shape[0],), 700.0), text, return_dict=False)[0]
             assert (graph(x, torch.tensor([700.0]), text) - want).abs().max() <= 1e-5
         vae = load_torch_component(model, "vae_decoder")
-        decoder = component_graph("vae_decoder", copy.deepcopy(vae))
+        first = component_graph("vae_decoder", copy.deepcopy(vae))
+        chunk = component_graph("vae_decoder_chunk", copy.deepcopy(vae))
         cfg = vae.config
         mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
         for t in (1, 2, 5):
             z = torch.randn(1, 16, t, 3, 5, generator=gen)
             want = vae.decode(z * std + mean).sample
-            assert want.shape[2] == 4 * t - 3
-            assert (decoder(z) - want).abs().max() <= 1e-5
-
+            frames, *caches = first(z[:, :, :1])
+            # the cache layout the specs declare is the one diffusers' decoder fills
+            assert [(c.shape[1], c.shape[3] // 3) for c in caches] == decoder_caches(model.vae)
+            got = [frames]
+            for j in range(1, t):
+                frames, *caches = chunk(z[:, :, j : j + 1], *caches)
+                got.append(frames)
+            got = torch.cat(got, 2)
+            assert got.shape == want.shape and want.shape[2] == 4 * t - 3
+            assert (got - want).abs().max() <= 1e-5
 
 def test_text_states_are_zero_past_each_prompt(wan):
     pipe, ref = wan
@@ -202,7 +212,7 @@ def test_generate_writes_an_mp4(tmp_path, capsys):
 def test_tensorrt_profiles_follow_video_frames_and_text_length():
     """--static/--max name video frames (4k+1) and pixels; the transformer's profile holds
     latent frames, both guidance halves, and the text states at max_sequence_length; the
-    decoder takes one video's whole latent clip."""
+    decoder takes one latent frame of one video per call."""
     from vidrt.sources import resolve_model
     from vidrt.trt_plan import ShapeRequest, derive_profiles
 
@@ -212,8 +222,9 @@ def test_tensorrt_profiles_follow_video_frames_and_text_length():
     cfg, plain = derive_profiles("transformer", specs["transformer"], req, model.vae_scale_factor, temporal=4)
     assert cfg.shapes["sample"][0] == (2, 16, 5, 32, 32) and plain.shapes["sample"][0] == (1, 16, 5, 32, 32)
     assert cfg.shapes["encoder_hidden_states"][0] == (2, 512, 32)
-    (decoder,) = derive_profiles("vae_decoder", specs["vae_decoder"], req, model.vae_scale_factor, temporal=4)
-    assert decoder.shapes["latents"][0] == (1, 16, 5, 32, 32)
+    (chunk,) = derive_profiles("vae_decoder_chunk", specs["vae_decoder_chunk"], req, model.vae_scale_factor, temporal=4)
+    assert chunk.shapes["latents"][0] == (1, 16, 1, 32, 32)  # one latent frame per call, its caches beside it
+    assert chunk.shapes["cache_0"][0] == (1, 16, 2, 32, 32) and chunk.shapes["cache_23"][0] == (1, 3, 2, 256, 256)
     text_cfg, _ = derive_profiles("text_encoder", specs["text_encoder"], ShapeRequest(), model.vae_scale_factor,
                                   temporal=4)
     assert text_cfg.min_dims["L"] == 1 and text_cfg.max_dims["L"] == 64  # the prompts' token count, up to opt
@@ -279,7 +290,7 @@ def test_int8_transformers_through_the_quantization_stage(tmp_path):
         quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         patch = [n for n in graph.node if n.op_type == "Conv"]
         assert patch and not any(i in quantized_inputs for n in patch for i in n.input)
-    assert not (tmp_path / "text_encoder" / "onnx-int8").exists() and not (tmp_path / "vae_decoder" / "onnx-int8").exists()
+    assert not [c for c in ("text_encoder", "vae_decoder", "vae_decoder_chunk") if (tmp_path / c / "onnx-int8").exists()]
     ref = load_torch_components(pipe.model)
     ref.set_progress_bar_config(disable=True)
     kw = dict(KW, num_inference_steps=4, guidance_scale=5.0)
@@ -320,6 +331,7 @@ def test_quantization_covers_the_transformers_only():
 
     model = resolve_model("tiny-wan22", progress=False)
     assert engine_precisions(model, OrtBackend, "int8", None) == {
-        "text_encoder": "fp32", "transformer": "int8", "transformer_2": "int8", "vae_decoder": "fp32"}
+        "text_encoder": "fp32", "transformer": "int8", "transformer_2": "int8", "vae_decoder": "fp32",
+        "vae_decoder_chunk": "fp32"}
     with pytest.raises(VidrtError, match="quantizes transformer, transformer_2 only"):
         engine_precisions(model, OrtBackend, "int8", {"vae_decoder": "int8"})

@@ -3,10 +3,12 @@ WanPipeline: UMT5 text encoder, one or two WanTransformer3DModel experts, the Wa
 and its component descriptions. JSON configs only; no torch model is built.
 
 The components: ``text_encoder`` (token ids and mask -> hidden states), ``transformer``
-(and ``transformer_2``, Wan 2.2's low-noise expert) on latents [B, C, F, h, w], and
-``vae_decoder``, which decodes a whole latent clip [B, C, T, h, w] in one call into
-4T-3 frames (diffusers decodes latent frame by frame through per-layer caches; the
-graph computes the same causal convolutions over the clip at once).
+(and ``transformer_2``, Wan 2.2's low-noise expert) on latents [B, C, F, h, w], and the
+Wan VAE decoder as diffusers runs it, one latent frame per call with a cache per causal
+convolution: ``vae_decoder`` decodes latent frame 0 into 1 frame and returns the caches,
+``vae_decoder_chunk`` decodes each later latent frame into 4 frames from the caches and
+returns them updated. The caches are engine inputs and outputs, so memory stays that of
+one latent frame whatever the clip's length.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class WanModel(ModelFolderMixin):
     @property
     def components(self) -> tuple[str, ...]:
         experts = tuple(e for e in EXPERTS if getattr(self, e) is not None)
-        return ("text_encoder", *experts, "vae_decoder")
+        return ("text_encoder", *experts, "vae_decoder", "vae_decoder_chunk")
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -96,7 +98,7 @@ class WanModel(ModelFolderMixin):
     @property
     def weights_folder(self) -> dict[str, str]:
         return {"text_encoder": "text_encoder", "transformer": "transformer", "transformer_2": "transformer_2",
-                "vae_decoder": "vae"}
+                "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
@@ -107,6 +109,7 @@ class WanModel(ModelFolderMixin):
             "transformer": ("diffusers", "WanTransformer3DModel", "transformer"),
             "transformer_2": ("diffusers", "WanTransformer3DModel", "transformer_2"),
             "vae_decoder": ("diffusers", "AutoencoderKLWan", "vae"),
+            "vae_decoder_chunk": ("diffusers", "AutoencoderKLWan", "vae"),
         }
 
     @property
@@ -191,12 +194,14 @@ class WanModel(ModelFolderMixin):
         specs["text_encoder"].check({"B": rows, "L": length})
         for e in self.experts:
             specs[e].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
-        specs["vae_decoder"].check({"B": videos, "T": self.latent_frames(frames), "h": height // s, "w": width // s})
+        for c in ("vae_decoder", "vae_decoder_chunk"):
+            specs[c].check({"B": 1, "h": height // s, "w": width // s})  # one video at a time
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {"text_encoder": text_encoder_spec(self)}
         out |= {e: transformer_spec(self, e) for e in self.experts}
-        out["vae_decoder"] = vae_decoder_spec(self)
+        out["vae_decoder"] = vae_decoder_spec(self, first=True)
+        out["vae_decoder_chunk"] = vae_decoder_spec(self, first=False)
         return out
 
 
@@ -256,16 +261,49 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
     )
 
 
-def vae_decoder_spec(m: WanModel) -> ComponentSpec:
-    """The Wan VAE decoder over a whole latent clip, ``latents_mean``/``latents_std`` folded
-    in: [B, C, T, h, w] -> frames [B, 3, 4T-3, 8h, 8w] in [-1, 1]."""
+def decoder_caches(vae: dict) -> list[tuple[int, int]]:
+    """(channels, spatial scale over the latent) of each cache of the Wan 2.1 VAE decoder, in
+    the order diffusers' ``feat_idx`` walks them: every causal 3x3x3 convolution keeps its
+    last two input frames (conv_in; each residual block's two convolutions; the temporal
+    convolution of each 'upsample3d'; conv_out). Written from WanDecoder3d's constructor;
+    tests compare it with the caches diffusers' decoder really fills."""
+    base = int(vae.get("decoder_base_dim") or vae.get("base_dim", 96))
+    mult = list(vae.get("dim_mult", [1, 2, 4, 4]))
+    res_blocks = int(vae.get("num_res_blocks", 2))
+    upsample_time = list(vae.get("temperal_downsample", [False, True, True]))[::-1]
+    dims = [base * u for u in [mult[-1]] + mult[::-1]]
+    caches, scale = [(int(vae.get("z_dim", 16)), 1)], 1
+    caches += [(dims[0], 1)] * 4  # the middle block's two residual blocks
+    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        in_dim = in_dim // 2 if i > 0 else in_dim
+        caches += [(in_dim, scale), (out_dim, scale)] + [(out_dim, scale), (out_dim, scale)] * res_blocks
+        if i != len(mult) - 1:  # an upsampler: temporal ones keep a cache, every one doubles the size
+            if upsample_time[i]:
+                caches.append((out_dim, scale))
+            scale *= 2
+    caches.append((dims[-1], scale))
+    return caches
+
+
+def vae_decoder_spec(m: WanModel, first: bool = True) -> ComponentSpec:
+    """One latent frame of the Wan VAE decoder, ``latents_mean``/``latents_std`` folded in:
+    [B, C, 1, h, w] -> frames in [-1, 1] (1 for latent frame 0, 4 for each later one) and
+    the caches [B, c, 2, h*s, w*s] the next latent frame reads (``first``: frame 0, which
+    reads none)."""
     s, k = m.vae_scale_factor, m.temporal_factor
     top = MAX_PIXELS // s
+    caches = decoder_caches(m.vae)
+
+    def cache(name, i):
+        c, scale = caches[i]
+        return TensorSpec(f"{name}_{i}", ("B", c, 2, "h" if scale == 1 else f"h*{scale}", "w" if scale == 1 else f"w*{scale}"))
+
     return ComponentSpec(
-        name="vae_decoder",
-        inputs=(TensorSpec("latents", ("B", int(m.vae.get("z_dim", 16)), "T", "h", "w")),),
-        outputs=(TensorSpec("frames", ("B", 3, f"{k}*T-{k - 1}", f"h*{s}", f"w*{s}")),),
-        ranges={"B": DimRange(1, MAX_BATCH), "T": DimRange(1, MAX_LATENT_FRAMES), "h": DimRange(1, top),
-                "w": DimRange(1, top)},
-        opt={"B": 1, "T": m.latent_frames(m.default_num_frames), "h": 480 // s, "w": 832 // s},
+        name="vae_decoder" if first else "vae_decoder_chunk",
+        inputs=(TensorSpec("latents", ("B", int(m.vae.get("z_dim", 16)), 1, "h", "w")),
+                *(() if first else tuple(cache("cache", i) for i in range(len(caches))))),
+        outputs=(TensorSpec("frames", ("B", 3, 1 if first else k, f"h*{s}", f"w*{s}")),
+                 *(cache("next_cache", i) for i in range(len(caches)))),
+        ranges={"B": DimRange(1, MAX_BATCH), "h": DimRange(1, top), "w": DimRange(1, top)},
+        opt={"B": 1, "h": 480 // s, "w": 832 // s},
     )

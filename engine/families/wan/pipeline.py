@@ -146,17 +146,33 @@ class WanTextToVideoPipeline(BasePipeline):
         return embeds.repeat_interleave(per_prompt, dim=0).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The VAE decoder over each video's whole latent clip; returns [V, 3, F, H, W] in [-1, 1]."""
+        """The VAE decoder as diffusers runs it, one latent frame per call, video by video:
+        latent frame 0 gives 1 frame and the caches, each later one 4 frames from the
+        caches. Returns [V, 3, F, H, W] in [-1, 1]."""
         t0 = self._now()
-        decoder = self.engines["vae_decoder"]
+        first, chunk = self.engines["vae_decoder"], self.engines["vae_decoder_chunk"]
         s, k = self.model.vae_scale_factor, self.model.temporal_factor
         v, _, t, h, w = latents.shape
         out = torch.empty((v, 3, k * (t - 1) + 1, h * s, w * s), device=self.device)
-        for i in range(v):  # one video at a time: the decoder's activations grow with the clip
-            decoder(latents=latents[i : i + 1].contiguous(), out={"frames": out[i : i + 1]})
+        names = [n for n in first.spec.output_names if n != "frames"]
+        # Two sets of caches, read by one call while the next is written: an engine never
+        # writes the tensors it reads.
+        shapes = first.spec.output_shapes({"B": 1, "h": h, "w": w})
+        sets = [{n: torch.empty(shapes[n], device=self.device) for n in names} for _ in range(2)]
+        frames = torch.empty((1, 3, k, h * s, w * s), device=self.device)
+        for i in range(v):
+            result = first(latents=latents[i : i + 1, :, :1].contiguous())
+            out[i, :, :1] = result["frames"][0]
+            caches = {n: result[n] for n in names}
+            for j in range(1, t):
+                written = sets[j % 2]
+                chunk(latents=latents[i : i + 1, :, j : j + 1].contiguous(),
+                      **{n.replace("next_", ""): c for n, c in caches.items()},
+                      out={"frames": frames, **written})
+                out[i, :, 1 + k * (j - 1) : 1 + k * j] = frames[0]
+                caches = written
         self.timings.vae_decoder = self._now() - t0
         return out
-
 
 def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: int = 1) -> torch.Tensor:
     """Text states [len(texts), length, D] as WanPipeline._get_t5_prompt_embeds makes them:
