@@ -19,7 +19,8 @@ QUANTIZABLE = ("unet", "vae_decoder", "image_encoder", "transformer", "transform
 def component_precisions(precision: str, companion: str = "fp32", overrides: dict | None = None,
                          components: tuple[str, ...] = ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
                          force_upcast: bool = False, denoisers: tuple[str, ...] = ("unet",),
-                         quantizable: tuple[str, ...] = ("unet", "vae_decoder", "image_encoder")) -> dict[str, str]:
+                         quantizable: tuple[str, ...] = ("unet", "vae_decoder", "image_encoder"),
+                         keep_fp32: tuple[str, ...] = ()) -> dict[str, str]:
     """Precision of each component's engine for a requested ``--precision``.
 
     INT8/FP8 apply to the ``denoisers`` (the UNet, Wan's transformers), where the compute is; the encoders and the VAE
@@ -37,6 +38,9 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
         out = {c: precision for c in components}
     if force_upcast and out.get("vae_encoder") == "fp16":
         out["vae_encoder"] = "fp32"
+    for c in keep_fp32:  # the model's own advice (Wan: its VAE in fp32); --component-precision overrides
+        if out.get(c) in ("fp16", "bf16"):
+            out[c] = "fp32"
     for c, p in (overrides or {}).items():
         if c not in components:
             raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
@@ -94,4 +98,4 @@ def engine_precisions(model, backend, precision: str, overrides: dict | None) ->
     """Each of ``model``'s components' precision on ``backend`` for ``--precision``."""
     return component_precisions(precision, backend.companion_precision, overrides, model.components,
                                 force_upcast=bool(getattr(model, "vae", {}).get("force_upcast", False)),
-                                denoisers=model.denoisers, quantizable=model.quantizable)
+                                denoisers=model.denoisers, quantizable=model.quantizable, keep_fp32=model.keep_fp32)

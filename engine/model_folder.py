@@ -28,6 +28,7 @@ class ModelFolderMixin:
     temporal_factor = 1  # video frames per latent frame (the Wan VAE packs 4 after the first)
 
     quantizable = ("unet", "vae_decoder", "image_encoder")  # what the quantization stage calibrates of it
+    keep_fp32: tuple[str, ...] = ()  # components kept at fp32 when the rest runs bf16/fp16
 
     @property
     def denoisers(self) -> tuple[str, ...]:

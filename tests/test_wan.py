@@ -335,3 +335,15 @@ def test_quantization_covers_the_transformers_only():
         "vae_decoder_chunk": "fp32"}
     with pytest.raises(VidrtError, match="quantizes transformer, transformer_2 only"):
         engine_precisions(model, OrtBackend, "int8", {"vae_decoder": "int8"})
+
+
+def test_the_vae_stays_fp32_under_bf16_unless_asked():
+    """As diffusers' Wan documentation advises; --component-precision still decides."""
+    from vidrt.backends.openvino import OpenVinoBackend
+    from vidrt.layout import engine_precisions
+    from vidrt.sources import resolve_model
+
+    model = resolve_model("tiny-wan", progress=False)
+    assert engine_precisions(model, OpenVinoBackend, "bf16", None) == {
+        "text_encoder": "bf16", "transformer": "bf16", "vae_decoder": "fp32", "vae_decoder_chunk": "fp32"}
+    assert engine_precisions(model, OpenVinoBackend, "bf16", {"vae_decoder": "bf16"})["vae_decoder"] == "bf16"
