@@ -338,7 +338,7 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
     text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
     if model.kind == "wan":
         if cfg.decode_chunk_size is not None:
-            raise VidrtError("--decode-chunk-size: Wan's VAE decodes a whole clip at once; drop the flag")
+            raise VidrtError("--decode-chunk-size: Wan's VAE decodes one latent frame (4 frames) per call, as diffusers does; drop the flag")
         frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
         scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
         return common | text | dict(num_frames=frames, guidance_scale=scale, guidance_scale_2=cfg.guidance_scale_2)
