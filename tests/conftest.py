@@ -77,7 +77,8 @@ def ov_engine_dir(tiny_engine_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def t2v_engine_dir(tmp_path_factory):
-    """name -> engine folder of that text-to-video preset on ONNX Runtime, built on first use."""
+    """name -> engine folder of that text-to-video preset (ModelScope, AnimateDiff, Wan) on
+    ONNX Runtime, built on first use."""
     from vidrt.backends import get_backend
     from vidrt.build import prepare_engines
     from vidrt.sources import resolve_model

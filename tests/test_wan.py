@@ -21,13 +21,13 @@ KW = dict(prompt="a cat playing the piano", negative_prompt="blurry", height=32,
 
 
 @pytest.fixture(scope="module", params=("tiny-wan", "tiny-wan22"))
-def wan(request, tmp_path_factory):
+def wan(request, t2v_engine_dir):
     """(vidrt pipeline on ONNX Runtime, diffusers' WanPipeline from the same folder)."""
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components, resolve_model
 
     model = resolve_model(request.param, progress=False)
-    engines = tmp_path_factory.mktemp(request.param)
+    engines = t2v_engine_dir(request.param)
     pipe = VideoPipeline.from_pretrained(request.param, engine_dir=engines, backend="onnxruntime", progress=False)
     ref = load_torch_components(model)
     ref.set_progress_bar_config(disable=True)
@@ -190,17 +190,18 @@ def test_folder_missing_a_component_is_refused(tmp_path):
         resolve_model(str(folder), progress=False)
 
 
-def test_generate_writes_an_mp4(tmp_path, capsys):
+def test_generate_writes_an_mp4(tmp_path, capsys, t2v_engine_dir):
     from vidrt.cli import main
 
     out = tmp_path / "wan.mp4"
+    engines = str(t2v_engine_dir("tiny-wan"))
     assert main(["generate", "--model", "tiny-wan", "--prompt", "a cat", "--height", "32", "--width", "32",
-                 "--num-frames", "5", "--steps", "2", "--engine-dir", str(tmp_path / "e"), "--backend", "onnxruntime",
+                 "--num-frames", "5", "--steps", "2", "--engine-dir", engines, "--backend", "onnxruntime",
                  "--output", str(out)]) == 0
     assert out.stat().st_size > 0
     assert "5 frames" in capsys.readouterr().out
     assert main(["generate", "--model", "tiny-wan", "--prompt", "a cat", "--num-frames", "6", "--engine-dir",
-                 str(tmp_path / "e"), "--output", str(tmp_path / "x.mp4")]) == 2
+                 engines, "--output", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err
     assert "num_frames=6: Wan makes 4k+1 frames" in err and err.count("\n") == 1
     assert not (tmp_path / "x.mp4").exists()
@@ -232,7 +233,7 @@ def test_tensorrt_profiles_follow_video_frames_and_text_length():
         derive_profiles("transformer", specs["transformer"], ShapeRequest(max={"frames": 16}), 8, temporal=4)
 
 
-def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch):
+def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch, t2v_engine_dir):
     """An fp16 build of the tiny-wan transformer: every float layer of a normalisation (layer
     norms, the q/k RMS norms) runs in fp32 with fp32 outputs, matmuls stay fp16, and the
     builder is told to prefer those constraints; bf16 builds keep TensorRT's own choice."""
@@ -242,7 +243,8 @@ def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch):
     from vidrt import VideoPipeline
     from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
 
-    pipe = VideoPipeline.from_pretrained("tiny-wan", engine_dir=tmp_path, backend="onnxruntime", progress=False)
+    engines = t2v_engine_dir("tiny-wan")
+    pipe = VideoPipeline.from_pretrained("tiny-wan", engine_dir=engines, backend="onnxruntime", progress=False)
     model, spec = pipe.model, pipe.model.specs()["transformer"]
     profiles = derive_profiles("transformer", spec, ShapeRequest(), model.vae_scale_factor, temporal=4)
     assert "fp32_layers" not in builder_settings("bf16", TrtOptions(), profiles, model.fp16_fp32_layers)
@@ -255,7 +257,7 @@ def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch):
         from vidrt.backends.tensorrt_build import build_plan
 
         tensorrt.CALLS.clear()
-        build_plan(str(tmp_path / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
+        build_plan(str(engines / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
         calls = list(tensorrt.CALLS)
     finally:
         sys.modules.pop("tensorrt", None)
