@@ -12,6 +12,10 @@ from vidrt.errors import VidrtError
 
 # bf16: bf16 weights; bf16-autocast: fp32 weights under torch.autocast (diffusers'
 # two ways of running bf16; which is faster depends on the machine).
+# The pipeline's models by attribute: its denoisers, and all of them.
+DENOISERS = ("unet", "transformer", "transformer_2")
+MODELS = (*DENOISERS, "vae", "image_encoder", "text_encoder")
+
 BASELINE_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-autocast": torch.float32}
 
 
@@ -96,12 +100,11 @@ class DiffusersBaseline:
         if precision == "bf16-autocast":
             # Autocast around the models only: diffusers' CLIP preprocessing breaks on
             # bf16 tensors, and outputs go back to fp32 as the pipeline expects.
-            for module, attr in self._timed(("unet", "forward"), ("transformer", "forward"), ("transformer_2", "forward"),
-                                            ("vae", "decode"), ("image_encoder", "forward"), ("text_encoder", "forward")):
+            for module, attr in self._timed(*((m, "decode" if m == "vae" else "forward") for m in MODELS)):
                 setattr(module, attr, _autocast_bf16(getattr(module, attr), device))
         if compile:
             # Compiled on first use: the first (warm-up) run carries the compile time.
-            for module, attr in self._timed(("unet", "forward"), ("transformer", "forward"), ("transformer_2", "forward")):
+            for module, attr in self._timed(*((m, "forward") for m in DENOISERS)):
                 setattr(module, attr, torch.compile(getattr(module, attr)))
         self.timer = StageTimer(cuda=device == "cuda")
         self.device = device
@@ -123,8 +126,7 @@ class DiffusersBaseline:
     def weight_bytes(self) -> int:
         """Bytes of every parameter and buffer of the pipeline's models."""
         total = 0
-        for module, _ in self._timed(("unet", ""), ("transformer", ""), ("transformer_2", ""), ("vae", ""),
-                                     ("image_encoder", ""), ("text_encoder", "")):
+        for module, _ in self._timed(*((m, "") for m in MODELS)):
             for t in list(module.parameters()) + list(module.buffers()):
                 total += t.numel() * t.element_size()
         return total

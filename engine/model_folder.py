@@ -29,6 +29,7 @@ class ModelFolderMixin:
 
     quantizable = ("unet", "vae_decoder", "image_encoder")  # what the quantization stage calibrates of it
     keep_fp32: tuple[str, ...] = ()  # components kept at fp32 when the rest runs bf16/fp16
+    fp16_fp32_layers: tuple[str, ...] = ()  # TensorRT fp16: layer-name patterns built in fp32
 
     @property
     def denoisers(self) -> tuple[str, ...]:

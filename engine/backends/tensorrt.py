@@ -242,7 +242,7 @@ class TensorRTBackend(Backend):
                                    model.temporal_factor)
         for line in profile_memory(model, spec.name, profiles, precision, onnx_path):
             print(f"vidrt: tensorrt: {line}", flush=True)
-        settings = builder_settings(precision, options, profiles, getattr(model, "fp16_fp32_layers", ()))
+        settings = builder_settings(precision, options, profiles, model.fp16_fp32_layers)
         stats = build_in_child(onnx_path, out_dir, PLAN, settings, options.timing_cache, spec.name,
                                options.build_timeout_s)
         extras = {"tensorrt_version": cls.version(), "device": device_info(), "settings": settings,

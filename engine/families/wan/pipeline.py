@@ -126,8 +126,7 @@ class WanTextToVideoPipeline(BasePipeline):
         if not low:
             return self.engines["transformer"], None
         guidance = self._guidance(guidance_scale_2) if guidance_scale_2 is not None else None
-        if low[0] == 0:
-            return self.engines["transformer_2"], ExpertSwitch(0, self.engines["transformer_2"], guidance)
+        # A switch at step 0 hands every step to the second expert before the first runs.
         return self.engines["transformer"], ExpertSwitch(low[0], self.engines["transformer_2"], guidance)
 
     def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
@@ -173,6 +172,7 @@ class WanTextToVideoPipeline(BasePipeline):
                 caches = written
         self.timings.vae_decoder = self._now() - t0
         return out
+
 
 def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: int = 1) -> torch.Tensor:
     """Text states [len(texts), length, D] as WanPipeline._get_t5_prompt_embeds makes them:
