@@ -1,9 +1,11 @@
 """How close the UNet runs to the machine: its FLOPs per step (counted by torch's
 flop counter on fake tensors, no weights, no compute) and the matmul ceiling of this
-machine, measured on the spot."""
+machine, measured on the spot, once per process (a property of the machine, not of the
+run: several run-bench calls in one process share it)."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -108,7 +110,12 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def matmul_ceilings(precision: str, n: int = CEILING_N, repeats: int = 3) -> dict[str, float]:
     """TFLOP/s (TOP/s for int8) of an n×n×n matmul at ``precision`` ("fp32", "bf16",
     "int8") on this machine's CPU threads, per library that runs it here: torch
-    (fp32/bf16), OpenVINO when installed."""
+    (fp32/bf16), OpenVINO when installed. Measured on the first call of the process."""
+    return dict(_measured_ceilings(precision, n, repeats))
+
+
+@functools.cache
+def _measured_ceilings(precision: str, n: int, repeats: int) -> dict[str, float]:
     out = {"torch": _torch_gemm(TORCH_DTYPES[precision], n, repeats)} if precision in TORCH_DTYPES else {}
     ov_rate = _openvino_gemm(precision, n, repeats)
     if ov_rate is not None:

@@ -6,7 +6,6 @@ OpenVINO raised 'Infer Request is busy'."""
 import threading
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import make_image

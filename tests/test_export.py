@@ -22,15 +22,21 @@ def modules(tiny_model):
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_export_matches_torch_and_parses_for_tensorrt(component, tiny_model, modules, tmp_path):
+def test_export_matches_torch_and_parses_for_tensorrt(component, tiny_model, tiny_engine_dir):
+    """The graphs build-engines exported for the session's engines (export_component,
+    as every build runs it): their export-time check and TensorRT op check, and their
+    bindings."""
+    import json
+
     spec = tiny_model.specs()[component]
-    graph = component_graph(component, modules[component])
-    result = export_component(graph, spec, tmp_path)
+    folder = tiny_engine_dir / component / "onnx"
+    record = json.loads((folder / "export.json").read_text())
+    check = record["parity_check"]
     # Export-time check ran at a shape unlike the trace shape, within ATOL + RTOL*max|ref|.
-    assert result.check["max_abs_err"] <= ATOL + RTOL * result.check["max_abs_ref"]
-    assert result.data_path is None  # tiny weights stay inside the graph
-    assert result.ops["ok"], result.ops["unsupported"]
-    model = onnx.load(str(result.onnx_path))
+    assert check["max_abs_err"] <= ATOL + RTOL * check["max_abs_ref"]
+    assert not (folder / DATA_FILE).exists()  # tiny weights stay inside the graph
+    assert record["tensorrt_ops"]["ok"], record["tensorrt_ops"]["unsupported"]
+    model = onnx.load(str(folder / "model.onnx"))
     assert [i.name for i in model.graph.input] == spec.input_names
     assert [o.name for o in model.graph.output] == spec.output_names
     if component == "unet":  # one-token cross-attention: values only, no queries, keys or softmax

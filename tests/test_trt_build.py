@@ -123,14 +123,14 @@ def test_build_timeout_and_interrupt_stop_the_child(fake_trt, tiny_model, tmp_pa
 
     monkeypatch.setenv("FAKE_TRT_MODE", "hang")
     settings = settings_for(tiny_model, "vae_decoder", "fp16")
-    with pytest.raises(VidrtError, match="did not finish in 3 s and was stopped"):
-        build_in_child(tmp_path / "model.onnx", tmp_path, "model.plan", settings, None, "vae_decoder", timeout_s=3)
+    with pytest.raises(VidrtError, match="did not finish in 2 s and was stopped"):
+        build_in_child(tmp_path / "model.onnx", tmp_path, "model.plan", settings, None, "vae_decoder", timeout_s=2)
     # Ctrl-C in the parent stops the child too (no builder left running on the GPU).
     import multiprocessing
 
     # A shell's background job starts with SIGINT ignored; Ctrl-C's handler is what is tested.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(3.0, lambda: signal.raise_signal(signal.SIGINT))
+    timer = threading.Timer(2.0, lambda: signal.raise_signal(signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):

@@ -35,6 +35,13 @@ def wan(request, t2v_engine_dir):
     return pipe, ref
 
 
+def copy_of(engines, root):
+    """A private copy of a session engine folder, for a test that adds engines to it."""
+    import shutil
+
+    return shutil.copytree(engines, root / engines.name)
+
+
 def run_both(pipe, ref, sampler, seed=0, **kw):
     from vidrt.benchmarks.reference_schedulers import reference_scheduler
 
@@ -95,11 +102,12 @@ def test_both_experts_run_and_match_diffusers(wan):
     assert np.abs(other - got).max() > 1e-4  # guidance_scale_2 reaches the second expert
 
 
-def test_openvino_matches_diffusers(tmp_path):
+def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir):
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components
 
-    pipe = VideoPipeline.from_pretrained("tiny-wan22", engine_dir=tmp_path, backend="openvino", progress=False)
+    engines = copy_of(t2v_engine_dir("tiny-wan22"), tmp_path)  # its ONNX exports reused
+    pipe = VideoPipeline.from_pretrained("tiny-wan22", engine_dir=engines, backend="openvino", progress=False)
     ref = load_torch_components(pipe.model)
     ref.set_progress_bar_config(disable=True)
     ref.folder_scheduler = ref.scheduler
@@ -269,7 +277,7 @@ def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch, t2v_eng
     assert all(c[3] == "FLOAT" for c in calls if c[0] == "layer.set_output_type")
 
 
-def test_int8_transformers_through_the_quantization_stage(tmp_path):
+def test_int8_transformers_through_the_quantization_stage(tmp_path, t2v_engine_dir):
     """--precision int8 on Wan 2.2 quantizes both experts (calibrated on flow latents and
     real prompt states), keeps the text encoder and VAE fp32 and the patch embedding,
     embedders and output projection unquantized; each expert's Q/DQ graph is within 5%
@@ -282,17 +290,18 @@ def test_int8_transformers_through_the_quantization_stage(tmp_path):
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components
 
-    pipe = VideoPipeline.from_pretrained("tiny-wan22", engine_dir=tmp_path, backend="onnxruntime", precision="int8",
+    engines = copy_of(t2v_engine_dir("tiny-wan22"), tmp_path)  # the fp32 exports reused
+    pipe = VideoPipeline.from_pretrained("tiny-wan22", engine_dir=engines, backend="onnxruntime", precision="int8",
                                          progress=False)
     for expert in ("transformer", "transformer_2"):
-        report = json.loads((tmp_path / expert / "onnx-int8" / "export.json").read_text())["quantization"]["error_vs_fp32"]
+        report = json.loads((engines / expert / "onnx-int8" / "export.json").read_text())["quantization"]["error_vs_fp32"]
         assert report["rel_l2"] <= 0.05 and report["qdq"]["QuantizeLinear"] > 0
         assert report["kept_high_precision"] == ["*patch_embedding*", "*condition_embedder*", "*proj_out*"]
-        graph = onnx.load(str(tmp_path / expert / "onnx-int8" / "model.onnx"), load_external_data=False).graph
+        graph = onnx.load(str(engines / expert / "onnx-int8" / "model.onnx"), load_external_data=False).graph
         quantized_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         patch = [n for n in graph.node if n.op_type == "Conv"]
         assert patch and not any(i in quantized_inputs for n in patch for i in n.input)
-    assert not [c for c in ("text_encoder", "vae_decoder", "vae_decoder_chunk") if (tmp_path / c / "onnx-int8").exists()]
+    assert not [c for c in ("text_encoder", "vae_decoder", "vae_decoder_chunk") if (engines / c / "onnx-int8").exists()]
     ref = load_torch_components(pipe.model)
     ref.set_progress_bar_config(disable=True)
     kw = dict(KW, num_inference_steps=4, guidance_scale=5.0)

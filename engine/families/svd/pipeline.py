@@ -25,7 +25,6 @@ from ...pipeline_base import (
     initial_latents,
 )
 from ...samplers import draw_noise, make_sampler
-from .model import SvdModel
 from ...video_io import to_rgb
 
 class VideoPipeline(BasePipeline):

@@ -1,7 +1,9 @@
 """Offline presets: SVD-family architectures with seeded random weights.
 
-``tiny-svd`` has the size of diffusers' own SVD fast-test components (CLIP at its
-real 224 px input so PIL images work end to end); ``svd`` and ``svd-xt`` are the
+``tiny-svd`` has the size of diffusers' own SVD fast-test components, with one
+layer per U-Net block instead of two (every block type is still there; a U-Net
+half the depth halves what every test exports and runs), and CLIP at its real
+224 px input so PIL images work end to end; ``svd`` and ``svd-xt`` are the
 real architectures. Weights are random: every printed result says so.
 """
 
@@ -82,7 +84,7 @@ PRESETS = {
             "in_channels": 8,
             "out_channels": 4,
             "block_out_channels": [32, 64],
-            "layers_per_block": 2,
+            "layers_per_block": 1,
             "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
             "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
             "cross_attention_dim": 32,

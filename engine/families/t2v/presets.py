@@ -1,9 +1,9 @@
 """Offline text-to-video presets: seeded random weights and a tokenizer trained here.
 
 ``tiny-t2v`` (TextToVideoSDPipeline) and ``tiny-animatediff`` (AnimateDiffPipeline)
-have diffusers' fast-test sizes; ``modelscope-t2v`` (text-to-video-ms-1.7b) and
-``animatediff`` (Stable Diffusion 1.5 with the v1-5-2 motion adapter) are the real
-architectures. Without the hub there is no CLIP vocabulary, so each preset trains
+have diffusers' fast-test sizes with one layer per U-Net block (as ``tiny-svd``);
+``modelscope-t2v`` (text-to-video-ms-1.7b) and ``animatediff`` (Stable Diffusion 1.5
+with the v1-5-2 motion adapter) are the real architectures. Without the hub there is no CLIP vocabulary, so each preset trains
 a small byte-level BPE tokenizer with the ``tokenizers`` library on a built-in
 corpus, in CLIP's format, and saves it with the model; real models bring their own.
 """
@@ -44,7 +44,7 @@ PRESETS = {
     "tiny-t2v": {
         "pipeline": "TextToVideoSDPipeline",
         "unet": {
-            "block_out_channels": [32, 64], "layers_per_block": 2, "sample_size": 32, "in_channels": 4,
+            "block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 32, "in_channels": 4,
             "out_channels": 4, "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
             "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "cross_attention_dim": 32, "attention_head_dim": 8,
         },
@@ -55,11 +55,11 @@ PRESETS = {
     "tiny-animatediff": {
         "pipeline": "AnimateDiffPipeline",
         "unet": {
-            "block_out_channels": [32, 64], "layers_per_block": 2, "sample_size": 32, "in_channels": 4,
+            "block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 32, "in_channels": 4,
             "out_channels": 4, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32, "attention_head_dim": 8,
         },
-        "motion_adapter": {"block_out_channels": [32, 64], "motion_layers_per_block": 2, "motion_norm_num_groups": 32,
+        "motion_adapter": {"block_out_channels": [32, 64], "motion_layers_per_block": 1, "motion_norm_num_groups": 32,
                            "motion_num_attention_heads": 4, "motion_max_seq_length": 32},
         "vae": _TINY_VAE,
         "text_encoder": _TINY_TEXT,
