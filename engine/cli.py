@@ -76,12 +76,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--streams", type=int, default=d.streams, help=f"parallel inference streams (default: {d.streams}, lowest latency)")
 
 
-def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
+def _request_flags(p: argparse.ArgumentParser, defaults, frames_help: str) -> None:
     g = p.add_argument_group("request")
     size = "576x1024 for image to video, the UNet's sample size for text to video"
     g.add_argument("--height", type=int, default=defaults.height, help=f"video height in px, multiple of 8 (default: {defaults.height or size})")
     g.add_argument("--width", type=int, default=defaults.width, help=f"video width in px, multiple of 8 (default: {defaults.width or size})")
-    g.add_argument("--num-frames", type=int, default=defaults.num_frames, help="frames per video (default: the model's, 14 for svd, 25 for svd-xt)" if defaults.num_frames is None else f"frames per video (default: {defaults.num_frames})")
+    g.add_argument("--num-frames", type=int, default=defaults.num_frames, help=f"frames per video (default: {frames_help})")
     g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default: {defaults.steps})")
     g.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS),
                    help="euler, animatelcm (SVD, 4 steps, no CFG), ddim, lcm (AnimateLCM-t2v), dpm++ (DPM-Solver++), "
@@ -97,7 +97,7 @@ def _request_flags(p: argparse.ArgumentParser, defaults) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vidrt.benchmarks.harness import BenchConfig
+    from vidrt.benchmarks.harness import BENCH_FRAMES, BenchConfig
 
     root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
     sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune}")
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Warm-up, then --runs timed runs of vidrt and diffusers, interleaved, same image and seed. "
                        "Prints a table and writes JSON (schema in the README).", epilog=EPILOG_MODELS)
     _model_flags(r)
-    _request_flags(r, BenchConfig())
+    _request_flags(r, BenchConfig(), f"{BENCH_FRAMES}, or below it the nearest count the model takes: 13 for Wan's 4k+1")
     bench = BenchConfig()
     r.add_argument("--runs", type=int, default=bench.runs, help=f"timed runs per side (default: {bench.runs})")
     r.add_argument("--warmup", type=int, default=bench.warmup, help=f"untimed warm-up runs per side (default: {bench.warmup})")
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and write it as MP4 (H.264), GIF, or a folder of PNG frames.",
                        epilog=EPILOG_MODELS)
     _model_flags(g)
-    _request_flags(g, GenerateConfig())
+    _request_flags(g, GenerateConfig(), "the model's: 14 for svd, 25 for svd-xt, 16 for the U-Net text-to-video models, 81 for Wan")
     g.add_argument("--image", help="image to video: conditioning image (PNG/JPEG/...; converted to RGB if needed)")
     g.add_argument("--output", default="out.mp4", help="out.mp4, out.gif, or a folder name for PNG frames (default: out.mp4)")
     g.add_argument("--format", choices=["mp4", "gif", "png"], help="force the output format (default: from --output)")
@@ -201,8 +201,8 @@ def _check_request_early(cfg):
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     check_sampler(cfg.sampler, model.kind)
     height, width = cfg.size(model)
-    frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
-    model.check_ranges(cfg.batch_size, cfg.guided(model), frames, height, width, getattr(cfg, "decode_chunk_size", None))
+    model.check_ranges(cfg.batch_size, cfg.guided(model), cfg.frames(model), height, width,
+                       getattr(cfg, "decode_chunk_size", None))
     return model
 
 
@@ -339,9 +339,9 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
     if model.kind == "wan":
         if cfg.decode_chunk_size is not None:
             raise VidrtError("--decode-chunk-size: Wan's VAE decodes one latent frame (4 frames) per call, as diffusers does; drop the flag")
-        frames = cfg.num_frames if cfg.num_frames is not None else model.default_num_frames
         scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
-        return common | text | dict(num_frames=frames, guidance_scale=scale, guidance_scale_2=cfg.guidance_scale_2)
+        return common | text | dict(num_frames=cfg.frames(model), guidance_scale=scale,
+                                    guidance_scale_2=cfg.guidance_scale_2)
     if cfg.guidance_scale_2 is not None:
         raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
     return common | text | dict(guidance_scale=cfg.guidance_scale, decode_chunk_size=cfg.decode_chunk_size or 16)

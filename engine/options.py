@@ -113,6 +113,10 @@ class RequestOptions(EngineOptions):
         return (self.height if self.height is not None else default[0],
                 self.width if self.width is not None else default[1])
 
+    def frames(self, model) -> int:
+        """Frames per video of the request on ``model``: --num-frames, else the model's."""
+        return self.num_frames if self.num_frames is not None else model.default_num_frames
+
     def guided(self, model) -> bool:
         """Whether this request runs classifier-free guidance on ``model``."""
         if model.kind == "image-to-video":

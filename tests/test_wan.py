@@ -215,6 +215,19 @@ def test_generate_writes_an_mp4(tmp_path, capsys, t2v_engine_dir):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_run_bench_defaults_to_frames_wan_takes(tmp_path, capsys, t2v_engine_dir):
+    """Without --num-frames, run-bench's 14 frames (the main job's) become 13, Wan's 4k+1."""
+    import json
+
+    from vidrt.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["run-bench", "--model", "tiny-wan", "--height", "32", "--width", "32", "--steps", "1", "--runs", "1",
+                 "--warmup", "0", "--baseline-precision", "none", "--engine-dir", str(t2v_engine_dir("tiny-wan")),
+                 "--backend", "onnxruntime", "--output", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["config"]["num_frames_used"] == 13
+
+
 # -- TensorRT, GPU-free: profiles and builder calls against the strict fake ------------------
 
 
