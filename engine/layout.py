@@ -47,6 +47,9 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
         if p in QUANTIZED and c not in quantizable:
             raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {', '.join(quantizable)} only")
         out[c] = p
+        for part in components:  # a split text encoder's parts follow its first one (text_encoder)
+            if part.startswith(f"{c}_part") and part not in (overrides or {}):
+                out[part] = p
     return out
 
 

@@ -175,8 +175,11 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
     import importlib
 
     lib, name, sub = model.torch_classes[component]
+    part = model.text_part(component) if hasattr(model, "text_part") else None
     try:
-        if model.kind == "animatediff" and component == "unet" and model.motion_adapter_path is not None:
+        if part is not None:
+            module = load_text_encoder_part(model.folder / sub, getattr(importlib.import_module(lib), name), *part[1:])
+        elif model.kind == "animatediff" and component == "unet" and model.motion_adapter_path is not None:
             from diffusers import UNet2DConditionModel, UNetMotionModel
 
             from .families.t2v.motion_adapter import load_motion_adapter
@@ -190,6 +193,43 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
     if component == "unet" and unet_weights is not None:
         load_unet_weights(module, unet_weights)
     return module.eval().requires_grad_(False)
+
+
+def load_text_encoder_part(folder: Path, cls, start: int, stop: int):
+    """A text encoder (UMT5) with only blocks ``start:stop`` read from its safetensors (and
+    the token embedding for the first part, the final norm for the last); every other
+    weight stays on the meta device, unread. Memory is that of the part, not the model.
+    The module carries ``vidrt_part = (start, stop)`` for export (export/graphs.py).
+
+    Raises:
+        OSError: no safetensors weights in ``folder``.
+    """
+    import torch
+    from safetensors import safe_open
+
+    config = cls.config_class.from_pretrained(folder)
+    with torch.device("meta"):
+        module = cls(config)
+    layers = config.num_layers
+    wanted = {f"encoder.block.{i}." for i in range(start, stop)}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise OSError(f"no *.safetensors weights in {folder}")
+    state = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as weights:
+            for key in weights.keys():
+                if (any(key.startswith(w) for w in wanted) or (start == 0 and key in ("shared.weight", "encoder.embed_tokens.weight"))
+                        or (stop == layers and key.startswith("encoder.final_layer_norm."))):
+                    state[key] = weights.get_tensor(key).float()
+    if start == 0:  # tied embedding: saved once, under either name
+        embedding = state.get("encoder.embed_tokens.weight", state.get("shared.weight"))
+        if embedding is None:
+            raise OSError(f"no token embedding (shared.weight) in {folder}")
+        state["encoder.embed_tokens.weight"] = state["shared.weight"] = embedding
+    module.load_state_dict(state, strict=False, assign=True)
+    module.vidrt_part = (start, stop)
+    return module
 
 
 def load_unet_weights(unet, path: str | Path) -> None:

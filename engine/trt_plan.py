@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Mapping
 
 from .components import DIM_WORDS, ComponentSpec
@@ -67,6 +68,12 @@ class ShapeRequest:
 
 
 GUIDED = ("unet", "transformer", "transformer_2", "text_encoder")  # guidance doubles their batch
+
+
+def component_kind(component: str) -> str:
+    """The component a part belongs to: a split text encoder's ``text_encoder_partN`` are
+    profiled as ``text_encoder`` (models' ``text_parts``)."""
+    return re.sub(r"_part\d+$", "", component)
 
 
 # How a component's dims follow from the user's: (user dim, divisor from pixels, multiplier,
@@ -140,7 +147,7 @@ def _default_max(component: str, spec: ComponentSpec) -> dict[str, int]:
 def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int,
            temporal: int = 1) -> dict[str, dict[str, int]]:
     """min/opt/max of every dynamic dim of ``spec`` from the user's request."""
-    sources = _dim_sources(component, vae_scale, temporal)
+    sources = _dim_sources(component_kind(component), vae_scale, temporal)
     corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": _default_max(component, spec)}
     if request.static is not None:  # dims the user cannot name (text length) sit at their opt
         corners["min"], corners["max"] = dict(corners["opt"]), dict(corners["opt"])
@@ -188,7 +195,7 @@ def derive_profiles(component: str, spec: ComponentSpec, request: ShapeRequest, 
     """
     corners = _point(component, spec, request, vae_scale, temporal)
     # Guidance doubles the batch of the denoiser and of the text encoder (negative prompts).
-    guided = component in GUIDED and cfg_profiles
+    guided = component_kind(component) in GUIDED and cfg_profiles
     if guided and request.static is None:
         # The description's batch range counts UNet rows (2 per guided video); the
         # user's batch counts videos, so unrequested defaults are halved.

@@ -220,6 +220,11 @@ def component_graph(component: str, module, variant: str | None = None) -> torch
     Raises:
         VidrtError: ``variant`` does not exist for this component's module.
     """
+    part = getattr(module, "vidrt_part", None)
+    if part is not None:  # one part of a split text encoder (sources.load_text_encoder_part)
+        from .wan_graphs import UMT5PartGraph
+
+        return UMT5PartGraph(module, *part).eval()
     if variant is not None:
         graph = GRAPH_VARIANTS.get((component, type(module).__name__, variant))
         if graph is None:

@@ -58,7 +58,11 @@ def _empty_module(model, component: str):
     with torch.device("meta"):
         if lib == "diffusers":
             return cls.from_config(config)
-        return cls(cls.config_class(**config))
+        module = cls(cls.config_class(**config))
+    part = model.text_part(component) if hasattr(model, "text_part") else None
+    if part is not None:  # one part of a split text encoder: its blocks only (export/graphs.py)
+        module.vidrt_part = part[1:]
+    return module
 
 
 def activation_peak_bytes(model, component: str, dims: dict[str, int], precision: str = "fp16",

@@ -24,17 +24,13 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
 
     from vidrt.families.t2v.presets import PROMPT_CORPUS
     from vidrt.families.wan.pipeline import prompt_states
-    from vidrt.sources import load_torch_component
-
     sampler = make_sampler(None, model.scheduler)
     sampler.set_timesteps(cfg.calib_steps)
-    text_encoder = load_torch_component(model, "text_encoder")
     tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
     prompts = [PROMPT_CORPUS[(cfg.seed + i) % len(PROMPT_CORPUS)] for i in range(CALIB_PROMPTS)]
     with torch.no_grad():
-        states = prompt_states(lambda ids, mask: text_encoder(ids, mask).last_hidden_state, tokenizer,
-                               ["", *prompts], model.max_text_length)
-    del text_encoder
+        states = prompt_states(lambda ids, mask: encode_text(model, ids, mask), tokenizer, ["", *prompts],
+                               model.max_text_length)
     side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -57,3 +53,18 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
 # text embedders and the output projection (what the UNet's default keeps: its first and
 # last layers and the embeddings).
 TRANSFORMER_KEEP = ("*patch_embedding*", "*condition_embedder*", "*proj_out*")
+
+
+def encode_text(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of the folder's torch text encoder, part after part for a split
+    one (WanModel.text_parts), each part loaded alone and freed before the next."""
+    from vidrt.sources import load_torch_component
+
+    from .graphs import component_graph
+
+    states = ids
+    for part in model.text_parts:
+        graph = component_graph(part, load_torch_component(model, part))
+        states = graph(states, mask)
+        del graph
+    return states

@@ -89,6 +89,30 @@ class UMT5Graph(torch.nn.Module):
         return self.text_encoder(input_ids, attention_mask).last_hidden_state
 
 
+class UMT5PartGraph(torch.nn.Module):
+    """Blocks ``start:stop`` of a UMT5 encoder (one part of a split encoder,
+    sources.load_text_encoder_part): the token embedding before them in the first part,
+    the final norm after them in the last, as UMT5Stack.forward runs them. Every UMT5
+    block computes its own relative position bias, so a part needs only the mask."""
+
+    def __init__(self, text_encoder, start: int, stop: int):
+        super().__init__()
+        encoder = text_encoder.encoder
+        self.config = encoder.config
+        self.embed = encoder.embed_tokens if start == 0 else None
+        self.blocks = torch.nn.ModuleList(encoder.block[start:stop])
+        self.norm = encoder.final_layer_norm if stop == len(encoder.block) else None
+
+    def forward(self, x, attention_mask):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        hidden = self.embed(x) if self.embed is not None else x
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for block in self.blocks:
+            hidden = block(hidden, mask)
+        return self.norm(hidden) if self.norm is not None else hidden
+
+
 class _VaeChunkBase(torch.nn.Module):
     """The Wan VAE decoder on one latent frame through diffusers' own cached code path
     (``feat_cache``/``feat_idx``), latents un-normalised with the config's

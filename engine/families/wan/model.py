@@ -24,6 +24,12 @@ from ...model_folder import read_json as _read_json
 
 EXPERTS = ("transformer", "transformer_2")
 MAX_LATENT_FRAMES = 32  # 125 video frames
+# fp32 weight bytes per text-encoder part. UMT5-XXL (Wan's encoder: 5.7 B parameters,
+# 22.7 GB in fp32) cannot be exported in one piece on a 24 GB machine, so it is exported
+# and run as a chain of parts of consecutive blocks, each loaded alone. Smaller encoders
+# are one part: the component ``text_encoder``, as before.
+TEXT_PART_BYTES = 4 << 30
+PART = "_part"  # text_encoder, text_encoder_part1, text_encoder_part2, ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +96,46 @@ class WanModel(ModelFolderMixin):
     @property
     def components(self) -> tuple[str, ...]:
         experts = tuple(e for e in EXPERTS if getattr(self, e) is not None)
-        return ("text_encoder", *experts, "vae_decoder", "vae_decoder_chunk")
+        return (*self.text_parts, *experts, "vae_decoder", "vae_decoder_chunk")
+
+    @property
+    def text_encoder_blocks(self) -> list[tuple[int, int]]:
+        """[start, stop) encoder blocks of each text-encoder part: consecutive blocks up to
+        TEXT_PART_BYTES of fp32 weights (the token embedding counted in the first), at
+        least one block per part."""
+        cfg = self.text_encoder
+        d, ff = int(cfg.get("d_model", 4096)), int(cfg.get("d_ff", 10240))
+        inner = int(cfg.get("num_heads", 64)) * int(cfg.get("d_kv", 64))
+        gated = str(cfg.get("feed_forward_proj", "gated-gelu")).startswith("gated")
+        block = 4 * (4 * d * inner + (3 if gated else 2) * d * ff)
+        layers = int(cfg.get("num_layers", 24))
+        parts, start, size = [], 0, 4 * int(cfg.get("vocab_size", 256384)) * d
+        for i in range(layers):
+            if i > start and size + block > TEXT_PART_BYTES:
+                parts.append((start, i))
+                start, size = i, 0
+            size += block
+        parts.append((start, layers))
+        architecture = cfg.get("architectures", ["UMT5EncoderModel"])[0]
+        if len(parts) > 1 and architecture != "UMT5EncoderModel":
+            raise VidrtError(f"{self.folder}: the {architecture} text encoder is too large to export in one piece "
+                             f"here and vidrt splits UMT5 encoders only (each UMT5 block has its own position bias)")
+        return parts
+
+    @property
+    def text_parts(self) -> tuple[str, ...]:
+        """The text encoder's components in call order."""
+        n = len(self.text_encoder_blocks)
+        return ("text_encoder", *(f"text_encoder{PART}{i}" for i in range(1, n)))
+
+    def text_part(self, component: str) -> tuple[int, int, int] | None:
+        """(part index, first block, end block) of a text-encoder part when the encoder is
+        split, else None (one part: diffusers' whole encoder)."""
+        blocks = self.text_encoder_blocks
+        if len(blocks) == 1 or component not in self.text_parts:
+            return None
+        i = self.text_parts.index(component)
+        return (i, *blocks[i])
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -100,15 +145,16 @@ class WanModel(ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {"text_encoder": "text_encoder", "transformer": "transformer", "transformer_2": "transformer_2",
-                "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
+        return {**{p: "text_encoder" for p in self.text_parts}, "transformer": "transformer",
+                "transformer_2": "transformer_2", "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
-        """component -> (library, torch module class, subfolder): what export and the baseline load."""
+        """component -> (library, torch module class, subfolder): what export and the baseline
+        load (a text-encoder part: the encoder's class, built with only its blocks' weights)."""
+        encoder = ("transformers", self.text_encoder.get("architectures", ["UMT5EncoderModel"])[0], "text_encoder")
         return {
-            "text_encoder": ("transformers", self.text_encoder.get("architectures", ["UMT5EncoderModel"])[0],
-                             "text_encoder"),
+            **{p: encoder for p in self.text_parts},
             "transformer": ("diffusers", "WanTransformer3DModel", "transformer"),
             "transformer_2": ("diffusers", "WanTransformer3DModel", "transformer_2"),
             "vae_decoder": ("diffusers", "AutoencoderKLWan", "vae"),
@@ -194,14 +240,15 @@ class WanModel(ModelFolderMixin):
         rows = videos * (2 if do_cfg else 1)
         length = self.max_text_length if text_length is None else text_length
         specs = self.specs()
-        specs["text_encoder"].check({"B": rows, "L": length})
+        for p in self.text_parts:
+            specs[p].check({"B": rows, "L": length})
         for e in self.experts:
             specs[e].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
         for c in ("vae_decoder", "vae_decoder_chunk"):
             specs[c].check({"B": 1, "h": height // s, "w": width // s})  # one video at a time
 
     def specs(self) -> dict[str, ComponentSpec]:
-        out = {"text_encoder": text_encoder_spec(self)}
+        out = {p: text_encoder_spec(self, p) for p in self.text_parts}
         out |= {e: transformer_spec(self, e) for e in self.experts}
         out["vae_decoder"] = vae_decoder_spec(self, first=True)
         out["vae_decoder_chunk"] = vae_decoder_spec(self, first=False)
@@ -220,16 +267,22 @@ def read_folder(folder: Path, index: dict, motion_adapter=None) -> WanModel:
     return WanModel.from_folder(folder, index)
 
 
-def text_encoder_spec(m: WanModel) -> ComponentSpec:
+def text_encoder_spec(m: WanModel, name: str = "text_encoder") -> ComponentSpec:
     """UMT5 encoder: token ids and their mask -> last hidden states. The pipeline runs it at
     the longest prompt's length (the mask hides the padding, so the states of real tokens
-    are those of diffusers' call at max_sequence_length) and zero-pads as diffusers does."""
+    are those of diffusers' call at max_sequence_length) and zero-pads as diffusers does.
+
+    A split encoder (``m.text_parts``): the first part takes the ids and gives the hidden
+    states after its blocks, the next ones take those states and the mask, the last one
+    gives the last hidden states (after the final norm)."""
     vocab = int(m.text_encoder.get("vocab_size", 256384))
+    mask = TensorSpec("attention_mask", ("B", "L"), "int64", high=2)
+    first, last = name == m.text_parts[0], name == m.text_parts[-1]
     return ComponentSpec(
-        name="text_encoder",
-        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab),
-                TensorSpec("attention_mask", ("B", "L"), "int64", high=2)),
-        outputs=(TensorSpec("last_hidden_state", ("B", "L", m.text_dim)),),
+        name=name,
+        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab) if first
+                else TensorSpec("hidden_states", ("B", "L", m.text_dim)), mask),
+        outputs=(TensorSpec("last_hidden_state" if last else "hidden_states", ("B", "L", m.text_dim)),),
         ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
         opt={"B": 2, "L": 64},
     )

@@ -131,14 +131,19 @@ class WanTextToVideoPipeline(BasePipeline):
 
     def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
         """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
-        videos adjacent. One text encoder call (see ``prompt_states``)."""
-        encoder = self.engines["text_encoder"]
+        videos adjacent. One text encoder call (see ``prompt_states``), or one call of each
+        part in turn for a split encoder."""
+        parts = [self.engines[p] for p in self.model.text_parts]
+        encoder = parts[0]
 
         def encode(ids, mask):
             t0 = self._now()
-            states = encoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))["last_hidden_state"]
+            mask = mask.to(self.device)
+            states = encoder(input_ids=ids.to(self.device), attention_mask=mask)
+            for part in parts[1:]:  # a split encoder: each part continues from the last one's states
+                states = part(hidden_states=states["hidden_states"], attention_mask=mask)
             self.timings.text_encoder = self._now() - t0
-            return states
+            return states["last_hidden_state"]
 
         texts = (negatives or []) + prompts
         embeds = prompt_states(encode, self.tokenizer, texts, length, encoder.min_dims.get("L", 1))
