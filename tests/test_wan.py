@@ -228,41 +228,51 @@ def test_run_bench_defaults_to_frames_wan_takes(tmp_path, capsys, t2v_engine_dir
     assert json.loads(out.read_text())["config"]["num_frames_used"] == 13
 
 
-def test_a_split_text_encoder_matches_diffusers(tmp_path, monkeypatch, t2v_engine_dir):
+def test_a_split_text_encoder_matches_diffusers(tmp_path, monkeypatch):
     """An encoder too large for one export (UMT5-XXL: 22.7 GB in fp32) is exported and run
-    as a chain of parts of consecutive blocks, each loaded alone: here tiny-wan's two
-    blocks as two parts. The frames still equal diffusers' (whole encoder), each part's
-    graph holds only its own weights, and its TensorRT profile is the encoder's."""
+    as a chain of parts of consecutive blocks, each loaded alone: here a tiny-wan folder
+    whose UMT5 has three blocks, one per part (first, middle, last). The frames still equal
+    diffusers' (whole encoder), each part's graph holds only its own weights, and its
+    TensorRT profile is the encoder's."""
     import onnx
+    from diffusers import WanPipeline
+    from transformers import UMT5EncoderModel
 
     from vidrt import VideoPipeline
     from vidrt.families.wan import model as wan_model
-    from vidrt.sources import load_torch_component, load_torch_components
+    from vidrt.sources import load_torch_component, materialize_preset
     from vidrt.trt_plan import ShapeRequest, derive_profiles
 
-    engines = copy_of(t2v_engine_dir("tiny-wan"), tmp_path)  # the transformer and VAE exports reused
-    monkeypatch.setattr(wan_model, "TEXT_PART_BYTES", 1)  # at least one block per part: 2 parts
-    pipe = VideoPipeline.from_pretrained("tiny-wan", engine_dir=engines, backend="onnxruntime", progress=False)
+    ref = WanPipeline.from_pretrained(materialize_preset("tiny-wan", 0, progress=False))
+    config = ref.text_encoder.config
+    config.num_layers = 3
+    torch.manual_seed(0)
+    ref.text_encoder = UMT5EncoderModel(config).eval()
+    ref.save_pretrained(tmp_path / "wan")
+    monkeypatch.setattr(wan_model, "TEXT_PART_BYTES", 1)  # at least one block per part: 3 parts
+    engines = tmp_path / "engines"
+    pipe = VideoPipeline.from_pretrained(tmp_path / "wan", engine_dir=engines, backend="onnxruntime", progress=False)
     model = pipe.model
-    assert model.text_parts == ("text_encoder", "text_encoder_part1")
-    assert not pipe.builds["transformer"].exported and pipe.builds["text_encoder_part1"].exported
-    ref = load_torch_components(model)
+    assert model.text_parts == ("text_encoder", "text_encoder_part1", "text_encoder_part2")
     ref.set_progress_bar_config(disable=True)
     ref.folder_scheduler = ref.scheduler
     got, want = run_both(pipe, ref, None, **dict(KW, guidance_scale=5.0))
     assert np.abs(got - want).max() <= ATOL
 
     vocab, dim = int(model.text_encoder["vocab_size"]), model.text_dim
-    shapes = {p: {tuple(t.dims) for t in onnx.load(str(engines / p / "onnx" / "model.onnx")).graph.initializer}
-              for p in model.text_parts}
-    assert (vocab, dim) in shapes["text_encoder"] and (vocab, dim) not in shapes["text_encoder_part1"]
-    second = load_torch_component(model, "text_encoder_part1")  # block 1 and the final norm read, nothing else
-    loaded = {n for n, t in second.named_parameters(remove_duplicate=False) if not t.is_meta}
-    assert loaded and all(n.startswith(("encoder.block.1.", "encoder.final_layer_norm.")) for n in loaded)
+    specs, shapes = model.specs(), {}
+    for p in model.text_parts:
+        graph = onnx.load(str(engines / p / "onnx" / "model.onnx")).graph
+        assert [i.name for i in graph.input] == specs[p].input_names  # the chain's bindings, as described
+        assert [o.name for o in graph.output] == specs[p].output_names
+        shapes[p] = {tuple(t.dims) for t in graph.initializer}
+    assert (vocab, dim) in shapes["text_encoder"] and (vocab, dim) not in shapes["text_encoder_part2"]
+    middle = load_torch_component(model, "text_encoder_part1")  # block 1 read, nothing else
+    loaded = {n for n, t in middle.named_parameters(remove_duplicate=False) if not t.is_meta}
+    assert loaded and all(n.startswith("encoder.block.1.") for n in loaded)
 
-    specs = model.specs()
-    first, = (derive_profiles(p, specs[p], ShapeRequest(), model.vae_scale_factor, temporal=4)[0]
-              for p in ("text_encoder",))
+    first, _ = derive_profiles("text_encoder", specs["text_encoder"], ShapeRequest(), model.vae_scale_factor,
+                               temporal=4)
     part, _ = derive_profiles("text_encoder_part1", specs["text_encoder_part1"], ShapeRequest(),
                               model.vae_scale_factor, temporal=4)
     assert part.shapes["hidden_states"] == tuple(s + (dim,) for s in first.shapes["input_ids"])

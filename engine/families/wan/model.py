@@ -273,8 +273,8 @@ def text_encoder_spec(m: WanModel, name: str = "text_encoder") -> ComponentSpec:
     are those of diffusers' call at max_sequence_length) and zero-pads as diffusers does.
 
     A split encoder (``m.text_parts``): the first part takes the ids and gives the hidden
-    states after its blocks, the next ones take those states and the mask, the last one
-    gives the last hidden states (after the final norm)."""
+    states after its blocks (``next_hidden_states``), the next ones take those states and
+    the mask, the last one gives the last hidden states (after the final norm)."""
     vocab = int(m.text_encoder.get("vocab_size", 256384))
     mask = TensorSpec("attention_mask", ("B", "L"), "int64", high=2)
     first, last = name == m.text_parts[0], name == m.text_parts[-1]
@@ -282,7 +282,8 @@ def text_encoder_spec(m: WanModel, name: str = "text_encoder") -> ComponentSpec:
         name=name,
         inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab) if first
                 else TensorSpec("hidden_states", ("B", "L", m.text_dim)), mask),
-        outputs=(TensorSpec("last_hidden_state" if last else "hidden_states", ("B", "L", m.text_dim)),),
+        # (an output may not share its input's name: the exporter would rename the input)
+        outputs=(TensorSpec("last_hidden_state" if last else "next_hidden_states", ("B", "L", m.text_dim)),),
         ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
         opt={"B": 2, "L": 64},
     )

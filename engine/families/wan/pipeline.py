@@ -141,7 +141,7 @@ class WanTextToVideoPipeline(BasePipeline):
             mask = mask.to(self.device)
             states = encoder(input_ids=ids.to(self.device), attention_mask=mask)
             for part in parts[1:]:  # a split encoder: each part continues from the last one's states
-                states = part(hidden_states=states["hidden_states"], attention_mask=mask)
+                states = part(hidden_states=states["next_hidden_states"], attention_mask=mask)
             self.timings.text_encoder = self._now() - t0
             return states["last_hidden_state"]
 
