@@ -202,10 +202,22 @@ def _drop_initializer_identities(model: onnx.ModelProto) -> None:
     model.graph.node.extend(kept)
 
 
+def _stored_tensors(model: onnx.ModelProto):
+    """Every initializer, and every Constant-like node's tensor attribute stored outside the
+    graph (torch's exporter writes large constants of a >2 GB model, such as the Wan
+    transformer's rotary tables, as external files too)."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and _is_external(a.t):
+                yield a.t
+
+
 def _gather_external_data(model: onnx.ModelProto, base: Path, data_path: Path, align: int = 4096) -> None:
-    """Streams every initializer into one external-data file, one tensor in memory at a time."""
+    """Streams every initializer (and every external constant) into one external-data file,
+    one tensor in memory at a time."""
     with open(data_path, "wb") as out:
-        for t in model.graph.initializer:
+        for t in _stored_tensors(model):
             if _is_external(t):
                 info = _external_info(t)
                 with open(base / info["location"], "rb") as f:

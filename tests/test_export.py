@@ -132,6 +132,40 @@ def test_external_data_goes_to_one_file_and_runs(tiny_model, modules, tmp_path):
     assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
 
 
+def test_external_constants_are_gathered_too(tmp_path):
+    """A >2 GB export keeps large Constant values in external files beside the graph (the
+    real Wan transformer's rotary tables): they go into the one data file with the
+    initializers, so the graph still runs once the exporter's files are gone."""
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    from vidrt.export.onnx_export import _gather_external_data
+
+    rng = np.random.default_rng(0)
+    const, weight = rng.standard_normal((64, 8)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(const, "c_value")),
+             helper.make_node("Add", ["x", "c"], ["y"]), helper.make_node("MatMul", ["y", "w"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [64, 4])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=False, size_threshold=0,
+                                                         convert_attribute=True)
+    external_data_helper.write_external_data_tensors(model, str(trace))  # one file per tensor, as torch writes
+    assert any(a.t.data_location == TensorProto.EXTERNAL for n in model.graph.node for a in n.attribute)
+    out = tmp_path / "out"
+    out.mkdir()
+    _gather_external_data(model, trace, out / DATA_FILE)
+    onnx.save_model(model, str(out / "model.onnx"))
+    import shutil
+
+    shutil.rmtree(trace)  # the exporter's files are deleted after the gather
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, (x + const) @ weight, rtol=1e-5, atol=1e-5)
+
+
 def test_opcheck_flags_ops_tensorrt_cannot_parse():
     from onnx import helper, TensorProto
 
