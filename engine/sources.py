@@ -175,7 +175,7 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
     import importlib
 
     lib, name, sub = model.torch_classes[component]
-    part = model.text_part(component) if hasattr(model, "text_part") else None
+    part = model.text_part(component)
     try:
         if part is not None:
             module = load_text_encoder_part(model.folder / sub, getattr(importlib.import_module(lib), name), *part[1:])

@@ -59,7 +59,7 @@ def _empty_module(model, component: str):
         if lib == "diffusers":
             return cls.from_config(config)
         module = cls(cls.config_class(**config))
-    part = model.text_part(component) if hasattr(model, "text_part") else None
+    part = model.text_part(component)
     if part is not None:  # one part of a split text encoder: its blocks only (export/graphs.py)
         module.vidrt_part = part[1:]
     return module

@@ -3,9 +3,10 @@
 ``tiny-t2v`` (TextToVideoSDPipeline) and ``tiny-animatediff`` (AnimateDiffPipeline)
 have diffusers' fast-test sizes with one layer per U-Net block (as ``tiny-svd``);
 ``modelscope-t2v`` (text-to-video-ms-1.7b) and ``animatediff`` (Stable Diffusion 1.5
-with the v1-5-2 motion adapter) are the real architectures. Without the hub there is no CLIP vocabulary, so each preset trains
-a small byte-level BPE tokenizer with the ``tokenizers`` library on a built-in
-corpus, in CLIP's format, and saves it with the model; real models bring their own.
+with the v1-5-2 motion adapter) are the real architectures. Without the hub there is
+no CLIP vocabulary, so each preset trains a small byte-level BPE tokenizer with the
+``tokenizers`` library on a built-in corpus, in CLIP's format, and saves it with the
+model; real models bring their own.
 """
 
 from __future__ import annotations
