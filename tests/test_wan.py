@@ -278,6 +278,18 @@ def test_a_split_text_encoder_matches_diffusers(tmp_path, monkeypatch):
     assert part.shapes["hidden_states"] == tuple(s + (dim,) for s in first.shapes["input_ids"])
 
 
+def test_component_precision_of_the_text_encoder_sets_every_part():
+    from vidrt.layout import component_precisions
+
+    parts = ("text_encoder", "text_encoder_part1", "text_encoder_part2", "transformer")
+    out = component_precisions("bf16", overrides={"text_encoder": "fp32"}, components=parts)
+    assert out == {"text_encoder": "fp32", "text_encoder_part1": "fp32", "text_encoder_part2": "fp32",
+                   "transformer": "bf16"}
+    out = component_precisions("bf16", overrides={"text_encoder": "fp32", "text_encoder_part2": "bf16"},
+                               components=parts)
+    assert out["text_encoder_part1"] == "fp32" and out["text_encoder_part2"] == "bf16"  # a part named alone wins
+
+
 # -- TensorRT, GPU-free: profiles and builder calls against the strict fake ------------------
 
 
