@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Mapping
 
 from .errors import VidrtError
@@ -170,3 +171,9 @@ def _eval_dim(expr: str, dims: Mapping[str, int]) -> int:
     except NameError as e:
         raise VidrtError(f"cannot size dimension '{expr}': {e}") from None
     return int(value)
+
+
+def component_kind(component: str) -> str:
+    """The component a part belongs to: a split text encoder's ``text_encoder_partN`` are
+    described, profiled and given precisions as ``text_encoder`` (models' ``text_parts``)."""
+    return re.sub(r"_part\d+$", "", component)

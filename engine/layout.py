@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 from . import settings
+from .components import component_kind
 from .errors import VidrtError
 
 QUANTIZED = ("int8", "fp8")  # precisions that come from the quantization stage
@@ -48,7 +49,7 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
             raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {', '.join(quantizable)} only")
         out[c] = p
         for part in components:  # a split text encoder's parts follow its first one (text_encoder)
-            if part.startswith(f"{c}_part") and part not in (overrides or {}):
+            if part != c and component_kind(part) == c and part not in (overrides or {}):
                 out[part] = p
     return out
 

@@ -36,9 +36,9 @@ class ModelFolderMixin:
         """Every component the loop may call (Wan 2.2 has two experts)."""
         return (self.denoiser,)
 
-    def text_part(self, component: str) -> tuple[int, int, int] | None:
-        """(part index, first block, end block) when ``component`` is one part of a text
-        encoder exported in pieces (Wan's UMT5-XXL), else None."""
+    def text_part(self, component: str) -> tuple[int, int] | None:
+        """(first block, end block) when ``component`` is one part of a text encoder
+        exported in pieces (Wan's UMT5-XXL), else None."""
         return None
 
     def latent_frames(self, num_frames: int) -> int:

@@ -178,7 +178,7 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
     part = model.text_part(component)
     try:
         if part is not None:
-            module = load_text_encoder_part(model.folder / sub, getattr(importlib.import_module(lib), name), *part[1:])
+            module = load_text_encoder_part(model.folder / sub, getattr(importlib.import_module(lib), name), *part)
         elif model.kind == "animatediff" and component == "unet" and model.motion_adapter_path is not None:
             from diffusers import UNet2DConditionModel, UNetMotionModel
 

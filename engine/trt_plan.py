@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Mapping
 
-from .components import DIM_WORDS, ComponentSpec
+from .components import DIM_WORDS, ComponentSpec, component_kind
 from .errors import VidrtError
 from .fsutil import sha256_json
 
@@ -68,12 +67,6 @@ class ShapeRequest:
 
 
 GUIDED = ("unet", "transformer", "transformer_2", "text_encoder")  # guidance doubles their batch
-
-
-def component_kind(component: str) -> str:
-    """The component a part belongs to: a split text encoder's ``text_encoder_partN`` are
-    profiled as ``text_encoder`` (models' ``text_parts``)."""
-    return re.sub(r"_part\d+$", "", component)
 
 
 # How a component's dims follow from the user's: (user dim, divisor from pixels, multiplier,

@@ -61,7 +61,7 @@ def _empty_module(model, component: str):
         module = cls(cls.config_class(**config))
     part = model.text_part(component)
     if part is not None:  # one part of a split text encoder: its blocks only (export/graphs.py)
-        module.vidrt_part = part[1:]
+        module.vidrt_part = part
     return module
 
 

@@ -128,14 +128,13 @@ class WanModel(ModelFolderMixin):
         n = len(self.text_encoder_blocks)
         return ("text_encoder", *(f"text_encoder{PART}{i}" for i in range(1, n)))
 
-    def text_part(self, component: str) -> tuple[int, int, int] | None:
-        """(part index, first block, end block) of a text-encoder part when the encoder is
-        split, else None (one part: diffusers' whole encoder)."""
+    def text_part(self, component: str) -> tuple[int, int] | None:
+        """(first block, end block) of a text-encoder part when the encoder is split, else
+        None (one part: diffusers' whole encoder)."""
         blocks = self.text_encoder_blocks
         if len(blocks) == 1 or component not in self.text_parts:
             return None
-        i = self.text_parts.index(component)
-        return (i, *blocks[i])
+        return blocks[self.text_parts.index(component)]
 
     @property
     def experts(self) -> tuple[str, ...]:
