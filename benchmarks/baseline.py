@@ -94,8 +94,16 @@ class DiffusersBaseline:
 
         check_baseline_precision(precision, device)
         self.precision = precision
-        self.pipe = load_torch_components(model, unet_weights)
-        self.pipe.to(device=device, dtype=BASELINE_PRECISIONS[precision])
+        dtype = BASELINE_PRECISIONS[precision]
+        # What the model keeps at fp32 under bf16/fp16 (Wan's VAE, as diffusers' Wan
+        # examples load it) stays fp32 here too, as on vidrt's side.
+        kept = {"vae"} if dtype != torch.float32 and "vae_decoder" in model.keep_fp32 else set()
+        self.pipe = load_torch_components(model, unet_weights, dtype={"default": dtype} | dict.fromkeys(kept, torch.float32))
+        self.pipe.to(device=device)
+        for name in MODELS:
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                module.to(dtype=torch.float32 if name in kept else dtype)
         self.pipe.set_progress_bar_config(disable=True)
         if precision == "bf16-autocast":
             # Autocast around the models only: diffusers' CLIP preprocessing breaks on

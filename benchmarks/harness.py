@@ -5,7 +5,9 @@ engine, ...) so machine noise hits both alike; median/min/max per stage and end
 to end; parity of the two sides' frames; JSON tagged with git sha, versions and
 machine. The engines run in this process and diffusers in a worker process
 (benchmarks/worker.py), so neither process holds both sides' models; memory is
-reported per side and for both processes together.
+reported per side and for both processes together. Where both sides do not fit in
+memory at once, --one-side-at-a-time loads, warms up, runs and frees each side in
+turn for every timed run.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class BenchConfig(RequestOptions):
     warmup: int = 1
     baseline_precision: str | None = None  # None: same as precision (fp32 for int8/fp8); "none": skip
     baseline_compile: bool = False
+    one_side_at_a_time: bool = False  # load, warm up, run and free each side in turn, per timed run
     image: str | None = None
     output: str | None = None
     scenario: str | None = None
@@ -110,8 +113,6 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     Raises:
         VidrtError: bad options, or a model/engine problem.
     """
-    from vidrt import VideoPipeline
-
     if cfg.runs < 1 or cfg.warmup < 0:
         raise VidrtError(f"--runs must be >= 1 and --warmup >= 0 (got {cfg.runs}, {cfg.warmup})")
     if cfg.batch_size < 1:
@@ -121,111 +122,211 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         from .baseline import check_baseline_precision
 
         check_baseline_precision(baseline_precision, "cuda" if _gpu() else "cpu")
-    t0 = time.perf_counter()
-    with PeakRss() as loading:  # (a build, where one is needed, counts too)
-        pipe = VideoPipeline.from_pretrained(
-            cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
-            sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-            progress=progress,
-            cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
-        )
-    engine_load_s = time.perf_counter() - t0
-    baseline = None
+    sides = Sides(cfg, baseline_precision, progress)
     try:
-        if baseline_precision != "none":
-            from .worker import BaselineWorker
-
-            baseline = BaselineWorker(pipe.model, baseline_precision, cfg.unet_weights, device=pipe.device.type,
-                                      compile=cfg.baseline_compile, sampler=cfg.sampler)
-        return _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, loading.peak_mb, progress)
+        sides.load_engines()
+        runs = (_one_side_at_a_time if cfg.one_side_at_a_time else _interleaved)(cfg, sides, progress)
+        return _result(cfg, sides, runs, baseline_precision)
     finally:
-        if baseline is not None:
-            baseline.close()
+        sides.close()
+
+
+class Sides:
+    """The two sides of a benchmark: vidrt's pipeline in this process, diffusers' in a
+    worker process (benchmarks/worker.py); each can be loaded and freed again, and every
+    load's seconds and peak RSS are kept."""
+
+    def __init__(self, cfg: BenchConfig, baseline_precision: str, progress: bool):
+        self.cfg, self.baseline_precision, self.progress = cfg, baseline_precision, progress
+        self.pipe = self.baseline = None
+        self.engine_loads: list[dict] = []  # {"s", "peak_rss_mb"} per load (the first may include a build)
+        self.baseline_loads: list[dict] = []
+        self.model = self.builds = self.engine_dir = self.backend = self.device = None  # set by the first load
+
+    @property
+    def with_baseline(self) -> bool:
+        return self.baseline_precision != "none"
+
+    def load_engines(self):
+        from vidrt import VideoPipeline
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        with PeakRss() as loading:  # (a build, where one is needed, counts too)
+            self.pipe = VideoPipeline.from_pretrained(
+                cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
+                sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
+                progress=self.progress and not self.engine_loads, on_demand=cfg.on_demand_components(),
+                cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
+            )
+        self.engine_loads.append({"s": time.perf_counter() - t0, "peak_rss_mb": loading.peak_mb})
+        if self.model is None:  # what the result describes: the first load's
+            self.model, self.builds, self.engine_dir = self.pipe.model, self.pipe.builds, self.pipe.engine_dir
+            self.backend, self.device = self.pipe.backend, self.pipe.device.type
+        return self.pipe
+
+    def free_engines(self) -> None:
+        """Drops the pipeline and hands its memory back (freed heap pages too, where glibc
+        can give them back), so the other side can load."""
+        import ctypes
+        import gc
+
+        self.pipe = None
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: the allocator keeps what it keeps
+            pass
+
+    def load_baseline(self):
+        from .worker import BaselineWorker
+
+        cfg = self.cfg
+        self.baseline = BaselineWorker(self.model, self.baseline_precision, cfg.unet_weights, device=self.device,
+                                       compile=cfg.baseline_compile, sampler=cfg.sampler)
+        self.baseline_loads.append({"s": self.baseline.load_s, "peak_rss_mb": self.baseline.resident_mb})
+        return self.baseline
+
+    def free_baseline(self) -> None:
+        if self.baseline is not None:
+            self.baseline.close()
+            self.baseline = None
+
+    def close(self) -> None:
+        self.free_baseline()
 
 
 def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _measure(cfg, pipe, baseline, baseline_precision, engine_load_s, load_peak_mb, progress) -> dict:
-    """The interleaved runs and the result dict. Each side's peak memory is its process's
-    peak RSS over the whole benchmark, warm-ups included (the first run is where a
-    backend packs its weights); the engine's counts its load too."""
-    inputs = cfg.inputs(pipe.model)
-    kwargs = cfg.request(pipe.model)
-    engine_runs, base_runs = [], []
+@dataclasses.dataclass
+class Runs:
+    """What the timed and warm-up runs of both sides gave."""
+
+    engine: list = dataclasses.field(default_factory=list)
+    baseline: list = dataclasses.field(default_factory=list)
+    warmups: dict = dataclasses.field(default_factory=lambda: {"engine": [], "baseline": []})
+    together_mb: float = 0.0  # both processes' RSS sampled at the same instants, peak
+    schedule: str = "interleaved"
+
+    def add(self, side: str, run: dict, warm: bool) -> None:
+        (self.warmups[side].append(run["total"]) if warm else getattr(self, side).append(run))
+
+
+def _interleaved(cfg, sides: Sides, progress: bool) -> Runs:
+    """Both sides loaded together; warm-ups, then runs alternating engine, baseline, ..."""
     from tqdm.auto import tqdm
 
-    warmups = {"engine": [], "baseline": []}
-    peaks = {"engine": [load_peak_mb], "baseline": [baseline.resident_mb] if baseline else []}
+    runs = Runs()
+    baseline = sides.load_baseline() if sides.with_baseline else None
+    inputs, kwargs = cfg.inputs(sides.model), cfg.request(sides.model)
     with PeakRss(pids=[baseline.pid] if baseline else []) as together:
         for r in tqdm(range(cfg.warmup + cfg.runs), desc="bench runs", disable=not progress, unit="run"):
-            run = _engine_run(pipe, inputs, cfg, kwargs)
-            (engine_runs.append(run) if r >= cfg.warmup else warmups["engine"].append(run["total"]))
-            peaks["engine"].append(run["peak_rss_mb"])
+            runs.add("engine", _engine_run(sides.pipe, inputs, cfg, kwargs), r < cfg.warmup)
             if baseline is not None:
-                run = baseline.run(inputs, cfg.seed, kwargs)
-                (base_runs.append(run) if r >= cfg.warmup else warmups["baseline"].append(run["total"]))
-                peaks["baseline"].append(run["peak_rss_mb"])
+                runs.add("baseline", baseline.run(inputs, cfg.seed, kwargs), r < cfg.warmup)
+    runs.together_mb = together.peak_mb
+    return runs
 
+
+def _one_side_at_a_time(cfg, sides: Sides, progress: bool) -> Runs:
+    """For models whose two sides do not fit in memory together (Wan2.1-T2V-1.3B with its
+    5.7B-parameter text encoder holds 15 GB on each side): per timed run, the engine side
+    loads, runs its warm-ups and one timed run, and frees its memory; then the baseline
+    does the same. Runs still alternate (engine, baseline, engine, ...) on the same
+    inputs, every timed run follows its own warm-ups, and no instant holds both models."""
+    from tqdm.auto import tqdm
+
+    runs = Runs(schedule="one side at a time")
+    inputs, kwargs = cfg.inputs(sides.model), cfg.request(sides.model)
+    with PeakRss() as together:
+        for r in tqdm(range(cfg.runs), desc="bench runs", disable=not progress, unit="run"):
+            pipe = sides.pipe or sides.load_engines()
+            for w in range(cfg.warmup + 1):
+                runs.add("engine", _engine_run(pipe, inputs, cfg, kwargs), w < cfg.warmup)
+            pipe = None
+            sides.free_engines()
+            if sides.with_baseline:
+                baseline = sides.load_baseline()
+                together.pids.append(baseline.pid)
+                for w in range(cfg.warmup + 1):
+                    runs.add("baseline", baseline.run(inputs, cfg.seed, kwargs), w < cfg.warmup)
+                sides.free_baseline()
+    runs.together_mb = together.peak_mb
+    return runs
+
+
+def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
+    """The result dict. Each side's peak memory is its process's peak RSS over the whole
+    benchmark, warm-ups and loads included (the first run is where a backend packs its
+    weights; the engine's first load counts its build too)."""
+    model = sides.model
+    kwargs = cfg.request(model)
     videos = cfg.batch_size
-    builds = pipe.builds
-    frames = kwargs["num_frames"] or pipe.model.default_num_frames
-    stages = STAGES[pipe.model.kind]
-    engine = _side(engine_runs, videos, frames, max(peaks["engine"]), stages, pipe.model.denoiser)
+    builds = sides.builds
+    frames = kwargs["num_frames"] or model.default_num_frames
+    stages = STAGES[model.kind]
+    engine_peak = max([x["peak_rss_mb"] for x in sides.engine_loads] + [r["peak_rss_mb"] for r in runs.engine])
+    engine = _side(runs.engine, videos, frames, engine_peak, stages, model.denoiser)
     engine.update({
-        "backend": pipe.backend,
+        "backend": sides.backend,
         "precision": cfg.precision,
         "build_s": sum(b.recorded_build_s for b in builds.values()),
         "build_s_per_component": {c: b.recorded_build_s for c, b in builds.items()},
         "build_s_this_run": sum(b.build_s for b in builds.values()),
         "engine_size_mb": sum(b.size_bytes for b in builds.values()) / 2**20,
-        "load_s": engine_load_s,
-        "warmup_s": warmups["engine"],
-        "engine_dir": str(pipe.engine_dir),
+        "load_s": sides.engine_loads[0]["s"],
+        "reload_s": [x["s"] for x in sides.engine_loads[1:]],
+        "on_demand": list(cfg.on_demand_components()),
+        "warmup_s": runs.warmups["engine"],
+        "engine_dir": str(sides.engine_dir),
     })
     result = {
         "schema": SCHEMA,
         "config": dataclasses.asdict(cfg) | {
             "baseline_precision": baseline_precision,
-            "sampler_used": make_sampler(cfg.sampler, pipe.model.scheduler).name,
+            "sampler_used": make_sampler(cfg.sampler, model.scheduler).name,
             "num_frames_used": frames,
             "guidance_used": kwargs.get("guidance_scale", f"{cfg.min_guidance}..{cfg.max_guidance}"),
+            "schedule": runs.schedule,
         },
-        "model": {"label": pipe.model.label, "random_weights": bool(pipe.model.preset), "folder": str(pipe.model.folder),
-                  "kind": pipe.model.kind},
+        "model": {"label": model.label, "random_weights": bool(model.preset), "folder": str(model.folder),
+                  "kind": model.kind},
         "environment": environment(),
         "engine": engine,
         # RSS of the engine process and the baseline worker sampled together: what the
         # machine held at once (each side's own peak is in its peak_memory_mb).
-        "peak_memory_both_mb": together.peak_mb,
+        "peak_memory_both_mb": runs.together_mb,
         "baseline": None,
         "speedup": None,
         "parity": None,
     }
-    result["roofline"] = roofline(pipe, cfg, engine, frames)
-    if baseline is not None:
-        result["baseline"] = _side(base_runs, videos, frames, max(peaks["baseline"]), stages, pipe.model.denoiser) | {
-            "backend": f"pytorch (diffusers {getattr(pipe.model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
-            "precision": baseline_precision, "build_s": 0.0, "load_s": baseline.load_s,
+    result["roofline"] = roofline(model, sides.device, cfg, engine, frames)
+    if runs.baseline:
+        baseline_peak = max([x["peak_rss_mb"] for x in sides.baseline_loads] + [r["peak_rss_mb"] for r in runs.baseline])
+        result["baseline"] = _side(runs.baseline, videos, frames, baseline_peak, stages, model.denoiser) | {
+            "backend": f"pytorch (diffusers {getattr(model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
+            "precision": baseline_precision, "build_s": 0.0, "load_s": sides.baseline_loads[0]["s"],
+            "reload_s": [x["s"] for x in sides.baseline_loads[1:]],
             # With --baseline-compile the first warm-up run carries the compile time.
-            "warmup_s": warmups["baseline"],
+            "warmup_s": runs.warmups["baseline"],
         }
         result["speedup"] = result["baseline"]["end_to_end_s"]["median"] / engine["end_to_end_s"]["median"]
-        result["parity"] = parity(engine_runs[-1]["frames"], base_runs[-1]["frames"])
+        result["parity"] = parity(runs.engine[-1]["frames"], runs.baseline[-1]["frames"])
     return result
 
 
-def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
+def roofline(model, device: str, cfg, engine: dict, frames: int) -> dict | None:
     """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings
     (best over the libraries that run a GEMM here, each library's rate kept)."""
     from .roofline import matmul_ceilings, unet_flops
 
-    if pipe.device.type != "cpu":
+    if device != "cpu":
         return None  # the ceilings measured here are CPU matmuls
-    unet_batch = cfg.batch_size * (2 if cfg.guided(pipe.model) else 1)
-    denoiser = pipe.model.denoiser
-    flops = unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width)
+    unet_batch = cfg.batch_size * (2 if cfg.guided(model) else 1)
+    denoiser = model.denoiser
+    flops = unet_flops(model, unet_batch, frames, cfg.height, cfg.width)
     if flops is None:
         return None
     by_library = {p: matmul_ceilings(p) for p in ("fp32", "bf16", "int8")}
@@ -236,7 +337,7 @@ def roofline(pipe, cfg, engine: dict, frames: int) -> dict | None:
     return {
         "denoiser": denoiser,  # the component the unet_* figures describe (unet, or Wan's transformer)
         "unet_tflop_per_step": flops / 1e12,
-        "diffusers_unet_tflop_per_step": unet_flops(pipe.model, unet_batch, frames, cfg.height, cfg.width,
+        "diffusers_unet_tflop_per_step": unet_flops(model, unet_batch, frames, cfg.height, cfg.width,
                                                     diffusers_graph=True) / 1e12,
         "matmul_ceiling_tflops": ceilings,
         "matmul_ceiling_by_library": by_library,

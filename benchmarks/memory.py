@@ -21,11 +21,12 @@ def rss_mb(pids=()) -> float:
 class PeakRss:
     """Context manager: ``peak_mb`` is the highest RSS seen inside the block, of this
     process alone or, with ``pids``, of it and those processes together (sampled at
-    the same instant, so the figure is what the machine held at once)."""
+    the same instant, so the figure is what the machine held at once). ``pids`` may
+    be appended to inside the block."""
 
     def __init__(self, interval: float = 0.02, pids=()):
         self.interval = interval
-        self.pids = tuple(pids)
+        self.pids = list(pids)  # more may be added while it samples (a worker started later)
         self.peak_mb = 0.0
         self.start_mb = 0.0
         self._stop = threading.Event()

@@ -114,9 +114,23 @@ def matmul_ceilings(precision: str, n: int = CEILING_N, repeats: int = 3) -> dic
     return dict(_measured_ceilings(precision, n, repeats))
 
 
+EMULATED_N = 512  # torch's bf16 GEMM without AMX or AVX512-BF16: ~0.0006 TFLOP/s, 4 min for one 4096³
+
+
+def native_torch_bf16() -> bool:
+    """Whether torch has bf16 GEMM kernels on this CPU (AMX or AVX512-BF16); without them
+    it converts element by element, two orders of magnitude slower than its fp32."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 @functools.cache
 def _measured_ceilings(precision: str, n: int, repeats: int) -> dict[str, float]:
-    out = {"torch": _torch_gemm(TORCH_DTYPES[precision], n, repeats)} if precision in TORCH_DTYPES else {}
+    out = {}
+    if precision in TORCH_DTYPES:
+        emulated = precision == "bf16" and not native_torch_bf16()
+        # An emulated GEMM's rate does not grow with size: a small one measures it in a second.
+        out["torch"] = _torch_gemm(TORCH_DTYPES[precision], min(n, EMULATED_N) if emulated else n,
+                                   1 if emulated else repeats)
     ov_rate = _openvino_gemm(precision, n, repeats)
     if ov_rate is not None:
         out["openvino"] = ov_rate

@@ -93,8 +93,8 @@ class BaselineWorker:
     def _died(self):
         self.process.join(timeout=5)
         raise VidrtError(f"the diffusers baseline process died (exit code {self.process.exitcode}; "
-                         "-9 is usually the kernel's out-of-memory killer); run with --baseline-precision none "
-                         "to benchmark the engines alone") from None
+                         "-9 is usually the kernel's out-of-memory killer); run with --one-side-at-a-time so the two "
+                         "sides never hold memory together, or --baseline-precision none to benchmark the engines alone") from None
 
     def _receive(self):
         try:

@@ -8,10 +8,12 @@ only when something has to be exported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import time
 from pathlib import Path
 
+from .components import component_kind
 from .errors import VidrtError
 from .fsutil import atomic_dir, atomic_write_json, folder_lock, sha256_json
 from .layout import QUANTIZED, engine_precisions, graph_variant, onnx_dir_name, onnx_path, weight_files
@@ -356,11 +358,31 @@ def _size(manifest: dict) -> int:
     return sum(rec["size"] for rec in manifest["files"].values())
 
 
-def load_engines(engine_dir: Path, backend, precision: str, model, component_precision=None, backend_options=None) -> dict:
-    """Loads every component's verified artifact as an Engine."""
+def load_engines(engine_dir: Path, backend, precision: str, model, component_precision=None, backend_options=None,
+                 on_demand=()) -> dict:
+    """Loads every component's verified artifact as an Engine; components named in
+    ``on_demand`` (or whose kind is, so ``text_encoder`` names every part of a split one)
+    are loaded for each call and freed after it (backends.base.OnDemandEngine)."""
+    from .backends.base import OnDemandEngine
+
     specs = model.specs()
+    check_on_demand(on_demand, specs)
     shared = backend.shared_state()  # one per pipeline: its engines run one at a time
     engines = {}
     for c, p in engine_precisions(model, backend, precision, component_precision).items():
-        engines[c] = backend.load(engine_dir / c / backend.artifact_name(p, backend_options), specs[c], p, shared)
+        load = functools.partial(backend.load, engine_dir / c / backend.artifact_name(p, backend_options), specs[c], p, shared)
+        engines[c] = OnDemandEngine(specs[c], load) if c in on_demand or component_kind(c) in on_demand else load()
     return engines
+
+
+def check_on_demand(on_demand, specs) -> None:
+    """Refuses --on-demand names that are not components of the model.
+
+    Raises:
+        VidrtError: an unknown name (the message lists the model's components).
+    """
+    names = set(specs) | {component_kind(c) for c in specs}
+    unknown = [c for c in on_demand if c not in names]
+    if unknown:
+        raise VidrtError(f"--on-demand {','.join(unknown)}: not a component of this model; "
+                         f"choose from {', '.join(sorted(names))}")

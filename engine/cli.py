@@ -94,6 +94,9 @@ def _request_flags(p: argparse.ArgumentParser, defaults, frames_help: str) -> No
     g.add_argument("--negative-prompt", help="text to video: what to steer away from (default: none)")
     g.add_argument("--guidance-scale", type=float, help="text to video: CFG scale; <= 1 turns CFG off (default: the pipeline's, 9.0 ModelScope, 7.5 AnimateDiff, 5.0 Wan)")
     g.add_argument("--guidance-scale-2", type=float, help="Wan 2.2: CFG scale of the low-noise expert (default: --guidance-scale)")
+    p.add_argument("--on-demand", help="comma-separated components loaded for each call and freed after it, so their "
+                   "weights take memory only while they run; e.g. text_encoder for Wan's 5.7B UMT5 on a 24 GB machine "
+                   "(every request then pays its load; default: every engine stays loaded)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup", type=int, default=bench.warmup, help=f"untimed warm-up runs per side (default: {bench.warmup})")
     r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16 (weights), bf16-autocast, fp16 (GPU), or none to skip "
                    "(default: same as --precision; fp32 for int8/fp8)")
+    r.add_argument("--one-side-at-a-time", action="store_true",
+                   help="for models whose engines and baseline do not fit in memory together: per timed run, load, "
+                   "warm up, run and free the engines, then the same for diffusers (runs still alternate)")
     r.add_argument("--baseline-compile", action="store_true", help="torch.compile the baseline's UNet (compile time shows in its first warm-up run)")
     r.add_argument("--image", help="image to video: conditioning image (default: a built-in synthetic image)")
     r.add_argument("--scenario", help="a named request from benchmarks/scenarios.py (a, b, c-lcm, c-euler); "
@@ -305,7 +311,7 @@ def cmd_generate(args) -> int:
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
         sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-        cuda_graphs=not cfg.no_cuda_graphs,
+        cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(),
         **cfg.engine_kwargs(),
     )
     out = pipe(**_generate_request(cfg, model, image))

@@ -49,7 +49,8 @@ class ModelFolderMixin:
     def label(self) -> str:
         """How results name this model; random weights are always said."""
         if self.preset:
-            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']})"
+            differs = f"; {self.preset['differs']}" if self.preset.get("differs") else ""
+            return f"{self.preset['name']} (RANDOM WEIGHTS, seed {self.preset['seed']}{differs})"
         return str(self.folder)
 
     @property

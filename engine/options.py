@@ -106,6 +106,11 @@ class RequestOptions(EngineOptions):
     negative_prompt: str | None = None
     guidance_scale: float | None = None  # text to video; None: the pipeline's default
     guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert; None: guidance_scale
+    on_demand: str | None = None  # comma-separated components loaded for each call, freed after it
+
+    def on_demand_components(self) -> tuple[str, ...]:
+        """--on-demand 'text_encoder' as a tuple of component names."""
+        return tuple(c.strip() for c in (self.on_demand or "").split(",") if c.strip())
 
     def size(self, model) -> tuple[int, int]:
         """(height, width) of the request on ``model``, defaults filled in as the pipelines do."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .build import load_engines, prepare_engines
+from .build import check_on_demand, load_engines, prepare_engines
 from .errors import VidrtError
 from .families import family_pipeline
 from .layout import default_engine_dir
@@ -92,6 +92,7 @@ class BasePipeline(abc.ABC):
         backend_options=None,
         component_precision: dict | None = None,
         cuda_graphs: bool = True,
+        on_demand: tuple[str, ...] = (),
         seed: int = 0,
         build: bool = True,
         progress: bool = True,
@@ -120,6 +121,9 @@ class BasePipeline(abc.ABC):
                 shape profiles, optimisation level, workspace, timing cache).
             component_precision: per-component precision, e.g. {"vae_decoder": "fp32"}.
             cuda_graphs: on a GPU, capture each denoising step as a CUDA graph.
+            on_demand: components loaded for each call and freed after it (a component's
+                kind names all its parts: "text_encoder" is every part of Wan's split UMT5),
+                so their weights take memory only while they run; each call pays the load.
             seed: weight seed of random presets.
             build: build missing/stale engines; False refuses with an error instead.
             progress: show progress bars and what was chosen.
@@ -133,6 +137,7 @@ class BasePipeline(abc.ABC):
             check_unet_weights(m, unet_weights)
         check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
+        check_on_demand(on_demand, m.specs())
         backend_cls = get_backend(backend, announce=progress and backend == "auto", precision=precision)
         from .backends.openvino import OvOptions
         from .trt_plan import TrtOptions
@@ -146,7 +151,7 @@ class BasePipeline(abc.ABC):
             m, engine_dir, backend_cls, precision, unet_weights=unet_weights, quant=quant,
             backend_options=backend_options, component_precision=component_precision, build=build, progress=progress,
         )
-        engines = load_engines(engine_dir, backend_cls, precision, m, component_precision, backend_options)
+        engines = load_engines(engine_dir, backend_cls, precision, m, component_precision, backend_options, on_demand)
         pipe = family_pipeline(m.kind)(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)
         pipe.builds = builds
         return pipe

@@ -278,6 +278,51 @@ def test_a_split_text_encoder_matches_diffusers(tmp_path, monkeypatch):
     assert part.shapes["hidden_states"] == tuple(s + (dim,) for s in first.shapes["input_ids"])
 
 
+def test_an_on_demand_text_encoder_is_loaded_per_call_and_matches_diffusers(wan, t2v_engine_dir, monkeypatch):
+    """--on-demand text_encoder (how Wan's 22.7 GB UMT5 fits beside the transformer on a
+    24 GB machine): the encoder is loaded once at pipeline load, to check it, then once per
+    call and dropped; the frames are still diffusers'."""
+    from vidrt import VideoPipeline
+    from vidrt.backends.onnxruntime import OnnxRuntimeBackend
+
+    _, ref = wan
+    loads = []
+    real_load = OnnxRuntimeBackend.load.__func__
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", classmethod(
+        lambda cls, artifact_dir, *a, **k: loads.append(artifact_dir.parent.name) or real_load(cls, artifact_dir, *a, **k)))
+    name = "tiny-wan22" if ref.transformer_2 is not None else "tiny-wan"
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=t2v_engine_dir(name), backend="onnxruntime",
+                                         on_demand=("text_encoder",), progress=False)
+    assert loads.count("text_encoder") == 1 and loads.count("transformer") == 1
+    got, want = run_both(pipe, ref, None, **dict(KW, guidance_scale=5.0))
+    assert np.abs(got - want).max() <= ATOL
+    assert loads.count("text_encoder") == 2 and loads.count("transformer") == 1  # one more load: the call's
+    assert not any(isinstance(v, OnnxRuntimeBackend) for v in vars(pipe.engines["text_encoder"]).values())
+
+    with pytest.raises(VidrtError, match=r"--on-demand unet: not a component of this model; choose from .*text_encoder"):
+        VideoPipeline.from_pretrained(name, engine_dir=t2v_engine_dir(name), backend="onnxruntime",
+                                      on_demand=("unet",), progress=False)
+
+
+def test_run_bench_one_side_at_a_time(t2v_engine_dir):
+    """--one-side-at-a-time: each timed run loads its side, warms it up, runs and frees it,
+    engine then diffusers; the figures and parity come out as in the interleaved schedule."""
+    from vidrt.benchmarks.harness import BenchConfig, run_bench
+
+    cfg = BenchConfig(model="tiny-wan", engine_dir=str(t2v_engine_dir("tiny-wan")), backend="onnxruntime",
+                      height=32, width=32, num_frames=5, steps=2, runs=2, warmup=1, one_side_at_a_time=True)
+    result = run_bench(cfg, progress=False)
+    engine, baseline = result["engine"], result["baseline"]
+    assert result["config"]["schedule"] == "one side at a time"
+    assert len(engine["reload_s"]) == 1 and len(baseline["reload_s"]) == 1  # a load per timed run and side
+    assert len(engine["warmup_s"]) == 2 and len(baseline["warmup_s"]) == 2  # each load warmed up again
+    assert engine["end_to_end_s"]["min"] > 0 and baseline["end_to_end_s"]["min"] > 0
+    assert result["parity"]["max_abs_err"] <= ATOL
+    # the sides' peaks never coincide: what the machine held at once stays below their sum
+    # (at this size the processes' libraries, not the models, are most of each side's RSS)
+    assert result["peak_memory_both_mb"] < engine["peak_memory_mb"] + baseline["peak_memory_mb"]
+
+
 def test_component_precision_of_the_text_encoder_sets_every_part():
     from vidrt.layout import component_precisions
 

@@ -75,6 +75,37 @@ class Engine(abc.ABC):
         """Runs the engine, writing every output tensor in place."""
 
 
+class OnDemandEngine(Engine):
+    """An engine loaded for each call and freed after it, so its weights take memory only
+    while it runs: for a component run once per request whose weights do not fit beside
+    the rest (Wan's UMT5-XXL text encoder, 22.7 GB at fp32, on a 24 GB machine). Every
+    call pays the load; the stage's time says so.
+    """
+
+    def __init__(self, spec: ComponentSpec, load):
+        """``load()`` returns the engine. It runs once here, so a missing or broken
+        artifact fails when the pipeline loads, not in the middle of a request."""
+        super().__init__(spec)
+        self._load = load
+        probe = load()
+        self._min, self._max = probe.min_dims, probe.max_dims
+
+    @property
+    def min_dims(self) -> dict[str, int]:
+        return self._min
+
+    @property
+    def max_dims(self) -> dict[str, int]:
+        return self._max
+
+    def _run(self, feeds, outputs):
+        engine = self._load()
+        try:
+            engine._run(feeds, outputs)  # the outputs are this engine's own buffers: they outlive it
+        finally:
+            del engine
+
+
 class Backend(abc.ABC):
     """Builds engine artifacts from ONNX and loads them."""
 

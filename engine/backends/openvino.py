@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -235,7 +236,18 @@ class OpenVinoBackend(Backend):
                 (cache / name).unlink(missing_ok=True)
             warnings.warn(f"vidrt: OpenVINO compiled {spec.name} again at load instead of reading the blob "
                           f"build-engines left in {cache}; loads will stay slow until it is rebuilt", stacklevel=2)
+        if HINTS[precision] == "bf16":
+            warn_without_bf16()
         return OvEngine(spec, compiled, manifest.get("static_shapes"), blob_dir=cache)
+
+
+@functools.cache
+def warn_without_bf16() -> None:
+    """Says once per process when this CPU has no bf16 kernels for OpenVINO (no AMX, no
+    AVX512-BF16): its bf16 hint then runs fp32, at fp32's speed and memory."""
+    if "BF16" not in _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        warnings.warn("vidrt: this CPU has no bf16 kernels (OpenVINO reports no BF16 capability: no AMX or "
+                      "AVX512-BF16), so OpenVINO runs the bf16 engines in fp32", stacklevel=3)
 
 
 def _blobs(cache: Path) -> set[str]:

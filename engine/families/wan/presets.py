@@ -2,9 +2,15 @@
 
 ``tiny-wan`` (Wan 2.1) and ``tiny-wan22`` (Wan 2.2, two experts switched at
 ``boundary_ratio``) have diffusers' WanPipeline fast-test sizes, with a tiny UMT5 text
-encoder. Without the hub there is no UMT5 vocabulary: each preset trains a small
+encoder. ``wan2.1-t2v-1.3b`` is the real Wan2.1-T2V-1.3B architecture (transformer dim
+1536, 30 layers; the Wan 2.1 VAE; UMT5-XXL's 5.7B-parameter encoder). Its text encoder
+is created and saved in bf16, as Wan itself ships it: at fp32 it would take 22.7 GB of
+this 24 GB machine; vidrt exports it in parts (model.text_encoder_blocks).
+
+Without the hub there is no UMT5 vocabulary: each preset trains a small
 SentencePiece-style Unigram tokenizer with the ``tokenizers`` library on a built-in
-corpus, in T5's format (``</s>`` appended, ``<pad>`` = 0); real models bring their own.
+corpus, in T5's format (``</s>`` appended, ``<pad>`` = 0), while the real preset's
+embedding keeps UMT5's 256384 rows; real models bring their own tokenizer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,20 @@ PRESETS = {
                  "scheduler": WAN_SCHEDULER},
     "tiny-wan22": {"transformer": _TINY_TRANSFORMER, "transformer_2": _TINY_TRANSFORMER, "boundary_ratio": 0.875,
                    "vae": _TINY_VAE, "text_encoder": _TINY_UMT5, "scheduler": WAN_SCHEDULER},
+    "wan2.1-t2v-1.3b": {
+        "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
+                        "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
+                        "num_layers": 30, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
+                        "rope_max_seq_len": 1024},
+        "vae": {},  # AutoencoderKLWan's defaults are the Wan 2.1 VAE
+        # google/umt5-xxl's encoder, as Wan ships it (bf16 weights)
+        "text_encoder": {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+                         "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+                         "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "tie_word_embeddings": False},
+        "text_encoder_dtype": "bfloat16",
+        "differs": "text encoder bf16 as Wan ships it; a 400-token tokenizer trained offline",
+        "scheduler": WAN_SCHEDULER,
+    },
 }
 
 
@@ -67,10 +87,23 @@ def build_random_pipeline(name: str, seed: int):
     text_config = {"vocab_size": max(len(tokenizer), 128), **cfg["text_encoder"]}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(UMT5Config(**text_config, pad_token_id=0, eos_token_id=1)).eval()
+        text_encoder = _text_encoder(UMT5EncoderModel, UMT5Config(**text_config, pad_token_id=0, eos_token_id=1),
+                                     getattr(torch, cfg.get("text_encoder_dtype", "float32")))
         vae = AutoencoderKLWan(**cfg["vae"]).eval()
         transformer = WanTransformer3DModel(**cfg["transformer"]).eval()
         transformer_2 = WanTransformer3DModel(**cfg["transformer_2"]).eval() if "transformer_2" in cfg else None
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
                        boundary_ratio=cfg.get("boundary_ratio"))
+
+
+def _text_encoder(cls, config, dtype):
+    """The encoder made directly in ``dtype`` (UMT5-XXL is 22.7 GB at fp32, 11.4 GB in bf16)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return cls(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
