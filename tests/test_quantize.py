@@ -15,11 +15,15 @@ import onnx
 import pytest
 import torch
 
+from conftest import INT8_SATURATES
+
 from vidrt.export.quantize import QuantConfig, export_quantized, synthetic_images
 
 pytest.importorskip("modelopt.torch.quantization", reason="quantization needs nvidia-modelopt (pip install -e .[test])")
 
-BOUNDS = {"int8": 0.15, "fp8": 0.30}  # mean relative L2 of the UNet output vs fp32
+# mean relative L2 of the UNet output vs fp32; int8 on a CPU without VNNI, whose integer
+# kernels saturate (conftest.INT8_SATURATES): 0.25 measured on tiny-svd, 0.07 with VNNI
+BOUNDS = {"int8": 0.35 if INT8_SATURATES else 0.15, "fp8": 0.30}
 
 
 CFG = dict(calib_steps=3, calib_frames=3)
