@@ -100,7 +100,7 @@ class DiffusersBaseline:
         kept = {"vae"} if dtype != torch.float32 and "vae_decoder" in model.keep_fp32 else set()
         self.pipe = load_torch_components(model, unet_weights, dtype={"default": dtype} | dict.fromkeys(kept, torch.float32))
         self.pipe.to(device=device)
-        for name in MODELS:
+        for name in MODELS:  # a motion adapter, loaded apart in fp32, gets the dtype too
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to(dtype=torch.float32 if name in kept else dtype)

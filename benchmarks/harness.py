@@ -211,7 +211,10 @@ class Runs:
     schedule: str = "interleaved"
 
     def add(self, side: str, run: dict, warm: bool) -> None:
-        (self.warmups[side].append(run["total"]) if warm else getattr(self, side).append(run))
+        if warm:
+            self.warmups[side].append(run["total"])
+        else:
+            getattr(self, side).append(run)
 
 
 def _interleaved(cfg, sides: Sides, progress: bool) -> Runs:

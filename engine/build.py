@@ -365,8 +365,7 @@ def load_engines(engine_dir: Path, backend, precision: str, model, component_pre
     are loaded for each call and freed after it (backends.base.OnDemandEngine)."""
     from .backends.base import OnDemandEngine
 
-    specs = model.specs()
-    check_on_demand(on_demand, specs)
+    specs = model.specs()  # (on_demand names were checked by from_pretrained, before any build)
     shared = backend.shared_state()  # one per pipeline: its engines run one at a time
     engines = {}
     for c, p in engine_precisions(model, backend, precision, component_precision).items():
