@@ -24,8 +24,9 @@ from vidrt.errors import VidrtError
 from vidrt.options import RequestOptions
 from vidrt.samplers import make_sampler
 
-from .environment import environment
+from .environment import environment, machine
 from .memory import PeakDeviceMemory, PeakRss
+from .results import case_key
 
 STAGES = {
     "image-to-video": ("image_encoder", "vae_encoder", "unet", "vae_decoder"),
@@ -33,7 +34,7 @@ STAGES = {
     "animatediff": ("text_encoder", "unet", "vae_decoder"),
     "wan": ("text_encoder", "transformer", "vae_decoder"),
 }
-SCHEMA = 1
+SCHEMA = 2  # 2: every timed run's value ("samples"), "case", "machine"; readers take 1 too (benchmarks/results.py)
 BENCH_FRAMES = 14  # the main job's frames: svd-xt's 25 would not fit the time limit on a 2-core CPU
 DEFAULT_PROMPT = "a panda playing a guitar on a mountain top, cinematic, high quality"
 
@@ -57,6 +58,8 @@ class BenchConfig(RequestOptions):
     one_side_at_a_time: bool = False  # load, warm up, run and free each side in turn, per timed run
     image: str | None = None
     output: str | None = None
+    plot: str | None = None  # PNG of the stage breakdown
+    history: str | None = None  # None: not recorded; "": the default history folder
     scenario: str | None = None
 
     def frames(self, model) -> int:
@@ -88,10 +91,13 @@ class BenchConfig(RequestOptions):
 
 
 def summary(values: list[float], scale: float = 1.0) -> dict:
+    """Median, min and max of the timed runs, and every run's value (what a comparison
+    between two results resamples)."""
     return {
         "median": statistics.median(values) * scale,
         "min": min(values) * scale,
         "max": max(values) * scale,
+        "samples": [v * scale for v in values],
     }
 
 
@@ -285,15 +291,18 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
         "warmup_s": runs.warmups["engine"],
         "engine_dir": str(sides.engine_dir),
     })
+    config = dataclasses.asdict(cfg) | {
+        "baseline_precision": baseline_precision,
+        "sampler_used": make_sampler(cfg.sampler, model.scheduler).name,
+        "num_frames_used": frames,
+        "guidance_used": kwargs.get("guidance_scale", f"{cfg.min_guidance}..{cfg.max_guidance}"),
+        "schedule": runs.schedule,
+    }
     result = {
         "schema": SCHEMA,
-        "config": dataclasses.asdict(cfg) | {
-            "baseline_precision": baseline_precision,
-            "sampler_used": make_sampler(cfg.sampler, model.scheduler).name,
-            "num_frames_used": frames,
-            "guidance_used": kwargs.get("guidance_scale", f"{cfg.min_guidance}..{cfg.max_guidance}"),
-            "schedule": runs.schedule,
-        },
+        "case": case_key(config | {"component_precision": cfg.component_precisions() or None}, model.kind, sides.backend),
+        "machine": machine(),
+        "config": config,
         "model": {"label": model.label, "random_weights": bool(model.preset), "folder": str(model.folder),
                   "kind": model.kind},
         "environment": environment(),
@@ -374,6 +383,7 @@ def _side(runs: list[dict], videos: int, frames: int, peak_mb: float, stage_name
         "stages_ms": stages,
         "end_to_end_s": summary(totals),
         "peak_memory_mb": peak_mb,
+        "peak_rss_mb_per_run": [r["peak_rss_mb"] for r in runs],
         "peak_device_memory_mb": runs[-1]["device"],
         "videos_per_min": 60.0 * videos / med,
         "frames_per_s": videos * frames / med,

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_track
 from .errors import VidrtError
 from .options import EngineOptions, RequestOptions
 from .samplers import SAMPLERS
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidrt.benchmarks.harness import BENCH_FRAMES, BenchConfig
 
     root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
-    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune,compare,history}")
 
     b = sub.add_parser("build-engines", help="export the model to ONNX and build engines (reuses what is up to date)",
                        description="Export every component (image encoder, VAE encoder, UNet, temporal VAE decoder) to ONNX, "
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", help="a named request from benchmarks/scenarios.py (a, b, c-lcm, c-euler); "
                    "sets model, size, frames, steps, sampler, guidance and batch")
     r.add_argument("--output", help="write the JSON result here")
+    r.add_argument("--plot", help="draw the stage breakdown, engine against baseline, to this PNG file")
+    r.add_argument("--history", nargs="?", const="", metavar="DIR",
+                   help="also append the result to the performance history in DIR (default DIR: $VIDRT_CACHE/history "
+                   "or ~/.cache/vidrt/history); see vidrt history and vidrt compare")
 
     p = sub.add_parser("prune", help="list engine variants and presets; remove the unused or oversized ones",
                        description="Lists every engine variant (an ONNX export or a backend's artifact of one component) "
@@ -159,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--motion-bucket-id", type=int, default=127, help="amount of motion (default: 127)")
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the image (default: 0.02)")
     g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all; 16 for text to video)")
+    cli_track.add_commands(sub)
     return root
 
 
@@ -281,14 +287,31 @@ def cmd_run_bench(args) -> int:
             setattr(args, field, value)
     cfg = _config(BenchConfig, args)
     _check_values(cfg)
-    if cfg.output:
-        check_writable(cfg.output)
+    for path in (cfg.output, cfg.plot):
+        if path:
+            check_writable(path)
+    if cfg.plot:
+        from vidrt.benchmarks.plots import pyplot
+
+        pyplot()  # matplotlib missing fails here, not after the benchmark
+    if cfg.history is not None:
+        from vidrt.benchmarks.history import check_folder
+
+        check_folder(cfg.history or None)
     _check_request_early(cfg)
     result = run_bench(cfg)
     print(format_table(result))
     if cfg.output:
         atomic_write_json(cfg.output, result)
         print(f"wrote {cfg.output}")
+    if cfg.plot:
+        from vidrt.benchmarks.plots import stage_breakdown
+
+        print(f"wrote {stage_breakdown(result, cfg.plot)}")
+    if cfg.history is not None:
+        from vidrt.benchmarks.history import append
+
+        print(f"recorded in {append(result, cfg.history or None)}")
     return 0
 
 
@@ -378,7 +401,7 @@ def cmd_prune(args) -> int:
 
 
 COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "generate": cmd_generate,
-            "prune": cmd_prune}
+            "prune": cmd_prune} | cli_track.COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:

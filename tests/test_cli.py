@@ -57,20 +57,40 @@ def test_generate_writes_mp4_gif_and_png_frames(capsys, tiny_engine_dir, image_f
 
 
 def test_run_bench_writes_the_documented_json(capsys, tiny_engine_dir, tmp_path):
-    out_json = tmp_path / "bench.json"
+    out_json, history = tmp_path / "bench.json", tmp_path / "history"
     code, out, err = run(capsys, "run-bench", *common(tiny_engine_dir), "--height", "32", "--width", "32",
-                         "--num-frames", "2", "--steps", "2", "--runs", "2", "--warmup", "1", "--output", str(out_json))
+                         "--num-frames", "2", "--steps", "2", "--runs", "2", "--warmup", "1", "--output", str(out_json),
+                         "--history", str(history), "--plot", str(tmp_path / "stages.png"))
     assert code == 0, err
+    png = iio.imread(tmp_path / "stages.png")
+    assert png.ndim == 3 and png.shape[1] > 400 and png[..., :3].std() > 10  # drawn, not blank
     assert "speedup" in out and "RANDOM WEIGHTS" in out
     r = json.loads(out_json.read_text())
-    assert r["schema"] == 1
-    assert {"git_sha", "versions", "cpu", "gpu"} <= set(r["environment"])
+    assert r["schema"] == 2
+    assert {"git_sha", "git", "versions", "cpu", "gpu"} <= set(r["environment"])
+    assert {"openvino", "tensorrt", "torch"} <= set(r["environment"]["versions"])
+    assert r["case"] == {"model": "tiny-svd", "family": "image-to-video", "backend": "onnxruntime", "precision": "fp32",
+                         "component_precisions": None, "batch": 1, "frames": 2, "height": 32, "width": 32, "steps": 2,
+                         "sampler": "euler", "guidance": "1.0..3.0", "baseline_precision": "fp32"}
+    assert {"cpu", "flags", "cores", "ram_gib", "gpu", "gpu_driver", "id"} == set(r["machine"])
     for side in ("engine", "baseline"):
         s = r[side]
         assert {"backend", "precision", "build_s", "stages_ms", "end_to_end_s", "peak_memory_mb",
                 "videos_per_min", "frames_per_s"} <= set(s)
         assert set(s["stages_ms"]) >= {"image_encoder", "vae_encoder", "unet", "unet_step", "vae_decoder"}
-        assert set(s["end_to_end_s"]) == {"median", "min", "max"}
+        assert set(s["end_to_end_s"]) == {"median", "min", "max", "samples"}
+        # Every timed run's value is kept: two runs end to end and per stage, four steps.
+        assert len(s["end_to_end_s"]["samples"]) == 2 and len(s["stages_ms"]["unet"]["samples"]) == 2
+        assert len(s["stages_ms"]["unet_step"]["samples"]) == 4 and len(s["peak_rss_mb_per_run"]) == 2
+        assert s["end_to_end_s"]["median"] == pytest.approx(sum(s["end_to_end_s"]["samples"]) / 2)
+    # The same result was recorded in the history, in the machine's file.
+    assert [p.name for p in history.glob("*.jsonl")] == [f"{r['machine']['id']}.jsonl"]
+    code, out, err = run(capsys, "history", str(history))
+    assert code == 0 and "tiny-svd onnxruntime fp32" in out and len(out.splitlines()) == 2
+    # A result against itself: no change, exit 0.
+    code, out, err = run(capsys, "compare", str(out_json), str(out_json))
+    assert code == 0, err
+    assert "REGRESSION" not in out and " ~" in out
     assert r["speedup"] == pytest.approx(r["baseline"]["end_to_end_s"]["median"] / r["engine"]["end_to_end_s"]["median"])
     assert r["parity"]["max_abs_err"] <= 2e-3 and r["parity"]["psnr_db"] > 40
     # diffusers ran in its own worker process: the two processes' RSS summed at once is

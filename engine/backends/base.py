@@ -8,6 +8,7 @@ here, once.
 from __future__ import annotations
 
 import abc
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +17,7 @@ import torch
 from ..components import ComponentSpec
 from ..cache import BoundedCache
 from ..errors import VidrtError
+from ..settings import debug_slowdown
 
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
 
@@ -31,6 +33,7 @@ class Engine(abc.ABC):
     def __init__(self, spec: ComponentSpec):
         self.spec = spec
         self._buffers = BoundedCache()  # output tensors per input shape
+        self._slowdown = debug_slowdown().get(spec.name, 1.0)  # a test hook; 1.0 unless VIDRT_DEBUG_SLOWDOWN names it
 
     def __call__(self, out: Mapping[str, torch.Tensor] | None = None, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         dims = self.spec.bind({k: tuple(v.shape) for k, v in feeds.items()})
@@ -41,7 +44,10 @@ class Engine(abc.ABC):
                 raise VidrtError(f"{self.spec.name}: input '{t.name}' is {feeds[t.name].dtype}, this engine takes {t.dtype}")
         feeds = {k: v if v.is_contiguous() else v.contiguous() for k, v in feeds.items()}
         outputs = self._outputs(dims, feeds, out)
+        start = time.perf_counter()
         self._run(feeds, outputs)
+        if self._slowdown != 1.0:
+            time.sleep((self._slowdown - 1.0) * (time.perf_counter() - start))
         return outputs
 
     def _outputs(self, dims, feeds, out) -> dict[str, torch.Tensor]:
