@@ -2,7 +2,10 @@
 refusals, and the history store under concurrent appends.
 
 The recorded runs (tests/data/tiny_svd_runs.json) are one run-bench of tiny-svd with 30
-timed runs a side; the command and machine are in the file's "config" and "machine". A
+timed runs a side; the command and machine are in the file's "config" and "machine"
+(`vidrt run-bench --model tiny-svd --backend onnxruntime --height 64 --width 64
+--num-frames 4 --steps 4 --runs 30 --warmup 2`, a 2-core Xeon with AVX512-VNNI and no
+AMX; the UNet's robust spread there is ~5%, end to end ~5%). A
 trial draws 20 of the 30 runs without replacement, gives 10 to BASE and 10 to NEW, and
 for the slowdown control multiplies NEW's values of one stage by 1.2.
 """
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidrt.benchmarks.compare import Metric, compare, compare_samples, smallest_p
+from vidrt.benchmarks.compare import GATED_SHARE, Metric, compare, compare_samples, metrics, smallest_p
 from vidrt.benchmarks.history import append, records
 from vidrt.benchmarks.results import load_result, upgrade
 from vidrt.cli import main
@@ -35,9 +38,10 @@ def _draws(values, rng, n=10):
     return values[pick[:n]], values[pick[n:]]
 
 
-@pytest.mark.parametrize("stage", ["unet", "vae_decoder"])
+@pytest.mark.parametrize("stage", ["unet", "vae_decoder", "end to end"])
 def test_a_1_2x_slowdown_of_one_stage_is_flagged_and_an_unchanged_rerun_is_not(recorded, stage):
-    samples = recorded["engine"]["stages_ms"][stage]["samples"]
+    engine = recorded["engine"]
+    samples = (engine["end_to_end_s"] if stage == "end to end" else engine["stages_ms"][stage])["samples"]
     assert len(samples) == 30
     rng = np.random.default_rng(0)
     slowed = unchanged = 0
@@ -77,6 +81,22 @@ def test_an_unchanged_rerun_fails_the_gate_rarely_over_a_whole_table(recorded):
         base, new = _subset(recorded, pick[:10]), _subset(recorded, pick[10:20])
         failed += any(row.regression for row in compare(base, new, seed=int(rng.integers(1 << 30))))
     assert failed / trials <= 0.05, failed
+
+
+def test_small_stages_are_reported_but_do_not_gate(recorded):
+    """A stage under GATED_SHARE of end to end (the 5 ms image encoder) is compared, but a
+    slowdown of it alone is no regression."""
+    gated = {name for name, m in metrics(recorded).items() if m.gates}
+    assert gated == {"unet", "unet_step", "end to end"}, gated  # the VAE decoder is ~7% here
+    end_to_end_ms = 1000 * recorded["engine"]["end_to_end_s"]["median"]
+    assert recorded["engine"]["stages_ms"]["image_encoder"]["median"] < GATED_SHARE * end_to_end_ms
+    slow = copy.deepcopy(recorded)
+    for stage in ("image_encoder", "vae_encoder"):
+        stats = slow["engine"]["stages_ms"][stage]
+        stats.update(median=stats["median"] * 3, samples=[v * 3 for v in stats["samples"]])
+    rows = {r.metric.name: r for r in compare(recorded, slow)}
+    assert rows["image_encoder"].verdict == "slower" and not rows["image_encoder"].regression
+    assert not any(r.regression for r in rows.values())
 
 
 def test_three_runs_a_side_cannot_be_significant():
