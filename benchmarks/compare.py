@@ -150,7 +150,10 @@ def smallest_p(n1: int, n2: int) -> float:
 
 def format_comparison(base: dict, new: dict, rows: list[Row], threshold: float = THRESHOLD) -> str:
     """A benchstat-like table, and why a change could not be judged when that is so."""
-    sha = lambda r: (r.get("environment", {}).get("git_sha") or "?")[:12]  # noqa: E731
+    def sha(result):
+        git = result.get("environment", {}).get("git") or {}
+        return (git.get("sha") or "?")[:12] + ("-dirty" if git.get("dirty") else "")
+
     lines = [f"case: {describe_case(new['case'])}",
              f"machine: {new['machine']['cpu']} ({new['machine']['cores']} cpus)",
              f"base {sha(base)} vs new {sha(new)}; change = new/base of the medians, 95% bootstrap interval, "

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidrt.benchmarks.harness import BENCH_FRAMES, BenchConfig
 
     root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
-    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune,compare,history}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune,compare,history,bench-ab}")
 
     b = sub.add_parser("build-engines", help="export the model to ONNX and build engines (reuses what is up to date)",
                        description="Export every component (image encoder, VAE encoder, UNet, temporal VAE decoder) to ONNX, "
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--motion-bucket-id", type=int, default=127, help="amount of motion (default: 127)")
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the image (default: 0.02)")
     g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all; 16 for text to video)")
-    cli_track.add_commands(sub)
+    cli_track.add_commands(sub, _model_flags, _request_flags)
     return root
 
 

@@ -1,13 +1,16 @@
-"""Command line for performance tracking: ``compare`` and ``history`` (run-bench records
-into the history with ``--history``)."""
+"""Command line for performance tracking: ``compare``, ``history`` and ``bench-ab``
+(run-bench records into the history with ``--history``)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
-def add_commands(sub) -> None:
-    """Adds the tracking subcommands to ``vidrt``'s subparsers."""
+def add_commands(sub, model_flags, request_flags) -> None:
+    """Adds the tracking subcommands to ``vidrt``'s subparsers; ``model_flags`` and
+    ``request_flags`` add run-bench's flag groups to a parser."""
+    from vidrt.benchmarks.ab import ABConfig
     from vidrt.benchmarks.compare import THRESHOLD
 
     c = sub.add_parser("compare", help="compare two run-bench results: what got slower or faster beyond noise",
@@ -27,6 +30,26 @@ def add_commands(sub) -> None:
     h.add_argument("--machine", help="only this machine's records (its id, or a prefix of it)")
     h.add_argument("--model", help="only this model's records")
     h.add_argument("--last", type=int, help="only the last N records")
+
+    ab = ABConfig()
+    a = sub.add_parser("bench-ab", help="did a change regress? two revisions' engines, runs interleaved, compared",
+                       description="Checks out --base (and --head, default: the working tree) as git worktrees, builds "
+                       "each one's engines, warms both up and alternates their timed runs on the same inputs, then prints "
+                       "the vidrt compare table. Exit code 1 on a significant slowdown beyond --threshold, 0 otherwise, "
+                       "2 on bad input. Run it inside your vidrt clone; both revisions run on the installed packages.")
+    a.add_argument("--base", default=ab.base, help=f"base revision: sha, branch or tag (default: {ab.base})")
+    a.add_argument("--head", help="head revision (default: the working tree, uncommitted changes included)")
+    a.add_argument("--base-env", help="NAME=VALUE,... set for the base side's process only")
+    a.add_argument("--head-env", help="NAME=VALUE,... set for the head side's process only "
+                   "(VIDRT_DEBUG_SLOWDOWN=unet=1.5 slows head's UNet: a positive control)")
+    a.add_argument("--threshold", type=float, default=ab.threshold,
+                   help=f"slowdown in %% that fails, when significant (default: {ab.threshold:g})")
+    a.add_argument("--output-dir", help="also write base.json and head.json (run-bench's schema) here")
+    model_flags(a)
+    request_flags(a, ab, "14, or below it the nearest count the model takes")
+    a.add_argument("--runs", type=int, default=ab.runs, help=f"timed runs per side (default: {ab.runs})")
+    a.add_argument("--warmup", type=int, default=ab.warmup, help=f"untimed warm-up runs per side (default: {ab.warmup})")
+    a.add_argument("--image", help="image to video: conditioning image (default: a built-in synthetic image)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -51,4 +74,34 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "history": cmd_history}
+def cmd_bench_ab(args: argparse.Namespace) -> int:
+    from vidrt.benchmarks.ab import ABConfig, run_ab
+    from vidrt.benchmarks.compare import compare, format_comparison
+
+    from .cli import _check_request_early, _check_values, _config
+    from .errors import VidrtError
+    from .fsutil import atomic_write_json, check_writable
+
+    cfg = _config(ABConfig, args)
+    _check_values(cfg)
+    if not cfg.threshold >= 0:
+        raise VidrtError(f"--threshold {cfg.threshold}: give a percentage >= 0, e.g. 5")
+    if cfg.output_dir:
+        try:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VidrtError(f"--output-dir {cfg.output_dir}: cannot create it ({e.strerror}); choose another folder") from None
+        check_writable(Path(cfg.output_dir) / "base.json")
+    _check_request_early(cfg)
+    base, head = run_ab(cfg)
+    rows = compare(base, head, threshold=cfg.threshold / 100)
+    print(format_comparison(base, head, rows, cfg.threshold / 100))
+    print(f"parity, head against base: max abs err {head['parity']['max_abs_err']:.3g}")
+    if cfg.output_dir:
+        for name, result in (("base", base), ("head", head)):
+            atomic_write_json(Path(cfg.output_dir) / f"{name}.json", result)
+        print(f"wrote {cfg.output_dir}/base.json and head.json")
+    return 1 if any(r.regression for r in rows) else 0
+
+
+COMMANDS = {"compare": cmd_compare, "history": cmd_history, "bench-ab": cmd_bench_ab}

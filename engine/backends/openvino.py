@@ -2,7 +2,7 @@
 cache as the artifact.
 
 Precisions: fp32 and bf16 (OpenVINO's inference-precision hint; bf16 runs on AMX or
-AVX512-BF16 where the CPU has them), and int8/fp8 for the quantization stage's Q/DQ
+AVX512-BF16 where the CPU has them, fp32 elsewhere), and int8/fp8 for the quantization stage's Q/DQ
 UNet and decoder (int8 runs integer kernels, AMX or VNNI; the other components run bf16). Inputs and outputs stay
 float32 and are shared with torch tensors, so nothing is copied.
 """
@@ -26,8 +26,25 @@ from .base import Backend, Engine
 
 CACHE = "ov_cache"
 # OpenVINO's inference precision per vidrt precision (Q/DQ graphs keep their int8/fp8
-# ops whatever the hint; the hint sets the precision of everything else).
+# ops whatever the hint; the hint sets the precision of everything else), on a CPU with
+# native bf16 (AMX or AVX512-BF16). Elsewhere bf16 becomes f32 (see hint()).
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16", "fp8": "bf16"}
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """OpenVINO has bf16 kernels for this CPU (AMX or AVX512-BF16)."""
+    return "BF16" in _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def hint(precision: str) -> str:
+    """The inference-precision hint vidrt gives OpenVINO for ``precision`` on this CPU.
+    Without native bf16, OpenVINO runs a bf16 hint in fp32 on AVX2-only CPUs, but emulates
+    bf16 on AVX-512 ones, measured 45x slower than fp32 (a 2048^3 matmul: 0.004 against
+    0.18 TFLOP/s, OpenVINO 2026.4, a 2-core Xeon with AVX-512 and VNNI but no AVX512-BF16,
+    2026-12-03); so vidrt asks for f32 there and says so once (warn_without_bf16)."""
+    wanted = HINTS[precision]
+    return wanted if wanted != "bf16" or native_bf16() else "f32"
 
 
 def _ov():
@@ -169,7 +186,7 @@ class OpenVinoBackend(Backend):
     @classmethod
     def _config(cls, precision: str, options: OvOptions, cache_dir: Path) -> dict:
         config = {
-            "INFERENCE_PRECISION_HINT": HINTS[precision],
+            "INFERENCE_PRECISION_HINT": hint(precision),
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": str(options.streams),
             "CACHE_DIR": str(cache_dir),
@@ -244,8 +261,8 @@ class OpenVinoBackend(Backend):
 @functools.cache
 def warn_without_bf16() -> None:
     """Says once per process when this CPU has no bf16 kernels for OpenVINO (no AMX, no
-    AVX512-BF16): its bf16 hint then runs fp32, at fp32's speed and memory."""
-    if "BF16" not in _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    AVX512-BF16): vidrt then runs its bf16 engines in fp32 (hint()), at fp32's speed and memory."""
+    if not native_bf16():
         warnings.warn("vidrt: this CPU has no bf16 kernels (OpenVINO reports no BF16 capability: no AMX or "
                       "AVX512-BF16), so OpenVINO runs the bf16 engines in fp32", stacklevel=3)
 
