@@ -73,6 +73,27 @@ def repository() -> Path:
                          "cd into your vidrt clone") from None
 
 
+def check_options(cfg: ABConfig) -> None:
+    """Fails on bad revisions or --base-env/--head-env before any model or engine is touched.
+
+    Raises:
+        VidrtError: not in a git checkout, no such commit, or malformed NAME=VALUE pairs.
+    """
+    parse_env(cfg.base_env, "base-env")
+    parse_env(cfg.head_env, "head-env")
+    repo = repository()
+    for label, rev in (("base", cfg.base), ("head", cfg.head)):
+        if rev is not None:
+            _commit(repo, rev, label)
+
+
+def _commit(repo: Path, rev: str, label: str) -> str:
+    try:
+        return _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except VidrtError:
+        raise VidrtError(f"--{label} {rev}: no such commit in {repo}; give a sha, branch or tag (git log shows them)") from None
+
+
 def resolve_source(repo: Path, rev: str | None, label: str) -> Source:
     """The checkout of ``rev`` (None: the working tree itself), made once per commit as a
     git worktree under $VIDRT_CACHE/bench-ab/src and reused after.
@@ -86,10 +107,7 @@ def resolve_source(repo: Path, rev: str | None, label: str) -> Source:
         sha = _git(repo, "rev-parse", "HEAD")
         dirty = bool(_git(repo, "status", "--porcelain", "-uno"))
         return _checked(Source(label, repo, sha, dirty), "the working tree")
-    try:
-        sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    except VidrtError:
-        raise VidrtError(f"--{label} {rev}: no such commit in {repo}; give a sha, branch or tag (git log shows them)") from None
+    sha = _commit(repo, rev, label)
     root = settings.cache_dir() / "bench-ab" / "src" / sha
     with folder_lock(root.parent, "bench-ab checkouts"):
         if not (root / ".git").exists():

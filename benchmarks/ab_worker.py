@@ -35,7 +35,10 @@ class SourceFinder:
 
 def package_dirs(root: Path) -> dict[str, str]:
     """The checkout's package-dir mapping, from its pyproject.toml."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
 
     with open(root / "pyproject.toml", "rb") as f:
         mapping = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("package-dir", {})

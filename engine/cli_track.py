@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 
@@ -51,6 +52,26 @@ def add_commands(sub, model_flags, request_flags) -> None:
     a.add_argument("--warmup", type=int, default=ab.warmup, help=f"untimed warm-up runs per side (default: {ab.warmup})")
     a.add_argument("--image", help="image to video: conditioning image (default: a built-in synthetic image)")
 
+    from vidrt.benchmarks.suites import GATE_THRESHOLD
+
+    su = sub.add_parser("bench-suite", help="run a named benchmark suite into the history, or gate on it",
+                        description="Runs every case of a suite from benchmarks/suites.toml (ci: tiny models, seconds; "
+                        "cpu: scenarios a/b/c and text to video; gpu: TensorRT) through run-bench and records each result "
+                        "in the history. With --gate, runs each case as bench-ab between --base (default: the parent "
+                        "commit) and the working tree, or, in a checkout without that commit, against the newest recorded "
+                        f"run of the case on this machine; exit code 1 on a significant slowdown of at least --threshold "
+                        f"(default {GATE_THRESHOLD:g}%% with --gate), 0 otherwise, 2 on bad input.")
+    su.add_argument("suite", nargs="?", help="suite name (see --list)")
+    su.add_argument("--list", action="store_true", help="list the suites and their cases")
+    su.add_argument("--file", help="suites file (default: benchmarks/suites.toml)")
+    su.add_argument("--runs", type=int, help="timed runs per case (default: each case's own)")
+    su.add_argument("--history", metavar="DIR", help="history folder (default: $VIDRT_CACHE/history or ~/.cache/vidrt/history)")
+    su.add_argument("--output-dir", help="also write each case's result JSON here")
+    su.add_argument("--gate", action="store_true", help="A/B each case against --base; fail on a large slowdown")
+    su.add_argument("--base", default="HEAD~1", help="with --gate: the revision to compare with (default: HEAD~1)")
+    su.add_argument("--head-env", help="with --gate: NAME=VALUE,... for the working tree's side only (test hook)")
+    su.add_argument("--threshold", type=float, help=f"with --gate: slowdown in %% that fails (default: {GATE_THRESHOLD:g})")
+
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from vidrt.benchmarks.compare import compare, format_comparison
@@ -75,7 +96,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_ab(args: argparse.Namespace) -> int:
-    from vidrt.benchmarks.ab import ABConfig, run_ab
+    from vidrt.benchmarks.ab import ABConfig, check_options, run_ab
     from vidrt.benchmarks.compare import compare, format_comparison
 
     from .cli import _check_request_early, _check_values, _config
@@ -92,6 +113,7 @@ def cmd_bench_ab(args: argparse.Namespace) -> int:
         except OSError as e:
             raise VidrtError(f"--output-dir {cfg.output_dir}: cannot create it ({e.strerror}); choose another folder") from None
         check_writable(Path(cfg.output_dir) / "base.json")
+    check_options(cfg)
     _check_request_early(cfg)
     base, head = run_ab(cfg)
     rows = compare(base, head, threshold=cfg.threshold / 100)
@@ -104,4 +126,107 @@ def cmd_bench_ab(args: argparse.Namespace) -> int:
     return 1 if any(r.regression for r in rows) else 0
 
 
-COMMANDS = {"compare": cmd_compare, "history": cmd_history, "bench-ab": cmd_bench_ab}
+def cmd_bench_suite(args: argparse.Namespace) -> int:
+    from vidrt.benchmarks.harness import BenchConfig
+    from vidrt.benchmarks.suites import describe, suite_configs, suites
+
+    from .errors import VidrtError
+
+    if args.list:
+        for name, suite in suites(args.file).items():
+            print(f"{name}: {suite.get('description', '')}")
+            for cfg in suite_configs(name, BenchConfig, args.file):
+                print(f"  {describe(cfg)}")
+        return 0
+    if not args.suite:
+        raise VidrtError("bench-suite needs a suite name, e.g. vidrt bench-suite ci (vidrt bench-suite --list shows them)")
+    if args.runs is not None and args.runs < 1:
+        raise VidrtError(f"--runs {args.runs}: need at least 1 timed run")
+    if not args.gate and (args.head_env or args.threshold is not None or args.base != "HEAD~1"):
+        raise VidrtError("--base, --head-env and --threshold are --gate options; add --gate or drop them")
+    configs = suite_configs(args.suite, BenchConfig, args.file, runs=args.runs)
+    if args.output_dir:
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VidrtError(f"--output-dir {args.output_dir}: cannot create it ({e.strerror}); choose another folder") from None
+    return (_gate if args.gate else _record)(args, configs)
+
+
+def _record(args, configs) -> int:
+    from vidrt.benchmarks.harness import run_bench
+    from vidrt.benchmarks.history import append, check_folder
+    from vidrt.benchmarks.suites import describe
+
+    from .cli import _check_request_early, _check_values
+    from .fsutil import atomic_write_json
+
+    check_folder(args.history)
+    for cfg in configs:  # every case checked before the first one runs
+        _check_values(cfg)
+        _check_request_early(cfg)
+    for i, cfg in enumerate(configs):
+        print(f"[{i + 1}/{len(configs)}] {describe(cfg)}", flush=True)
+        result = run_bench(cfg)
+        where = append(result, args.history)
+        if args.output_dir:
+            atomic_write_json(Path(args.output_dir) / f"{args.suite}-{i + 1}.json", result)
+        speedup = f", {result['speedup']:.2f}x diffusers" if result["speedup"] else ""
+        print(f"  end to end {result['engine']['end_to_end_s']['median']:.3f} s{speedup}; recorded in {where}")
+    return 0
+
+
+def _gate(args, configs) -> int:
+    """bench-suite --gate: each case A/B against --base, or against the newest recorded run
+    of it on this machine when the checkout lacks --base (a shallow clone, a first commit)."""
+    from vidrt.benchmarks import ab
+    from vidrt.benchmarks.compare import compare, format_comparison
+    from vidrt.benchmarks.harness import run_bench
+    from vidrt.benchmarks.history import append, check_folder
+    from vidrt.benchmarks.suites import GATE_THRESHOLD, describe, last_recorded
+
+    from .cli import _check_request_early, _check_values
+    from .errors import VidrtError
+
+    threshold = (GATE_THRESHOLD if args.threshold is None else args.threshold) / 100
+    if not threshold >= 0:
+        raise VidrtError(f"--threshold {args.threshold}: give a percentage >= 0, e.g. 50")
+    try:
+        ab.resolve_source(ab.repository(), args.base, "base")
+        have_base = True
+    except VidrtError as e:
+        if args.base != "HEAD~1":
+            raise
+        have_base = False
+        check_folder(args.history)  # made here, so a first gate run records what the next one compares with
+        print(f"bench-suite --gate: no parent commit to compare with ({e}); "
+              "comparing with the newest recorded run of each case on this machine instead")
+    failed = []
+    for i, cfg in enumerate(configs):
+        _check_values(cfg)
+        _check_request_early(cfg)
+        print(f"[{i + 1}/{len(configs)}] {describe(cfg)}", flush=True)
+        if have_base:
+            fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+            base, new = ab.run_ab(ab.ABConfig(**fields, base=args.base, head_env=args.head_env, threshold=100 * threshold))
+        else:
+            if args.head_env:
+                raise VidrtError("--head-env needs a --base revision to compare with; this checkout has none")
+            new = run_bench(cfg)
+            base = last_recorded(new["case"], new["machine"]["id"], args.history, new["environment"]["git"]["sha"])
+            append(new, args.history)
+            if base is None:
+                print("  skipped: no recorded run of this case on this machine (recorded this one for next time)")
+                continue
+        rows = compare(base, new, threshold=threshold)
+        print(format_comparison(base, new, rows, threshold))
+        if any(r.regression for r in rows):
+            failed.append(describe(cfg))
+    if failed:
+        print(f"performance gate FAILED: significant slowdown of {100 * threshold:g}% or more in: {'; '.join(failed)}")
+        return 1
+    print(f"performance gate passed: no significant slowdown of {100 * threshold:g}% or more")
+    return 0
+
+
+COMMANDS = {"compare": cmd_compare, "history": cmd_history, "bench-ab": cmd_bench_ab, "bench-suite": cmd_bench_suite}
