@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidrt.benchmarks.harness import BENCH_FRAMES, BenchConfig
 
     root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
-    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune,compare,history,bench-ab,bench-suite}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune,compare,history,report,bench-ab,bench-suite}")
 
     b = sub.add_parser("build-engines", help="export the model to ONNX and build engines (reuses what is up to date)",
                        description="Export every component (image encoder, VAE encoder, UNet, temporal VAE decoder) to ONNX, "

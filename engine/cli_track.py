@@ -72,6 +72,15 @@ def add_commands(sub, model_flags, request_flags) -> None:
     su.add_argument("--head-env", help="with --gate: NAME=VALUE,... for the working tree's side only (test hook)")
     su.add_argument("--threshold", type=float, help=f"with --gate: slowdown in %% that fails (default: {GATE_THRESHOLD:g})")
 
+    r = sub.add_parser("report", help="the performance history as one self-contained HTML page",
+                       description="Per case and machine: each stage's median over the recorded runs with its 95%% "
+                       "interval, change points (an L1 step fit confirmed by a rank test), speedup against diffusers and "
+                       "memory over time, and the latest run against the previous one. Plots are embedded; no network.")
+    r.add_argument("dir", nargs="?", help="history folder (default: $VIDRT_CACHE/history or ~/.cache/vidrt/history)")
+    r.add_argument("--output", default="report.html", help="the HTML file to write (default: report.html)")
+    r.add_argument("--machine", help="only this machine's records (its id, or a prefix of it)")
+    r.add_argument("--model", help="only this model's records")
+
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from vidrt.benchmarks.compare import compare, format_comparison
@@ -229,4 +238,20 @@ def _gate(args, configs) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "history": cmd_history, "bench-ab": cmd_bench_ab, "bench-suite": cmd_bench_suite}
+def cmd_report(args: argparse.Namespace) -> int:
+    from .errors import VidrtError
+    from .fsutil import check_writable
+
+    try:
+        import matplotlib  # noqa: F401
+        import scipy  # noqa: F401
+    except ImportError:
+        raise VidrtError("vidrt report needs scipy and matplotlib: pip install 'vidrt[track]'") from None
+    from vidrt.benchmarks.html_report import write_report
+
+    check_writable(args.output)
+    print(f"wrote {write_report(args.dir, args.output, args.machine, args.model)}")
+    return 0
+
+
+COMMANDS = {"compare": cmd_compare, "report": cmd_report, "history": cmd_history, "bench-ab": cmd_bench_ab, "bench-suite": cmd_bench_suite}
