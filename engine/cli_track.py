@@ -104,6 +104,17 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_dir(path: str) -> Path:
+    """--output-dir, created if missing."""
+    from .errors import VidrtError
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VidrtError(f"--output-dir {path}: cannot create it ({e.strerror}); choose another folder") from None
+    return Path(path)
+
+
 def cmd_bench_ab(args: argparse.Namespace) -> int:
     from vidrt.benchmarks.ab import ABConfig, check_options, run_ab
     from vidrt.benchmarks.compare import compare, format_comparison
@@ -117,11 +128,7 @@ def cmd_bench_ab(args: argparse.Namespace) -> int:
     if not cfg.threshold >= 0:
         raise VidrtError(f"--threshold {cfg.threshold}: give a percentage >= 0, e.g. 5")
     if cfg.output_dir:
-        try:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise VidrtError(f"--output-dir {cfg.output_dir}: cannot create it ({e.strerror}); choose another folder") from None
-        check_writable(Path(cfg.output_dir) / "base.json")
+        check_writable(_output_dir(cfg.output_dir) / "base.json")
     check_options(cfg)
     _check_request_early(cfg)
     base, head = run_ab(cfg)
@@ -155,10 +162,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
         raise VidrtError("--base, --head-env and --threshold are --gate options; add --gate or drop them")
     configs = suite_configs(args.suite, BenchConfig, args.file, runs=args.runs)
     if args.output_dir:
-        try:
-            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise VidrtError(f"--output-dir {args.output_dir}: cannot create it ({e.strerror}); choose another folder") from None
+        _output_dir(args.output_dir)
     return (_gate if args.gate else _record)(args, configs)
 
 
