@@ -4,7 +4,8 @@ Two steps, as asv's step detection and benchstat's tests suggest. First, an exac
 piecewise-constant fit: the partition of the series into segments that minimises the
 sum of absolute deviations from each segment's median plus a penalty per segment
 (the L1 Potts problem asv's ``step_detect.py`` solves; written here from that
-formulation), the penalty scaled by the series' own noise. Then every proposed step is
+formulation), the penalty scaled by the noise of one run (from the records' timed runs;
+from the series itself where those are missing). Then every proposed step is
 kept only if a Mann-Whitney U test between the timed runs of the records on either side
 finds the two levels different at alpha / (n - 1): the fit picked the split among n - 1
 places, so the plain p-value of the split it picked would be too small (Bonferroni over
@@ -45,15 +46,26 @@ def noise_scale(values: np.ndarray) -> float:
     return scale or float(np.abs(values).mean() * 0.01) or 1.0
 
 
-def fit_segments(values, penalty: float | None = None) -> list[int]:
+def run_scale(samples) -> float | None:
+    """The spread of one run: the median over records of their runs' 1.4826 * MAD (a
+    standard deviation were the runs normal). Larger than a median's own noise, which
+    leaves room for what moves between records (the machine's state on the day)."""
+    scales = [1.4826 * float(np.median(np.abs(np.asarray(s) - np.median(s)))) for s in samples if s and len(s) >= 3]
+    scales = [x for x in scales if x > 0]
+    return float(np.median(scales)) if scales else None
+
+
+def fit_segments(values, penalty: float | None = None, scale: float | None = None) -> list[int]:
     """The start indices of the optimal segments (the first is 0), by exact dynamic
     programming over every segmentation: O(n^2) segment costs, fine for a history of
-    hundreds of records."""
+    hundreds of records. The penalty is in units of ``scale`` (default: noise_scale of
+    the series, which needs a dozen points or so to be right: with three, a step is most
+    of their differences)."""
     y = np.asarray(values, dtype=float)
     n = len(y)
     if n < 2:
         return [0]
-    gamma = (PENALTY if penalty is None else penalty) * noise_scale(y)
+    gamma = (PENALTY if penalty is None else penalty) * (scale or noise_scale(y))
     # cost[i, j]: absolute deviation of y[i:j+1] from its median.
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
@@ -83,7 +95,7 @@ def change_points(medians, samples=None, alpha: float = ALPHA, penalty: float | 
     from scipy import stats
 
     y = np.asarray(medians, dtype=float)
-    cuts = fit_segments(y, penalty)
+    cuts = fit_segments(y, penalty, run_scale(samples) if samples is not None else None)
     level = alpha / max(len(y) - 1, 1)
     bounds = cuts + [len(y)]
     steps = []
