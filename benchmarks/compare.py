@@ -170,6 +170,9 @@ def format_comparison(base: dict, new: dict, rows: list[Row], threshold: float =
         name = r.metric.name + ("" if r.metric.gates else " *")
         lines.append(f"{name:<22}{_value(r.base, r.metric.unit):>12}{_value(r.new, r.metric.unit):>12}"
                      f"{_pct(r.ratio):>9}  {interval:<17}{p:>7}  {r.verdict}{flag}")
+    note = drift_note(rows)
+    if note:
+        lines.append(note)
     n1, n2 = (len(metrics(r)["end to end"].samples or ()) for r in (base, new))
     if min(n1, n2) < 2:
         lines.append("no samples: one side is a schema 1 result or had a single run; rerun with --runs 5 or more")
@@ -177,6 +180,19 @@ def format_comparison(base: dict, new: dict, rows: list[Row], threshold: float =
         lines.append(f"with {n1} and {n2} runs the rank test cannot reach p < {ALPHA}: "
                      "every change reads as noise; rerun with --runs 5 or more")
     return "\n".join(lines)
+
+
+def drift_note(rows: list[Row]) -> str | None:
+    """When diffusers, which no vidrt change touches, got significantly slower as well as a
+    regressed engine metric, the machine more likely changed between the two runs than the
+    engine: says so (the verdict stands; bench-ab, which interleaves, settles it)."""
+    by_name = {r.metric.name: r for r in rows}
+    baseline = by_name.get("diffusers end to end")
+    if baseline is None or baseline.verdict != "slower" or not any(r.regression for r in rows):
+        return None
+    return (f"note: diffusers got {_pct(baseline.ratio)} slower between these runs too, and the speedup moved "
+            f"{_pct(by_name['speedup'].ratio) if 'speedup' in by_name else '?'}: the machine more likely changed than "
+            "the engine; vidrt bench-ab (runs interleaved) tells which")
 
 
 def _pct(ratio: float) -> str:

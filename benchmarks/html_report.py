@@ -22,7 +22,7 @@ from scipy import stats as sps
 from vidrt.errors import VidrtError
 
 from .changepoints import change_points
-from .compare import compare, metrics
+from .compare import compare, drift_note, metrics
 from .results import describe_case
 
 
@@ -142,7 +142,8 @@ def _summary_rows(records: list[dict]) -> str:
                      f"<td>{change}</td><td>{interval}</td><td>{p}</td><td>{html.escape(r.verdict)}"
                      f"{' REGRESSION' if r.regression else ''}</td></tr>")
     head = "<tr><th>metric</th><th>previous</th><th>latest</th><th>change</th><th>95% interval</th><th>p</th><th>verdict</th></tr>"
-    return f"<table>{head}{''.join(cells)}</table>"
+    note = drift_note(rows)
+    return f"<table>{head}{''.join(cells)}</table>" + (f"<p class='note'>{html.escape(note)}</p>" if note else "")
 
 
 STYLE = """body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}

@@ -201,3 +201,24 @@ def test_history_appends_whole_lines_from_two_processes_at_once(capsys, recorded
 def test_history_of_a_missing_folder_says_how_to_record(capsys, tmp_path):
     assert main(["history", str(tmp_path / "none")]) == 2
     assert "record some with run-bench --history" in capsys.readouterr().err
+
+
+def test_a_slowdown_that_diffusers_shares_is_marked_as_the_machine(recorded):
+    """Both sides 1.5x slower between two separate runs (a busier machine): still a
+    regression by the numbers, with a note that diffusers moved too; the engine alone
+    slower: no such note."""
+    from vidrt.benchmarks.compare import drift_note
+
+    def slowed(sides):
+        out = copy.deepcopy(recorded)
+        for side in sides:
+            for stats in [*out[side]["stages_ms"].values(), out[side]["end_to_end_s"]]:
+                if stats:
+                    stats.update({k: v * 1.5 for k, v in stats.items() if k != "samples"},
+                                 samples=[v * 1.5 for v in stats["samples"]])
+        return out
+
+    rows = compare(recorded, slowed(("engine", "baseline")))
+    assert any(r.regression for r in rows) and "the machine more likely changed" in drift_note(rows)
+    rows = compare(recorded, slowed(("engine",)))
+    assert any(r.regression for r in rows) and drift_note(rows) is None
