@@ -197,7 +197,7 @@ def run_ab(cfg: ABConfig, progress: bool = True) -> tuple[dict, dict]:
     envs = parse_env(cfg.base_env, "base-env"), parse_env(cfg.head_env, "head-env")
     repo = repository()
     sources = resolve_source(repo, cfg.base, "base"), resolve_source(repo, cfg.head, "head")
-    if sources[0].root == sources[1].root and envs[0] == envs[1] and not sources[1].dirty:
+    if sources[0].sha == sources[1].sha and not sources[1].dirty and envs[0] == envs[1]:
         print(f"bench-ab: base and head are the same commit {sources[0].name}: an A/A run (every change reads as noise)")
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     inputs, kwargs = cfg.inputs(model), cfg.request(model)
