@@ -19,7 +19,7 @@ import numpy as np
 
 from vidrt.errors import VidrtError
 
-from .results import describe_case, differences
+from .results import describe_case, differences, git_of
 
 ALPHA = 0.05
 THRESHOLD = 0.05
@@ -154,8 +154,8 @@ def smallest_p(n1: int, n2: int) -> float:
 def format_comparison(base: dict, new: dict, rows: list[Row], threshold: float = THRESHOLD) -> str:
     """A benchstat-like table, and why a change could not be judged when that is so."""
     def sha(result):
-        git = result.get("environment", {}).get("git") or {}
-        return (git.get("sha") or "?")[:12] + ("-dirty" if git.get("dirty") else "")
+        git = git_of(result)
+        return (git["sha"] or "?")[:12] + ("-dirty" if git["dirty"] else "")
 
     lines = [f"case: {describe_case(new['case'])}",
              f"machine: {new['machine']['cpu']} ({new['machine']['cores']} cpus)",

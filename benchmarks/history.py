@@ -106,12 +106,12 @@ def records(directory: str | Path | None = None, machine: str | None = None) -> 
 
 def format_history(entries: list[dict]) -> str:
     """One line per record: when, commit, machine, case, end to end, speedup, peak memory."""
-    from .results import describe_case
+    from .results import describe_case, git_of
 
     lines = [f"{'recorded (UTC)':<26}{'commit':<14}{'machine':<14}{'end to end':>12}{'speedup':>9}{'peak MB':>9}  case"]
     for r in entries:
-        git = r.get("environment", {}).get("git") or {}
-        sha = (git.get("sha") or "?")[:10] + ("+" if git.get("dirty") else "")
+        git = git_of(r)
+        sha = (git["sha"] or "?")[:10] + ("+" if git["dirty"] else "")
         e2e = r["engine"]["end_to_end_s"]["median"]
         speedup = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
         lines.append(f"{r.get('recorded_at', '?'):<26}{sha:<14}{(r['machine'].get('id') or '?'):<14}{e2e:>10.2f} s"

@@ -23,7 +23,7 @@ from vidrt.errors import VidrtError
 
 from .changepoints import change_points
 from .compare import compare, drift_note, metrics
-from .results import describe_case
+from .results import describe_case, git_of
 
 
 def median_interval(samples, level: float = 0.95) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def _png(fig) -> str:
 
 
 def _labels(records):
-    return [((r.get("environment", {}).get("git") or {}).get("sha") or "?")[:7] for r in records]
+    return [(git_of(r)["sha"] or "?")[:7] for r in records]
 
 
 def stage_figure(records: list[dict]) -> tuple[str, dict[str, list]]:

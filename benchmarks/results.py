@@ -81,6 +81,12 @@ def differences(base: dict, new: dict) -> list[str]:
     return sorted(out)
 
 
+def git_of(result: dict) -> dict:
+    """The result's {"sha", "dirty"} (sha None where it was not measured in a checkout)."""
+    git = result.get("environment", {}).get("git") or {}
+    return {"sha": git.get("sha"), "dirty": bool(git.get("dirty"))}
+
+
 def describe_case(case: dict) -> str:
     """One line naming a case, e.g. "tiny-svd openvino fp32, 1x2x32x32, 2 euler steps"."""
     extra = f" ({case['component_precisions']})" if case.get("component_precisions") else ""

@@ -74,8 +74,9 @@ def describe(cfg) -> str:
 def last_recorded(result_case: dict, machine_id: str, directory, exclude_sha: str | None) -> dict | None:
     """The newest history record of this case on this machine, not of ``exclude_sha``."""
     from .history import records
+    from .results import git_of
 
     for record in reversed(records(directory, machine_id)):
-        if record["case"] == result_case and (record.get("environment", {}).get("git") or {}).get("sha") != exclude_sha:
+        if record["case"] == result_case and git_of(record)["sha"] != exclude_sha:
             return record
     return None
