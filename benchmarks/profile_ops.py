@@ -4,6 +4,8 @@ engine boundary; this looks inside it.
 
     python -m vidrt.benchmarks.profile_ops --model svd-xt --precision bf16 \
         --batch 2 --frames 14 --height 128 --width 128 --output unet_ops.json
+    python -m vidrt.benchmarks.profile_ops --model wan2.1-t2v-1.3b --precision bf16 \
+        --batch 2 --frames 17 --height 256 --width 256
 
 The engine is compiled for the one static shape given (as ``--static`` does), with
 OpenVINO's PERF_COUNT on. GEMM-class nodes (convolutions, matmuls, fused attention)
@@ -65,20 +67,49 @@ def profile_component(onnx_path, spec, dims: dict, precision: str, runs: int = 2
             "seconds_by_type": dict(totals)}
 
 
+def _print_rows(result: dict) -> None:
+    for row in result["by_type"][:15]:
+        print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
+
+
+def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, width: int, precision: str) -> dict:
+    """The denoiser's FLOP rate per call against this machine's matmul ceiling, whole and
+    per class of node: convolutions, linear layers and attention as torch's counter splits
+    the FLOPs, timed by the OpenVINO nodes that run them (fused attention is a Subgraph
+    or ScaledDotProductAttention node; a Subgraph also carries fused elementwise work)."""
+    from vidrt.benchmarks.roofline import matmul_ceiling, unet_flops
+
+    flops = unet_flops(model, batch, frames, height, width)
+    split = unet_flops(model, batch, frames, height, width, by_op=True)
+    ceiling = matmul_ceiling(precision)
+    out = {"unet_tflop": flops / 1e12, "ceiling_tflops": ceiling, "tflops_whole": flops / result["wall_s"] / 1e12,
+           "tflops_gemm_only": flops / result["gemm_s"] / 1e12, "rates": {}}
+    seconds = result["seconds_by_type"]
+    classes = {"Convolution": (("convolution",), ("Convolution",)),
+               "FullyConnected": (("mm", "addmm"), ("FullyConnected",)),
+               "Attention": (("_scaled_dot_product_flash_attention_for_cpu", "bmm"),
+                             ("ScaledDotProductAttention", "Subgraph", "MatMul"))}
+    for name, (ops, node_types) in classes.items():
+        f, sec = sum(split.get(o, 0) for o in ops), sum(seconds.get(t, 0.0) for t in node_types)
+        if f and sec:
+            out["rates"][name] = {"tflop": f / 1e12, "s": sec, "tflops": f / sec / 1e12,
+                                  "of_ceiling": f / sec / 1e12 / ceiling}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from vidrt.backends import get_backend
-    from vidrt.benchmarks.roofline import matmul_ceiling, unet_flops
     from vidrt.build import prepare_engines
     from vidrt.layout import default_engine_dir, onnx_path
     from vidrt.sources import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.profile_ops", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="svd-xt")
-    p.add_argument("--component", default="unet", help="unet, vae_decoder, ... (FLOP rates for the UNet only)")
+    p.add_argument("--model", default="svd-xt", help="a preset or a diffusers folder")
+    p.add_argument("--component", help="default: the model's denoiser (unet, transformer); FLOP rates for a denoiser only")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "int8"],
-                   help="int8: the quantization stage's graph of the component (unet or vae_decoder)")
-    p.add_argument("--batch", type=int, default=2, help="UNet rows (2 per guided video)")
-    p.add_argument("--frames", type=int, default=14)
+                   help="int8: the quantization stage's graph of the component (the denoiser or vae_decoder)")
+    p.add_argument("--batch", type=int, default=2, help="denoiser rows (2 per guided video)")
+    p.add_argument("--frames", type=int, default=14, help="video frames (the latent frames follow the model's VAE)")
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--runs", type=int, default=2)
@@ -86,53 +117,36 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     model = resolve_model(args.model)
+    component = args.component or model.denoiser
     engine_dir = default_engine_dir(model, None)
     backend = get_backend("openvino")
-    quantized = {args.component: args.precision} if args.precision == "int8" else None
+    quantized = {component: args.precision} if args.precision == "int8" else None
     prepare_engines(model, engine_dir, backend, args.precision, component_precision=quantized)
-    spec = model.specs()[args.component]
+    spec = model.specs()[component]
     s = model.vae_scale_factor
-    dims = {"B": args.batch, "F": args.frames, "N": args.frames, "h": args.height // s, "w": args.width // s,
-            "H": args.height, "W": args.width}
+    dims = {"B": args.batch, "F": model.latent_frames(args.frames), "N": args.frames, "h": args.height // s,
+            "w": args.width // s, "H": args.height, "W": args.width}
     if "L" in spec.ranges:
         dims["L"] = model.max_text_length
     dims = {k: v for k, v in dims.items() if k in spec.ranges}
-    result = profile_component(onnx_path(model, engine_dir, backend, args.component, args.precision), spec, dims,
+    result = profile_component(onnx_path(model, engine_dir, backend, component, args.precision), spec, dims,
                                args.precision, args.runs)
-    if args.component != "unet":
-        print(f"{model.label}: {args.component} {dims} {args.precision}: {result['wall_s']:.2f} s/call")
-        for row in result["by_type"][:15]:
-            print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
-        if args.output:
-            from vidrt.fsutil import atomic_write_json
-
-            atomic_write_json(args.output, result | {"dims": dims, "precision": args.precision})
-        return 0
-    flops = unet_flops(model, args.batch, args.frames, args.height, args.width)
-    split = unet_flops(model, args.batch, args.frames, args.height, args.width, by_op=True)
-    ceiling = matmul_ceiling(args.precision)
-    result |= {"model": model.label, "dims": dims, "precision": args.precision, "unet_tflop": flops / 1e12,
-               "ceiling_tflops": ceiling, "tflops_whole": flops / result["wall_s"] / 1e12,
-               "tflops_gemm_only": flops / result["gemm_s"] / 1e12}
-    print(f"{model.label}: unet {dims} {args.precision}: {result['wall_s']:.2f} s/call, "
-          f"{result['tflops_whole']:.2f} TFLOP/s whole = {100 * result['tflops_whole'] / ceiling:.0f}% of the "
-          f"{ceiling:.2f} TFLOP/s ceiling; GEMM-class nodes {100 * result['gemm_share']:.0f}% of the time at "
-          f"{result['tflops_gemm_only']:.2f} TFLOP/s ({100 * result['tflops_gemm_only'] / ceiling:.0f}%)")
-    for row in result["by_type"][:15]:
-        print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
-    # torch's counter splits the FLOPs into convolutions and linear layers (it does not
-    # count the CPU attention kernel): each class's own rate against the ceiling.
-    seconds = result["seconds_by_type"]
-    rates = {"Convolution": (split.get("convolution", 0), seconds.get("Convolution", 0.0)),
-             "FullyConnected": (split.get("mm", 0) + split.get("addmm", 0), seconds.get("FullyConnected", 0.0))}
-    result["rates"] = {}
-    for name, (f, sec) in rates.items():
-        if sec:
-            result["rates"][name] = {"tflop": f / 1e12, "s": sec, "tflops": f / sec / 1e12, "of_ceiling": f / sec / 1e12 / ceiling}
-            print(f"  {name}: {f / 1e12:.3f} TFLOP in {sec:.3f} s = {f / sec / 1e12:.2f} TFLOP/s "
-                  f"({100 * f / sec / 1e12 / ceiling:.0f}% of the ceiling)")
-    for row in result["by_kernel"][:8]:
-        print(f"  kernel {row['type']}/{row['kernel']}: {row['ms']:.1f} ms ({100 * row['share']:.1f}%)")
+    result |= {"model": model.label, "component": component, "dims": dims, "precision": args.precision}
+    if component in model.denoisers:
+        result |= denoiser_rates(model, result, args.batch, args.frames, args.height, args.width, args.precision)
+        ceiling = result["ceiling_tflops"]
+        print(f"{model.label}: {component} {dims} {args.precision}: {result['wall_s']:.2f} s/call, "
+              f"{result['tflops_whole']:.3f} TFLOP/s whole = {100 * result['tflops_whole'] / ceiling:.0f}% of the "
+              f"{ceiling:.3f} TFLOP/s ceiling; GEMM-class nodes {100 * result['gemm_share']:.0f}% of the time")
+        _print_rows(result)
+        for name, r in result["rates"].items():
+            print(f"  {name}: {r['tflop']:.3f} TFLOP in {r['s']:.3f} s = {r['tflops']:.3f} TFLOP/s "
+                  f"({100 * r['of_ceiling']:.0f}% of the ceiling)")
+        for row in result["by_kernel"][:8]:
+            print(f"  kernel {row['type']}/{row['kernel']}: {row['ms']:.1f} ms ({100 * row['share']:.1f}%)")
+    else:
+        print(f"{model.label}: {component} {dims} {args.precision}: {result['wall_s']:.2f} s/call")
+        _print_rows(result)
     if args.output:
         from vidrt.fsutil import atomic_write_json
 

@@ -13,6 +13,7 @@ from vidrt.errors import VidrtError
 def test_fake_tensor_flops_equal_a_real_forward(tiny_model):
     from torch.utils.flop_counter import FlopCounterMode
 
+    from vidrt.benchmarks.roofline import CPU_ATTENTION_FLOPS
     from vidrt.export.graphs import component_graph
     from vidrt.sources import load_torch_component
 
@@ -20,12 +21,28 @@ def test_fake_tensor_flops_equal_a_real_forward(tiny_model):
     counted = {}
     for name, module in (("diffusers", load_torch_component(tiny_model, "unet")),
                          ("graph", component_graph("unet", load_torch_component(tiny_model, "unet")))):
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, torch.no_grad():
             module(*args)
         counted[name] = counter.get_total_flops()
     assert unet_flops(tiny_model, 2, 3, 16, 24, diffusers_graph=True) == counted["diffusers"]
     # the exported graph skips the one-token cross-attention's queries, keys and scores
     assert unet_flops(tiny_model, 2, 3, 16, 24) == counted["graph"] < counted["diffusers"]
+
+
+def test_cpu_attention_is_counted():
+    """torch's counter knows only the CUDA attention kernels; on a CPU the scores and the
+    weighted sum are 2 multiply-adds per (query, key, channel): 4·B·H·Lq·Lk·D FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vidrt.benchmarks.roofline import CPU_ATTENTION_FLOPS
+
+    q, kv = torch.randn(2, 3, 20, 8), torch.randn(2, 3, 7, 8)
+    with FlopCounterMode(display=False) as plain:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv)
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv)
+    assert plain.get_total_flops() == 0  # when torch counts it itself, the mapping can go
+    assert counter.get_total_flops() == 4 * 2 * 3 * 20 * 7 * 8
 
 
 def test_scenarios_are_the_issue_set():
@@ -74,22 +91,23 @@ def test_text_to_video_bf16_baseline_runs_with_timed_stages(vidrt_cache):
     assert set(stages) == {"text_encoder", "unet", "vae_decoder"} and len(steps) == 2
 
 
-def test_unet_flops_of_the_text_to_video_unets(vidrt_cache):
-    """The fake-tensor count equals a real forward's count through the export graph."""
+def test_unet_flops_of_the_text_to_video_denoisers(vidrt_cache):
+    """The fake-tensor count equals a real forward's count through the export graph, for
+    the text-to-video UNets and Wan's transformer (5 video frames: 2 latent frames)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vidrt.benchmarks.roofline import unet_flops
+    from vidrt.benchmarks.roofline import CPU_ATTENTION_FLOPS, unet_flops
     from vidrt.export.graphs import component_graph, sample_inputs
     from vidrt.sources import load_torch_component, resolve_model
 
-    for name in ("tiny-t2v", "tiny-animatediff"):
+    for name in ("tiny-t2v", "tiny-animatediff", "tiny-wan"):
         model = resolve_model(name, progress=False)
-        spec = model.specs()["unet"]
-        graph = component_graph("unet", load_torch_component(model, "unet"))
-        feeds = sample_inputs(spec, {"B": 2, "F": 3, "h": 8, "w": 8, "L": 77})
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        spec = model.specs()[model.denoiser]
+        graph = component_graph(model.denoiser, load_torch_component(model, model.denoiser))
+        feeds = sample_inputs(spec, {"B": 2, "F": model.latent_frames(5), "h": 8, "w": 8, "L": model.max_text_length})
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, torch.no_grad():
             graph(*(feeds[n] for n in spec.input_names))
-        assert unet_flops(model, 2, 3, 16, 16) == counter.get_total_flops() > 0
+        assert unet_flops(model, 2, 5, 8 * model.vae_scale_factor, 8 * model.vae_scale_factor) == counter.get_total_flops() > 0
 
 
 def test_openvino_op_profile_accounts_for_the_unet(tiny_model, tiny_engine_dir):
