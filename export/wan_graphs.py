@@ -29,10 +29,12 @@ class RMSNormGraph(torch.nn.Module):
 
 def _rotate(x, cos, sin):
     """diffusers' Wan rotary embedding on interleaved pairs (x[2i], x[2i+1]), as
-    ``x * cos + swap(x) * sin`` with each pair swapped by one Gather and the sign folded
-    into sin. The same products and sums as diffusers' strided writes (bit-equal in
-    torch); its unbind/stack form exported to a Split and a Concat that cost OpenVINO
-    3.5x more (82 ms against 24 ms for one layer's q and k at 1280 tokens, fp32)."""
+    ``x * cos + swap(x) * sin``: each pair swapped by one Gather, the sign folded into sin.
+    cos and sin hold each frequency twice, as diffusers' WanRotaryPosEmbed makes them
+    (repeat_interleave_real). The products and sums are those of diffusers' strided
+    writes (bit-equal in torch). An unbind/stack form exports to a Split and a Concat
+    that cost OpenVINO 3.5x more (82 against 24 ms for one layer's q and k at 1280
+    tokens, fp32)."""
     d = x.shape[-1]
     swap = torch.arange(d).view(-1, 2).flip(-1).flatten()  # 1, 0, 3, 2, ...: the head dim is a weight shape
     sign = torch.tensor([-1.0, 1.0], dtype=x.dtype).repeat(d // 2)

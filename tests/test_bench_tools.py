@@ -163,3 +163,31 @@ def test_baseline_worker_runs_diffusers_in_another_process_and_reports_its_death
         worker.process.join()
         with pytest.raises(VidrtError, match="baseline process died"):
             worker.run({"image": make_image(32, 32)}, 0, kwargs)
+
+
+def test_wan_layers_folder_is_the_real_transformer_cut_short(tmp_path):
+    """benchmarks/wan_layers writes a folder vidrt loads, whose transformer has the real
+    Wan2.1-T2V-1.3B config but for num_layers, and whose export graph (rotary at the real
+    head dim 128) computes what diffusers' transformer does."""
+    import copy
+
+    from vidrt.benchmarks.wan_layers import main
+    from vidrt.export.graphs import component_graph
+    from vidrt.families.wan.presets import PRESETS
+    from vidrt.sources import load_torch_component, resolve_model
+
+    assert main(["--layers", "1", "--output", str(tmp_path / "wan1")]) == 0
+    model = resolve_model(str(tmp_path / "wan1"), progress=False)
+    real = PRESETS["wan2.1-t2v-1.3b"]["transformer"]
+    assert {k: model.transformer[k] for k in real} == {**real, "num_layers": 1}
+    transformer = load_torch_component(model, "transformer")
+    graph = component_graph("transformer", copy.deepcopy(transformer))
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 2, 4, 6, generator=gen), torch.randn(1, 5, 4096, generator=gen)
+    with torch.no_grad():
+        want = transformer(x, torch.full((1,), 300.0), text, return_dict=False)[0]
+        got = graph(x, torch.tensor([300.0]), text)
+    # fp32, the same operations but RMSNorm written out: rounding-level differences only
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    with pytest.raises(SystemExit):
+        main(["--layers", "31", "--output", str(tmp_path / "x")])
