@@ -4,7 +4,8 @@ Three things in diffusers' Wan code do not trace to ONNX as they are, and each i
 replaced here by the same arithmetic: ``torch.nn.RMSNorm`` (no ONNX op at opset 17), the
 rotary embedding's strided in-place writes (they trace to an Expand that breaks at a
 second shape; here a Gather of the swapped pairs), and the VAE's per-layer caches, a
-Python list (here graph inputs and outputs). The tests compare each graph with diffusers' own modules.
+Python list (here graph inputs and outputs). The tests compare each graph with
+diffusers' own modules.
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ class RMSNormGraph(torch.nn.Module):
         return y * self.weight if self.weight is not None else y
 
 
-def _rotate(x, cos, sin):
-    """diffusers' Wan rotary embedding on interleaved pairs (x[2i], x[2i+1]), as
-    ``x * cos + swap(x) * sin``: each pair swapped by one Gather, the sign folded into sin.
-    cos and sin hold each frequency twice, as diffusers' WanRotaryPosEmbed makes them
-    (repeat_interleave_real). The products and sums are those of diffusers' strided
-    writes (bit-equal in torch). An unbind/stack form exports to a Split and a Concat
-    that cost OpenVINO 3.5x more (82 against 24 ms for one layer's q and k at 1280
-    tokens, fp32)."""
-    d = x.shape[-1]
+def _rotary(cos, sin, dtype):
+    """diffusers' Wan rotary embedding on interleaved pairs (x[2i], x[2i+1]) as a function
+    ``x -> x * cos + swap(x) * sin``: each pair swapped by one Gather, the sign folded into
+    sin once for q and k. cos and sin hold each frequency twice, as diffusers'
+    WanRotaryPosEmbed makes them (repeat_interleave_real). The products and sums are those
+    of diffusers' strided writes (bit-equal in torch). An unbind/stack form exports to a
+    Split and a Concat that cost OpenVINO 3.5x more (82 against 24 ms for one layer's q
+    and k at 1280 tokens, fp32)."""
+    d = cos.shape[-1]
     swap = torch.arange(d).view(-1, 2).flip(-1).flatten()  # 1, 0, 3, 2, ...: the head dim is a weight shape
-    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype).repeat(d // 2)
-    return x * cos.to(x.dtype) + x.index_select(-1, swap) * (sin.to(x.dtype) * sign)
+    cos, sin = cos.to(dtype), sin.to(dtype) * torch.tensor([-1.0, 1.0], dtype=dtype).repeat(d // 2)
+    return lambda x: x * cos + x.index_select(-1, swap) * sin
 
 
 class WanAttentionGraph:
@@ -54,7 +55,8 @@ class WanAttentionGraph:
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
         if rotary_emb is not None:
-            q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
+            rotate = _rotary(*rotary_emb, q.dtype)
+            q, k = rotate(q), rotate(k)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attention_mask)
         return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
 
