@@ -33,6 +33,7 @@ STAGES = {
     "text-to-video-sd": ("text_encoder", "unet", "vae_decoder"),
     "animatediff": ("text_encoder", "unet", "vae_decoder"),
     "wan": ("text_encoder", "transformer", "vae_decoder"),
+    "ltx": ("text_encoder", "transformer", "vae_decoder"),
 }
 SCHEMA = 2  # 2: every timed run's value ("samples"), "case", "machine"; readers take 1 too (benchmarks/results.py)
 BENCH_FRAMES = 14  # the main job's frames: svd-xt's 25 would not fit the time limit on a 2-core CPU

@@ -23,7 +23,7 @@ SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler", "flow-eu
 # Flow-matching models (Wan) predict a velocity: the folder's scheduler (UniPC on flow
 # sigmas) or flow-matching Euler.
 SAMPLERS_FOR = {"image-to-video": ("euler", "animatelcm"), "text-to-video": ("ddim", "lcm", "dpm++", "euler", "scheduler"),
-                "wan": ("scheduler", "flow-euler")}
+                "wan": ("scheduler", "flow-euler"), "ltx": ("flow-euler", "scheduler")}
 # A model folder's scheduler class -> the sampler that steps as it does.
 DEFAULT_FOR_SCHEDULER = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "LCMScheduler": "lcm",
                          "FlowMatchEulerDiscreteScheduler": "flow-euler"}
@@ -166,16 +166,18 @@ class FlowEulerSampler(Sampler):
                 raise VidrtError("flow-euler sampler: the model's scheduler does not predict flow; use --sampler scheduler")
             config = {"num_train_timesteps": config.get("num_train_timesteps", 1000),
                       "shift": config.get("flow_shift", config.get("shift", 1.0))}
-        if config.get("stochastic_sampling") or config.get("use_dynamic_shifting"):
-            raise VidrtError("flow-euler sampler: stochastic sampling and dynamic shifting are not supported; "
-                             "use --sampler scheduler")
+        if config.get("stochastic_sampling"):
+            raise VidrtError("flow-euler sampler: stochastic sampling is not supported; use --sampler scheduler")
         self.config = config
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def set_timesteps(self, num_inference_steps: int, sigmas=None, mu: float | None = None) -> None:
+        """The schedule of diffusers' ``set_timesteps``: ``sigmas`` as the pipeline hands them
+        (LTX: a linspace), ``mu`` the shift of a dynamically shifted schedule."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.config)
-        scheduler.set_timesteps(_check_steps(num_inference_steps))
+        _check_steps(num_inference_steps)
+        scheduler.set_timesteps(num_inference_steps, sigmas=sigmas, mu=_shift(scheduler, mu))
         self.sigmas = scheduler.sigmas.to(torch.float32)
         self.timesteps = scheduler.timesteps.to(torch.float32)
         s = self.sigmas.tolist()
@@ -262,9 +264,14 @@ class DDIMSampler(_LinearStepSampler):
     name = "ddim"
     scheduler_class = "DDIMScheduler"
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def set_timesteps(self, num_inference_steps: int, **schedule) -> None:
+        """``schedule``: what the pipeline hands diffusers' ``set_timesteps`` besides the
+        step count (LTX: sigmas and mu), kept for every request's fresh start."""
         sch = self.scheduler
-        sch.set_timesteps(_check_steps(num_inference_steps))
+        self._schedule = schedule
+        if "mu" in schedule:
+            schedule = dict(schedule, mu=_shift(sch, schedule["mu"]))
+        sch.set_timesteps(_check_steps(num_inference_steps), **schedule)
         self.timesteps = sch.timesteps.to(torch.float32)
         stride = sch.config.num_train_timesteps // sch.num_inference_steps
         ac = sch.alphas_cumprod.double()
@@ -299,9 +306,14 @@ class LCMSampler(_LinearStepSampler):
     scheduler_class = "LCMScheduler"
     needs_noise = True
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def set_timesteps(self, num_inference_steps: int, **schedule) -> None:
+        """``schedule``: what the pipeline hands diffusers' ``set_timesteps`` besides the
+        step count (LTX: sigmas and mu), kept for every request's fresh start."""
         sch = self.scheduler
-        sch.set_timesteps(_check_steps(num_inference_steps))
+        self._schedule = schedule
+        if "mu" in schedule:
+            schedule = dict(schedule, mu=_shift(sch, schedule["mu"]))
+        sch.set_timesteps(_check_steps(num_inference_steps), **schedule)
         ts = sch.timesteps.tolist()
         self.timesteps = sch.timesteps.to(torch.float32)
         ac = sch.alphas_cumprod.double()
@@ -347,10 +359,16 @@ class SchedulerSampler(Sampler):
         self.scheduler = cls.from_config(_public(scheduler_config), **overrides)
         self._i = 0
         self._kwargs = {}
+        self._schedule = {}
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def set_timesteps(self, num_inference_steps: int, **schedule) -> None:
+        """``schedule``: what the pipeline hands diffusers' ``set_timesteps`` besides the
+        step count (LTX: sigmas and mu), kept for every request's fresh start."""
         sch = self.scheduler
-        sch.set_timesteps(_check_steps(num_inference_steps))
+        self._schedule = schedule
+        if "mu" in schedule:
+            schedule = dict(schedule, mu=_shift(sch, schedule["mu"]))
+        sch.set_timesteps(_check_steps(num_inference_steps), **schedule)
         self.timesteps = sch.timesteps.to(torch.float32)
         self.init_noise_sigma = float(sch.init_noise_sigma)
         probe = copy.deepcopy(sch)
@@ -364,7 +382,7 @@ class SchedulerSampler(Sampler):
     def begin(self, generator) -> None:
         import inspect
 
-        self.set_timesteps(self.num_steps)  # fresh solver history per request
+        self.set_timesteps(self.num_steps, **self._schedule)  # fresh solver history per request
         params = inspect.signature(self.scheduler.step).parameters
         self._kwargs = ({"generator": generator} if "generator" in params else {}) | ({"eta": 0.0} if "eta" in params else {})
         self._i = 0
@@ -382,6 +400,16 @@ class SchedulerSampler(Sampler):
         return x.copy_(prev)
 
 
+def _shift(scheduler, mu: float | None) -> float | None:
+    """``mu`` for a dynamically shifted flow schedule (None otherwise)."""
+    if not getattr(scheduler.config, "use_dynamic_shifting", False):
+        return None
+    if mu is None:
+        raise VidrtError(f"{type(scheduler).__name__} shifts its schedule by the latent size (use_dynamic_shifting); "
+                         "this model's pipeline must pass mu")
+    return mu
+
+
 def _public(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -396,7 +424,7 @@ def check_sampler(name: str | None, kind: str) -> None:
     """Raises VidrtError when sampler ``name`` does not fit a model of ``kind``."""
     allowed = SAMPLERS_FOR.get(kind, SAMPLERS_FOR["text-to-video"])
     if name is not None and name not in allowed:
-        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan"}.get(kind, "text-to-video")
+        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan", "ltx": "LTX-Video"}.get(kind, "text-to-video")
         raise VidrtError(f"--sampler {name} is not for {what} models; choose one of {', '.join(allowed)}")
 
 

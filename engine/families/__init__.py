@@ -20,6 +20,7 @@ PIPELINE_CLASSES = {
     "AnimateDiffPipeline": "t2v",
     "StableDiffusionPipeline": "t2v",  # with a motion adapter: AnimateDiff
     "WanPipeline": "wan",
+    "LTXPipeline": "ltx",
 }
 
 # model kind (``model.kind``) -> (family, its pipeline class)
@@ -28,9 +29,10 @@ KINDS = {
     "text-to-video-sd": ("t2v", "TextToVideoPipeline"),
     "animatediff": ("t2v", "TextToVideoPipeline"),
     "wan": ("wan", "WanTextToVideoPipeline"),
+    "ltx": ("ltx", "LTXTextToVideoPipeline"),
 }
 
-FAMILIES = ("svd", "t2v", "wan")
+FAMILIES = ("svd", "t2v", "wan", "ltx")
 
 
 def family_module(family: str, part: str):

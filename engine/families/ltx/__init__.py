@@ -1,0 +1,1 @@
+"""LTX-Video text to video (diffusers LTXPipeline): T5, LTXVideoTransformer3DModel, the LTX video VAE."""

@@ -1,0 +1,230 @@
+"""What vidrt needs to know about an LTX-Video text-to-video folder (diffusers'
+LTXPipeline: a T5 text encoder, LTXVideoTransformer3DModel, AutoencoderKLLTXVideo), and
+its component descriptions. JSON configs only; no torch model is built.
+
+The components: ``text_encoder`` (token ids -> hidden states; LTXPipeline passes no mask,
+so it runs at max_sequence_length), ``transformer`` on latents [B, C, F, h, w] (packed
+inside the graph, as diffusers packs them before the call) and ``vae_decoder``, the
+whole latent clip in one call (diffusers decodes it so; the decoder is not causal), at
+a per-video decode timestep when the VAE is timestep-conditioned (LTX-Video 0.9.1+).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from ...components import ComponentSpec, DimRange, TensorSpec
+from ...errors import VidrtError
+from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin
+from ...model_folder import read_json as _read_json
+
+MAX_LATENT_FRAMES = 32
+MAX_TEXT_LENGTH = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class LTXModel(ModelFolderMixin):
+    """Configs of an LTXPipeline folder (model_index.json layout)."""
+
+    folder: Path
+    transformer: dict
+    vae: dict
+    text_encoder: dict
+    tokenizer: dict
+    scheduler: dict
+    preset: dict | None
+
+    kind = "ltx"
+    pipeline_class = "LTXPipeline"
+    denoiser = "transformer"
+    denoisers = quantizable = ("transformer",)
+    fp16_fp32_layers = ("*norm*",)  # TensorRT fp16: RMS and layer norms in fp32, as diffusers skips casting them
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, index: dict | None = None) -> "LTXModel":
+        """Reads the configs of a diffusers LTXPipeline folder.
+
+        Raises:
+            VidrtError: the folder or one of its config files is missing or malformed,
+                or it is an LTX variant vidrt does not serve.
+        """
+        folder = Path(folder)
+        index = index or _read_json(folder / "model_index.json", folder)
+        transformer = _read_json(folder / "transformer" / "config.json", folder)
+        vae = _read_json(folder / "vae" / "config.json", folder)
+        if any(vae.get("decoder_inject_noise") or ()):
+            raise VidrtError(f"{folder}: this LTX VAE decoder injects noise (decoder_inject_noise, LTX-Video 0.9.1), "
+                             "which diffusers draws from torch's global generator; vidrt serves decoders without it "
+                             "(LTX-Video 0.9.0's) for now")
+        if transformer.get("patch_size", 1) != 1 or transformer.get("patch_size_t", 1) != 1:
+            raise VidrtError(f"{folder}: an LTX transformer with patch sizes other than 1; every released LTX-Video "
+                             "has 1 and vidrt exports only those")
+        preset_file = folder / PRESET_MARKER
+        return cls(
+            folder=folder,
+            transformer=transformer,
+            vae=vae,
+            text_encoder=_read_json(folder / "text_encoder" / "config.json", folder),
+            tokenizer=_read_json(folder / "tokenizer" / "tokenizer_config.json", folder),
+            scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
+            preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+        )
+
+    components = ("text_encoder", "transformer", "vae_decoder")
+
+    @property
+    def unet(self) -> dict:
+        """The denoiser's config (the name the shared checks and tools read)."""
+        return self.transformer
+
+    @property
+    def weights_folder(self) -> dict[str, str]:
+        return {"text_encoder": "text_encoder", "transformer": "transformer", "vae_decoder": "vae"}
+
+    @property
+    def torch_classes(self) -> dict[str, tuple[str, str, str]]:
+        """component -> (library, torch module class, subfolder)."""
+        encoder = self.text_encoder.get("architectures", ["T5EncoderModel"])[0]
+        return {"text_encoder": ("transformers", encoder, "text_encoder"),
+                "transformer": ("diffusers", "LTXVideoTransformer3DModel", "transformer"),
+                "vae_decoder": ("diffusers", "AutoencoderKLLTXVideo", "vae")}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """AutoencoderKLLTXVideo.spatial_compression_ratio (32 for LTX-Video)."""
+        scaling = self.vae.get("spatio_temporal_scaling", (True, True, True, False))
+        return int(self.vae.get("spatial_compression_ratio") or self.vae.get("patch_size", 4) * 2 ** sum(scaling))
+
+    @property
+    def temporal_factor(self) -> int:
+        """AutoencoderKLLTXVideo.temporal_compression_ratio (8 for LTX-Video)."""
+        scaling = self.vae.get("spatio_temporal_scaling", (True, True, True, False))
+        return int(self.vae.get("temporal_compression_ratio") or self.vae.get("patch_size_t", 1) * 2 ** sum(scaling))
+
+    @property
+    def timestep_conditioning(self) -> bool:
+        return bool(self.vae.get("timestep_conditioning", False))
+
+    @property
+    def unet_up_factor(self) -> int:
+        return 1  # patch size 1: every latent position is a token
+
+    @property
+    def pixel_multiple(self) -> int:
+        """LTXPipeline.check_inputs asks for multiples of 32 (and the VAE needs its ratio)."""
+        return math.lcm(32, self.vae_scale_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.get("in_channels", 128))
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_encoder.get("d_model", 4096))
+
+    default_num_frames = 161
+    default_size = (512, 704)
+    default_guidance_scale = 3.0
+    max_text_length = MAX_TEXT_LENGTH
+
+    @property
+    def max_frames(self) -> int:
+        return self.temporal_factor * (MAX_LATENT_FRAMES - 1) + 1
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of an 8k+1-frame video: the LTX VAE keeps the first, packs 8 per latent."""
+        return (num_frames - 1) // self.temporal_factor + 1
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raises VidrtError unless num_frames is (temporal ratio)k+1 within the model's range."""
+        k = self.temporal_factor
+        if num_frames < 1 or (num_frames - 1) % k or num_frames > self.max_frames:
+            near = max(1, min(self.max_frames, (num_frames - 1) // k * k + 1))
+            raise VidrtError(f"num_frames={num_frames}: LTX-Video makes {k}k+1 frames (1, {k + 1}, {2 * k + 1}, ... "
+                             f"{self.max_frames}); try {near}")
+
+    def check_ranges(self, videos, do_cfg, frames, height, width, chunk=None, text_length=None) -> None:
+        """Raises VidrtError naming the first size outside a component's declared range."""
+        self.check_frames(frames)
+        m = self.pixel_multiple
+        if height % m or width % m or height < m or width < m:
+            raise VidrtError(f"height and width must be positive multiples of {m} for LTX-Video, got {height}x{width}; "
+                             f"try {max(m, height // m * m)}x{max(m, width // m * m)}")
+        s = self.vae_scale_factor
+        rows = videos * (2 if do_cfg else 1)
+        length = 128 if text_length is None else text_length
+        specs = self.specs()
+        specs["text_encoder"].check({"B": rows, "L": length})
+        specs["transformer"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
+                                    "L": length})
+        specs["vae_decoder"].check({"B": 1, "F": self.latent_frames(frames), "h": height // s, "w": width // s})
+
+    def specs(self) -> dict[str, ComponentSpec]:
+        return {"text_encoder": text_encoder_spec(self), "transformer": transformer_spec(self),
+                "vae_decoder": vae_decoder_spec(self)}
+
+
+def read_folder(folder: Path, index: dict, motion_adapter=None) -> LTXModel:
+    """The family's entry point for vidrt.models.read_model."""
+    if motion_adapter is not None:
+        raise VidrtError("--motion-adapter goes with a Stable Diffusion or AnimateDiff folder, not an LTXPipeline")
+    return LTXModel.from_folder(folder, index)
+
+
+def text_encoder_spec(m: LTXModel) -> ComponentSpec:
+    """T5 encoder: token ids (padded to max_sequence_length, no mask) -> last hidden states."""
+    vocab = int(m.text_encoder.get("vocab_size", 32128))
+    return ComponentSpec(
+        name="text_encoder",
+        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab),),
+        outputs=(TensorSpec("last_hidden_state", ("B", "L", m.text_dim)),),
+        ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
+        opt={"B": 2, "L": 128},
+    )
+
+
+def transformer_spec(m: LTXModel) -> ComponentSpec:
+    """Latents, the step's timestep, the text states with their mask (both guidance halves
+    stacked in the batch) and LTXPipeline's rope_interpolation_scale -> the flow prediction."""
+    c = m.latent_channels
+    s = m.vae_scale_factor
+    return ComponentSpec(
+        name="transformer",
+        inputs=(
+            TensorSpec("sample", ("B", c, "F", "h", "w")),
+            TensorSpec("timestep", (1,), value=500.0),
+            TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
+            TensorSpec("encoder_attention_mask", ("B", "L"), "int64", high=2),
+            TensorSpec("rope_interpolation_scale", (3,), value=float(s)),
+        ),
+        outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
+        ranges={"B": DimRange(1, MAX_BATCH), "F": DimRange(1, MAX_LATENT_FRAMES),
+                "h": DimRange(1, MAX_PIXELS // s), "w": DimRange(1, MAX_PIXELS // s),
+                "L": DimRange(1, m.max_text_length)},
+        # tuned for diffusers' default request, 161 frames at 512x704
+        opt={"B": 2, "F": min(m.latent_frames(m.default_num_frames), MAX_LATENT_FRAMES), "h": 512 // s, "w": 704 // s,
+             "L": 128},
+    )
+
+
+def vae_decoder_spec(m: LTXModel) -> ComponentSpec:
+    """A whole latent clip [B, C, F, h, w] as the loop leaves it (the graph denormalises it)
+    and, for a timestep-conditioned decoder, the decode noise, its [B] scale and the [B]
+    decode timestep -> frames in [-1, 1]."""
+    s, k = m.vae_scale_factor, m.temporal_factor
+    latent = ("B", int(m.vae.get("latent_channels", 128)), "F", "h", "w")
+    inputs = (TensorSpec("latents", latent),)
+    if m.timestep_conditioning:
+        inputs += (TensorSpec("timestep", ("B",), value=0.05), TensorSpec("noise", latent),
+                   TensorSpec("noise_scale", ("B",), value=0.025))
+    return ComponentSpec(
+        name="vae_decoder",
+        inputs=inputs,
+        outputs=(TensorSpec("frames", ("B", 3, f"(F-1)*{k}+1", f"h*{s}", f"w*{s}")),),
+        ranges={"B": DimRange(1, MAX_BATCH), "F": DimRange(1, MAX_LATENT_FRAMES),
+                "h": DimRange(1, MAX_PIXELS // s), "w": DimRange(1, MAX_PIXELS // s)},
+        opt={"B": 1, "F": min(m.latent_frames(m.default_num_frames), MAX_LATENT_FRAMES), "h": 512 // s, "w": 704 // s},
+    )

@@ -1,0 +1,200 @@
+"""LTXTextToVideoPipeline: diffusers' LTXPipeline on compiled engines.
+
+As diffusers does: prompts are tokenized to ``max_sequence_length`` and encoded with the
+padding attended (LTXPipeline passes T5 no mask), the mask reaching the transformer's
+cross-attention only; latents are drawn [V, C, F, h, w] from the request's generator;
+the flow schedule is the folder's FlowMatchEuler on ``linspace(1, 1/n, n)`` shifted by
+``mu`` from the latent token count; after the loop the latents are denormalised and,
+for a timestep-conditioned VAE, blended with fresh noise at ``decode_noise_scale`` and
+decoded at ``decode_timestep``. Unlike diffusers, the prompt and negative prompt are
+encoded in one call and both guidance halves run in one transformer call per step;
+latents stay unpacked ([V, C, F, h, w]) between steps (the flow step is elementwise,
+so the packing is the transformer graph's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...errors import VidrtError
+from ...loop import Conditioning, denoise
+from ...pipeline_base import (
+    BasePipeline,
+    StageTimings,
+    VideoPipelineOutput,
+    as_prompts,
+    check_finite,
+    check_request,
+    initial_latents,
+    load_tokenizer,
+    negatives_for,
+)
+from ...samplers import draw_noise, make_sampler
+
+
+class LTXTextToVideoPipeline(BasePipeline):
+    """LTX-Video text-to-video generation on compiled engines; built by
+    ``VideoPipeline.from_pretrained`` from an LTXPipeline folder."""
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.tokenizer = load_tokenizer(model.folder)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int = 512,
+        width: int = 704,
+        num_frames: int = 161,
+        frame_rate: int = 25,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 3.0,
+        guidance_rescale: float = 0.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        decode_timestep: float | list[float] = 0.0,
+        decode_noise_scale: float | list[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        max_sequence_length: int = 128,
+        progress: bool = False,
+    ):
+        """Generates videos from text, as diffusers' LTXPipeline does.
+
+        Args mirror LTXPipeline.__call__, with its defaults. ``guidance_scale`` <= 1 turns
+        guidance off; ``guidance_rescale`` must be 0 (vidrt does not rescale yet).
+        ``latents`` are diffusers' packed [videos, F*h*w, C]; ``decode_timestep`` and
+        ``decode_noise_scale`` (default: the timestep) apply to a timestep-conditioned VAE,
+        one value or one per video.
+
+        Returns:
+            VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
+            [B, F, 3, H, W] (pt) or packed latents (latent).
+
+        Raises:
+            VidrtError: invalid arguments (frames not 8k+1, sizes not multiples of 32, ...)
+                or a shape outside the engines' ranges.
+        """
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
+
+    def _generate(self, prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps,
+                  guidance_scale, guidance_rescale, num_videos_per_prompt, generator, latents, decode_timestep,
+                  decode_noise_scale, output_type, return_dict, max_sequence_length, progress):
+        start = self._now()
+        m = self.model
+        prompts = as_prompts(prompt, "prompt")
+        negatives = negatives_for(negative_prompt, len(prompts))
+        check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
+        check_finite(guidance_scale=guidance_scale, frame_rate=frame_rate)
+        if guidance_rescale != 0.0:
+            raise VidrtError(f"guidance_rescale={guidance_rescale!r}: vidrt runs LTX-Video without guidance rescaling; "
+                             "pass 0.0")
+        if frame_rate <= 0:
+            raise VidrtError(f"frame_rate={frame_rate!r}: must be positive (LTX-Video's default is 25)")
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
+                1 <= max_sequence_length <= m.max_text_length):
+            raise VidrtError(f"max_sequence_length={max_sequence_length!r}: must be a whole number in 1..{m.max_text_length}")
+        videos = len(prompts) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != videos:
+            raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
+        decode_t, decode_scale = _decode_values(decode_timestep, decode_noise_scale, videos)
+        do_cfg = guidance_scale > 1.0
+        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=max_sequence_length)
+        s, k = m.vae_scale_factor, m.temporal_factor
+        grid = (m.latent_frames(num_frames), height // s, width // s)
+        sampler = self._sampler(num_inference_steps, int(np.prod(grid)))
+        self.timings = StageTimings()
+
+        embeds, mask = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, max_sequence_length)
+        scale = torch.tensor([k / frame_rate, s, s], dtype=torch.float32, device=self.device)
+        cond = Conditioning({"encoder_hidden_states": embeds, "encoder_attention_mask": mask,
+                             "rope_interpolation_scale": scale}, channel_axis=1)
+        shape = (videos, m.latent_channels, *grid)
+        latents = initial_latents(shape, _unpacked(latents, shape), generator, sampler.init_noise_sigma).to(self.device)
+        guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
+        latents = denoise(self.engines["transformer"], sampler, latents, cond, guidance, generator,
+                          self.timings.unet_steps, progress=progress, state=self.loop_state)
+        if output_type == "latent":
+            frames = latents.flatten(2).transpose(1, 2)  # diffusers' packed layout
+        else:
+            frames = self.video_processor.postprocess_video(video=self._decode(latents, generator, decode_t, decode_scale),
+                                                            output_type=output_type)
+        self.timings.end_to_end = self._now() - start
+        return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
+
+    def _sampler(self, steps: int, tokens: int):
+        """The folder's flow schedule as LTXPipeline sets it: sigmas linspace(1, 1/n, n),
+        shifted by ``mu`` (calculate_shift of the latent token count)."""
+        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+        cfg = self.model.scheduler
+        sampler = make_sampler(self.sampler_name, cfg)
+        mu = calculate_shift(tokens, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        sampler.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / max(steps, 1), steps), mu=mu)
+        return sampler
+
+    def _encode(self, prompts, negatives, per_prompt: int, length: int):
+        """Prompt states [(2)·V, length, D] and masks [(2)·V, length]: negatives first when
+        guiding, each prompt's videos adjacent; one text encoder call at ``length`` (T5
+        attends the padding, as in diffusers, so the length is the request's)."""
+        texts = (negatives or []) + prompts
+        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                             return_tensors="pt")
+        from ..wan.pipeline import _warn_truncated
+
+        _warn_truncated(self.tokenizer, texts, length)
+        t0 = self._now()
+        states = self.engines["text_encoder"](input_ids=tok.input_ids.to(torch.int64).to(self.device))["last_hidden_state"]
+        self.timings.text_encoder = self._now() - t0
+        mask = tok.attention_mask.to(torch.int64).to(self.device)
+        return (states.repeat_interleave(per_prompt, dim=0).contiguous(),
+                mask.repeat_interleave(per_prompt, dim=0).contiguous())
+
+    def _decode(self, latents, generator, decode_t, decode_scale) -> torch.Tensor:
+        """LTXPipeline's decode, one decoder call per video: the graph denormalises the
+        latents and, for a timestep-conditioned VAE, blends in noise drawn here from the
+        request's generator after the loop, as diffusers draws it. Returns [V, 3, F, H, W]."""
+        vae = self.engines["vae_decoder"]
+        feeds = {"latents": latents}
+        if self.model.timestep_conditioning:
+            feeds |= {"noise": draw_noise(latents.shape, generator).to(self.device),
+                      "timestep": torch.tensor(decode_t, dtype=torch.float32, device=self.device),
+                      "noise_scale": torch.tensor(decode_scale, dtype=torch.float32, device=self.device)}
+        t0 = self._now()
+        out = [vae(**{n: f[i : i + 1].contiguous() for n, f in feeds.items()})["frames"] for i in range(len(latents))]
+        self.timings.vae_decoder = self._now() - t0
+        return torch.cat(out)
+
+
+def _decode_values(decode_timestep, decode_noise_scale, videos: int) -> tuple[list[float], list[float]]:
+    """Per-video decode timestep and noise scale (the scale defaults to the timestep, as in
+    diffusers); one value or a list of one per video."""
+
+    def per_video(value, name):
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * videos
+        if len(values) != videos:
+            raise VidrtError(f"{name}: {len(values)} values for {videos} videos; pass one, or one per video")
+        check_finite(**{f"{name}[{i}]": v for i, v in enumerate(values)})
+        return [float(v) for v in values]
+
+    timesteps = per_video(decode_timestep, "decode_timestep")
+    return timesteps, timesteps if decode_noise_scale is None else per_video(decode_noise_scale, "decode_noise_scale")
+
+
+def _unpacked(latents, shape):
+    """User latents in diffusers' packed layout [V, F*h*w, C] as [V, C, F, h, w]."""
+    if latents is None:
+        return None
+    if isinstance(latents, np.ndarray):
+        latents = torch.from_numpy(np.ascontiguousarray(latents))
+    v, c, *grid = shape
+    packed = (v, int(np.prod(grid)), c)
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != packed:
+        got = list(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
+        raise VidrtError(f"latents: LTX-Video takes diffusers' packed latents of shape {list(packed)}, got {got}")
+    return latents.transpose(1, 2).reshape(shape)

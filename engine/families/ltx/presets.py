@@ -1,0 +1,53 @@
+"""Offline LTX-Video presets: seeded random weights and a T5-format tokenizer trained here.
+
+``tiny-ltx`` has the sizes of diffusers' LTXPipeline fast tests (a 2-layer transformer of
+width 32, an 8-channel VAE), with a timestep-conditioned decoder so the decode timestep
+and decode noise are exercised, its latents_mean/latents_std random so the
+denormalisation is, and LTX-Video's own scheduler (FlowMatchEuler with dynamic
+shifting, as diffusers' conversion script saves it).
+"""
+
+from __future__ import annotations
+
+# As LTX-Video ships it (diffusers scripts/convert_ltx_to_diffusers.py).
+LTX_SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05, "base_image_seq_len": 1024,
+                 "max_image_seq_len": 4096, "shift_terminal": 0.1}
+
+_TINY_TRANSFORMER = {"in_channels": 8, "out_channels": 8, "patch_size": 1, "patch_size_t": 1, "num_attention_heads": 4,
+                     "attention_head_dim": 8, "cross_attention_dim": 32, "num_layers": 2, "caption_channels": 32}
+# Spatial ratio 2 x 2**2 = 8 (the pixel-shuffle patch exercised), temporal 4.
+_TINY_VAE = {"latent_channels": 8, "block_out_channels": (8, 8, 8, 8), "decoder_block_out_channels": (8, 8, 8, 8),
+             "spatio_temporal_scaling": (True, True, False, False),
+             "decoder_spatio_temporal_scaling": (True, True, False, False),
+             "layers_per_block": (1, 1, 1, 1, 1), "decoder_layers_per_block": (1, 1, 1, 1, 1), "patch_size": 2,
+             "patch_size_t": 1, "encoder_causal": True, "decoder_causal": False, "timestep_conditioning": True}
+_TINY_T5 = {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 4, "relative_attention_num_buckets": 8,
+            "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
+
+PRESETS = {
+    "tiny-ltx": {"transformer": _TINY_TRANSFORMER, "vae": _TINY_VAE, "text_encoder": _TINY_T5,
+                 "scheduler": LTX_SCHEDULER},
+}
+
+
+def build_random_pipeline(name: str, seed: int):
+    """Builds a diffusers LTXPipeline with seeded random weights."""
+    import torch
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from ..wan.presets import train_tokenizer
+
+    cfg = PRESETS[name]
+    tokenizer = train_tokenizer(max_length=128)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        text_encoder = T5EncoderModel(T5Config(vocab_size=max(len(tokenizer), 128), **cfg["text_encoder"],
+                                               pad_token_id=0, eos_token_id=1)).eval()
+        vae = AutoencoderKLLTXVideo(**cfg["vae"]).eval()
+        channels = vae.latents_mean.shape[0]
+        vae.latents_mean.copy_(0.1 * torch.randn(channels))
+        vae.latents_std.copy_(0.5 + torch.rand(channels))
+        transformer = LTXVideoTransformer3DModel(**cfg["transformer"]).eval()
+    return LTXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(**cfg["scheduler"]))

@@ -1,0 +1,158 @@
+"""Exportable graphs of the LTX-Video family's components (diffusers LTXPipeline).
+
+diffusers' LTX transformer takes packed latents [B, F*h*w, C] and the latent grid's
+sizes as Python numbers, so a trace would freeze them. Here the transformer takes
+[B, C, F, h, w] latents, packs them itself, and builds its rotary table from the
+input's shape and a ``rope_interpolation_scale`` input (LTXPipeline's: VAE temporal
+ratio / frame rate, the spatial ratio twice) with diffusers' arithmetic; ``torch.nn.RMSNorm`` and the rotary embedding's
+unbind/stack are replaced as for Wan (export/wan_graphs.py). The tests compare each
+graph with diffusers' own modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .wan_graphs import RMSNormGraph, _rotary
+
+
+class LTXAttentionGraph:
+    """LTXVideoAttnProcessor: projections, q/k RMS norms across heads, rotary embedding on
+    the whole inner dim (self-attention), SDPA with an additive text mask (cross-attention)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if image_rotary_emb is not None:
+            q, k = image_rotary_emb(q), image_rotary_emb(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        mask = attention_mask[:, None] if attention_mask is not None else None  # [B, 1, 1, L] over the heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
+
+
+def ltx_rotary(rope, frames, height, width, scale, device):
+    """diffusers' LTXVideoRotaryPosEmbed over a frames x height x width latent grid, the
+    sizes traced from the input's shape: coordinates scaled as its
+    ``_prepare_video_coords`` scales them (by ``scale``, the [3] rope_interpolation_scale),
+    frequencies as its ``forward`` makes them. Returns the ``x -> x * cos + swap(x) * sin``
+    rotation."""
+    f = torch.arange(frames, dtype=torch.float32, device=device) * scale[0] * rope.patch_size_t / rope.base_num_frames
+    h = torch.arange(height, dtype=torch.float32, device=device) * scale[1] * rope.patch_size / rope.base_height
+    w = torch.arange(width, dtype=torch.float32, device=device) * scale[2] * rope.patch_size / rope.base_width
+    grid = torch.stack(torch.meshgrid(f, h, w, indexing="ij"), dim=-1).flatten(0, 2)  # [N, 3]
+    freqs = rope.theta ** torch.linspace(math.log(1.0, rope.theta), math.log(rope.theta, rope.theta), rope.dim // 6,
+                                         dtype=torch.float32)
+    freqs = (freqs * math.pi / 2.0) * (grid.unsqueeze(-1) * 2 - 1)  # [N, 3, dim // 6]
+    freqs = freqs.transpose(-1, -2).flatten(1)
+    cos = freqs.cos().unsqueeze(-1).expand(-1, -1, 2).flatten(1)  # each frequency twice, as repeat_interleave
+    sin = freqs.sin().unsqueeze(-1).expand(-1, -1, 2).flatten(1)
+    pad = rope.dim % 6
+    if pad:
+        cos = torch.cat([torch.ones_like(cos[:, :pad]), cos], dim=-1)
+        sin = torch.cat([torch.zeros_like(sin[:, :pad]), sin], dim=-1)
+    return _rotary(cos[None], sin[None], torch.float32)
+
+
+class LTXTransformerGraph(torch.nn.Module):
+    """LTXVideoTransformer3DModel on [B, C, F, h, w] latents: one timestep for the whole
+    batch, [B, L, D] text states and their [B, L] mask, LTXPipeline's [3]
+    rope_interpolation_scale."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        for parent in list(transformer.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.RMSNorm:
+                    setattr(parent, name, RMSNormGraph(child))
+        for module in transformer.modules():
+            if hasattr(module, "set_processor") and hasattr(module, "norm_q"):
+                module.set_processor(LTXAttentionGraph())
+        self.transformer = transformer
+        cfg = transformer.config
+        if cfg.patch_size != 1 or cfg.patch_size_t != 1:
+            raise NotImplementedError("vidrt exports LTX transformers with patch sizes 1 (every released LTX-Video)")
+
+    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, rope_interpolation_scale):
+        t = self.transformer
+        b, c, frames, height, width = sample.shape
+        x = sample.flatten(2).transpose(1, 2)  # LTXPipeline._pack_latents at patch size 1: [B, F*h*w, C]
+        rotate = ltx_rotary(t.rope, frames, height, width, rope_interpolation_scale, sample.device)
+        mask = ((1 - encoder_attention_mask.to(x.dtype)) * -10000.0).unsqueeze(1)  # [B, 1, L], as diffusers
+        x = t.proj_in(x)
+        temb, embedded = t.time_embed(timestep.expand(b), batch_size=b, hidden_dtype=x.dtype)
+        temb, embedded = temb.view(b, -1, temb.size(-1)), embedded.view(b, -1, embedded.size(-1))
+        text = t.caption_projection(encoder_hidden_states).view(b, -1, x.size(-1))
+        for block in t.transformer_blocks:
+            x = block(hidden_states=x, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotate,
+                      encoder_attention_mask=mask)
+        shift_scale = t.scale_shift_table[None, None] + embedded[:, :, None]
+        x = t.norm_out(x) * (1 + shift_scale[:, :, 1]) + shift_scale[:, :, 0]
+        out = t.proj_out(x)
+        return out.transpose(1, 2).unflatten(2, (frames, height, width))
+
+
+class T5Graph(torch.nn.Module):
+    """T5 encoder on token ids alone, as LTXPipeline calls it (no attention mask: the
+    padding to max_sequence_length is attended)."""
+
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        return self.text_encoder(input_ids).last_hidden_state
+
+
+@contextlib.contextmanager
+def _positive_movedim():
+    """``Tensor.movedim`` with its axes made non-negative: the LTX VAE's ``movedim(-1, 1)``
+    otherwise exports to a Transpose with a negative axis in ``perm``, which ONNX forbids
+    (the same permutation either way)."""
+    movedim = torch.Tensor.movedim
+
+    def positive(x, source, destination):
+        return movedim(x, source % x.dim(), destination % x.dim())
+
+    torch.Tensor.movedim = positive
+    try:
+        yield
+    finally:
+        torch.Tensor.movedim = movedim
+
+
+class LTXVaeDecoderGraph(torch.nn.Module):
+    """LTXPipeline's decode of a whole latent clip [B, C, F, h, w]: denormalised with the
+    VAE's latents_mean/latents_std buffers and scaling_factor, then, for a
+    timestep-conditioned decoder, blended with ``noise`` at the [B] ``noise_scale`` and
+    decoded at the [B] decode ``timestep``; frames clamped to [-1, 1]."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.timestep_conditioning = bool(vae.config.timestep_conditioning)
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def forward(self, latents, timestep=None, noise=None, noise_scale=None):
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1)
+        z = latents * std / self.scaling_factor + mean
+        if self.timestep_conditioning:
+            scale = noise_scale[:, None, None, None, None]
+            z = (1 - scale) * z + scale * noise
+        with _positive_movedim():
+            frames = self.vae.decoder(z, timestep if self.timestep_conditioning else None)
+        return frames.clamp(-1.0, 1.0)
+
+
+# (component, torch module class) -> graph
+LTX_GRAPHS = {
+    ("transformer", "LTXVideoTransformer3DModel"): LTXTransformerGraph,
+    ("text_encoder", "T5EncoderModel"): T5Graph,
+    ("vae_decoder", "AutoencoderKLLTXVideo"): LTXVaeDecoderGraph,
+}
