@@ -365,14 +365,16 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
             decode_chunk_size=cfg.decode_chunk_size,
         )
     text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
-    if model.kind == "wan":
-        if cfg.decode_chunk_size is not None:
-            raise VidrtError("--decode-chunk-size: Wan's VAE decodes one latent frame (4 frames) per call, as diffusers does; drop the flag")
-        scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
-        return common | text | dict(num_frames=cfg.frames(model), guidance_scale=scale,
-                                    guidance_scale_2=cfg.guidance_scale_2)
-    if cfg.guidance_scale_2 is not None:
+    if cfg.guidance_scale_2 is not None and model.kind != "wan":
         raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
+    if model.kind in ("wan", "ltx"):  # the diffusion transformers
+        if cfg.decode_chunk_size is not None:
+            how = ("decodes one latent frame (4 frames) per call" if model.kind == "wan"
+                   else "decodes the whole latent clip in one call")
+            raise VidrtError(f"--decode-chunk-size: this model's VAE {how}, as diffusers does; drop the flag")
+        scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
+        extra = dict(guidance_scale_2=cfg.guidance_scale_2) if model.kind == "wan" else {}
+        return common | text | dict(num_frames=cfg.frames(model), guidance_scale=scale) | extra
     return common | text | dict(guidance_scale=cfg.guidance_scale, decode_chunk_size=cfg.decode_chunk_size or 16)
 
 

@@ -370,9 +370,9 @@ class SchedulerSampler(Sampler):
             schedule = dict(schedule, mu=_shift(sch, schedule["mu"]))
         sch.set_timesteps(_check_steps(num_inference_steps), **schedule)
         self.timesteps = sch.timesteps.to(torch.float32)
-        self.init_noise_sigma = float(sch.init_noise_sigma)
+        self.init_noise_sigma = float(getattr(sch, "init_noise_sigma", 1.0))  # flow schedulers have none: 1
         probe = copy.deepcopy(sch)
-        if float(probe.scale_model_input(torch.ones(1), sch.timesteps[0])) != 1.0:
+        if hasattr(probe, "scale_model_input") and float(probe.scale_model_input(torch.ones(1), sch.timesteps[0])) != 1.0:
             raise VidrtError(
                 f"{type(sch).__name__} scales the model input by sigma; vidrt steps sigma-scaled schedulers "
                 "with --sampler euler"

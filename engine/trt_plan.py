@@ -79,8 +79,9 @@ def _dim_sources(component: str, vae_scale: int, temporal: int = 1) -> dict[str,
         return {"B": ("batch", 1, 1, 1), "H": ("height", 1, 1, 1), "W": ("width", 1, 1, 1)}
     if component in ("unet", "transformer", "transformer_2"):
         return {"B": ("batch", 1, 1, 1), "F": ("frames", 1, 1, temporal), **latent}
-    if component in ("vae_decoder", "vae_decoder_chunk") and temporal > 1:  # Wan: one latent frame per call
-        return {"B": ("batch", 1, 1, 1), **latent}
+    if component in ("vae_decoder", "vae_decoder_chunk") and temporal > 1:
+        # Wan: one latent frame per call (no F); LTX: the whole latent clip
+        return {"B": ("batch", 1, 1, 1), "F": ("frames", 1, 1, temporal), **latent}
     if component == "vae_decoder":
         return {"N": ("frames", 1, 1, 1), **latent}
     raise VidrtError(f"unknown component '{component}'")
@@ -140,7 +141,7 @@ def _default_max(component: str, spec: ComponentSpec) -> dict[str, int]:
 def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int,
            temporal: int = 1) -> dict[str, dict[str, int]]:
     """min/opt/max of every dynamic dim of ``spec`` from the user's request."""
-    sources = _dim_sources(component_kind(component), vae_scale, temporal)
+    sources = {d: v for d, v in _dim_sources(component_kind(component), vae_scale, temporal).items() if d in spec.ranges}
     corners = {"min": spec.corner("min"), "opt": spec.corner("opt"), "max": _default_max(component, spec)}
     if request.static is not None:  # dims the user cannot name (text length) sit at their opt
         corners["min"], corners["max"] = dict(corners["opt"]), dict(corners["opt"])

@@ -166,9 +166,14 @@ class LTXTextToVideoPipeline(BasePipeline):
                       "timestep": torch.tensor(decode_t, dtype=torch.float32, device=self.device),
                       "noise_scale": torch.tensor(decode_scale, dtype=torch.float32, device=self.device)}
         t0 = self._now()
-        out = [vae(**{n: f[i : i + 1].contiguous() for n, f in feeds.items()})["frames"] for i in range(len(latents))]
+        out = None
+        for i in range(len(latents)):
+            frames = vae(**{n: f[i : i + 1].contiguous() for n, f in feeds.items()})["frames"]
+            if out is None:
+                out = torch.empty((len(latents), *frames.shape[1:]), device=self.device)
+            out[i] = frames[0]  # copied at once: the engine reuses its output buffer on the next call
         self.timings.vae_decoder = self._now() - t0
-        return torch.cat(out)
+        return out
 
 
 def _decode_values(decode_timestep, decode_noise_scale, videos: int) -> tuple[list[float], list[float]]:
