@@ -122,7 +122,7 @@ class DiffusersBaseline:
                   # both Wan 2.2 experts count as the transformer stage
                   ("transformer", "forward"): "transformer", ("transformer_2", "forward"): "transformer",
                   ("vae", "decode"): "vae_decoder"}
-        if model.kind != "image-to-video":
+        if not model.takes_image:
             del stages[("vae", "encode")]  # text to video never encodes
         for (name, attr), stage in stages.items():
             if getattr(self.pipe, name, None) is not None:

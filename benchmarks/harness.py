@@ -34,6 +34,7 @@ STAGES = {
     "animatediff": ("text_encoder", "unet", "vae_decoder"),
     "wan": ("text_encoder", "transformer", "vae_decoder"),
     "ltx": ("text_encoder", "transformer", "vae_decoder"),
+    "ltx-i2v": ("text_encoder", "vae_encoder", "transformer", "vae_decoder"),
 }
 SCHEMA = 2  # 2: every timed run's value ("samples"), "case", "machine"; readers take 1 too (benchmarks/results.py)
 BENCH_FRAMES = 14  # the main job's frames: svd-xt's 25 would not fit the time limit on a 2-core CPU
@@ -79,6 +80,8 @@ class BenchConfig(RequestOptions):
             return {"image": [image] * self.batch_size if self.batch_size > 1 else image}
         prompt = DEFAULT_PROMPT if self.prompt is None else self.prompt
         out = {"prompt": [prompt] * self.batch_size if self.batch_size > 1 else prompt}
+        if model.takes_image:  # LTX image to video: one image, every video starts from it
+            out["image"] = bench_image(self)
         return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
 
     def request(self, model) -> dict:

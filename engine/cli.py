@@ -326,11 +326,12 @@ def cmd_generate(args) -> int:
     fmt = video_format(cfg.output, cfg.format)
     check_output(cfg.output, fmt)
     model = _check_request_early(cfg)
-    if model.kind == "image-to-video" and cfg.image is None:
+    if model.takes_image and cfg.image is None:
         raise VidrtError(f"{cfg.model} is an image-to-video model: pass --image PATH")
     if model.kind != "image-to-video" and cfg.prompt is None:
-        raise VidrtError(f"{cfg.model} is a text-to-video model: pass --prompt \"...\"")
-    image = load_image(cfg.image) if model.kind == "image-to-video" else None
+        what = "an image-to-video model guided by text" if model.takes_image else "a text-to-video model"
+        raise VidrtError(f"{cfg.model} is {what}: pass --prompt \"...\"")
+    image = load_image(cfg.image) if model.takes_image else None
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
         sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
@@ -367,13 +368,14 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
     text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
     if cfg.guidance_scale_2 is not None and model.kind != "wan":
         raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
-    if model.kind in ("wan", "ltx"):  # the diffusion transformers
+    if model.kind in ("wan", "ltx", "ltx-i2v"):  # the diffusion transformers
         if cfg.decode_chunk_size is not None:
             how = ("decodes one latent frame (4 frames) per call" if model.kind == "wan"
                    else "decodes the whole latent clip in one call")
             raise VidrtError(f"--decode-chunk-size: this model's VAE {how}, as diffusers does; drop the flag")
         scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
         extra = dict(guidance_scale_2=cfg.guidance_scale_2) if model.kind == "wan" else {}
+        extra |= dict(image=image) if image is not None else {}
         return common | text | dict(num_frames=cfg.frames(model), guidance_scale=scale) | extra
     return common | text | dict(guidance_scale=cfg.guidance_scale, decode_chunk_size=cfg.decode_chunk_size or 16)
 

@@ -26,6 +26,7 @@ class ModelFolderMixin:
     graph_variants: dict[str, tuple[str, ...]] = {}  # component -> export variants it has
     denoiser = "unet"  # the component the denoising loop calls (its stage name in timings)
     temporal_factor = 1  # video frames per latent frame (the Wan VAE packs 4 after the first)
+    takes_image = False  # the pipeline's request starts from an image (SVD, LTX image to video)
 
     quantizable = ("unet", "vae_decoder", "image_encoder")  # what the quantization stage calibrates of it
     keep_fp32: tuple[str, ...] = ()  # components kept at fp32 when the rest runs bf16/fp16

@@ -62,7 +62,11 @@ def ltx_rotary(rope, frames, height, width, scale, device):
 class LTXTransformerGraph(torch.nn.Module):
     """LTXVideoTransformer3DModel on [B, C, F, h, w] latents: one timestep for the whole
     batch, [B, L, D] text states and their [B, L] mask, LTXPipeline's [3]
-    rope_interpolation_scale."""
+    rope_interpolation_scale, and a [F] ``frame_mask``, 1 on latent frames that condition
+    the video (int64; LTXImageToVideoPipeline: frame 0, the image's), 0 elsewhere (text to video:
+    all 0). As the image-to-video pipeline does, conditioning tokens see timestep
+    ``t * (1 - mask)`` = 0; their prediction, which diffusers drops before its scheduler
+    step, is returned as 0, so an elementwise flow step leaves those frames unchanged."""
 
     def __init__(self, transformer):
         super().__init__()
@@ -78,23 +82,52 @@ class LTXTransformerGraph(torch.nn.Module):
         if cfg.patch_size != 1 or cfg.patch_size_t != 1:
             raise NotImplementedError("vidrt exports LTX transformers with patch sizes 1 (every released LTX-Video)")
 
-    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, rope_interpolation_scale):
+    def _time_embeddings(self, timestep, frame_mask, tokens_per_frame):
+        """Per-token (temb, embedded timestep) [1, N, .]: the time embedding of t for free
+        tokens and of 0 for conditioning ones, each computed once and gathered (diffusers
+        embeds every token's timestep; the rows are the same)."""
+        t = self.transformer
+        pair = torch.cat([timestep.reshape(1), torch.zeros_like(timestep.reshape(1))])  # [t, 0]
+        temb, embedded = t.time_embed(pair, batch_size=2, hidden_dtype=torch.float32)
+        pick = frame_mask[:, None].expand(-1, tokens_per_frame).flatten()  # [N]: 1 picks the 0-timestep row
+        return temb.index_select(0, pick)[None], embedded.index_select(0, pick)[None]
+
+    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, rope_interpolation_scale,
+                frame_mask):
         t = self.transformer
         b, c, frames, height, width = sample.shape
         x = sample.flatten(2).transpose(1, 2)  # LTXPipeline._pack_latents at patch size 1: [B, F*h*w, C]
         rotate = ltx_rotary(t.rope, frames, height, width, rope_interpolation_scale, sample.device)
         mask = ((1 - encoder_attention_mask.to(x.dtype)) * -10000.0).unsqueeze(1)  # [B, 1, L], as diffusers
         x = t.proj_in(x)
-        temb, embedded = t.time_embed(timestep.expand(b), batch_size=b, hidden_dtype=x.dtype)
-        temb, embedded = temb.view(b, -1, temb.size(-1)), embedded.view(b, -1, embedded.size(-1))
+        temb, embedded = self._time_embeddings(timestep, frame_mask, height * width)
         text = t.caption_projection(encoder_hidden_states).view(b, -1, x.size(-1))
         for block in t.transformer_blocks:
-            x = block(hidden_states=x, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotate,
+            x = block(hidden_states=x, encoder_hidden_states=text, temb=temb.expand(b, -1, -1), image_rotary_emb=rotate,
                       encoder_attention_mask=mask)
         shift_scale = t.scale_shift_table[None, None] + embedded[:, :, None]
         x = t.norm_out(x) * (1 + shift_scale[:, :, 1]) + shift_scale[:, :, 0]
-        out = t.proj_out(x)
-        return out.transpose(1, 2).unflatten(2, (frames, height, width))
+        out = t.proj_out(x).transpose(1, 2).unflatten(2, (frames, height, width))
+        return out * (1 - frame_mask).to(out.dtype).view(1, 1, -1, 1, 1)
+
+
+class LTXVaeEncoderGraph(torch.nn.Module):
+    """AutoencoderKLLTXVideo.encode of images [B, 3, H, W] in [-1, 1] as one-frame clips ->
+    the latent distribution's mean and std, both normalised as LTXImageToVideoPipeline
+    normalises its sample ((z - latents_mean) * scaling_factor / latents_std), so
+    ``mean + std * noise`` is the normalised sample diffusers draws."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def forward(self, image):
+        with _positive_movedim():
+            dist = self.vae.encode(image.unsqueeze(2)).latent_dist
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1)
+        return (dist.mean - mean) * self.scaling_factor / std, dist.std * self.scaling_factor / std
 
 
 class T5Graph(torch.nn.Module):
@@ -154,5 +187,6 @@ class LTXVaeDecoderGraph(torch.nn.Module):
 LTX_GRAPHS = {
     ("transformer", "LTXVideoTransformer3DModel"): LTXTransformerGraph,
     ("text_encoder", "T5EncoderModel"): T5Graph,
+    ("vae_encoder", "AutoencoderKLLTXVideo"): LTXVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLLTXVideo"): LTXVaeDecoderGraph,
 }

@@ -21,6 +21,7 @@ PIPELINE_CLASSES = {
     "StableDiffusionPipeline": "t2v",  # with a motion adapter: AnimateDiff
     "WanPipeline": "wan",
     "LTXPipeline": "ltx",
+    "LTXImageToVideoPipeline": "ltx",
 }
 
 # model kind (``model.kind``) -> (family, its pipeline class)
@@ -30,6 +31,7 @@ KINDS = {
     "animatediff": ("t2v", "TextToVideoPipeline"),
     "wan": ("wan", "WanTextToVideoPipeline"),
     "ltx": ("ltx", "LTXTextToVideoPipeline"),
+    "ltx-i2v": ("ltx", "LTXImageToVideoPipeline"),
 }
 
 FAMILIES = ("svd", "t2v", "wan", "ltx")

@@ -1,12 +1,15 @@
-"""What vidrt needs to know about an LTX-Video text-to-video folder (diffusers'
-LTXPipeline: a T5 text encoder, LTXVideoTransformer3DModel, AutoencoderKLLTXVideo), and
-its component descriptions. JSON configs only; no torch model is built.
+"""What vidrt needs to know about an LTX-Video folder (diffusers' LTXPipeline and
+LTXImageToVideoPipeline: a T5 text encoder, LTXVideoTransformer3DModel,
+AutoencoderKLLTXVideo), and its component descriptions. JSON configs only; no torch
+model is built.
 
 The components: ``text_encoder`` (token ids -> hidden states; LTXPipeline passes no mask,
 so it runs at max_sequence_length), ``transformer`` on latents [B, C, F, h, w] (packed
-inside the graph, as diffusers packs them before the call) and ``vae_decoder``, the
-whole latent clip in one call (diffusers decodes it so; the decoder is not causal), at
-a per-video decode timestep when the VAE is timestep-conditioned (LTX-Video 0.9.1+).
+inside the graph, as diffusers packs them before the call; a per-frame mask marks the
+image's latent frame in image to video), ``vae_encoder`` (image to video: the image's
+latent distribution) and ``vae_decoder``, the whole latent clip in one call (diffusers
+decodes it so; the decoder is not causal), at a per-video decode timestep when the VAE
+is timestep-conditioned (LTX-Video 0.9.1+).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ...errors import VidrtError
 from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin
 from ...model_folder import read_json as _read_json
 
-MAX_LATENT_FRAMES = 32
+MAX_LATENT_FRAMES = 64  # 505 frames of LTX-Video (257 is its longest documented clip)
 MAX_TEXT_LENGTH = 512
 
 
@@ -36,9 +39,8 @@ class LTXModel(ModelFolderMixin):
     tokenizer: dict
     scheduler: dict
     preset: dict | None
+    image_to_video: bool = False  # an LTXImageToVideoPipeline folder
 
-    kind = "ltx"
-    pipeline_class = "LTXPipeline"
     denoiser = "transformer"
     denoisers = quantizable = ("transformer",)
     fp16_fp32_layers = ("*norm*",)  # TensorRT fp16: RMS and layer norms in fp32, as diffusers skips casting them
@@ -71,9 +73,24 @@ class LTXModel(ModelFolderMixin):
             tokenizer=_read_json(folder / "tokenizer" / "tokenizer_config.json", folder),
             scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
             preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+            image_to_video=index.get("_class_name") == "LTXImageToVideoPipeline",
         )
 
-    components = ("text_encoder", "transformer", "vae_decoder")
+    @property
+    def takes_image(self) -> bool:
+        return self.image_to_video
+
+    @property
+    def kind(self) -> str:
+        return "ltx-i2v" if self.image_to_video else "ltx"
+
+    @property
+    def pipeline_class(self) -> str:
+        return "LTXImageToVideoPipeline" if self.image_to_video else "LTXPipeline"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return ("text_encoder", *(("vae_encoder",) if self.image_to_video else ()), "transformer", "vae_decoder")
 
     @property
     def unet(self) -> dict:
@@ -82,7 +99,7 @@ class LTXModel(ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {"text_encoder": "text_encoder", "transformer": "transformer", "vae_decoder": "vae"}
+        return {"text_encoder": "text_encoder", "transformer": "transformer", "vae_encoder": "vae", "vae_decoder": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
@@ -90,6 +107,7 @@ class LTXModel(ModelFolderMixin):
         encoder = self.text_encoder.get("architectures", ["T5EncoderModel"])[0]
         return {"text_encoder": ("transformers", encoder, "text_encoder"),
                 "transformer": ("diffusers", "LTXVideoTransformer3DModel", "transformer"),
+                "vae_encoder": ("diffusers", "AutoencoderKLLTXVideo", "vae"),
                 "vae_decoder": ("diffusers", "AutoencoderKLLTXVideo", "vae")}
 
     @property
@@ -161,10 +179,13 @@ class LTXModel(ModelFolderMixin):
         specs["transformer"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
                                     "L": length})
         specs["vae_decoder"].check({"B": 1, "F": self.latent_frames(frames), "h": height // s, "w": width // s})
+        if self.image_to_video:
+            specs["vae_encoder"].check({"B": 1, "H": height, "W": width})
 
     def specs(self) -> dict[str, ComponentSpec]:
-        return {"text_encoder": text_encoder_spec(self), "transformer": transformer_spec(self),
-                "vae_decoder": vae_decoder_spec(self)}
+        out = {"text_encoder": text_encoder_spec(self), "transformer": transformer_spec(self),
+               "vae_decoder": vae_decoder_spec(self)}
+        return out | ({"vae_encoder": vae_encoder_spec(self)} if self.image_to_video else {})
 
 
 def read_folder(folder: Path, index: dict, motion_adapter=None) -> LTXModel:
@@ -188,7 +209,8 @@ def text_encoder_spec(m: LTXModel) -> ComponentSpec:
 
 def transformer_spec(m: LTXModel) -> ComponentSpec:
     """Latents, the step's timestep, the text states with their mask (both guidance halves
-    stacked in the batch) and LTXPipeline's rope_interpolation_scale -> the flow prediction."""
+    stacked in the batch), LTXPipeline's rope_interpolation_scale and the per-latent-frame
+    conditioning mask (1: the image's frame in image to video) -> the flow prediction."""
     c = m.latent_channels
     s = m.vae_scale_factor
     return ComponentSpec(
@@ -199,6 +221,7 @@ def transformer_spec(m: LTXModel) -> ComponentSpec:
             TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
             TensorSpec("encoder_attention_mask", ("B", "L"), "int64", high=2),
             TensorSpec("rope_interpolation_scale", (3,), value=float(s)),
+            TensorSpec("frame_mask", ("F",), "int64", high=2),
         ),
         outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
         ranges={"B": DimRange(1, MAX_BATCH), "F": DimRange(1, MAX_LATENT_FRAMES),
@@ -207,6 +230,19 @@ def transformer_spec(m: LTXModel) -> ComponentSpec:
         # tuned for diffusers' default request, 161 frames at 512x704
         opt={"B": 2, "F": min(m.latent_frames(m.default_num_frames), MAX_LATENT_FRAMES), "h": 512 // s, "w": 704 // s,
              "L": 128},
+    )
+
+
+def vae_encoder_spec(m: LTXModel) -> ComponentSpec:
+    """Images [B, 3, H, W] in [-1, 1] -> the normalised mean and std of their one-frame latents."""
+    s = m.vae_scale_factor
+    latent = ("B", int(m.vae.get("latent_channels", 128)), 1, f"H//{s}", f"W//{s}")
+    return ComponentSpec(
+        name="vae_encoder",
+        inputs=(TensorSpec("image", ("B", 3, "H", "W")),),
+        outputs=(TensorSpec("latent_mean", latent), TensorSpec("latent_std", latent)),
+        ranges={"B": DimRange(1, MAX_BATCH), "H": DimRange(s, MAX_PIXELS, s), "W": DimRange(s, MAX_PIXELS, s)},
+        opt={"B": 1, "H": 512, "W": 704},
     )
 
 

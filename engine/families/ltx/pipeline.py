@@ -83,7 +83,7 @@ class LTXTextToVideoPipeline(BasePipeline):
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps,
                   guidance_scale, guidance_rescale, num_videos_per_prompt, generator, latents, decode_timestep,
-                  decode_noise_scale, output_type, return_dict, max_sequence_length, progress):
+                  decode_noise_scale, output_type, return_dict, max_sequence_length, progress, image=None):
         start = self._now()
         m = self.model
         prompts = as_prompts(prompt, "prompt")
@@ -111,10 +111,16 @@ class LTXTextToVideoPipeline(BasePipeline):
 
         embeds, mask = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, max_sequence_length)
         scale = torch.tensor([k / frame_rate, s, s], dtype=torch.float32, device=self.device)
-        cond = Conditioning({"encoder_hidden_states": embeds, "encoder_attention_mask": mask,
-                             "rope_interpolation_scale": scale}, channel_axis=1)
         shape = (videos, m.latent_channels, *grid)
-        latents = initial_latents(shape, _unpacked(latents, shape), generator, sampler.init_noise_sigma).to(self.device)
+        latents = _unpacked(latents, shape)
+        if image is not None and latents is None:
+            latents = self._image_latents(image, shape, generator, height, width, num_videos_per_prompt)
+        else:
+            latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
+        frame_mask = torch.zeros(grid[0], dtype=torch.int64, device=self.device)
+        frame_mask[0] = 1 if image is not None else 0  # the image's latent frame is kept, not denoised
+        cond = Conditioning({"encoder_hidden_states": embeds, "encoder_attention_mask": mask,
+                             "rope_interpolation_scale": scale, "frame_mask": frame_mask}, channel_axis=1)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, cond, guidance, generator,
                           self.timings.unet_steps, progress=progress, state=self.loop_state)
@@ -203,3 +209,55 @@ def _unpacked(latents, shape):
         got = list(latents.shape) if hasattr(latents, "shape") else type(latents).__name__
         raise VidrtError(f"latents: LTX-Video takes diffusers' packed latents of shape {list(packed)}, got {got}")
     return latents.transpose(1, 2).reshape(shape)
+
+
+class LTXImageToVideoPipeline(LTXTextToVideoPipeline):
+    """LTX-Video image-to-video generation on compiled engines (diffusers'
+    LTXImageToVideoPipeline): the image's latent is the first latent frame, kept through
+    the loop; its tokens see timestep 0."""
+
+    @torch.no_grad()
+    def __call__(self, image, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 height: int = 512, width: int = 704, num_frames: int = 161, frame_rate: int = 25,
+                 num_inference_steps: int = 50, guidance_scale: float = 3.0, guidance_rescale: float = 0.0,
+                 num_videos_per_prompt: int = 1, generator=None, latents=None, decode_timestep=0.0,
+                 decode_noise_scale=None, output_type: str = "pil", return_dict: bool = True,
+                 max_sequence_length: int = 128, progress: bool = False):
+        """Generates videos from an image and text, as diffusers' LTXImageToVideoPipeline does.
+
+        Args mirror LTXImageToVideoPipeline.__call__ and LTXTextToVideoPipeline's; ``image``
+        is one image (every video starts from it) or one per prompt (PIL, NumPy or a
+        [3, H, W] tensor in [0, 1]), resized to height x width as diffusers does.
+
+        Raises:
+            VidrtError: as LTXTextToVideoPipeline, or a missing or unreadable image.
+        """
+        if image is None:
+            raise VidrtError("image-to-video needs an image: pass image=PIL.Image (or --image PATH)")
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
+
+    def _image_latents(self, image, shape, generator, height, width, per_prompt: int) -> torch.Tensor:
+        """LTXImageToVideoPipeline.prepare_latents: each image encoded (its latent sampled
+        from the request's generator, image by image), normalised, then noise drawn for the
+        whole clip; frame 0 is the image's latent, the others noise."""
+        videos = shape[0]
+        images = image if isinstance(image, list) else [image]
+        prompts = videos // per_prompt
+        if len(images) not in (1, prompts):
+            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
+        pixels = self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
+        if isinstance(generator, list):  # one draw per video, each from its own generator
+            pixels = pixels.repeat_interleave(videos // len(images), dim=0)
+        t0 = self._now()
+        first = []
+        for i in range(len(pixels)):  # each sample taken before the next call reuses the engine's outputs
+            out = self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))
+            g = generator[i] if isinstance(generator, list) else generator
+            first.append(out["latent_mean"] + out["latent_std"] * draw_noise(out["latent_mean"].shape, g).to(self.device))
+        self.timings.vae_encoder = self._now() - t0
+        first = torch.cat(first)
+        if len(first) != videos:  # an image per prompt (or one for all), each prompt's videos adjacent
+            first = first.repeat_interleave(videos // len(first), dim=0)
+        latents = draw_noise(shape, generator).to(self.device)
+        latents[:, :, :1] = first
+        return latents

@@ -1,7 +1,8 @@
 """Offline LTX-Video presets: seeded random weights and a T5-format tokenizer trained here.
 
-``tiny-ltx`` has the sizes of diffusers' LTXPipeline fast tests (a 2-layer transformer of
-width 32, an 8-channel VAE), with a timestep-conditioned decoder so the decode timestep
+``tiny-ltx`` (text to video) and ``tiny-ltx-i2v`` (the same components as an
+image-to-video folder) have the sizes of diffusers' LTXPipeline fast tests (a 2-layer
+transformer of width 32, an 8-channel VAE), with a timestep-conditioned decoder so the decode timestep
 and decode noise are exercised, its latents_mean/latents_std random so the
 denormalisation is, and LTX-Video's own scheduler (FlowMatchEuler with dynamic
 shifting, as diffusers' conversion script saves it).
@@ -27,13 +28,22 @@ _TINY_T5 = {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 
 PRESETS = {
     "tiny-ltx": {"transformer": _TINY_TRANSFORMER, "vae": _TINY_VAE, "text_encoder": _TINY_T5,
                  "scheduler": LTX_SCHEDULER},
+    # the same components as an LTXImageToVideoPipeline folder
+    "tiny-ltx-i2v": {"transformer": _TINY_TRANSFORMER, "vae": _TINY_VAE, "text_encoder": _TINY_T5,
+                     "scheduler": LTX_SCHEDULER, "image_to_video": True},
 }
 
 
 def build_random_pipeline(name: str, seed: int):
-    """Builds a diffusers LTXPipeline with seeded random weights."""
+    """Builds a diffusers LTXPipeline (or LTXImageToVideoPipeline) with seeded random weights."""
     import torch
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXImageToVideoPipeline,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     from ..wan.presets import train_tokenizer
@@ -49,5 +59,6 @@ def build_random_pipeline(name: str, seed: int):
         vae.latents_mean.copy_(0.1 * torch.randn(channels))
         vae.latents_std.copy_(0.5 + torch.rand(channels))
         transformer = LTXVideoTransformer3DModel(**cfg["transformer"]).eval()
-    return LTXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+    cls = LTXImageToVideoPipeline if cfg.get("image_to_video") else LTXPipeline
+    return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(**cfg["scheduler"]))

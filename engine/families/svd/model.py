@@ -36,6 +36,7 @@ class SvdModel(ModelFolderMixin):
 
     components = COMPONENTS
     weights_folder = WEIGHTS_FOLDER
+    takes_image = True
     kind = "image-to-video"
     # component -> (library, torch module class, subfolder): what export and the baseline load
     torch_classes = {
