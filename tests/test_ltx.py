@@ -331,3 +331,48 @@ def test_image_to_video_needs_an_image(ltx_i2v, tmp_path, capsys, t2v_engine_dir
                  "--width", "64", "--num-frames", "5", "--steps", "2", "--engine-dir", engines, "--backend",
                  "onnxruntime", "--output", str(tmp_path / "i2v.mp4")]) == 0, capsys.readouterr().err
     assert (tmp_path / "i2v.mp4").stat().st_size > 0
+
+
+def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypatch, t2v_engine_dir):
+    """GPU-free: --static names video frames (8k+1 on LTX-Video, 4k+1 on tiny-ltx) and pixels;
+    the transformer's profile holds latent frames and both guidance halves, its frame mask
+    follows the latent frames, the decoder takes the whole latent clip of one video and
+    the encoder one image; an fp16 build (the fake tensorrt, which rejects what the real
+    API lacks) keeps the RMS and layer norms fp32."""
+    import sys
+    from pathlib import Path
+
+    from vidrt.sources import resolve_model
+    from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
+
+    model = resolve_model("tiny-ltx-i2v", progress=False)
+    specs = model.specs()
+    req = ShapeRequest.from_flags(static="batch=1,frames=25,height=256,width=256")
+    cfg, plain = derive_profiles("transformer", specs["transformer"], req, model.vae_scale_factor, temporal=4)
+    assert cfg.shapes["sample"][0] == (2, 8, 7, 32, 32) and plain.shapes["sample"][0] == (1, 8, 7, 32, 32)
+    assert cfg.shapes["frame_mask"][0] == (7,) and cfg.shapes["encoder_attention_mask"][0] == (2, 128)
+    (decoder,) = derive_profiles("vae_decoder", specs["vae_decoder"], req, model.vae_scale_factor, temporal=4)
+    assert decoder.shapes["latents"][0] == (1, 8, 7, 32, 32) and decoder.shapes["timestep"][0] == (1,)
+    (encoder,) = derive_profiles("vae_encoder", specs["vae_encoder"], req, model.vae_scale_factor, temporal=4)
+    assert encoder.shapes["image"][0] == (1, 3, 256, 256)
+    with pytest.raises(VidrtError, match="frames=24 must be 4k\\+1 for transformer"):
+        derive_profiles("transformer", specs["transformer"], ShapeRequest(max={"frames": 24}), 8, temporal=4)
+
+    engines = t2v_engine_dir("tiny-ltx")
+    profiles = derive_profiles("transformer", specs["transformer"], ShapeRequest(), model.vae_scale_factor, temporal=4)
+    settings = builder_settings("fp16", TrtOptions(), profiles, model.fp16_fp32_layers)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
+    sys.modules.pop("tensorrt", None)
+    try:
+        import tensorrt
+
+        from vidrt.backends.tensorrt_build import build_plan
+
+        tensorrt.CALLS.clear()
+        build_plan(str(engines / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
+        calls = list(tensorrt.CALLS)
+    finally:
+        sys.modules.pop("tensorrt", None)
+    fp32 = {c[1] for c in calls if c[0] == "layer.precision" and c[2] == "FLOAT"}
+    assert any("/norm_q/" in n for n in fp32) and any("norm_out" in n for n in fp32)
+    assert not any("to_q" in n or "MatMul" in n for n in fp32)
