@@ -27,6 +27,7 @@ from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
 from vidrt.families.svd.model import SvdModel
 
+from . import ltx_calibration
 from .wan_calibration import TRANSFORMER_KEEP, transformer_calibration_batches
 
 QUANT_FORMATS = ("int8", "fp8")
@@ -173,27 +174,38 @@ def image_encoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list
     return [{"pixel_values": _clip_input(model, image)} for image in _calibration_images(model, cfg)[0]]
 
 
-# What the stage calibrates, and on what: component -> its calibration inputs.
+# What the stage calibrates, and on what: component (or (model kind, component), which
+# comes first) -> its calibration inputs.
 CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_batches,
                "image_encoder": image_encoder_calibration_batches,
-               "transformer": transformer_calibration_batches, "transformer_2": transformer_calibration_batches}
-# --keep-high-precision's default, per component where it is not DEFAULT_KEEP
-COMPONENT_KEEP = {"transformer": TRANSFORMER_KEEP, "transformer_2": TRANSFORMER_KEEP}
-assert set(CALIBRATION) == set(QUANTIZABLE), "vidrt.layout.QUANTIZABLE names the components calibrated here"
+               "transformer": transformer_calibration_batches, "transformer_2": transformer_calibration_batches,
+               ("ltx", "transformer"): ltx_calibration.transformer_calibration_batches,
+               ("ltx-i2v", "transformer"): ltx_calibration.transformer_calibration_batches}
+# --keep-high-precision's default, per component (or (kind, component)) where it is not DEFAULT_KEEP
+COMPONENT_KEEP = {"transformer": TRANSFORMER_KEEP, "transformer_2": TRANSFORMER_KEEP,
+                  ("ltx", "transformer"): ltx_calibration.TRANSFORMER_KEEP,
+                  ("ltx-i2v", "transformer"): ltx_calibration.TRANSFORMER_KEEP}
+assert {c for c in CALIBRATION if isinstance(c, str)} == set(QUANTIZABLE), \
+    "vidrt.layout.QUANTIZABLE names the components calibrated here"
+
+
+def _for(table: dict, kind: str | None, component: str | None):
+    return table.get((kind, component), table.get(component))
 # Modules quantized although modelopt's defaults leave them float: its defaults skip the
 # vision towers of multimodal LLMs ("*vision_model*"), which is what CLIP's is named. Only
 # the transformer layers: CLIP's embeddings and output projection stay float.
 COMPONENT_QUANTIZE = {"image_encoder": "*vision_model.encoder.layers.*"}
 
 
-def keep_patterns(cfg: QuantConfig, component: str | None) -> tuple[str, ...]:
+def keep_patterns(cfg: QuantConfig, component: str | None, kind: str | None = None) -> tuple[str, ...]:
     """The module patterns left unquantized: --keep-high-precision, whose default is the
-    component's own (COMPONENT_KEEP) where DEFAULT_KEEP names none of its layers."""
+    component's own (COMPONENT_KEEP, for the model ``kind``) where DEFAULT_KEEP names none
+    of its layers."""
     keep = tuple(cfg.keep_high_precision)
-    return COMPONENT_KEEP.get(component, keep) if keep == DEFAULT_KEEP else keep
+    return (_for(COMPONENT_KEEP, kind, component) or keep) if keep == DEFAULT_KEEP else keep
 
 
-def _rules(qcfg: dict, cfg: QuantConfig, component: str | None) -> None:
+def _rules(qcfg: dict, cfg: QuantConfig, component: str | None, kind: str | None = None) -> None:
     """Adds vidrt's rules to modelopt's config in place: the component's own modules
     (COMPONENT_QUANTIZE) switched on like modelopt's defaults, then every
     --keep-high-precision pattern off. modelopt takes a list of rules (later ones win)
@@ -208,19 +220,21 @@ def _rules(qcfg: dict, cfg: QuantConfig, component: str | None) -> None:
             rules.append({"quantizer_name": pattern + kind, "cfg": quantizer})
         else:
             rules[pattern + kind] = quantizer
-    for name in keep_patterns(cfg, component):
+    for name in keep_patterns(cfg, component, kind):
         if as_list:
             rules.append({"quantizer_name": name, "enable": False})
         else:
             rules[name] = {"enable": False}
 
 
-def quantize_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict], component: str | None = None) -> torch.nn.Module:
+def quantize_graph(graph: torch.nn.Module, cfg: QuantConfig, batches: list[dict], component: str | None = None,
+                   kind: str | None = None) -> torch.nn.Module:
     """Runs modelopt PTQ on a component graph in place (max calibration), leaving the
-    modules matching ``cfg.keep_high_precision`` float; returns it."""
+    modules matching ``cfg.keep_high_precision`` (default: the component's of a model
+    ``kind``) float; returns it."""
     mtq = _modelopt()
     qcfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG if cfg.format == "int8" else mtq.FP8_DEFAULT_CFG)
-    _rules(qcfg, cfg, component)
+    _rules(qcfg, cfg, component, kind)
 
     def forward_loop(model):
         for feeds in batches:
@@ -342,9 +356,9 @@ def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, une
     measures its error.
 
     Args:
-        model: the model folder (SVD family, or Wan for its transformers).
-        component: "unet", "vae_decoder" or "image_encoder" (SVD); "transformer" or
-            "transformer_2" (Wan).
+        model: the model folder (SVD family, or Wan and LTX-Video for their transformers).
+        component: "unet", "vae_decoder" or "image_encoder" (SVD); "transformer" (and
+            Wan 2.2's "transformer_2").
         cfg: how to quantize and calibrate.
         out_dir: folder to write into (callers make it atomic).
         unet_weights: optional replacement UNet state dict.
@@ -373,12 +387,12 @@ def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, une
     _modelopt()
     spec = model.specs()[component]
     graph = component_graph(component, load_torch_component(model, component, unet_weights), variant)
-    calibrate = CALIBRATION[component]
+    calibrate = _for(CALIBRATION, model.kind, component)
     calib = calibrate(model, cfg)
     held_out = calibrate(model, dataclasses.replace(cfg, seed=cfg.seed + 1))
     with torch.no_grad():
         reference = [graph(*feeds.values()) for feeds in held_out]
-    quantize_graph(graph, cfg, calib, component)
+    quantize_graph(graph, cfg, calib, component, model.kind)
     result = export_component(
         in_float_type(graph, float_type), spec, out_dir, opset=QDQ_OPSET,
         postprocess=lambda m: to_standard_qdq(m, cfg.format, float_type),
@@ -394,7 +408,7 @@ def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, une
     import onnx
 
     report["qdq"] = count_qdq(onnx.load(str(result.onnx_path), load_external_data=False))
-    report["kept_high_precision"] = list(keep_patterns(cfg, component))
+    report["kept_high_precision"] = list(keep_patterns(cfg, component, model.kind))
     return result, report
 
 
