@@ -17,6 +17,7 @@ MAX_FRAMES = 64
 MAX_PIXELS = 2048  # per side
 
 PRESET_MARKER = "vidrt_preset.json"
+PART = "_part"  # a split text encoder's components: text_encoder, text_encoder_part1, ...
 
 
 class ModelFolderMixin:
@@ -66,6 +67,52 @@ class ModelFolderMixin:
     @property
     def pixel_multiple(self) -> int:
         return self.vae_scale_factor * self.unet_up_factor
+
+
+class SplitTextEncoderMixin:
+    """A (U)T5 text encoder too large to export in one piece on this machine (UMT5-XXL:
+    22.7 GB in fp32, T5-XXL's encoder 19 GB), exported and run as a chain of parts of
+    consecutive blocks, each loaded alone: ``text_encoder``, ``text_encoder_part1``, ...
+    Smaller encoders are one part, the component ``text_encoder``. A family sets
+    ``text_encoder`` (its config) and calls ``split_blocks`` with its part size."""
+
+    SPLITTABLE = ("UMT5EncoderModel", "T5EncoderModel")  # each part computes T5's shared position bias itself
+
+    def split_blocks(self, part_bytes: int, default_vocab: int) -> list[tuple[int, int]]:
+        """[start, stop) encoder blocks of each part: consecutive blocks up to ``part_bytes``
+        of fp32 weights (the token embedding counted in the first), at least one block each."""
+        cfg = self.text_encoder
+        d, ff = int(cfg.get("d_model", 4096)), int(cfg.get("d_ff", 10240))
+        inner = int(cfg.get("num_heads", 64)) * int(cfg.get("d_kv", 64))
+        gated = str(cfg.get("feed_forward_proj", "gated-gelu")).startswith("gated")
+        block = 4 * (4 * d * inner + (3 if gated else 2) * d * ff)
+        layers = int(cfg.get("num_layers", 24))
+        parts, start, size = [], 0, 4 * int(cfg.get("vocab_size", default_vocab)) * d
+        for i in range(layers):
+            if i > start and size + block > part_bytes:
+                parts.append((start, i))
+                start, size = i, 0
+            size += block
+        parts.append((start, layers))
+        architecture = cfg.get("architectures", ["T5EncoderModel"])[0]
+        if len(parts) > 1 and architecture not in self.SPLITTABLE:
+            raise VidrtError(f"{self.folder}: the {architecture} text encoder is too large to export in one piece "
+                             f"here and vidrt splits {' and '.join(self.SPLITTABLE)} encoders only")
+        return parts
+
+    @property
+    def text_parts(self) -> tuple[str, ...]:
+        """The text encoder's components in call order."""
+        n = len(self.text_encoder_blocks)
+        return ("text_encoder", *(f"text_encoder{PART}{i}" for i in range(1, n)))
+
+    def text_part(self, component: str) -> tuple[int, int] | None:
+        """(first block, end block) of a text-encoder part when the encoder is split, else
+        None (one part: diffusers' whole encoder)."""
+        blocks = self.text_encoder_blocks
+        if len(blocks) == 1 or component not in self.text_parts:
+            return None
+        return blocks[self.text_parts.index(component)]
 
 
 def frame_decoder_spec(m: ModelFolderMixin, latent_channels: int, max_frames: int) -> ComponentSpec:

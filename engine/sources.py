@@ -204,8 +204,9 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
 
 
 def load_text_encoder_part(folder: Path, cls, start: int, stop: int):
-    """A text encoder (UMT5) with only blocks ``start:stop`` read from its safetensors (and
-    the token embedding for the first part, the final norm for the last); every other
+    """A text encoder (UMT5 or T5) with only blocks ``start:stop`` read from its safetensors
+    (and the token embedding for the first part, the final norm for the last, T5's shared
+    position bias table for every part); every other
     weight stays on the meta device, unread. Memory is that of the part, not the model.
     The module carries ``vidrt_part = (start, stop)`` for export (export/graphs.py).
 
@@ -220,6 +221,8 @@ def load_text_encoder_part(folder: Path, cls, start: int, stop: int):
         module = cls(config)
     layers = config.num_layers
     wanted = {f"encoder.block.{i}." for i in range(start, stop)}
+    if cls.__name__ == "T5EncoderModel":  # T5's blocks share block 0's relative position bias table
+        wanted.add("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise OSError(f"no *.safetensors weights in {folder}")

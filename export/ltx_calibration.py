@@ -30,9 +30,8 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     from transformers import AutoTokenizer
 
     from vidrt.families.t2v.presets import PROMPT_CORPUS
-    from vidrt.sources import load_torch_component
 
-    from .graphs import component_graph
+    from .wan_calibration import encode_text
 
     side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
@@ -46,10 +45,8 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     prompts = [PROMPT_CORPUS[(cfg.seed + i) % len(PROMPT_CORPUS)] for i in range(CALIB_PROMPTS)]
     tok = tokenizer(["", *prompts], padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     add_special_tokens=True, return_tensors="pt")
-    encoder = component_graph("text_encoder", load_torch_component(model, "text_encoder"))
-    with torch.no_grad():
-        states = encoder(tok.input_ids)
-    del encoder
+    with torch.no_grad():  # no mask: LTXPipeline's T5 attends the padding
+        states = encode_text(model, tok.input_ids, None)
     mask = tok.attention_mask.to(torch.int64)
     s, k = model.vae_scale_factor, model.temporal_factor
     scale = torch.tensor([k / 25.0, s, s], dtype=torch.float32)  # LTXPipeline's default frame rate

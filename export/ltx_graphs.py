@@ -130,18 +130,6 @@ class LTXVaeEncoderGraph(torch.nn.Module):
         return (dist.mean - mean) * self.scaling_factor / std, dist.std * self.scaling_factor / std
 
 
-class T5Graph(torch.nn.Module):
-    """T5 encoder on token ids alone, as LTXPipeline calls it (no attention mask: the
-    padding to max_sequence_length is attended)."""
-
-    def __init__(self, text_encoder):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids):
-        return self.text_encoder(input_ids).last_hidden_state
-
-
 @contextlib.contextmanager
 def _positive_movedim():
     """``Tensor.movedim`` with its axes made non-negative: the LTX VAE's ``movedim(-1, 1)``
@@ -183,10 +171,10 @@ class LTXVaeDecoderGraph(torch.nn.Module):
         return frames.clamp(-1.0, 1.0)
 
 
-# (component, torch module class) -> graph
+# (component, torch module class) -> graph; the T5 text encoder's is Wan's (export/wan_graphs.py
+# UMT5Graph, without a mask: LTXPipeline passes none)
 LTX_GRAPHS = {
     ("transformer", "LTXVideoTransformer3DModel"): LTXTransformerGraph,
-    ("text_encoder", "T5EncoderModel"): T5Graph,
     ("vae_encoder", "AutoencoderKLLTXVideo"): LTXVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLLTXVideo"): LTXVaeDecoderGraph,
 }

@@ -87,21 +87,23 @@ class WanTransformerGraph(torch.nn.Module):
 
 
 class UMT5Graph(torch.nn.Module):
-    """UMT5 (or T5) encoder: token ids and attention mask -> last hidden states."""
+    """UMT5 (or T5) encoder: token ids (and an attention mask, where the pipeline passes
+    one: Wan does, LTX-Video does not) -> last hidden states."""
 
     def __init__(self, text_encoder):
         super().__init__()
         self.text_encoder = text_encoder
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask=None):
         return self.text_encoder(input_ids, attention_mask).last_hidden_state
 
 
 class UMT5PartGraph(torch.nn.Module):
-    """Blocks ``start:stop`` of a UMT5 encoder (one part of a split encoder,
+    """Blocks ``start:stop`` of a UMT5 or T5 encoder (one part of a split encoder,
     sources.load_text_encoder_part): the token embedding before them in the first part,
-    the final norm after them in the last, as UMT5Stack.forward runs them. Every UMT5
-    block computes its own relative position bias, so a part needs only the mask."""
+    the final norm after them in the last, as the encoder stack runs them. Every UMT5
+    block computes its own relative position bias; T5's blocks share block 0's, which
+    each part computes from block 0's bias table (loaded in every part)."""
 
     def __init__(self, text_encoder, start: int, stop: int):
         super().__init__()
@@ -110,14 +112,23 @@ class UMT5PartGraph(torch.nn.Module):
         self.embed = encoder.embed_tokens if start == 0 else None
         self.blocks = torch.nn.ModuleList(encoder.block[start:stop])
         self.norm = encoder.final_layer_norm if stop == len(encoder.block) else None
+        self.shared_bias = None
+        if type(text_encoder).__name__ == "T5EncoderModel":
+            self.shared_bias = encoder.block[0].layer[0].SelfAttention
 
-    def forward(self, x, attention_mask):
+    def forward(self, x, attention_mask=None):
         from transformers.masking_utils import create_bidirectional_mask
 
         hidden = self.embed(x) if self.embed is not None else x
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        for block in self.blocks:
-            hidden = block(hidden, mask)
+        if self.shared_bias is None:
+            for block in self.blocks:
+                hidden = block(hidden, mask)
+        else:
+            length = hidden.shape[1]
+            bias = self.shared_bias.compute_bias(length, length, device=hidden.device)
+            for block in self.blocks:
+                hidden = block(hidden, attention_mask=mask, position_bias=bias)[0]
         return self.norm(hidden) if self.norm is not None else hidden
 
 

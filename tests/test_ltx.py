@@ -405,3 +405,36 @@ def test_int8_transformer_through_the_quantization_stage(tmp_path, t2v_engine_di
     got = pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames
     want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames)
     assert np.abs(got - want).mean() <= 0.05
+
+
+def test_a_split_t5_matches_diffusers(tmp_path, monkeypatch):
+    """T5-XXL's encoder (19 GB in fp32) is exported and run as a chain of parts, each loaded
+    alone; T5's blocks share block 0's position bias, which every part computes from block
+    0's table: here a tiny-ltx folder whose T5 has three blocks, one per part. The frames
+    still equal diffusers' (whole encoder), and each part holds its own blocks' weights
+    and that table only."""
+    from diffusers import LTXPipeline
+    from transformers import T5EncoderModel
+
+    from vidrt import VideoPipeline
+    from vidrt.families.ltx import model as ltx_model
+    from vidrt.sources import load_torch_component, materialize_preset
+
+    ref = LTXPipeline.from_pretrained(materialize_preset("tiny-ltx", 0, progress=False))
+    config = ref.text_encoder.config
+    config.num_layers = 3
+    torch.manual_seed(0)
+    ref.text_encoder = T5EncoderModel(config).eval()
+    ref.save_pretrained(tmp_path / "ltx")
+    monkeypatch.setattr(ltx_model, "TEXT_PART_BYTES", 1)  # at least one block per part: 3 parts
+    pipe = VideoPipeline.from_pretrained(tmp_path / "ltx", engine_dir=tmp_path / "engines", backend="onnxruntime",
+                                         progress=False)
+    assert pipe.model.text_parts == ("text_encoder", "text_encoder_part1", "text_encoder_part2")
+    ref.set_progress_bar_config(disable=True)
+    got, want = run_both(pipe, ref, **dict(KW, guidance_scale=3.0))
+    assert np.abs(got - want).max() <= ATOL
+    last = load_torch_component(pipe.model, "text_encoder_part2")
+    loaded = {n for n, t in last.named_parameters(remove_duplicate=False) if not t.is_meta}
+    assert loaded == {n for n in loaded if n.startswith(("encoder.block.2.", "encoder.final_layer_norm.",
+                                                          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias."))}
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in loaded

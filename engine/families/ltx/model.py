@@ -21,15 +21,18 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
-from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin
+from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, SplitTextEncoderMixin
 from ...model_folder import read_json as _read_json
 
 MAX_LATENT_FRAMES = 64  # 505 frames of LTX-Video (257 is its longest documented clip)
 MAX_TEXT_LENGTH = 512
+# fp32 weight bytes per text-encoder part: T5-XXL's encoder (LTX-Video's, 4.8 B parameters,
+# 19 GB in fp32) is exported and run in parts on a 24 GB machine (SplitTextEncoderMixin).
+TEXT_PART_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
-class LTXModel(ModelFolderMixin):
+class LTXModel(SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of an LTXPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -90,7 +93,12 @@ class LTXModel(ModelFolderMixin):
 
     @property
     def components(self) -> tuple[str, ...]:
-        return ("text_encoder", *(("vae_encoder",) if self.image_to_video else ()), "transformer", "vae_decoder")
+        return (*self.text_parts, *(("vae_encoder",) if self.image_to_video else ()), "transformer", "vae_decoder")
+
+    @property
+    def text_encoder_blocks(self) -> list[tuple[int, int]]:
+        """[start, stop) T5 blocks of each text-encoder part (TEXT_PART_BYTES each)."""
+        return self.split_blocks(TEXT_PART_BYTES, 32128)
 
     @property
     def unet(self) -> dict:
@@ -99,13 +107,14 @@ class LTXModel(ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {"text_encoder": "text_encoder", "transformer": "transformer", "vae_encoder": "vae", "vae_decoder": "vae"}
+        return {**{p: "text_encoder" for p in self.text_parts}, "transformer": "transformer", "vae_encoder": "vae",
+                "vae_decoder": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
         """component -> (library, torch module class, subfolder)."""
-        encoder = self.text_encoder.get("architectures", ["T5EncoderModel"])[0]
-        return {"text_encoder": ("transformers", encoder, "text_encoder"),
+        encoder = ("transformers", self.text_encoder.get("architectures", ["T5EncoderModel"])[0], "text_encoder")
+        return {**{p: encoder for p in self.text_parts},
                 "transformer": ("diffusers", "LTXVideoTransformer3DModel", "transformer"),
                 "vae_encoder": ("diffusers", "AutoencoderKLLTXVideo", "vae"),
                 "vae_decoder": ("diffusers", "AutoencoderKLLTXVideo", "vae")}
@@ -175,7 +184,8 @@ class LTXModel(ModelFolderMixin):
         rows = videos * (2 if do_cfg else 1)
         length = 128 if text_length is None else text_length
         specs = self.specs()
-        specs["text_encoder"].check({"B": rows, "L": length})
+        for p in self.text_parts:
+            specs[p].check({"B": rows, "L": length})
         specs["transformer"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
                                     "L": length})
         specs["vae_decoder"].check({"B": 1, "F": self.latent_frames(frames), "h": height // s, "w": width // s})
@@ -183,8 +193,8 @@ class LTXModel(ModelFolderMixin):
             specs["vae_encoder"].check({"B": 1, "H": height, "W": width})
 
     def specs(self) -> dict[str, ComponentSpec]:
-        out = {"text_encoder": text_encoder_spec(self), "transformer": transformer_spec(self),
-               "vae_decoder": vae_decoder_spec(self)}
+        out = {p: text_encoder_spec(self, p) for p in self.text_parts}
+        out |= {"transformer": transformer_spec(self), "vae_decoder": vae_decoder_spec(self)}
         return out | ({"vae_encoder": vae_encoder_spec(self)} if self.image_to_video else {})
 
 
@@ -195,13 +205,17 @@ def read_folder(folder: Path, index: dict, motion_adapter=None) -> LTXModel:
     return LTXModel.from_folder(folder, index)
 
 
-def text_encoder_spec(m: LTXModel) -> ComponentSpec:
-    """T5 encoder: token ids (padded to max_sequence_length, no mask) -> last hidden states."""
+def text_encoder_spec(m: LTXModel, name: str = "text_encoder") -> ComponentSpec:
+    """T5 encoder: token ids (padded to max_sequence_length, no mask) -> last hidden states.
+    A split encoder (``m.text_parts``): the first part takes the ids, the next ones the
+    states after the last part's blocks (``next_hidden_states``)."""
     vocab = int(m.text_encoder.get("vocab_size", 32128))
+    first, last = name == m.text_parts[0], name == m.text_parts[-1]
     return ComponentSpec(
-        name="text_encoder",
-        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab),),
-        outputs=(TensorSpec("last_hidden_state", ("B", "L", m.text_dim)),),
+        name=name,
+        inputs=(TensorSpec("input_ids", ("B", "L"), "int64", high=vocab) if first
+                else TensorSpec("hidden_states", ("B", "L", m.text_dim)),),
+        outputs=(TensorSpec("last_hidden_state" if last else "next_hidden_states", ("B", "L", m.text_dim)),),
         ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
         opt={"B": 2, "L": 128},
     )

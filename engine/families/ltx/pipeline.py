@@ -155,7 +155,11 @@ class LTXTextToVideoPipeline(BasePipeline):
 
         _warn_truncated(self.tokenizer, texts, length)
         t0 = self._now()
-        states = self.engines["text_encoder"](input_ids=tok.input_ids.to(torch.int64).to(self.device))["last_hidden_state"]
+        parts = [self.engines[p] for p in self.model.text_parts]
+        states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))
+        for part in parts[1:]:  # a split encoder: each part continues from the last one's states
+            states = part(hidden_states=states["next_hidden_states"])
+        states = states["last_hidden_state"]
         self.timings.text_encoder = self._now() - t0
         mask = tok.attention_mask.to(torch.int64).to(self.device)
         return (states.repeat_interleave(per_prompt, dim=0).contiguous(),

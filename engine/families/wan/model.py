@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
-from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin
+from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, SplitTextEncoderMixin
 from ...model_folder import read_json as _read_json
 
 EXPERTS = ("transformer", "transformer_2")
@@ -29,11 +29,10 @@ MAX_LATENT_FRAMES = 32  # 125 video frames
 # and run as a chain of parts of consecutive blocks, each loaded alone. Smaller encoders
 # are one part: the component ``text_encoder``, as before.
 TEXT_PART_BYTES = 4 << 30
-PART = "_part"  # text_encoder, text_encoder_part1, text_encoder_part2, ...
 
 
 @dataclasses.dataclass(frozen=True)
-class WanModel(ModelFolderMixin):
+class WanModel(SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of a WanPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -100,41 +99,8 @@ class WanModel(ModelFolderMixin):
 
     @property
     def text_encoder_blocks(self) -> list[tuple[int, int]]:
-        """[start, stop) encoder blocks of each text-encoder part: consecutive blocks up to
-        TEXT_PART_BYTES of fp32 weights (the token embedding counted in the first), at
-        least one block per part."""
-        cfg = self.text_encoder
-        d, ff = int(cfg.get("d_model", 4096)), int(cfg.get("d_ff", 10240))
-        inner = int(cfg.get("num_heads", 64)) * int(cfg.get("d_kv", 64))
-        gated = str(cfg.get("feed_forward_proj", "gated-gelu")).startswith("gated")
-        block = 4 * (4 * d * inner + (3 if gated else 2) * d * ff)
-        layers = int(cfg.get("num_layers", 24))
-        parts, start, size = [], 0, 4 * int(cfg.get("vocab_size", 256384)) * d
-        for i in range(layers):
-            if i > start and size + block > TEXT_PART_BYTES:
-                parts.append((start, i))
-                start, size = i, 0
-            size += block
-        parts.append((start, layers))
-        architecture = cfg.get("architectures", ["UMT5EncoderModel"])[0]
-        if len(parts) > 1 and architecture != "UMT5EncoderModel":
-            raise VidrtError(f"{self.folder}: the {architecture} text encoder is too large to export in one piece "
-                             f"here and vidrt splits UMT5 encoders only (each UMT5 block has its own position bias)")
-        return parts
-
-    @property
-    def text_parts(self) -> tuple[str, ...]:
-        """The text encoder's components in call order."""
-        n = len(self.text_encoder_blocks)
-        return ("text_encoder", *(f"text_encoder{PART}{i}" for i in range(1, n)))
-
-    def text_part(self, component: str) -> tuple[int, int] | None:
-        """(first block, end block) of a text-encoder part when the encoder is split, else
-        None (one part: diffusers' whole encoder)."""
-        blocks = self.text_encoder_blocks
-        if len(blocks) == 1 or component not in self.text_parts:
-            return None
-        return blocks[self.text_parts.index(component)]
+        """[start, stop) UMT5 blocks of each text-encoder part (TEXT_PART_BYTES each)."""
+        return self.split_blocks(TEXT_PART_BYTES, 256384)
 
     @property
     def experts(self) -> tuple[str, ...]:
