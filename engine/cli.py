@@ -18,9 +18,10 @@ from .options import EngineOptions, RequestOptions
 from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
-    "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt; text to video: "
-    "tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff, tiny-wan, tiny-wan22), a local diffusers "
-    "StableVideoDiffusionPipeline, TextToVideoSDPipeline, AnimateDiffPipeline or WanPipeline folder, or a hub id (needs network)."
+    "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt, tiny-ltx-i2v; text to video: "
+    "tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff, tiny-wan, tiny-wan22, wan2.1-t2v-1.3b, tiny-ltx, "
+    "ltx-video-2b), a local diffusers StableVideoDiffusionPipeline, TextToVideoSDPipeline, AnimateDiffPipeline, "
+    "WanPipeline, LTXPipeline or LTXImageToVideoPipeline folder, or a hub id (needs network)."
 )
 
 

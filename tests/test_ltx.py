@@ -438,3 +438,34 @@ def test_a_split_t5_matches_diffusers(tmp_path, monkeypatch):
     assert loaded == {n for n in loaded if n.startswith(("encoder.block.2.", "encoder.final_layer_norm.",
                                                           "encoder.block.0.layer.0.SelfAttention.relative_attention_bias."))}
     assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in loaded
+
+
+def test_the_real_size_preset_has_ltx_video_2b_sizes():
+    """ltx-video-2b is too large to create in the suite (19 GB with T5-XXL): its configs are
+    built on the meta device and counted (LTX-Video 2B's transformer, 1.92 B counted;
+    google/t5-v1_1-xxl's encoder 4.76 B; the 0.9.0 VAE 419 M); its T5 is split into parts
+    of at most TEXT_PART_BYTES, and benchmarks/ltx_layers builds the same transformer and VAE."""
+    from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from vidrt.benchmarks import ltx_layers
+    from vidrt.families.ltx import model as ltx_model
+    from vidrt.families.ltx import presets
+    from vidrt.sources import ALL_PRESETS
+
+    cfg = presets.PRESETS["ltx-video-2b"]
+    assert "ltx-video-2b" in ALL_PRESETS and "bf16" in cfg["differs"] and "0.9.0" in cfg["differs"]
+    with torch.device("meta"):
+        modules = (LTXVideoTransformer3DModel(**cfg["transformer"]), T5EncoderModel(T5Config(**cfg["text_encoder"])),
+                   AutoencoderKLLTXVideo(**cfg["vae"]))
+        layers = ltx_layers.build_pipeline(2)
+    assert [round(sum(p.numel() for p in m.parameters()) / 1e6) for m in modules] == [1923, 4762, 419]
+    same = lambda a, b, but=(): all(a.config[k] == b.config[k] for k in b.config if not k.startswith("_") and k not in but)  # noqa: E731
+    assert same(layers.vae, modules[2]) and same(layers.transformer, modules[0], but=("num_layers",))
+    assert layers.text_encoder.config.d_model == 4096
+
+    class Folder(ltx_model.SplitTextEncoderMixin):
+        folder, text_encoder = "ltx-video-2b", dict(cfg["text_encoder"], architectures=["T5EncoderModel"])
+
+    parts = Folder().split_blocks(ltx_model.TEXT_PART_BYTES, 32128)
+    assert parts[0][0] == 0 and parts[-1][1] == 24 and len(parts) == 5  # 19 GB in parts of <= 4 GiB
