@@ -69,6 +69,32 @@ class ModelFolderMixin:
         return self.vae_scale_factor * self.unet_up_factor
 
 
+class FirstFrameVaeMixin:
+    """A video VAE that keeps the first frame and packs ``temporal_factor`` frames into each
+    later latent frame (Wan's packs 4, LTX-Video's 8): videos of (temporal_factor)k+1
+    frames, sizes multiples of ``pixel_multiple``. ``family_name`` names the model in errors."""
+
+    family_name = ""
+
+    def latent_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) // self.temporal_factor + 1
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raises VidrtError unless num_frames is (temporal_factor)k+1 within the model's range."""
+        k = self.temporal_factor
+        if num_frames < 1 or (num_frames - 1) % k or num_frames > self.max_frames:
+            near = max(1, min(self.max_frames, (num_frames - 1) // k * k + 1))
+            raise VidrtError(f"num_frames={num_frames}: {self.family_name} makes {k}k+1 frames (1, {k + 1}, "
+                             f"{2 * k + 1}, ... {self.max_frames}); try {near}")
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raises VidrtError unless height and width are positive multiples of pixel_multiple."""
+        m = self.pixel_multiple
+        if height % m or width % m or height < m or width < m:
+            raise VidrtError(f"height and width must be positive multiples of {m} for {self.family_name}, got "
+                             f"{height}x{width}; try {max(m, height // m * m)}x{max(m, width // m * m)}")
+
+
 class SplitTextEncoderMixin:
     """A (U)T5 text encoder too large to export in one piece on this machine (UMT5-XXL:
     22.7 GB in fp32, T5-XXL's encoder 19 GB), exported and run as a chain of parts of

@@ -31,7 +31,7 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
 
     from vidrt.families.t2v.presets import PROMPT_CORPUS
 
-    from .wan_calibration import encode_text
+    from .wan_calibration import encode_text, flow_batches
 
     side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
@@ -50,20 +50,10 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     mask = tok.attention_mask.to(torch.int64)
     s, k = model.vae_scale_factor, model.temporal_factor
     scale = torch.tensor([k / 25.0, s, s], dtype=torch.float32)  # LTXPipeline's default frame rate
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train = int(sched.get("num_train_timesteps", 1000))
-    batches = []
-    for i in range(len(prompts)):
-        x0 = torch.randn(shape, generator=gen)
-        for t in sampler.timesteps.tolist():
-            sigma = t / train
-            x = (1 - sigma) * x0 + sigma * torch.randn(shape, generator=gen)
-            batches.append({
-                "sample": torch.cat([x, x]),
-                "timestep": torch.tensor([float(t)]),
-                "encoder_hidden_states": torch.cat([states[:1], states[i + 1 : i + 2]]),
-                "encoder_attention_mask": torch.cat([mask[:1], mask[i + 1 : i + 2]]),
-                "rope_interpolation_scale": scale,
-                "frame_mask": torch.zeros(CALIB_LATENT_FRAMES, dtype=torch.int64),
-            })
-    return batches
+    frame_mask = torch.zeros(CALIB_LATENT_FRAMES, dtype=torch.int64)
+    return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts), lambda i: {
+        "encoder_hidden_states": torch.cat([states[:1], states[i + 1 : i + 2]]),
+        "encoder_attention_mask": torch.cat([mask[:1], mask[i + 1 : i + 2]]),
+        "rope_interpolation_scale": scale,
+        "frame_mask": frame_mask,
+    })

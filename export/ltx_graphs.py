@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .wan_graphs import RMSNormGraph, _rotary
+from .wan_graphs import _rotary, exportable_transformer
 
 
 class LTXAttentionGraph:
@@ -70,14 +70,7 @@ class LTXTransformerGraph(torch.nn.Module):
 
     def __init__(self, transformer):
         super().__init__()
-        for parent in list(transformer.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.RMSNorm:
-                    setattr(parent, name, RMSNormGraph(child))
-        for module in transformer.modules():
-            if hasattr(module, "set_processor") and hasattr(module, "norm_q"):
-                module.set_processor(LTXAttentionGraph())
-        self.transformer = transformer
+        self.transformer = exportable_transformer(transformer, LTXAttentionGraph)
         cfg = transformer.config
         if cfg.patch_size != 1 or cfg.patch_size_t != 1:
             raise NotImplementedError("vidrt exports LTX transformers with patch sizes 1 (every released LTX-Video)")

@@ -33,19 +33,23 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
                                model.max_text_length)
     side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
+    return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts),
+                        lambda k: {"encoder_hidden_states": torch.cat([states[:1], states[k + 1 : k + 2]])})
+
+
+def flow_batches(model, cfg, shape, timesteps: list[float], prompts: int, text_inputs) -> list[dict[str, torch.Tensor]]:
+    """Per prompt k (a fresh x0) and timestep t: the guidance pair of flow latents
+    ``(1 - sigma)·x0 + sigma·noise`` (sigma = t / num_train_timesteps), the timestep, and
+    ``text_inputs(k)``: the prompt's states stacked after the empty negative's."""
     gen = torch.Generator().manual_seed(cfg.seed)
     train = int(model.scheduler.get("num_train_timesteps", 1000))
     batches = []
-    for k in range(len(prompts)):
+    for k in range(prompts):
         x0 = torch.randn(shape, generator=gen)
-        for t in sampler.timesteps.tolist():
+        for t in timesteps:
             sigma = t / train
             x = (1 - sigma) * x0 + sigma * torch.randn(shape, generator=gen)
-            batches.append({
-                "sample": torch.cat([x, x]),
-                "timestep": torch.tensor([float(t)]),
-                "encoder_hidden_states": torch.cat([states[:1], states[k + 1 : k + 2]]),
-            })
+            batches.append({"sample": torch.cat([x, x]), "timestep": torch.tensor([float(t)]), **text_inputs(k)})
     return batches
 
 

@@ -61,15 +61,16 @@ class WanAttentionGraph:
         return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
 
 
-def exportable_transformer(transformer: torch.nn.Module) -> torch.nn.Module:
-    """Gives a WanTransformer3DModel the graph-friendly RMSNorm and attention, in place."""
+def exportable_transformer(transformer: torch.nn.Module, processor=WanAttentionGraph) -> torch.nn.Module:
+    """Gives a diffusers transformer (Wan's, LTX-Video's) the graph-friendly RMSNorm and
+    attention ``processor``, in place."""
     for parent in list(transformer.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.RMSNorm:
                 setattr(parent, name, RMSNormGraph(child))
     for module in transformer.modules():
         if hasattr(module, "set_processor") and hasattr(module, "norm_q"):
-            module.set_processor(WanAttentionGraph())
+            module.set_processor(processor())
     return transformer
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
-from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, SplitTextEncoderMixin
+from ...model_folder import (
+    MAX_BATCH,
+    MAX_PIXELS,
+    PRESET_MARKER,
+    FirstFrameVaeMixin,
+    ModelFolderMixin,
+    SplitTextEncoderMixin,
+)
 from ...model_folder import read_json as _read_json
 
 MAX_LATENT_FRAMES = 64  # 505 frames of LTX-Video (257 is its longest documented clip)
@@ -32,7 +39,7 @@ TEXT_PART_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
-class LTXModel(SplitTextEncoderMixin, ModelFolderMixin):
+class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of an LTXPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -45,6 +52,7 @@ class LTXModel(SplitTextEncoderMixin, ModelFolderMixin):
     image_to_video: bool = False  # an LTXImageToVideoPipeline folder
 
     denoiser = "transformer"
+    family_name = "LTX-Video"
     denoisers = quantizable = ("transformer",)
     fp16_fp32_layers = ("*norm*",)  # TensorRT fp16: RMS and layer norms in fp32, as diffusers skips casting them
 
@@ -161,25 +169,10 @@ class LTXModel(SplitTextEncoderMixin, ModelFolderMixin):
     def max_frames(self) -> int:
         return self.temporal_factor * (MAX_LATENT_FRAMES - 1) + 1
 
-    def latent_frames(self, num_frames: int) -> int:
-        """Latent frames of an 8k+1-frame video: the LTX VAE keeps the first, packs 8 per latent."""
-        return (num_frames - 1) // self.temporal_factor + 1
-
-    def check_frames(self, num_frames: int) -> None:
-        """Raises VidrtError unless num_frames is (temporal ratio)k+1 within the model's range."""
-        k = self.temporal_factor
-        if num_frames < 1 or (num_frames - 1) % k or num_frames > self.max_frames:
-            near = max(1, min(self.max_frames, (num_frames - 1) // k * k + 1))
-            raise VidrtError(f"num_frames={num_frames}: LTX-Video makes {k}k+1 frames (1, {k + 1}, {2 * k + 1}, ... "
-                             f"{self.max_frames}); try {near}")
-
     def check_ranges(self, videos, do_cfg, frames, height, width, chunk=None, text_length=None) -> None:
         """Raises VidrtError naming the first size outside a component's declared range."""
         self.check_frames(frames)
-        m = self.pixel_multiple
-        if height % m or width % m or height < m or width < m:
-            raise VidrtError(f"height and width must be positive multiples of {m} for LTX-Video, got {height}x{width}; "
-                             f"try {max(m, height // m * m)}x{max(m, width // m * m)}")
+        self.check_size(height, width)
         s = self.vae_scale_factor
         rows = videos * (2 if do_cfg else 1)
         length = 128 if text_length is None else text_length

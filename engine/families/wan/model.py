@@ -19,7 +19,14 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
-from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, SplitTextEncoderMixin
+from ...model_folder import (
+    MAX_BATCH,
+    MAX_PIXELS,
+    PRESET_MARKER,
+    FirstFrameVaeMixin,
+    ModelFolderMixin,
+    SplitTextEncoderMixin,
+)
 from ...model_folder import read_json as _read_json
 
 EXPERTS = ("transformer", "transformer_2")
@@ -32,7 +39,7 @@ TEXT_PART_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
-class WanModel(SplitTextEncoderMixin, ModelFolderMixin):
+class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of a WanPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -48,6 +55,7 @@ class WanModel(SplitTextEncoderMixin, ModelFolderMixin):
     kind = "wan"
     pipeline_class = "WanPipeline"
     denoiser = "transformer"
+    family_name = "Wan"
     # TensorRT fp16: every normalisation (the transformer's RMS/layer norms, UMT5's, the
     # VAE's) in fp32, as diffusers' FP32LayerNorm and WanRMS_norm do in half precision.
     fp16_fp32_layers = ("*norm*",)
@@ -182,25 +190,10 @@ class WanModel(SplitTextEncoderMixin, ModelFolderMixin):
         rope = int(self.transformer.get("rope_max_seq_len", 1024)) * self.patch_size[0]
         return self.temporal_factor * (min(rope, MAX_LATENT_FRAMES) - 1) + 1
 
-    def latent_frames(self, num_frames: int) -> int:
-        """Latent frames of a 4k+1-frame video: the Wan VAE keeps the first and packs 4 per latent."""
-        return (num_frames - 1) // self.temporal_factor + 1
-
-    def check_frames(self, num_frames: int) -> None:
-        """Raises VidrtError unless num_frames is 4k+1 within the model's range."""
-        k = self.temporal_factor
-        if num_frames < 1 or (num_frames - 1) % k or num_frames > self.max_frames:
-            near = max(1, min(self.max_frames, (num_frames - 1) // k * k + 1))
-            raise VidrtError(f"num_frames={num_frames}: Wan makes {k}k+1 frames (1, {k + 1}, {2 * k + 1}, ... "
-                             f"{self.max_frames}); try {near}")
-
     def check_ranges(self, videos, do_cfg, frames, height, width, chunk=None, text_length=None) -> None:
         """Raises VidrtError naming the first size outside a component's declared range."""
         self.check_frames(frames)
-        m = self.pixel_multiple
-        if height % m or width % m or height < m or width < m:
-            raise VidrtError(f"height and width must be positive multiples of {m} for Wan, got {height}x{width}; "
-                             f"try {max(m, height // m * m)}x{max(m, width // m * m)}")
+        self.check_size(height, width)
         s = self.vae_scale_factor
         rows = videos * (2 if do_cfg else 1)
         length = self.max_text_length if text_length is None else text_length
