@@ -262,3 +262,15 @@ def negatives_for(negative_prompt, count: int) -> list[str]:
     if len(negatives) != count:
         raise VidrtError(f"{len(negatives)} negative prompts for {count} prompts; pass one per prompt, or a single string")
     return negatives
+
+
+def warn_truncated(tokenizer, texts, length, stacklevel: int = 7) -> None:
+    """Warns with the dropped text when a prompt is longer than ``length`` tokens (as
+    diffusers does); ``stacklevel`` points the warning at the pipeline's caller (7: called
+    from a family's ``_encode``, under ``__call__``'s no_grad wrapper)."""
+    import warnings
+
+    full = tokenizer(texts, padding="longest", add_special_tokens=True, return_tensors="pt").input_ids
+    if full.shape[-1] > length:
+        removed = tokenizer.batch_decode(full[:, length - 1 : -1], skip_special_tokens=True)
+        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}", stacklevel=stacklevel)

@@ -184,6 +184,15 @@ def test_bad_requests_get_one_line_errors(ltx):
         assert "\n" not in str(err.value)
 
 
+def test_long_prompt_is_truncated_with_a_warning_at_the_caller(ltx):
+    pipe, _ = ltx
+    with pytest.warns(UserWarning, match="truncated to max_sequence_length=4") as caught:
+        out = pipe(**dict(KW, max_sequence_length=4, num_frames=1, num_inference_steps=1, output_type="np"))
+    assert out.frames.shape == (1, 1, 32, 64, 3)
+    (truncated,) = [w for w in caught if "truncated" in str(w.message)]
+    assert truncated.filename == __file__  # pointed at this call, not inside vidrt
+
+
 def test_folders_vidrt_cannot_serve_are_refused(tmp_path):
     """An LTX 0.9.1 decoder (noise injected from torch's global generator) is refused with
     the reason, before any export."""

@@ -183,9 +183,11 @@ def test_bad_requests_get_one_line_errors(wan):
 
 def test_long_prompt_is_truncated_with_a_warning(wan):
     pipe, _ = wan
-    with pytest.warns(UserWarning, match="truncated to max_sequence_length=4"):
+    with pytest.warns(UserWarning, match="truncated to max_sequence_length=4") as caught:
         out = pipe(**dict(KW, max_sequence_length=4, num_frames=1, num_inference_steps=1))
     assert out.frames.shape == (1, 1, 32, 48, 3)
+    (truncated,) = [w for w in caught if "truncated" in str(w.message)]
+    assert truncated.filename == __file__  # pointed at this call, not inside vidrt
 
 
 def test_folder_missing_a_component_is_refused(tmp_path):

@@ -29,6 +29,7 @@ from ...pipeline_base import (
     initial_latents,
     load_tokenizer,
     negatives_for,
+    warn_truncated,
 )
 from ...samplers import draw_noise, make_sampler
 
@@ -151,9 +152,7 @@ class LTXTextToVideoPipeline(BasePipeline):
         texts = (negatives or []) + prompts
         tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
                              return_tensors="pt")
-        from ..wan.pipeline import _warn_truncated
-
-        _warn_truncated(self.tokenizer, texts, length)
+        warn_truncated(self.tokenizer, texts, length)
         t0 = self._now()
         parts = [self.engines[p] for p in self.model.text_parts]
         states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))

@@ -11,8 +11,6 @@ transformer call per step.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ...errors import VidrtError
@@ -27,6 +25,7 @@ from ...pipeline_base import (
     initial_latents,
     load_tokenizer,
     negatives_for,
+    warn_truncated,
 )
 from ...samplers import make_sampler
 
@@ -190,7 +189,7 @@ def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: 
     texts = [prompt_clean(t) for t in texts]
     tok = tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
                     return_attention_mask=True, return_tensors="pt")
-    _warn_truncated(tokenizer, texts, length)
+    warn_truncated(tokenizer, texts, length, stacklevel=8)  # one frame deeper: prompt_states
     mask = tok.attention_mask.to(torch.int64)
     used = min(length, max(1, int(mask.sum(1).max()), min_tokens))
     states = encode(tok.input_ids[:, :used].to(torch.int64), mask[:, :used])
@@ -206,11 +205,3 @@ def _second_guidance(model, guidance_scale, guidance_scale_2):
         raise VidrtError("guidance_scale_2 is for Wan 2.2's second expert; this model has one transformer, drop it")
     check_finite(guidance_scale_2=guidance_scale_2)
     return guidance_scale_2
-
-
-def _warn_truncated(tokenizer, texts, length) -> None:
-    full = tokenizer(texts, padding="longest", add_special_tokens=True, return_tensors="pt").input_ids
-    if full.shape[-1] > length:
-        removed = tokenizer.batch_decode(full[:, length - 1 : -1], skip_special_tokens=True)
-        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}", stacklevel=7)
-
