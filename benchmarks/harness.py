@@ -35,6 +35,8 @@ STAGES = {
     "wan": ("text_encoder", "transformer", "vae_decoder"),
     "ltx": ("text_encoder", "transformer", "vae_decoder"),
     "ltx-i2v": ("text_encoder", "vae_encoder", "transformer", "vae_decoder"),
+    "cogvideox": ("text_encoder", "transformer", "vae_decoder"),
+    "cogvideox-i2v": ("text_encoder", "vae_encoder", "transformer", "vae_decoder"),
 }
 SCHEMA = 2  # 2: every timed run's value ("samples"), "case", "machine"; readers take 1 too (benchmarks/results.py)
 BENCH_FRAMES = 14  # the main job's frames: svd-xt's 25 would not fit the time limit on a 2-core CPU

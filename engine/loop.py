@@ -134,6 +134,7 @@ def denoise(
     progress: bool = False,
     state: LoopState | None = None,
     switch: ExpertSwitch | None = None,
+    guidance_per_step: list[float] | None = None,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
@@ -152,6 +153,8 @@ def denoise(
         progress: show a progress bar.
         state: buffers and graphs kept across requests (default: fresh).
         switch: a second denoiser taking over at a step (same inputs and shapes).
+        guidance_per_step: a guidance scale per step replacing ``guidance``'s value
+            (CogVideoX's dynamic guidance); written into the step's buffer before it runs.
     """
     from tqdm.auto import tqdm
 
@@ -187,6 +190,8 @@ def denoise(
             if guidance is not None:
                 b.guidance.copy_(switch.guidance)
         b.coef.copy_(coefs[i], non_blocking=cuda)
+        if guidance_per_step is not None and b.guidance is not None:
+            b.guidance.fill_(guidance_per_step[i])
         if sampler.draws_noise(i):
             if b.host_noise is not None:
                 # The CPU generator draws into pinned memory; the one host sync of the

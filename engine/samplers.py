@@ -17,17 +17,19 @@ import torch
 
 from .errors import VidrtError
 
-SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler", "flow-euler")
+SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler", "flow-euler", "cogvideox-dpm")
 # Samplers per model kind: SVD's EDM samplers take continuous sigmas, the others
 # step discrete-timestep schedules.
 # Flow-matching models (Wan) predict a velocity: the folder's scheduler (UniPC on flow
 # sigmas) or flow-matching Euler.
 SAMPLERS_FOR = {"image-to-video": ("euler", "animatelcm"), "text-to-video": ("ddim", "lcm", "dpm++", "euler", "scheduler"),
                 "wan": ("scheduler", "flow-euler"), "ltx": ("flow-euler", "scheduler"),
-                "ltx-i2v": ("flow-euler", "scheduler")}
+                "ltx-i2v": ("flow-euler", "scheduler"), "cogvideox": ("ddim", "cogvideox-dpm", "scheduler"),
+                "cogvideox-i2v": ("ddim", "cogvideox-dpm", "scheduler")}
 # A model folder's scheduler class -> the sampler that steps as it does.
 DEFAULT_FOR_SCHEDULER = {"EulerDiscreteScheduler": "euler", "DDIMScheduler": "ddim", "LCMScheduler": "lcm",
-                         "FlowMatchEulerDiscreteScheduler": "flow-euler"}
+                         "FlowMatchEulerDiscreteScheduler": "flow-euler", "CogVideoXDDIMScheduler": "ddim",
+                         "CogVideoXDPMScheduler": "cogvideox-dpm"}
 
 
 class Sampler:
@@ -249,9 +251,12 @@ class _LinearStepSampler(Sampler):
         super().__init__()
         import diffusers
 
-        self.scheduler = getattr(diffusers, self.scheduler_class).from_config(_public(scheduler_config))
+        cls = self.scheduler_class
+        if scheduler_config.get("_class_name", "").startswith("CogVideoX"):  # its SNR-shifted schedule
+            cls = f"CogVideoX{cls}"
+        self.scheduler = getattr(diffusers, cls).from_config(_public(scheduler_config))
         cfg = self.scheduler.config
-        if cfg.clip_sample or cfg.thresholding:
+        if cfg.clip_sample or getattr(cfg, "thresholding", False):
             raise VidrtError(f"{self.name} sampler: clip_sample/thresholding make the step non-linear; "
                              "use --sampler scheduler")
         self.prediction_type = cfg.prediction_type
@@ -401,6 +406,29 @@ class SchedulerSampler(Sampler):
         return x.copy_(prev)
 
 
+class CogVideoXDPMSampler(SchedulerSampler):
+    """diffusers' CogVideoXDPMScheduler stepped by itself, as the CogVideoX pipelines call
+    it: with the previous step's prediction of the clean sample and the previous timestep
+    (its second-order update), drawing its noise from the request's generator."""
+
+    def __init__(self, scheduler_config: dict):
+        super().__init__("CogVideoXDPMScheduler", scheduler_config, "cogvideox-dpm")
+        self._previous = None
+
+    def begin(self, generator) -> None:
+        super().begin(generator)
+        self._previous = None
+
+    def apply(self, x, model_output, coef=None, noise=None):
+        timesteps = self.scheduler.timesteps
+        back = timesteps[self._i - 1] if self._i > 0 else None
+        # Copies: the scheduler keeps the prediction, and vidrt's buffers are overwritten in place.
+        prev, self._previous = self.scheduler.step(model_output.clone(), self._previous, timesteps[self._i], back,
+                                                   x.clone(), **self._kwargs, return_dict=False)
+        self._i += 1
+        return x.copy_(prev)
+
+
 def _shift(scheduler, mu: float | None) -> float | None:
     """``mu`` for a dynamically shifted flow schedule (None otherwise)."""
     if not getattr(scheduler.config, "use_dynamic_shifting", False):
@@ -425,7 +453,8 @@ def check_sampler(name: str | None, kind: str) -> None:
     """Raises VidrtError when sampler ``name`` does not fit a model of ``kind``."""
     allowed = SAMPLERS_FOR.get(kind, SAMPLERS_FOR["text-to-video"])
     if name is not None and name not in allowed:
-        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan", "ltx": "LTX-Video", "ltx-i2v": "LTX-Video"}.get(kind, "text-to-video")
+        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan", "ltx": "LTX-Video", "ltx-i2v": "LTX-Video",
+                "cogvideox": "CogVideoX", "cogvideox-i2v": "CogVideoX"}.get(kind, "text-to-video")
         raise VidrtError(f"--sampler {name} is not for {what} models; choose one of {', '.join(allowed)}")
 
 
@@ -458,6 +487,8 @@ def make_sampler(name: str | None, scheduler_config: dict):
         return LCMSampler(scheduler_config)
     if name == "dpm++":
         return SchedulerSampler("DPMSolverMultistepScheduler", scheduler_config, "dpm++", algorithm_type="dpmsolver++")
+    if name == "cogvideox-dpm" or (name == "scheduler" and cls_name == "CogVideoXDPMScheduler"):
+        return CogVideoXDPMSampler(scheduler_config)
     if name == "scheduler":
         return SchedulerSampler(cls_name, scheduler_config)
     if name == "flow-euler":

@@ -11,6 +11,7 @@ from vidrt.components import ComponentSpec
 from vidrt.errors import VidrtError
 
 from .video_layout import VideoLayoutDecoderGraph, VideoLayoutResBlock
+from .cogvideox_graphs import COGVIDEOX_GRAPHS
 from .ltx_graphs import LTX_GRAPHS
 from .wan_graphs import WAN_GRAPHS
 
@@ -205,6 +206,7 @@ GRAPHS = {
     ("vae_decoder", "AutoencoderKL"): FrameDecoderGraph,
     **WAN_GRAPHS,
     **LTX_GRAPHS,
+    **COGVIDEOX_GRAPHS,
 }
 
 # (component, torch module class, variant) -> the same function as another graph, laid out

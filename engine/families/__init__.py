@@ -22,6 +22,8 @@ PIPELINE_CLASSES = {
     "WanPipeline": "wan",
     "LTXPipeline": "ltx",
     "LTXImageToVideoPipeline": "ltx",
+    "CogVideoXPipeline": "cogvideox",
+    "CogVideoXImageToVideoPipeline": "cogvideox",
 }
 
 # model kind (``model.kind``) -> (family, its pipeline class)
@@ -32,9 +34,11 @@ KINDS = {
     "wan": ("wan", "WanTextToVideoPipeline"),
     "ltx": ("ltx", "LTXTextToVideoPipeline"),
     "ltx-i2v": ("ltx", "LTXImageToVideoPipeline"),
+    "cogvideox": ("cogvideox", "CogVideoXTextToVideoPipeline"),
+    "cogvideox-i2v": ("cogvideox", "CogVideoXImageToVideoPipeline"),
 }
 
-FAMILIES = ("svd", "t2v", "wan", "ltx")
+FAMILIES = ("svd", "t2v", "wan", "ltx", "cogvideox")
 
 
 def family_module(family: str, part: str):

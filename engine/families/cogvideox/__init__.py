@@ -1,0 +1,1 @@
+"""CogVideoX: diffusers CogVideoXPipeline and CogVideoXImageToVideoPipeline."""

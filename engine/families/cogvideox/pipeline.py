@@ -1,0 +1,245 @@
+"""CogVideoXTextToVideoPipeline: diffusers' CogVideoXPipeline on compiled engines.
+
+As diffusers does: prompts are tokenized to ``max_sequence_length`` and encoded with the
+padding attended (CogVideoX passes T5 no mask); latents are drawn [V, F, C, h, w] from the
+request's generator; the folder's scheduler sets the timesteps (CogVideoX's DDIM with its
+SNR shift, or its DPM solver, which also takes the previous step's prediction); rotary
+tables, where the transformer has them, come from diffusers' own functions for the
+request's grid; the latents are decoded in diffusers' chunks (see the family's model).
+Unlike diffusers, the prompt and negative prompt are encoded in one call, both guidance
+halves run in one transformer call per step, and ``num_videos_per_prompt`` is honoured
+(diffusers' CogVideoX pipelines set it to 1 whatever is passed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...errors import VidrtError
+from ...loop import Conditioning, denoise
+from ...pipeline_base import (
+    BasePipeline,
+    StageTimings,
+    VideoPipelineOutput,
+    as_prompts,
+    check_finite,
+    check_request,
+    initial_latents,
+    load_tokenizer,
+    negatives_for,
+    warn_truncated,
+)
+from ...samplers import draw_noise, make_sampler
+from .model import FIRST_CHUNK
+
+
+class CogVideoXTextToVideoPipeline(BasePipeline):
+    """CogVideoX text-to-video generation on compiled engines; built by
+    ``VideoPipeline.from_pretrained`` from a CogVideoXPipeline folder."""
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.tokenizer = load_tokenizer(model.folder)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int = 49,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        use_dynamic_cfg: bool = False,
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        max_sequence_length: int | None = None,
+        progress: bool = False,
+    ):
+        """Generates videos from text, as diffusers' CogVideoXPipeline does.
+
+        Args mirror CogVideoXPipeline.__call__, with its defaults: height and width default
+        to the transformer's sample size (480x720 for CogVideoX), ``max_sequence_length``
+        to its text length (226). ``guidance_scale`` <= 1 turns guidance off;
+        ``use_dynamic_cfg`` rises the scale along the schedule as diffusers does; ``eta``
+        must be 0 (diffusers' default). Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
+
+        Returns:
+            VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
+            [B, F, 3, H, W] (pt) or latents (latent).
+
+        Raises:
+            VidrtError: invalid arguments (frames not 8k+1, sizes not multiples of 16, ...)
+                or a shape outside the engines' ranges.
+        """
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
+
+    def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
+                  use_dynamic_cfg, num_videos_per_prompt, eta, generator, latents, output_type, return_dict,
+                  max_sequence_length, progress, image=None):
+        start = self._now()
+        m = self.model
+        height = m.default_size[0] if height is None else height
+        width = m.default_size[1] if width is None else width
+        length = m.max_text_length if max_sequence_length is None else max_sequence_length
+        prompts = as_prompts(prompt, "prompt")
+        negatives = negatives_for(negative_prompt, len(prompts))
+        check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
+        check_finite(guidance_scale=guidance_scale, eta=eta)
+        if eta != 0.0:
+            raise VidrtError(f"eta={eta!r}: vidrt runs CogVideoX's schedulers at eta 0 (diffusers' default); pass 0.0")
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= m.max_text_length:
+            raise VidrtError(f"max_sequence_length={length!r}: must be a whole number in 1..{m.max_text_length}")
+        videos = len(prompts) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != videos:
+            raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
+        do_cfg = guidance_scale > 1.0
+        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=length)
+        sampler = make_sampler(self.sampler_name, m.scheduler)
+        sampler.set_timesteps(num_inference_steps)
+        self.timings = StageTimings()
+
+        embeds = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, length)
+        s = m.vae_scale_factor
+        shape = (videos, m.latent_frames(num_frames), m.latent_channels, height // s, width // s)
+        inputs = {"encoder_hidden_states": embeds}
+        if image is not None:
+            first = self._image_latents(image, shape, generator, height, width, num_videos_per_prompt)
+            inputs["image_latents"] = torch.cat([first, first]) if do_cfg else first
+        latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
+        if m.rotary:
+            inputs["rotary_cos"], inputs["rotary_sin"] = self._rotary_tables(height, width, shape[1])
+        guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
+        schedule = _dynamic_guidance(guidance_scale, sampler, num_inference_steps) if do_cfg and use_dynamic_cfg else None
+        latents = denoise(self.engines["transformer"], sampler, latents, Conditioning(inputs, channel_axis=2), guidance,
+                          generator, self.timings.unet_steps, progress=progress, state=self.loop_state,
+                          guidance_per_step=schedule)
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = self.video_processor.postprocess_video(video=self._decode(latents), output_type=output_type)
+        self.timings.end_to_end = self._now() - start
+        return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
+
+    def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
+        """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
+        videos adjacent; one text encoder call (each part in turn for a split encoder)."""
+        texts = (negatives or []) + prompts
+        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                             return_tensors="pt")
+        warn_truncated(self.tokenizer, texts, length)
+        t0 = self._now()
+        parts = [self.engines[p] for p in self.model.text_parts]
+        states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))
+        for part in parts[1:]:
+            states = part(hidden_states=states["next_hidden_states"])
+        states = states["last_hidden_state"]
+        self.timings.text_encoder = self._now() - t0
+        return states.repeat_interleave(per_prompt, dim=0).contiguous()
+
+    def _rotary_tables(self, height: int, width: int, frames: int):
+        """CogVideoXPipeline._prepare_rotary_positional_embeddings for CogVideoX 1.0: the
+        token grid's crop within the transformer's sample grid, then diffusers'
+        get_3d_rotary_pos_embed (cos, sin: [frames*gh*gw, head_dim])."""
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+        t, p, s = self.model.transformer, self.model.patch_size, self.model.vae_scale_factor
+        grid = (height // (s * p), width // (s * p))
+        crops = get_resize_crop_region_for_grid(grid, int(t.get("sample_width", 90)) // p,
+                                                int(t.get("sample_height", 60)) // p)
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=int(t.get("attention_head_dim", 64)), crops_coords=crops,
+                                           grid_size=grid, temporal_size=frames, device=self.device)
+        return cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE decoder in diffusers' chunks, video by video: latent frames 0..2 give
+        2k+1 frames and the caches, each next pair 2k frames from the caches. Returns
+        [V, 3, T, H, W] in [-1, 1]."""
+        t0 = self._now()
+        first, chunk = self.engines["vae_decoder"], self.engines["vae_decoder_chunk"]
+        s, k = self.model.vae_scale_factor, self.model.temporal_factor
+        v, t, _, h, w = latents.shape
+        head = (FIRST_CHUNK - 1) * k + 1
+        out = torch.empty((v, 3, k * (t - 1) + 1, h * s, w * s), device=self.device)
+        names = [n for n in first.spec.output_names if n != "frames"]
+        # Two sets of caches, read by one call while the next is written: an engine never
+        # writes the tensors it reads.
+        shapes = first.spec.output_shapes({"B": 1, "h": h, "w": w})
+        sets = [{n: torch.empty(shapes[n], device=self.device) for n in names} for _ in range(2)]
+        frames = torch.empty((1, 3, 2 * k, h * s, w * s), device=self.device)
+        for i in range(v):
+            result = first(latents=latents[i : i + 1, :FIRST_CHUNK].contiguous())
+            out[i, :, :head] = result["frames"][0]
+            caches = {n: result[n] for n in names}
+            for n, j in enumerate(range(FIRST_CHUNK, t, 2)):
+                written = sets[n % 2]
+                chunk(latents=latents[i : i + 1, j : j + 2].contiguous(),
+                      **{name.replace("next_", ""): c for name, c in caches.items()}, out={"frames": frames, **written})
+                out[i, :, head + 2 * k * n : head + 2 * k * (n + 1)] = frames[0]
+                caches = written
+        self.timings.vae_decoder = self._now() - t0
+        return out
+
+
+def _dynamic_guidance(scale: float, sampler, steps: int) -> list[float]:
+    """CogVideoXPipeline's use_dynamic_cfg: step i guides at
+    1 + scale * (1 - cos(pi * ((steps - t_i) / steps) ** 5)) / 2."""
+    return [1 + scale * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2) for t in sampler.timesteps.tolist()]
+
+
+class CogVideoXImageToVideoPipeline(CogVideoXTextToVideoPipeline):
+    """CogVideoX image-to-video generation on compiled engines (diffusers'
+    CogVideoXImageToVideoPipeline): the image's scaled latent is appended to every step's
+    latents as extra channels of frame 0."""
+
+    @torch.no_grad()
+    def __call__(self, image, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                 height: int | None = None, width: int | None = None, num_frames: int = 49,
+                 num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
+                 num_videos_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None,
+                 output_type: str = "pil", return_dict: bool = True, max_sequence_length: int | None = None,
+                 progress: bool = False):
+        """Generates videos from an image and text, as diffusers' CogVideoXImageToVideoPipeline does.
+
+        Args mirror CogVideoXImageToVideoPipeline.__call__ and CogVideoXTextToVideoPipeline's;
+        ``image`` is one image (every video starts from it) or one per prompt (PIL, NumPy
+        or a [3, H, W] tensor in [0, 1]), resized to height x width as diffusers does.
+
+        Raises:
+            VidrtError: as CogVideoXTextToVideoPipeline, or a missing image.
+        """
+        if image is None:
+            raise VidrtError("image-to-video needs an image: pass image=PIL.Image (or --image PATH)")
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
+
+    def _image_latents(self, image, shape, generator, height, width, per_prompt: int) -> torch.Tensor:
+        """CogVideoXImageToVideoPipeline.prepare_latents: each image encoded, its latent
+        sampled from the request's generator image by image (before the latents' noise)
+        and scaled. Returns [V, C, h, w], each prompt's videos adjacent."""
+        videos = shape[0]
+        images = image if isinstance(image, list) else [image]
+        prompts = videos // per_prompt
+        if len(images) not in (1, prompts):
+            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
+        pixels = self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
+        if isinstance(generator, list):  # one draw per video, each from its own generator
+            pixels = pixels.repeat_interleave(videos // len(images), dim=0)
+        t0 = self._now()
+        first = []
+        for i in range(len(pixels)):  # each sample taken before the next call reuses the engine's outputs
+            out = self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))
+            g = generator[i] if isinstance(generator, list) else generator
+            first.append(out["latent_mean"] + out["latent_std"] * draw_noise(out["latent_mean"].shape, g).to(self.device))
+        self.timings.vae_encoder = self._now() - t0
+        first = torch.cat(first)[:, :, 0]  # [n, C, h, w]
+        if len(first) != videos:
+            first = first.repeat_interleave(videos // len(first), dim=0)
+        return first.contiguous()
