@@ -134,8 +134,9 @@ class CogVideoXVaeEncoderGraph(torch.nn.Module):
 class _CachedConvs:
     """Routes the caches of the decoder's causal convolutions of kernel > 1 in time through
     lists instead of diffusers' nested dicts: each convolution reads its cache from
-    ``given`` (None: pad with copies of the first frame, as diffusers' first chunk does)
-    and leaves its last frames in ``kept``, by its place in module order."""
+    ``given`` and leaves its last frames in ``kept``, by its place in module order. Where
+    there is no cache (``given`` None, or the [1] tensor ``fresh`` is 1: a clip's first
+    chunk) it pads with copies of its input's first frame, as diffusers does."""
 
     def __init__(self, decoder):
         from diffusers.models.autoencoders.autoencoder_kl_cogvideox import CogVideoXCausalConv3d
@@ -143,6 +144,7 @@ class _CachedConvs:
         self.convs = [m for m in decoder.modules() if isinstance(m, CogVideoXCausalConv3d)
                       and m.time_kernel_size > 1 and m.pad_mode != "replicate"]
         self.given: list | None = None
+        self.fresh: torch.Tensor | None = None
         self.kept: list = []
         for i, conv in enumerate(self.convs):
             conv.forward = self._forward(i, conv)  # this instance only
@@ -150,15 +152,17 @@ class _CachedConvs:
     def _forward(self, i, conv):
         def forward(inputs, conv_cache=None):
             pad = conv.time_kernel_size - 1
-            cache = self.given[i] if self.given is not None else inputs[:, :, :1].expand(-1, -1, pad, -1, -1)
+            first = inputs[:, :, :1].expand(-1, -1, pad, -1, -1)
+            cache = first if self.given is None else torch.where(self.fresh, first, self.given[i])
             x = torch.cat([cache, inputs], dim=2)
             self.kept[i] = x[:, :, -pad:]
             return conv.conv(x), None
 
         return forward
 
-    def run(self, decoder, z, given):
+    def run(self, decoder, z, given, fresh=None):
         self.given, self.kept = given, [None] * len(self.convs)
+        self.fresh = None if fresh is None else fresh.bool().view(1, 1, 1, 1, 1)
         frames, _ = decoder(z)
         return frames, self.kept
 
@@ -173,11 +177,11 @@ class CogVideoXVaeDecoderGraph(torch.nn.Module):
         self.inv_scale = 1 / vae.config.scaling_factor
         self.caches = _CachedConvs(vae.decoder)
 
-    def _decode(self, latents, given):
+    def _decode(self, latents, given, fresh=None):
         z = self.inv_scale * latents.permute(0, 2, 1, 3, 4)
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
-        frames, kept = self.caches.run(self.vae.decoder, z, given)
+        frames, kept = self.caches.run(self.vae.decoder, z, given, fresh)
         return (frames, *kept)
 
     def forward(self, latents):
@@ -185,11 +189,12 @@ class CogVideoXVaeDecoderGraph(torch.nn.Module):
 
 
 class CogVideoXVaeChunkGraph(CogVideoXVaeDecoderGraph):
-    """A later chunk: two latent frames and the caches -> (frames [B, 3, 2k, H, W], the
+    """A pair of latent frames, the caches and ``first`` ([1] int64: 1 for the first chunk
+    of an even latent count, whose caches are ignored) -> (frames [B, 3, 2k, H, W], the
     caches updated)."""
 
-    def forward(self, latents, *caches):
-        return self._decode(latents, list(caches))
+    def forward(self, latents, first, *caches):
+        return self._decode(latents, list(caches), first)
 
 
 # (component, torch module class) -> graph; the T5 text encoder's is Wan's (UMT5Graph, no mask).

@@ -8,11 +8,15 @@ so it runs at max_sequence_length), ``transformer`` on latents [B, F, C, h, w] (
 layout; the image's latent frame, the image-to-video pipeline's extra channels, and the
 rotary tables of CogVideoX-5b are inputs), ``vae_encoder`` (image to video: the image's
 latent distribution) and the VAE decoder as diffusers runs it, in chunks of latent frames
-with a cache per causal convolution: ``vae_decoder`` decodes latent frames 0..2 without
-caches and returns them, ``vae_decoder_chunk`` decodes each next pair from the caches and
-returns them updated. GroupNorm statistics and the temporal upsampling depend on the
-chunks, so vidrt decodes the very chunks diffusers does: 3 latent frames first, then pairs,
-which asks for an odd latent count (8k+1 video frames, 49 among them).
+with a cache per causal convolution. GroupNorm statistics and the temporal upsampling
+depend on the chunks, so vidrt decodes the very chunks diffusers does: for an odd latent
+count (49 frames: 13) ``vae_decoder`` decodes latent frames 0..2 without caches and
+returns them, then ``vae_decoder_chunk`` decodes each next pair from the caches and
+returns them updated; for an even count (13 frames: 4) the first pair is a
+``vae_decoder_chunk`` call too, told (``first``) to pad as a clip's start instead of
+reading caches, and its frames are upsampled in time like every pair's, so a request for
+4k+1 frames with an even latent count gets 4k+4 (13 -> 16), as from diffusers. Requests
+are 4k+1 frames, k >= 1 (one frame alone would be a third kind of chunk).
 """
 
 from __future__ import annotations
@@ -183,16 +187,16 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
         return (num_frames - 1) // self.temporal_factor + 1
 
     def check_frames(self, num_frames: int) -> None:
-        """Raises VidrtError unless num_frames gives an odd latent count of at least 3
-        (see the module's docstring), within range; a learned position table fixes it."""
+        """Raises VidrtError unless num_frames is 4k+1 with k >= 1 (see the module's
+        docstring), within range; a learned position table fixes it."""
         k = self.temporal_factor
         if self.learned_positions and num_frames != self.sample_size[0]:
             raise VidrtError(f"num_frames={num_frames}: this CogVideoX transformer's learned position table "
                              f"(CogVideoX-5b-I2V's) is for {self.sample_size[0]} frames; pass that")
-        if num_frames < 2 * k + 1 or (num_frames - 1) % (2 * k) or num_frames > self.max_frames:
-            near = min(self.max_frames, max(2 * k + 1, (num_frames - 1) // (2 * k) * 2 * k + 1))
-            raise VidrtError(f"num_frames={num_frames}: vidrt's CogVideoX makes {2 * k}k+1 frames ({2 * k + 1}, "
-                             f"{4 * k + 1}, ... {self.max_frames}; 49 is CogVideoX's own); try {near}")
+        if num_frames < k + 1 or (num_frames - 1) % k or num_frames > self.max_frames:
+            near = min(self.max_frames, max(k + 1, (num_frames - 1) // k * k + 1))
+            raise VidrtError(f"num_frames={num_frames}: vidrt's CogVideoX makes {k}k+1 frames with k >= 1 ({k + 1}, "
+                             f"{2 * k + 1}, ... {self.max_frames}; 49 is CogVideoX's own); try {near}")
 
     def check_size(self, height: int, width: int) -> None:
         """Raises VidrtError unless the size is a positive multiple of pixel_multiple (and,
@@ -309,8 +313,9 @@ def decoder_caches(vae: dict) -> list[tuple[int, int]]:
 
 def vae_decoder_spec(m: CogVideoXModel, first: bool = True) -> ComponentSpec:
     """One decode chunk, 1/scaling_factor folded in: latents [B, n, C, h, w] (n = 3 for the
-    first chunk, 2 after) -> frames in [-1, 1] [B, 3, (n-1)*k+1 or n*k, H, W] and the caches
-    [B, c, 2, h*s, w*s] the next chunk reads (``first``: the chunk that reads none)."""
+    first chunk of an odd count, 2 for every pair) -> frames in [-1, 1] [B, 3, (n-1)*k+1 or
+    n*k, H, W] and the caches [B, c, 2, h*s, w*s] the next chunk reads (``first``: the
+    3-frame chunk, which reads none; a pair reads them unless its ``first`` input is 1)."""
     s, k = m.vae_scale_factor, m.temporal_factor
     caches = decoder_caches(m.vae)
 
@@ -322,7 +327,8 @@ def vae_decoder_spec(m: CogVideoXModel, first: bool = True) -> ComponentSpec:
     return ComponentSpec(
         name="vae_decoder" if first else "vae_decoder_chunk",
         inputs=(TensorSpec("latents", ("B", n, int(m.vae.get("latent_channels", 16)), "h", "w")),
-                *(() if first else tuple(cache("cache", i) for i in range(len(caches))))),
+                *(() if first else (TensorSpec("first", (1,), "int64", high=2),
+                                    *(cache("cache", i) for i in range(len(caches)))))),
         outputs=(TensorSpec("frames", ("B", 3, (n - 1) * k + 1 if first else n * k, f"h*{s}", f"w*{s}")),
                  *(cache("next_cache", i) for i in range(len(caches)))),
         ranges={"B": DimRange(1, MAX_BATCH), "h": DimRange(1, MAX_PIXELS // s), "w": DimRange(1, MAX_PIXELS // s)},

@@ -160,30 +160,37 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         return cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The VAE decoder in diffusers' chunks, video by video: latent frames 0..2 give
-        2k+1 frames and the caches, each next pair 2k frames from the caches. Returns
+        """The VAE decoder in diffusers' chunks, video by video: an odd latent count starts
+        with latent frames 0..2 (2k+1 frames and the caches), an even one with a pair
+        flagged ``first``; each next pair gives 2k frames from the caches (so an even count
+        F gives k*F frames, not k*(F-1)+1: 16 for 13 requested, as in diffusers). Returns
         [V, 3, T, H, W] in [-1, 1]."""
         t0 = self._now()
-        first, chunk = self.engines["vae_decoder"], self.engines["vae_decoder_chunk"]
+        head, chunk = self.engines["vae_decoder"], self.engines["vae_decoder_chunk"]
         s, k = self.model.vae_scale_factor, self.model.temporal_factor
         v, t, _, h, w = latents.shape
-        head = (FIRST_CHUNK - 1) * k + 1
-        out = torch.empty((v, 3, k * (t - 1) + 1, h * s, w * s), device=self.device)
-        names = [n for n in first.spec.output_names if n != "frames"]
+        start = FIRST_CHUNK if t % 2 else 0  # latent frames the 3-frame chunk decodes
+        out = torch.empty((v, 3, k * (t - 1) + 1 if start else k * t, h * s, w * s), device=self.device)
+        names = [n for n in head.spec.output_names if n != "frames"]
         # Two sets of caches, read by one call while the next is written: an engine never
-        # writes the tensors it reads.
-        shapes = first.spec.output_shapes({"B": 1, "h": h, "w": w})
-        sets = [{n: torch.empty(shapes[n], device=self.device) for n in names} for _ in range(2)]
+        # writes the tensors it reads. The first pair of an even count reads zeros it ignores.
+        shapes = head.spec.output_shapes({"B": 1, "h": h, "w": w})
+        sets = [{n: torch.zeros(shapes[n], device=self.device) for n in names} for _ in range(2)]
         frames = torch.empty((1, 3, 2 * k, h * s, w * s), device=self.device)
+        flags = [torch.tensor([f], dtype=torch.int64, device=self.device) for f in (0, 1)]
         for i in range(v):
-            result = first(latents=latents[i : i + 1, :FIRST_CHUNK].contiguous())
-            out[i, :, :head] = result["frames"][0]
-            caches = {n: result[n] for n in names}
-            for n, j in enumerate(range(FIRST_CHUNK, t, 2)):
+            caches, done = sets[1], 0  # done: frames written so far
+            if start:
+                result = head(latents=latents[i : i + 1, :start].contiguous())
+                done = (start - 1) * k + 1
+                out[i, :, :done] = result["frames"][0]
+                caches = {n: result[n] for n in names}
+            for n, j in enumerate(range(start, t, 2)):
                 written = sets[n % 2]
-                chunk(latents=latents[i : i + 1, j : j + 2].contiguous(),
+                chunk(latents=latents[i : i + 1, j : j + 2].contiguous(), first=flags[int(j == 0)],
                       **{name.replace("next_", ""): c for name, c in caches.items()}, out={"frames": frames, **written})
-                out[i, :, head + 2 * k * n : head + 2 * k * (n + 1)] = frames[0]
+                out[i, :, done : done + 2 * k] = frames[0]
+                done += 2 * k
                 caches = written
         self.timings.vae_decoder = self._now() - t0
         return out
