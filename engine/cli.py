@@ -18,10 +18,11 @@ from .options import EngineOptions, RequestOptions
 from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
-    "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt, tiny-ltx-i2v; text to video: "
-    "tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff, tiny-wan, tiny-wan22, wan2.1-t2v-1.3b, tiny-ltx, "
-    "ltx-video-2b), a local diffusers StableVideoDiffusionPipeline, TextToVideoSDPipeline, AnimateDiffPipeline, "
-    "WanPipeline, LTXPipeline or LTXImageToVideoPipeline folder, or a hub id (needs network)."
+    "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt, tiny-ltx-i2v, tiny-cogvideox-i2v; "
+    "text to video: tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff, tiny-wan, tiny-wan22, wan2.1-t2v-1.3b, "
+    "tiny-ltx, ltx-video-2b, tiny-cogvideox, cogvideox-2b), a local diffusers StableVideoDiffusionPipeline, "
+    "TextToVideoSDPipeline, AnimateDiffPipeline, WanPipeline, LTXPipeline, LTXImageToVideoPipeline, CogVideoXPipeline "
+    "or CogVideoXImageToVideoPipeline folder, or a hub id (needs network)."
 )
 
 
@@ -369,10 +370,12 @@ def _generate_request(cfg: GenerateConfig, model, image) -> dict:
     text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
     if cfg.guidance_scale_2 is not None and model.kind != "wan":
         raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
-    if model.kind in ("wan", "ltx", "ltx-i2v"):  # the diffusion transformers
+    if model.kind in ("wan", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):  # the diffusion transformers
         if cfg.decode_chunk_size is not None:
-            how = ("decodes one latent frame (4 frames) per call" if model.kind == "wan"
-                   else "decodes the whole latent clip in one call")
+            how = {"wan": "decodes one latent frame (4 frames) per call",
+                   "cogvideox": "decodes the latent frames in diffusers' chunks (3, then pairs)",
+                   "cogvideox-i2v": "decodes the latent frames in diffusers' chunks (3, then pairs)"}.get(
+                model.kind, "decodes the whole latent clip in one call")
             raise VidrtError(f"--decode-chunk-size: this model's VAE {how}, as diffusers does; drop the flag")
         scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
         extra = dict(guidance_scale_2=cfg.guidance_scale_2) if model.kind == "wan" else {}

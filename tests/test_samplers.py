@@ -180,3 +180,36 @@ def test_flow_euler_steps_equal_diffusers(config):
         ours.step(v, i, x)
         assert torch.allclose(x, x_ref, rtol=1e-6, atol=1e-6), i
     assert make_sampler(None, config).name == ("flow-euler" if "shift" in config else "scheduler")
+
+
+@pytest.mark.parametrize("name", ["ddim", "cogvideox-dpm"])
+def test_cogvideox_steps_equal_diffusers(name):
+    """vidrt's fused DDIM step on CogVideoX's SNR-shifted schedule equals
+    CogVideoXDDIMScheduler.step, and the CogVideoX DPM sampler steps as CogVideoXPipeline's
+    loop calls CogVideoXDPMScheduler (diffusers pipeline_cogvideox.py: the previous step's
+    x0 prediction and timestep passed back, noise from the request's generator) at every step."""
+    import diffusers
+
+    from vidrt.families.cogvideox.presets import COGVIDEOX_2B_SCHEDULER
+
+    cls = "CogVideoXDDIMScheduler" if name == "ddim" else "CogVideoXDPMScheduler"
+    config = COGVIDEOX_2B_SCHEDULER | {"_class_name": cls}
+    ours = make_sampler(None, config)
+    assert ours.name == name  # the folder's scheduler picks the sampler
+    ours.set_timesteps(5)
+    ref = getattr(diffusers, cls).from_config(config)
+    ref.set_timesteps(5)
+    assert torch.equal(ours.timesteps, ref.timesteps.float())
+    x = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    x_ref, old = x.clone(), None
+    gen, gen_ref = torch.Generator().manual_seed(100), torch.Generator().manual_seed(100)
+    ours.begin(gen)
+    for i, t in enumerate(ref.timesteps):
+        out = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + i))
+        if name == "ddim":
+            x_ref = ref.step(out, t, x_ref, eta=0.0, generator=gen_ref).prev_sample
+        else:
+            x_ref, old = ref.step(out, old, t, ref.timesteps[i - 1] if i > 0 else None, x_ref, eta=0.0,
+                                  generator=gen_ref, return_dict=False)
+        ours.apply(x, out, torch.tensor(ours.coefficients(i)), None)
+        assert torch.allclose(x, x_ref, rtol=1e-5, atol=1e-5 * float(x_ref.abs().max())), (name, i)
