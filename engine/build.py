@@ -128,10 +128,10 @@ def prepare_engines(
     for p in set(precisions.values()):
         backend.check_precision(p)
     quantized = [c for c, p in precisions.items() if p in QUANTIZED]
-    if quantized and model.kind not in ("image-to-video", "wan", "ltx", "ltx-i2v"):
+    if quantized and model.kind not in ("image-to-video", "wan", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):
         raise VidrtError(
-            f"--precision {precisions[quantized[0]]}: the quantization stage calibrates SVD-family, Wan and LTX-Video "
-            "models only so far; build ModelScope, AnimateDiff and CogVideoX engines with fp32 or bf16"
+            f"--precision {precisions[quantized[0]]}: the quantization stage calibrates SVD-family and diffusion "
+            "transformer models only so far; build ModelScope and AnimateDiff engines with fp32 or bf16"
         )
     if len({precisions[c] for c in quantized}) > 1:
         raise VidrtError("--component-precision: quantize every quantized component to the same format (int8 or fp8)")

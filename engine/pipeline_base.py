@@ -174,6 +174,34 @@ class BasePipeline(abc.ABC):
     def _generate(self, **request):
         """Runs one request (``__call__``'s arguments by name); returns the output."""
 
+    def _sample_image_latents(self, image, videos: int, per_prompt: int, generator, height: int, width: int):
+        """Each image encoded by the ``vae_encoder`` engine (mean and std of its latent) and
+        its latent sampled from the request's generator, image by image, as diffusers'
+        image-to-video pipelines draw them (a list of generators: one draw per video, each
+        from its own). ``image``: one image, or one per prompt. Returns [videos, C, 1, h, w],
+        each prompt's videos adjacent.
+
+        Raises:
+            VidrtError: the number of images fits neither one nor one per prompt.
+        """
+        images = image if isinstance(image, list) else [image]
+        prompts = videos // per_prompt
+        if len(images) not in (1, prompts):
+            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
+        pixels = self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
+        if isinstance(generator, list):
+            pixels = pixels.repeat_interleave(videos // len(images), dim=0)
+        t0 = self._now()
+        samples = []
+        for i in range(len(pixels)):  # each sample taken before the next call reuses the engine's outputs
+            out = self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))
+            g = generator[i] if isinstance(generator, list) else generator
+            noise = draw_noise(out["latent_mean"].shape, g).to(self.device)
+            samples.append(out["latent_mean"] + out["latent_std"] * noise)
+        self.timings.vae_encoder = self._now() - t0
+        samples = torch.cat(samples)
+        return samples if len(samples) == videos else samples.repeat_interleave(videos // len(samples), dim=0)
+
     def _now(self) -> float:
         """Stage clock: on a GPU, waits for the stream first (stage boundaries only,
         never inside the denoising loop, which times itself with CUDA events)."""

@@ -28,7 +28,7 @@ from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
 from vidrt.families.svd.model import SvdModel
 
-from . import ltx_calibration
+from . import cogvideox_calibration, ltx_calibration
 from .wan_calibration import TRANSFORMER_KEEP, transformer_calibration_batches
 
 QUANT_FORMATS = ("int8", "fp8")
@@ -181,11 +181,15 @@ CALIBRATION = {"unet": calibration_batches, "vae_decoder": decoder_calibration_b
                "image_encoder": image_encoder_calibration_batches,
                "transformer": transformer_calibration_batches, "transformer_2": transformer_calibration_batches,
                ("ltx", "transformer"): ltx_calibration.transformer_calibration_batches,
-               ("ltx-i2v", "transformer"): ltx_calibration.transformer_calibration_batches}
+               ("ltx-i2v", "transformer"): ltx_calibration.transformer_calibration_batches,
+               ("cogvideox", "transformer"): cogvideox_calibration.transformer_calibration_batches,
+               ("cogvideox-i2v", "transformer"): cogvideox_calibration.transformer_calibration_batches}
 # --keep-high-precision's default, per component (or (kind, component)) where it is not DEFAULT_KEEP
 COMPONENT_KEEP = {"transformer": TRANSFORMER_KEEP, "transformer_2": TRANSFORMER_KEEP,
                   ("ltx", "transformer"): ltx_calibration.TRANSFORMER_KEEP,
-                  ("ltx-i2v", "transformer"): ltx_calibration.TRANSFORMER_KEEP}
+                  ("ltx-i2v", "transformer"): ltx_calibration.TRANSFORMER_KEEP,
+                  ("cogvideox", "transformer"): cogvideox_calibration.TRANSFORMER_KEEP,
+                  ("cogvideox-i2v", "transformer"): cogvideox_calibration.TRANSFORMER_KEEP}
 assert {c for c in CALIBRATION if isinstance(c, str)} == set(QUANTIZABLE), \
     "vidrt.layout.QUANTIZABLE names the components calibrated here"
 

@@ -296,3 +296,79 @@ def test_generate_writes_an_mp4_and_run_bench_compares_with_diffusers(tmp_path, 
     assert result["config"]["num_frames_used"] == 13  # the main job's 14 frames as 4k+1 (decoded to 16)
     assert result["parity"]["max_abs_err"] <= ATOL
     assert result["engine"]["stages_ms"]["transformer"]["median"] > 0
+
+
+def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypatch, t2v_engine_dir):
+    """GPU-free: --static names video frames and pixels; the transformer's profile holds
+    latent frames, both guidance halves, the text length its position table fixes, the
+    image's latent and rotary tables over the tokens; the decoder chunks take one video;
+    the text encoder runs at the transformer's text length; an fp16 build (the fake
+    tensorrt, which rejects what the real API lacks) keeps the layer norms fp32."""
+    import sys
+    from pathlib import Path
+
+    from vidrt.sources import resolve_model
+    from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
+
+    model = resolve_model("tiny-cogvideox-i2v", progress=False)
+    specs = model.specs()
+    req = ShapeRequest.from_flags(static="batch=1,frames=9,height=32,width=48")
+    cfg, plain = derive_profiles("transformer", specs["transformer"], req, model.vae_scale_factor, temporal=4)
+    assert cfg.shapes["sample"][0] == (2, 3, 4, 4, 6) and plain.shapes["sample"][0] == (1, 3, 4, 4, 6)
+    assert cfg.shapes["image_latents"][0] == (2, 4, 4, 6) and cfg.shapes["encoder_hidden_states"][0] == (2, 16, 32)
+    assert cfg.shapes["rotary_cos"][0] == (3 * 2 * 3, 16)  # latent frames x (h/2) x (w/2) tokens
+    text, *_ = derive_profiles("text_encoder", specs["text_encoder"], req, model.vae_scale_factor, temporal=4)
+    assert text.shapes["input_ids"][0] == (2, 16)
+    (chunk,) = derive_profiles("vae_decoder_chunk", specs["vae_decoder_chunk"], req, model.vae_scale_factor, temporal=4)
+    assert chunk.shapes["latents"][0] == (1, 2, 4, 4, 6) and chunk.shapes["first"][0] == (1,)
+    assert chunk.shapes["cache_21"][0] == (1, 8, 2, 32, 48)  # conv_out's, at full size
+
+    engines = t2v_engine_dir("tiny-cogvideox")
+    t2v = resolve_model("tiny-cogvideox", progress=False)
+    profiles = derive_profiles("transformer", t2v.specs()["transformer"], ShapeRequest(), t2v.vae_scale_factor, temporal=4)
+    settings = builder_settings("fp16", TrtOptions(), profiles, t2v.fp16_fp32_layers)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
+    sys.modules.pop("tensorrt", None)
+    try:
+        import tensorrt
+
+        from vidrt.backends.tensorrt_build import build_plan
+
+        tensorrt.CALLS.clear()
+        build_plan(str(engines / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
+        calls = list(tensorrt.CALLS)
+    finally:
+        sys.modules.pop("tensorrt", None)
+    fp32 = {c[1] for c in calls if c[0] == "layer.precision" and c[2] == "FLOAT"}
+    assert any("/norm1/" in n for n in fp32) and any("norm_final" in n for n in fp32)
+    assert not any("to_q" in n or "MatMul" in n for n in fp32)
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-cogvideox-i2v"])
+def test_int8_transformer_through_the_quantization_stage(tmp_path, t2v_engine_dir, name):
+    """--precision int8 quantizes the transformer only (calibrated on latents noised along
+    CogVideoX's SNR-shifted schedule with real prompt states; the image's latent and rotary
+    tables for image to video), keeping the patch embedding, time embedding and output
+    projection unquantized; its Q/DQ graph is within 5% relative L2 of fp32 on held-out
+    inputs, and the frames stay near diffusers' fp32 ones."""
+    import json
+    import shutil
+
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components
+
+    from conftest import INT8_SATURATES
+
+    engines = shutil.copytree(t2v_engine_dir(name), tmp_path / name)  # the fp32 exports reused
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=engines, backend="onnxruntime", precision="int8",
+                                         progress=False)
+    report = json.loads((engines / "transformer" / "onnx-int8" / "export.json").read_text())["quantization"]["error_vs_fp32"]
+    assert report["rel_l2"] <= (0.12 if INT8_SATURATES else 0.05) and report["qdq"]["QuantizeLinear"] > 0
+    assert report["kept_high_precision"] == ["*patch_embed*", "*time_embedding*", "*proj_out*"]
+    assert not [c for c in ("text_encoder", "vae_decoder") if (engines / c / "onnx-int8").exists()]
+    ref = load_torch_components(pipe.model)
+    ref.set_progress_bar_config(disable=True)
+    kw = dict(KW, guidance_scale=6.0, **({"image": image()} if "i2v" in name else {}))
+    got = pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames
+    want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames)
+    assert np.abs(got - want).mean() <= 0.05

@@ -153,7 +153,7 @@ def test_samplers_reject_the_other_family():
 def test_quantized_precisions_are_refused_for_text_to_video(tmp_path):
     from vidrt import VideoPipeline
 
-    with pytest.raises(VidrtError, match="calibrates SVD-family, Wan and LTX-Video models only"):
+    with pytest.raises(VidrtError, match="calibrates SVD-family and diffusion transformer models only"):
         VideoPipeline.from_pretrained("tiny-t2v", engine_dir=tmp_path, backend="onnxruntime", precision="int8",
                                       progress=False)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
@@ -52,8 +51,7 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
 
     denoiser = "transformer"
     family_name = "CogVideoX"
-    denoisers = ("transformer",)
-    quantizable = ()
+    denoisers = quantizable = ("transformer",)
     fp16_fp32_layers = ("*norm*",)  # TensorRT fp16: layer and group norms in fp32
     default_guidance_scale = 6.0
     default_num_frames = 49
@@ -154,6 +152,11 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
     @property
     def max_text_length(self) -> int:
         return int(self.transformer.get("max_text_seq_length", 226))
+
+    @property
+    def default_text_length(self) -> int:
+        """The pipelines' max_sequence_length: the transformer's text length."""
+        return self.max_text_length
 
     @property
     def rotary(self) -> bool:

@@ -31,7 +31,7 @@ from ...pipeline_base import (
     negatives_for,
     warn_truncated,
 )
-from ...samplers import draw_noise, make_sampler
+from ...samplers import make_sampler
 from .model import FIRST_CHUNK
 
 
@@ -115,7 +115,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
             inputs["image_latents"] = torch.cat([first, first]) if do_cfg else first
         latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
         if m.rotary:
-            inputs["rotary_cos"], inputs["rotary_sin"] = self._rotary_tables(height, width, shape[1])
+            inputs["rotary_cos"], inputs["rotary_sin"] = rotary_tables(m, height, width, shape[1], self.device)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         schedule = _dynamic_guidance(guidance_scale, sampler, num_inference_steps) if do_cfg and use_dynamic_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, Conditioning(inputs, channel_axis=2), guidance,
@@ -143,21 +143,6 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         states = states["last_hidden_state"]
         self.timings.text_encoder = self._now() - t0
         return states.repeat_interleave(per_prompt, dim=0).contiguous()
-
-    def _rotary_tables(self, height: int, width: int, frames: int):
-        """CogVideoXPipeline._prepare_rotary_positional_embeddings for CogVideoX 1.0: the
-        token grid's crop within the transformer's sample grid, then diffusers'
-        get_3d_rotary_pos_embed (cos, sin: [frames*gh*gw, head_dim])."""
-        from diffusers.models.embeddings import get_3d_rotary_pos_embed
-        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
-
-        t, p, s = self.model.transformer, self.model.patch_size, self.model.vae_scale_factor
-        grid = (height // (s * p), width // (s * p))
-        crops = get_resize_crop_region_for_grid(grid, int(t.get("sample_width", 90)) // p,
-                                                int(t.get("sample_height", 60)) // p)
-        cos, sin = get_3d_rotary_pos_embed(embed_dim=int(t.get("attention_head_dim", 64)), crops_coords=crops,
-                                           grid_size=grid, temporal_size=frames, device=self.device)
-        return cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE decoder in diffusers' chunks, video by video: an odd latent count starts
@@ -196,6 +181,21 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         return out
 
 
+def rotary_tables(model, height: int, width: int, frames: int, device="cpu"):
+    """CogVideoXPipeline._prepare_rotary_positional_embeddings for CogVideoX 1.0: the
+    token grid's crop within the transformer's sample grid, then diffusers'
+    get_3d_rotary_pos_embed (cos, sin: [frames*gh*gw, head_dim])."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+    t, p, s = model.transformer, model.patch_size, model.vae_scale_factor
+    grid = (height // (s * p), width // (s * p))
+    crops = get_resize_crop_region_for_grid(grid, int(t.get("sample_width", 90)) // p, int(t.get("sample_height", 60)) // p)
+    cos, sin = get_3d_rotary_pos_embed(embed_dim=int(t.get("attention_head_dim", 64)), crops_coords=crops,
+                                       grid_size=grid, temporal_size=frames, device=device)
+    return cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
+
+
 def _dynamic_guidance(scale: float, sampler, steps: int) -> list[float]:
     """CogVideoXPipeline's use_dynamic_cfg: step i guides at
     1 + scale * (1 - cos(pi * ((steps - t_i) / steps) ** 5)) / 2."""
@@ -231,22 +231,4 @@ class CogVideoXImageToVideoPipeline(CogVideoXTextToVideoPipeline):
         """CogVideoXImageToVideoPipeline.prepare_latents: each image encoded, its latent
         sampled from the request's generator image by image (before the latents' noise)
         and scaled. Returns [V, C, h, w], each prompt's videos adjacent."""
-        videos = shape[0]
-        images = image if isinstance(image, list) else [image]
-        prompts = videos // per_prompt
-        if len(images) not in (1, prompts):
-            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
-        pixels = self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
-        if isinstance(generator, list):  # one draw per video, each from its own generator
-            pixels = pixels.repeat_interleave(videos // len(images), dim=0)
-        t0 = self._now()
-        first = []
-        for i in range(len(pixels)):  # each sample taken before the next call reuses the engine's outputs
-            out = self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))
-            g = generator[i] if isinstance(generator, list) else generator
-            first.append(out["latent_mean"] + out["latent_std"] * draw_noise(out["latent_mean"].shape, g).to(self.device))
-        self.timings.vae_encoder = self._now() - t0
-        first = torch.cat(first)[:, :, 0]  # [n, C, h, w]
-        if len(first) != videos:
-            first = first.repeat_interleave(videos // len(first), dim=0)
-        return first.contiguous()
+        return self._sample_image_latents(image, shape[0], per_prompt, generator, height, width)[:, :, 0].contiguous()

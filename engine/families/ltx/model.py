@@ -164,6 +164,7 @@ class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     default_size = (512, 704)
     default_guidance_scale = 3.0
     max_text_length = MAX_TEXT_LENGTH
+    default_text_length = 128  # LTXPipeline's max_sequence_length
 
     @property
     def max_frames(self) -> int:
@@ -210,7 +211,7 @@ def text_encoder_spec(m: LTXModel, name: str = "text_encoder") -> ComponentSpec:
                 else TensorSpec("hidden_states", ("B", "L", m.text_dim)),),
         outputs=(TensorSpec("last_hidden_state" if last else "next_hidden_states", ("B", "L", m.text_dim)),),
         ranges={"B": DimRange(1, 2 * MAX_BATCH), "L": DimRange(1, m.max_text_length)},
-        opt={"B": 2, "L": 128},
+        opt={"B": 2, "L": m.default_text_length},
     )
 
 

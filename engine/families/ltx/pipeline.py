@@ -243,24 +243,7 @@ class LTXImageToVideoPipeline(LTXTextToVideoPipeline):
         """LTXImageToVideoPipeline.prepare_latents: each image encoded (its latent sampled
         from the request's generator, image by image), normalised, then noise drawn for the
         whole clip; frame 0 is the image's latent, the others noise."""
-        videos = shape[0]
-        images = image if isinstance(image, list) else [image]
-        prompts = videos // per_prompt
-        if len(images) not in (1, prompts):
-            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
-        pixels = self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
-        if isinstance(generator, list):  # one draw per video, each from its own generator
-            pixels = pixels.repeat_interleave(videos // len(images), dim=0)
-        t0 = self._now()
-        first = []
-        for i in range(len(pixels)):  # each sample taken before the next call reuses the engine's outputs
-            out = self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))
-            g = generator[i] if isinstance(generator, list) else generator
-            first.append(out["latent_mean"] + out["latent_std"] * draw_noise(out["latent_mean"].shape, g).to(self.device))
-        self.timings.vae_encoder = self._now() - t0
-        first = torch.cat(first)
-        if len(first) != videos:  # an image per prompt (or one for all), each prompt's videos adjacent
-            first = first.repeat_interleave(videos // len(first), dim=0)
+        first = self._sample_image_latents(image, shape[0], per_prompt, generator, height, width)
         latents = draw_noise(shape, generator).to(self.device)
         latents[:, :, :1] = first
         return latents
