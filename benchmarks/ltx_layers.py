@@ -11,7 +11,7 @@ exports would not fit this machine's disk beside the rest (benchmarks/RESULTS.md
 
 from __future__ import annotations
 
-import argparse
+from . import layer_folders
 
 LAYERS = 28
 
@@ -27,29 +27,18 @@ def build_pipeline(layers: int, seed: int = 0):
 
     real = PRESETS["ltx-video-2b"]
     tokenizer = train_tokenizer(max_length=128)
-    text = T5Config(vocab_size=len(tokenizer), d_model=real["text_encoder"]["d_model"], d_kv=8, d_ff=64, num_layers=1,
-                    num_heads=2, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                    pad_token_id=0, eos_token_id=1)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LTXPipeline(tokenizer=tokenizer, text_encoder=T5EncoderModel(text).eval(),
+        text = layer_folders.one_block_encoder(T5EncoderModel, T5Config, real["text_encoder"]["d_model"], len(tokenizer))
+        return LTXPipeline(tokenizer=tokenizer, text_encoder=text,
                            vae=AutoencoderKLLTXVideo(**real["vae"]).eval(),
                            transformer=LTXVideoTransformer3DModel(**{**real["transformer"], "num_layers": layers}).eval(),
                            scheduler=FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.ltx_layers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=LAYERS, help=f"transformer blocks, 1..{LAYERS}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True, help="folder to write (save_pretrained)")
-    args = p.parse_args(argv)
-    if not 1 <= args.layers <= LAYERS:
-        p.error(f"--layers {args.layers}: LTX-Video 2B has {LAYERS} blocks; choose 1..{LAYERS}")
-    build_pipeline(args.layers, args.seed).save_pretrained(args.output)
-    print(f"wrote {args.output}: LTX-Video 2B transformer, {args.layers} of {LAYERS} layers, 0.9.0 VAE, "
-          "one-block T5 (RANDOM weights)")
-    return 0
+    return layer_folders.main(argv, "ltx_layers", __doc__, build_pipeline, LAYERS, LAYERS,
+                              "LTX-Video 2B transformer, {layers} of {real} layers, 0.9.0 VAE, one-block T5")
 
 
 if __name__ == "__main__":

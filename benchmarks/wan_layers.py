@@ -11,7 +11,7 @@ transformer's rate against diffusers and the matmul ceiling needs.
 
 from __future__ import annotations
 
-import argparse
+from . import layer_folders
 
 
 def build_pipeline(layers: int, seed: int = 0):
@@ -24,28 +24,18 @@ def build_pipeline(layers: int, seed: int = 0):
 
     real = PRESETS["wan2.1-t2v-1.3b"]
     tokenizer = train_tokenizer()
-    text = UMT5Config(vocab_size=len(tokenizer), d_model=real["text_encoder"]["d_model"], d_kv=8, d_ff=64,
-                      num_layers=1, num_heads=2, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                      dropout_rate=0.0, pad_token_id=0, eos_token_id=1)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return WanPipeline(tokenizer=tokenizer, text_encoder=UMT5EncoderModel(text).eval(),
+        text = layer_folders.one_block_encoder(UMT5EncoderModel, UMT5Config, real["text_encoder"]["d_model"], len(tokenizer))
+        return WanPipeline(tokenizer=tokenizer, text_encoder=text,
                            vae=AutoencoderKLWan(**_TINY_VAE).eval(),
                            transformer=WanTransformer3DModel(**{**real["transformer"], "num_layers": layers}).eval(),
                            scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vidrt.benchmarks.wan_layers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=3, help="transformer blocks, 1..30")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True, help="folder to write (save_pretrained)")
-    args = p.parse_args(argv)
-    if not 1 <= args.layers <= 30:
-        p.error(f"--layers {args.layers}: Wan2.1-T2V-1.3B has 30 blocks; choose 1..30")
-    build_pipeline(args.layers, args.seed).save_pretrained(args.output)
-    print(f"wrote {args.output}: Wan2.1-T2V-1.3B transformer, first {args.layers} of 30 layers (RANDOM weights)")
-    return 0
+    return layer_folders.main(argv, "wan_layers", __doc__, build_pipeline, 30, 3,
+                              "Wan2.1-T2V-1.3B transformer, first {layers} of {real} layers")
 
 
 if __name__ == "__main__":

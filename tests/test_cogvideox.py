@@ -262,19 +262,25 @@ def test_folders_vidrt_cannot_serve_are_refused(tmp_path):
 def test_cogvideox_2b_preset_has_the_real_architecture():
     """The cogvideox-2b preset's transformer and VAE, built on the meta device (no
     weights): CogVideoX-2b's 1.69 B-parameter transformer of 30 layers of 1920, 3D sin-cos
-    positions, and its 215 M-parameter VAE."""
+    positions, and its 216 M-parameter VAE; benchmarks/cogvideox_layers builds the same."""
     import diffusers
 
     from vidrt.families.cogvideox.presets import PRESETS
+
+    from vidrt.benchmarks import cogvideox_layers
 
     cfg = PRESETS["cogvideox-2b"]
     with torch.device("meta"):
         transformer = diffusers.CogVideoXTransformer3DModel(**cfg["transformer"])
         vae = diffusers.AutoencoderKLCogVideoX(**cfg["vae"])
+        layers = cogvideox_layers.build_pipeline(2)  # benchmarks/cogvideox_layers: the same, cut to 2 layers
     assert transformer.config.num_layers == 30 and transformer.config.num_attention_heads * 64 == 1920
     assert not transformer.config.use_rotary_positional_embeddings
     assert round(sum(p.numel() for p in transformer.parameters()) / 1e9, 2) == 1.69
     assert round(sum(p.numel() for p in vae.parameters()) / 1e6) == 216
+    same = lambda a, b, but=(): all(a.config[k] == b.config[k] for k in b.config if not k.startswith("_") and k not in but)  # noqa: E731
+    assert same(layers.vae, vae) and same(layers.transformer, transformer, but=("num_layers",))
+    assert layers.text_encoder.config.d_model == 4096 and layers.transformer.config.num_layers == 2
 
 
 def test_generate_writes_an_mp4_and_run_bench_compares_with_diffusers(tmp_path, capsys, t2v_engine_dir):
