@@ -127,6 +127,26 @@ def reference(tiny_model):
     return pipe
 
 
+def fake_trt_build_calls(monkeypatch, onnx_path, plan_path, settings) -> list:
+    """The calls a TensorRT build of ``onnx_path`` with ``settings`` makes, recorded by the
+    fake tensorrt of tests/fake_trt (which rejects what TensorRT 10's API lacks)."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
+    sys.modules.pop("tensorrt", None)
+    try:
+        import tensorrt
+
+        from vidrt.backends.tensorrt_build import build_plan
+
+        tensorrt.CALLS.clear()
+        build_plan(str(onnx_path), str(plan_path), settings, None)
+        return list(tensorrt.CALLS)
+    finally:
+        sys.modules.pop("tensorrt", None)
+
+
 def make_image(h: int = 40, w: int = 56, seed: int = 0) -> PIL.Image.Image:
     rng = np.random.RandomState(seed)
     return PIL.Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fake_trt_build_calls
 from vidrt.errors import VidrtError
 
 ATOL = 2e-3
@@ -310,8 +311,6 @@ def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypat
     image's latent and rotary tables over the tokens; the decoder chunks take one video;
     the text encoder runs at the transformer's text length; an fp16 build (the fake
     tensorrt, which rejects what the real API lacks) keeps the layer norms fp32."""
-    import sys
-    from pathlib import Path
 
     from vidrt.sources import resolve_model
     from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
@@ -333,18 +332,7 @@ def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypat
     t2v = resolve_model("tiny-cogvideox", progress=False)
     profiles = derive_profiles("transformer", t2v.specs()["transformer"], ShapeRequest(), t2v.vae_scale_factor, temporal=4)
     settings = builder_settings("fp16", TrtOptions(), profiles, t2v.fp16_fp32_layers)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
-    sys.modules.pop("tensorrt", None)
-    try:
-        import tensorrt
-
-        from vidrt.backends.tensorrt_build import build_plan
-
-        tensorrt.CALLS.clear()
-        build_plan(str(engines / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
-        calls = list(tensorrt.CALLS)
-    finally:
-        sys.modules.pop("tensorrt", None)
+    calls = fake_trt_build_calls(monkeypatch, engines / "transformer" / "onnx" / "model.onnx", tmp_path / "t.plan", settings)
     fp32 = {c[1] for c in calls if c[0] == "layer.precision" and c[2] == "FLOAT"}
     assert any("/norm1/" in n for n in fp32) and any("norm_final" in n for n in fp32)
     assert not any("to_q" in n or "MatMul" in n for n in fp32)

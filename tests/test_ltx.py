@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fake_trt_build_calls
 from vidrt.errors import VidrtError
 
 ATOL = 2e-3
@@ -348,8 +349,6 @@ def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypat
     follows the latent frames, the decoder takes the whole latent clip of one video and
     the encoder one image; an fp16 build (the fake tensorrt, which rejects what the real
     API lacks) keeps the RMS and layer norms fp32."""
-    import sys
-    from pathlib import Path
 
     from vidrt.sources import resolve_model
     from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
@@ -370,18 +369,7 @@ def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypat
     engines = t2v_engine_dir("tiny-ltx")
     profiles = derive_profiles("transformer", specs["transformer"], ShapeRequest(), model.vae_scale_factor, temporal=4)
     settings = builder_settings("fp16", TrtOptions(), profiles, model.fp16_fp32_layers)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
-    sys.modules.pop("tensorrt", None)
-    try:
-        import tensorrt
-
-        from vidrt.backends.tensorrt_build import build_plan
-
-        tensorrt.CALLS.clear()
-        build_plan(str(engines / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
-        calls = list(tensorrt.CALLS)
-    finally:
-        sys.modules.pop("tensorrt", None)
+    calls = fake_trt_build_calls(monkeypatch, engines / "transformer" / "onnx" / "model.onnx", tmp_path / "t.plan", settings)
     fp32 = {c[1] for c in calls if c[0] == "layer.precision" and c[2] == "FLOAT"}
     assert any("/norm_q/" in n for n in fp32) and any("norm_out" in n for n in fp32)
     assert not any("to_q" in n or "MatMul" in n for n in fp32)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import INT8_SATURATES
+from conftest import INT8_SATURATES, fake_trt_build_calls
 
 from vidrt.errors import VidrtError
 
@@ -391,8 +391,6 @@ def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch, t2v_eng
     """An fp16 build of the tiny-wan transformer: every float layer of a normalisation (layer
     norms, the q/k RMS norms) runs in fp32 with fp32 outputs, matmuls stay fp16, and the
     builder is told to prefer those constraints; bf16 builds keep TensorRT's own choice."""
-    import sys
-    from pathlib import Path
 
     from vidrt import VideoPipeline
     from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
@@ -403,18 +401,7 @@ def test_tensorrt_fp16_build_keeps_the_norms_fp32(tmp_path, monkeypatch, t2v_eng
     profiles = derive_profiles("transformer", spec, ShapeRequest(), model.vae_scale_factor, temporal=4)
     assert "fp32_layers" not in builder_settings("bf16", TrtOptions(), profiles, model.fp16_fp32_layers)
     settings = builder_settings("fp16", TrtOptions(), profiles, model.fp16_fp32_layers)
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_trt"))
-    sys.modules.pop("tensorrt", None)
-    try:
-        import tensorrt
-
-        from vidrt.backends.tensorrt_build import build_plan
-
-        tensorrt.CALLS.clear()
-        build_plan(str(engines / "transformer" / "onnx" / "model.onnx"), str(tmp_path / "t.plan"), settings, None)
-        calls = list(tensorrt.CALLS)
-    finally:
-        sys.modules.pop("tensorrt", None)
+    calls = fake_trt_build_calls(monkeypatch, engines / "transformer" / "onnx" / "model.onnx", tmp_path / "t.plan", settings)
     fp32 = {c[1] for c in calls if c[0] == "layer.precision" and c[2] == "FLOAT"}
     assert ("config.set_flag", "PREFER_PRECISION_CONSTRAINTS") in calls
     assert "/transformer/blocks.0/norm1/LayerNormalization" in fp32
