@@ -104,13 +104,17 @@ class BasePipeline(abc.ABC):
                 The folder's model_index.json picks the pipeline: StableVideoDiffusionPipeline
                 gives a VideoPipeline (image to video); TextToVideoSDPipeline and
                 AnimateDiffPipeline give a TextToVideoPipeline (vidrt.families.t2v.pipeline),
-                WanPipeline a WanTextToVideoPipeline (vidrt.families.wan.pipeline).
+                WanPipeline a WanTextToVideoPipeline, LTXPipeline and
+                LTXImageToVideoPipeline their vidrt namesakes, CogVideoXPipeline a
+                CogVideoXTextToVideoPipeline and CogVideoXImageToVideoPipeline its namesake
+                (vidrt.families.<family>.pipeline).
             engine_dir: where engines live (default: under $VIDRT_CACHE).
             backend: "auto" or a backend name.
             precision: engine precision.
             sampler: one of vidrt.samplers.SAMPLERS ("euler", "animatelcm" for SVD;
-                "ddim", "lcm", "dpm++", "euler", "scheduler" for text to video), or None
-                for the one matching the model folder's scheduler.
+                "ddim", "lcm", "dpm++", "euler", "scheduler" for text to video;
+                vidrt.samplers.SAMPLERS_FOR lists each model kind's), or None for the one
+                matching the model folder's scheduler.
             unet_weights: safetensors UNet state dict replacing the model's (AnimateLCM-SVD-xt).
             motion_adapter: AnimateDiff motion adapter (diffusers folder or checkpoint file)
                 merged into a Stable Diffusion (or AnimateDiff) folder's 2D UNet.
