@@ -241,7 +241,7 @@ def format_table(result: dict) -> str:
              f"machine: {result['machine'].get('cpu')} ({result['machine'].get('cores')} cpus), git "
              f"{(result['git'].get('sha') or 'none')[:12]}{'-dirty' if result['git'].get('dirty') else ''}", ""]
     names = {"vidrt": "vidrt (OpenVINO)", "optimum": "optimum-intel OVLTXPipeline", "genai": "OpenVINO GenAI"}
-    lines.append(f"{'side':30}{'end to end s':>18}" + "".join(f"{s + ' s':>18}" for s in STAGES)
+    lines.append(f"{'side':30}{'end to end s':>22}" + "".join(f"{s + ' s':>22}" for s in STAGES)
                  + f"{'peak RSS MB':>13}{'max abs':>10}{'PSNR dB':>9}")
     for side, r in result["sides"].items():
         if not r.get("end_to_end"):
@@ -252,7 +252,7 @@ def format_table(result: dict) -> str:
             return f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]" if s else "-"
 
         f = r["frames_vs_diffusers_fp32"]
-        lines.append(f"{names[side]:30}{cell(r['end_to_end']):>18}" + "".join(f"{cell(r['stages'].get(s)):>18}" for s in STAGES)
+        lines.append(f"{names[side]:30}{cell(r['end_to_end']):>22}" + "".join(f"{cell(r['stages'].get(s)):>22}" for s in STAGES)
                      + f"{r['peak_rss_mb']:>13.0f}{f.get('max_abs_err', float('nan')):>10.4f}{f.get('psnr_db', float('nan')):>9.1f}")
     for peer, ratio in result["vidrt_speedup_over"].items():
         lines.append(f"vidrt speedup over {names[peer]} (end-to-end medians): {ratio:.2f}x")
