@@ -178,6 +178,22 @@ class BasePipeline(abc.ABC):
     def _generate(self, **request):
         """Runs one request (``__call__``'s arguments by name); returns the output."""
 
+    def _encode_unmasked(self, texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text states [len(texts), length, D] of a T5 run without an attention mask, as
+        LTXPipeline and CogVideoXPipeline run it (the padding to ``length`` attended): one
+        call, or one per part of a split encoder, each continuing from the last one's
+        states. Returns (states, the tokenizer's [len(texts), length] mask)."""
+        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                             return_tensors="pt")
+        warn_truncated(self.tokenizer, texts, length, stacklevel=8)  # one frame below a family's _encode
+        t0 = self._now()
+        parts = [self.engines[p] for p in self.model.text_parts]
+        states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))
+        for part in parts[1:]:
+            states = part(hidden_states=states["next_hidden_states"])
+        self.timings.text_encoder = self._now() - t0
+        return states["last_hidden_state"], tok.attention_mask.to(torch.int64).to(self.device)
+
     def _sample_image_latents(self, image, videos: int, per_prompt: int, generator, height: int, width: int):
         """Each image encoded by the ``vae_encoder`` engine (mean and std of its latent) and
         its latent sampled from the request's generator, image by image, as diffusers'

@@ -29,7 +29,6 @@ from ...pipeline_base import (
     initial_latents,
     load_tokenizer,
     negatives_for,
-    warn_truncated,
 )
 from ...samplers import make_sampler
 from .model import FIRST_CHUNK
@@ -131,17 +130,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
     def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
         """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
         videos adjacent; one text encoder call (each part in turn for a split encoder)."""
-        texts = (negatives or []) + prompts
-        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
-                             return_tensors="pt")
-        warn_truncated(self.tokenizer, texts, length)
-        t0 = self._now()
-        parts = [self.engines[p] for p in self.model.text_parts]
-        states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))
-        for part in parts[1:]:
-            states = part(hidden_states=states["next_hidden_states"])
-        states = states["last_hidden_state"]
-        self.timings.text_encoder = self._now() - t0
+        states, _ = self._encode_unmasked((negatives or []) + prompts, length)
         return states.repeat_interleave(per_prompt, dim=0).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,6 @@ from ...pipeline_base import (
     initial_latents,
     load_tokenizer,
     negatives_for,
-    warn_truncated,
 )
 from ...samplers import draw_noise, make_sampler
 
@@ -149,18 +148,7 @@ class LTXTextToVideoPipeline(BasePipeline):
         """Prompt states [(2)·V, length, D] and masks [(2)·V, length]: negatives first when
         guiding, each prompt's videos adjacent; one text encoder call at ``length`` (T5
         attends the padding, as in diffusers, so the length is the request's)."""
-        texts = (negatives or []) + prompts
-        tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
-                             return_tensors="pt")
-        warn_truncated(self.tokenizer, texts, length)
-        t0 = self._now()
-        parts = [self.engines[p] for p in self.model.text_parts]
-        states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))
-        for part in parts[1:]:  # a split encoder: each part continues from the last one's states
-            states = part(hidden_states=states["next_hidden_states"])
-        states = states["last_hidden_state"]
-        self.timings.text_encoder = self._now() - t0
-        mask = tok.attention_mask.to(torch.int64).to(self.device)
+        states, mask = self._encode_unmasked((negatives or []) + prompts, length)
         return (states.repeat_interleave(per_prompt, dim=0).contiguous(),
                 mask.repeat_interleave(per_prompt, dim=0).contiguous())
 
