@@ -252,8 +252,8 @@ class _LinearStepSampler(Sampler):
         import diffusers
 
         cls = self.scheduler_class
-        if scheduler_config.get("_class_name", "").startswith("CogVideoX"):  # its SNR-shifted schedule
-            cls = f"CogVideoX{cls}"
+        if cls == "DDIMScheduler" and scheduler_config.get("_class_name", "").startswith("CogVideoX"):
+            cls = "CogVideoXDDIMScheduler"  # the SNR-shifted schedule CogVideoX's DDIM and DPM share
         self.scheduler = getattr(diffusers, cls).from_config(_public(scheduler_config))
         cfg = self.scheduler.config
         if cfg.clip_sample or getattr(cfg, "thresholding", False):

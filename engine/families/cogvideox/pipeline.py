@@ -75,7 +75,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
             [B, F, 3, H, W] (pt) or latents (latent).
 
         Raises:
-            VidrtError: invalid arguments (frames not 8k+1, sizes not multiples of 16, ...)
+            VidrtError: invalid arguments (frames not 4k+1, sizes not multiples of 16, ...)
                 or a shape outside the engines' ranges.
         """
         return self._serve({k: v for k, v in locals().items() if k != "self"})
