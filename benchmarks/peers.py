@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,10 +137,6 @@ def compare_frames(got, want) -> dict:
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))}
 
 
-def _stats(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "samples": values}
-
-
 def run_peers(args, progress: bool = True) -> dict:
     """The whole benchmark (see the module's docstring); returns the result JSON.
 
@@ -154,6 +149,7 @@ def run_peers(args, progress: bool = True) -> dict:
     from vidrt.sources import resolve_model
 
     from .environment import git_revision, machine
+    from .harness import summary
 
     model = resolve_model(args.model, progress=progress)
     if model.kind != "ltx":
@@ -191,8 +187,8 @@ def run_peers(args, progress: bool = True) -> dict:
     for side, r in results.items():
         if r["runs"]:
             r["frames_vs_diffusers_fp32"] = compare_frames(np.load(work / f"{side}.npy"), want)
-            r["end_to_end"] = _stats([run["end_to_end"] for run in r["runs"]])
-            r["stages"] = {st: _stats([run["stages"][st] for run in r["runs"]]) for st in STAGES
+            r["end_to_end"] = summary([run["end_to_end"] for run in r["runs"]])
+            r["stages"] = {st: summary([run["stages"][st] for run in r["runs"]]) for st in STAGES
                            if all(st in run["stages"] for run in r["runs"])}
             r["peak_rss_mb"] = max(run["peak_rss_mb"] for run in r["runs"])
     base = results["vidrt"].get("end_to_end")

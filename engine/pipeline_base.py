@@ -185,7 +185,7 @@ class BasePipeline(abc.ABC):
         states. Returns (states, the tokenizer's [len(texts), length] mask)."""
         tok = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
                              return_tensors="pt")
-        warn_truncated(self.tokenizer, texts, length, stacklevel=8)  # one frame below a family's _encode
+        warn_truncated(self.tokenizer, texts, length)
         t0 = self._now()
         parts = [self.engines[p] for p in self.model.text_parts]
         states = parts[0](input_ids=tok.input_ids.to(torch.int64).to(self.device))
@@ -312,10 +312,10 @@ def negatives_for(negative_prompt, count: int) -> list[str]:
     return negatives
 
 
-def warn_truncated(tokenizer, texts, length, stacklevel: int = 7) -> None:
+def warn_truncated(tokenizer, texts, length, stacklevel: int = 8) -> None:
     """Warns with the dropped text when a prompt is longer than ``length`` tokens (as
-    diffusers does); ``stacklevel`` points the warning at the pipeline's caller (7: called
-    from a family's ``_encode``, under ``__call__``'s no_grad wrapper)."""
+    diffusers does); ``stacklevel`` points the warning at the pipeline's caller (8: called
+    from a helper of a family's ``_encode``, under ``__call__``'s no_grad wrapper)."""
     import warnings
 
     full = tokenizer(texts, padding="longest", add_special_tokens=True, return_tensors="pt").input_ids

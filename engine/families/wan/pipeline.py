@@ -189,7 +189,7 @@ def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: 
     texts = [prompt_clean(t) for t in texts]
     tok = tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
                     return_attention_mask=True, return_tensors="pt")
-    warn_truncated(tokenizer, texts, length, stacklevel=8)  # one frame deeper: prompt_states
+    warn_truncated(tokenizer, texts, length)
     mask = tok.attention_mask.to(torch.int64)
     used = min(length, max(1, int(mask.sum(1).max()), min_tokens))
     states = encode(tok.input_ids[:, :used].to(torch.int64), mask[:, :used])
