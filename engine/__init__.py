@@ -6,10 +6,15 @@
 from .errors import VidrtError
 
 __version__ = "0.1.0"
-__all__ = ["TextToVideoPipeline", "VideoPipeline", "VideoPipelineOutput", "VidrtError", "__version__"]
+__all__ = ["CancelToken", "Cancelled", "Progress", "TextToVideoPipeline", "VideoPipeline", "VideoPipelineOutput",
+           "VidrtError", "__version__"]
 
 
 def __getattr__(name):
+    if name in ("CancelToken", "Cancelled", "Progress"):
+        from . import control
+
+        return getattr(control, name)
     if name in ("VideoPipeline", "VideoPipelineOutput"):
         from .families.svd import pipeline
 

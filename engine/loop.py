@@ -16,6 +16,7 @@ import time
 import torch
 
 from .cache import MAX_CACHED_SHAPES, BoundedCache
+from .control import NO_CONTROL, RequestControl
 
 
 @dataclasses.dataclass
@@ -135,6 +136,7 @@ def denoise(
     state: LoopState | None = None,
     switch: ExpertSwitch | None = None,
     guidance_per_step: list[float] | None = None,
+    control: RequestControl = NO_CONTROL,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
@@ -155,6 +157,8 @@ def denoise(
         switch: a second denoiser taking over at a step (same inputs and shapes).
         guidance_per_step: a guidance scale per step replacing ``guidance``'s value
             (CogVideoX's dynamic guidance); written into the step's buffer before it runs.
+        control: the request's progress callback and cancel token: told after every
+            step, checked before each (vidrt.Cancelled stops the loop there).
     """
     from tqdm.auto import tqdm
 
@@ -184,6 +188,7 @@ def denoise(
     coefs = coefs.pin_memory() if cuda else coefs
     timer = _Timer(cuda)
     copied = None
+    control.report("denoise", 0, sampler.num_steps)
     for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
         if switch is not None and i == switch.step:
             unet, key = switch.unet, (*key, "expert-2")
@@ -212,7 +217,9 @@ def denoise(
         else:
             with timer.span(step_times):
                 _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
+        control.report("denoise", i + 1)
     timer.collect(step_times)
+    control.report("decode", sampler.num_steps)
     return b.latents.clone()  # the buffer belongs to the next request of this shape
 
 

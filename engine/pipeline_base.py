@@ -8,6 +8,7 @@ this module reaches them only through the registry in vidrt.families, by name.
 from __future__ import annotations
 
 import abc
+import contextvars
 import dataclasses
 import math
 import threading
@@ -19,6 +20,7 @@ import torch
 
 from .backends import get_backend
 from .build import check_on_demand, load_engines, prepare_engines
+from .control import NO_CONTROL, CancelToken, RequestControl
 from .errors import VidrtError
 from .families import family_pipeline
 from .layout import default_engine_dir
@@ -27,6 +29,10 @@ from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import check_unet_weights, check_weight_paths, resolve_model
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# The progress callback and cancel token of the request this context is making
+# (set by BasePipeline.generate; a plain call has none).
+_REQUEST_CONTROL: contextvars.ContextVar[RequestControl] = contextvars.ContextVar("vidrt_request", default=NO_CONTROL)
 
 
 @dataclasses.dataclass
@@ -76,6 +82,7 @@ class BasePipeline(abc.ABC):
         self.stream = torch.cuda.Stream() if self.device.type == "cuda" else None  # vidrt's own stream
         self.loop_state = LoopState(use_cuda_graphs=cuda_graphs)
         self._lock = threading.Lock()
+        self._control = NO_CONTROL  # the running request's (set under the lock)
 
     @classmethod
     def from_pretrained(
@@ -160,6 +167,46 @@ class BasePipeline(abc.ABC):
         pipe.builds = builds
         return pipe
 
+    def generate(self, *args, on_progress=None, cancel: CancelToken | None = None, **kwargs):
+        """Calls the pipeline (``__call__``'s arguments) with a progress callback and a cancel token.
+
+        Args:
+            on_progress: called with a vidrt.Progress at each stage and after each
+                denoising step, on the thread running the request (from ``agenerate``:
+                a worker thread; hand it to the event loop with ``call_soon_threadsafe``).
+            cancel: a vidrt.CancelToken; ``cancel()`` from any thread stops the request
+                before its next step or stage.
+
+        Returns:
+            What ``__call__`` returns.
+
+        Raises:
+            vidrt.Cancelled: the token was cancelled before the request finished.
+            VidrtError: a bad request or option, as ``__call__``.
+        """
+        reset = _REQUEST_CONTROL.set(RequestControl(on_progress, cancel))
+        try:
+            return self(*args, **kwargs)
+        finally:
+            _REQUEST_CONTROL.reset(reset)
+
+    async def agenerate(self, *args, on_progress=None, cancel: CancelToken | None = None, **kwargs):
+        """``generate`` without blocking the event loop: the request runs on a worker
+        thread. Cancelling the awaiting task cancels the request (it stops within one
+        step) and waits for it to stop before re-raising, so the pipeline is free again."""
+        import asyncio
+        import functools
+
+        cancel = cancel if cancel is not None else CancelToken()
+        call = functools.partial(self.generate, *args, on_progress=on_progress, cancel=cancel, **kwargs)
+        future = asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.cancel()
+            await asyncio.wait([future])
+            raise
+
     def _serve(self, request: dict):
         """Runs one request under the pipeline's lock, on vidrt's own stream on a GPU.
 
@@ -168,11 +215,17 @@ class BasePipeline(abc.ABC):
         exactly what it would alone. ``timings`` then describes the last call to finish;
         each output carries its own.
         """
+        control = _REQUEST_CONTROL.get()
         with self._lock:
-            if self.stream is None:
-                return self._generate(**request)
-            with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
-                return self._generate(**request)
+            self._control = control
+            try:
+                control.report("encode")
+                if self.stream is None:
+                    return self._generate(**request)
+                with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
+                    return self._generate(**request)
+            finally:
+                self._control = NO_CONTROL
 
     @abc.abstractmethod
     def _generate(self, **request):

@@ -119,7 +119,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         schedule = _dynamic_guidance(guidance_scale, sampler, num_inference_steps) if do_cfg and use_dynamic_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, Conditioning(inputs, channel_axis=2), guidance,
                           generator, self.timings.unet_steps, progress=progress, state=self.loop_state,
-                          guidance_per_step=schedule)
+                          guidance_per_step=schedule, control=self._control)
         if output_type == "latent":
             frames = latents
         else:

@@ -123,7 +123,7 @@ class LTXTextToVideoPipeline(BasePipeline):
                              "rope_interpolation_scale": scale, "frame_mask": frame_mask}, channel_axis=1)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, cond, guidance, generator,
-                          self.timings.unet_steps, progress=progress, state=self.loop_state)
+                          self.timings.unet_steps, progress=progress, state=self.loop_state, control=self._control)
         if output_type == "latent":
             frames = latents.flatten(2).transpose(1, 2)  # diffusers' packed layout
         else:

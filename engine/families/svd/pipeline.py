@@ -96,7 +96,7 @@ class VideoPipeline(BasePipeline):
         guidance = guidance.to(self.device)
         latents = denoise(
             self.engines["unet"], sampler, latents, cond, guidance if do_cfg else None, generator,
-            self.timings.unet_steps, progress=progress, state=self.loop_state,
+            self.timings.unet_steps, progress=progress, state=self.loop_state, control=self._control,
         )
         if output_type == "latent":
             frames = latents

@@ -107,7 +107,7 @@ class TextToVideoPipeline(BasePipeline):
         latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["unet"], sampler, latents, cond, guidance, generator, self.timings.unet_steps,
-                          progress=progress, state=self.loop_state)
+                          progress=progress, state=self.loop_state, control=self._control)
         if output_type == "latent":
             frames = latents
         else:

@@ -103,7 +103,7 @@ class WanTextToVideoPipeline(BasePipeline):
         guidance = self._guidance(guidance_scale) if do_cfg else None
         first, switch = self._experts(sampler, guidance_scale_2 if do_cfg else None)
         latents = denoise(first, sampler, latents, cond, guidance, generator, self.timings.unet_steps,
-                          progress=progress, state=self.loop_state, switch=switch)
+                          progress=progress, state=self.loop_state, switch=switch, control=self._control)
         if output_type == "latent":
             frames = latents
         else:
