@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import cli_track
 from .errors import VidrtError
-from .options import EngineOptions, RequestOptions
+from .options import EngineOptions
+from .request import GenerateConfig, check_on_model, check_values, pipeline_kwargs
 from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
@@ -34,19 +35,6 @@ class BuildConfig(EngineOptions):
     calib_images: str | None = None
     calib_steps: int = 4
     keep_high_precision: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerateConfig(RequestOptions):
-    """generate options."""
-
-    image: str | None = None
-    output: str = "out.mp4"
-    fps: int = 7
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
-    decode_chunk_size: int | None = None
-    format: str | None = None
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -175,48 +163,15 @@ def _config(cls, args: argparse.Namespace):
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def _check_values(cfg) -> None:
-    """Fails on flag values no model could use, before any model or preset is touched."""
-    import math
-
-    from .pipeline_base import check_request
-    from .sources import check_weight_paths
-
-    check_weight_paths(cfg.unet_weights, cfg.motion_adapter)
-
-    if not 0 <= cfg.seed < 2**63:
-        raise VidrtError(f"--seed {cfg.seed}: take a whole number in 0..2**63-1")
-    for flag in ("min_guidance", "max_guidance", "guidance_scale", "noise_aug_strength"):
-        value = getattr(cfg, flag, None)
-        if value is not None and not math.isfinite(value):
-            raise VidrtError(f"--{flag.replace('_', '-')} {value}: must be a finite number")
-    if getattr(cfg, "fps", 1) < 1:
-        raise VidrtError(f"--fps {cfg.fps}: need at least 1 frame per second")
-    for flag in ("prompt", "negative_prompt"):
-        text = getattr(cfg, flag, None)
-        try:
-            (text or "").encode("utf-8")
-        except UnicodeEncodeError:
-            raise VidrtError(f"--{flag.replace('_', '-')}: not valid UTF-8 text; pass the prompt in UTF-8") from None
-    if hasattr(cfg, "runs") and (cfg.runs < 1 or cfg.warmup < 0):
-        raise VidrtError(f"--runs must be >= 1 and --warmup >= 0 (got {cfg.runs}, {cfg.warmup})")
-    chunk = getattr(cfg, "decode_chunk_size", None)
-    frames = cfg.num_frames if cfg.num_frames is not None else 1
-    check_request(cfg.height if cfg.height is not None else 8, cfg.width if cfg.width is not None else 8, frames,
-                  cfg.steps, chunk if chunk is not None else 1, cfg.batch_size)
-
-
 def _check_request_early(cfg):
     """Fails on request arguments the model cannot serve, before minutes of engine building
-    (callers run _check_values first, before the model is resolved); returns the model."""
+    (callers run check_values first, before the model is resolved); returns the model."""
     from .samplers import check_sampler
     from .sources import resolve_model
 
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
     check_sampler(cfg.sampler, model.kind)
-    height, width = cfg.size(model)
-    model.check_ranges(cfg.batch_size, cfg.guided(model), cfg.frames(model), height, width,
-                       getattr(cfg, "decode_chunk_size", None))
+    check_on_model(cfg, model)
     return model
 
 
@@ -288,7 +243,7 @@ def cmd_run_bench(args) -> int:
         for field, value in scenario(args.scenario).items():
             setattr(args, field, value)
     cfg = _config(BenchConfig, args)
-    _check_values(cfg)
+    check_values(cfg)
     for path in (cfg.output, cfg.plot):
         if path:
             check_writable(path)
@@ -324,7 +279,7 @@ def cmd_generate(args) -> int:
     cfg = _config(GenerateConfig, args)
     if cfg.image is None and cfg.prompt is None:  # refused before a preset is materialised (gigabytes for svd-xt)
         raise VidrtError("generate needs --image PATH (image-to-video models) or --prompt \"...\" (text-to-video models)")
-    _check_values(cfg)
+    check_values(cfg)
     fmt = video_format(cfg.output, cfg.format)
     check_output(cfg.output, fmt)
     model = _check_request_early(cfg)
@@ -340,7 +295,7 @@ def cmd_generate(args) -> int:
         cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(),
         **cfg.engine_kwargs(),
     )
-    out = pipe(**_generate_request(cfg, model, image))
+    out = pipe(**pipeline_kwargs(cfg, model, image))
     paths = []
     for i, frames in enumerate(out.frames):
         target = Path(cfg.output)
@@ -352,36 +307,6 @@ def cmd_generate(args) -> int:
     print(f"wrote {', '.join(map(str, paths))}{note}: {len(out.frames[0])} frames, {t.end_to_end:.1f}s "
           f"({pipe.model.denoiser} {t.unet:.1f}s over {len(t.unet_steps)} steps)")
     return 0
-
-
-def _generate_request(cfg: GenerateConfig, model, image) -> dict:
-    """The pipeline call's keywords for generate's flags."""
-    import torch
-
-    height, width = cfg.size(model)
-    common = dict(height=height, width=width, num_frames=cfg.num_frames, num_inference_steps=cfg.steps,
-                  generator=torch.Generator().manual_seed(cfg.seed), output_type="pil", progress=True)
-    if model.kind == "image-to-video":
-        return common | dict(
-            image=[image] * cfg.batch_size, min_guidance_scale=cfg.min_guidance, max_guidance_scale=cfg.max_guidance,
-            fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
-            decode_chunk_size=cfg.decode_chunk_size,
-        )
-    text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
-    if cfg.guidance_scale_2 is not None and model.kind != "wan":
-        raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
-    if model.kind in ("wan", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):  # the diffusion transformers
-        if cfg.decode_chunk_size is not None:
-            how = {"wan": "decodes one latent frame (4 frames) per call",
-                   "cogvideox": "decodes the latent frames in diffusers' chunks (3, then pairs)",
-                   "cogvideox-i2v": "decodes the latent frames in diffusers' chunks (3, then pairs)"}.get(
-                model.kind, "decodes the whole latent clip in one call")
-            raise VidrtError(f"--decode-chunk-size: this model's VAE {how}, as diffusers does; drop the flag")
-        scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
-        extra = dict(guidance_scale_2=cfg.guidance_scale_2) if model.kind == "wan" else {}
-        extra |= dict(image=image) if image is not None else {}
-        return common | text | dict(num_frames=cfg.frames(model), guidance_scale=scale) | extra
-    return common | text | dict(guidance_scale=cfg.guidance_scale, decode_chunk_size=cfg.decode_chunk_size or 16)
 
 
 def cmd_prune(args) -> int:

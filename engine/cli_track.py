@@ -119,12 +119,13 @@ def cmd_bench_ab(args: argparse.Namespace) -> int:
     from vidrt.benchmarks.ab import ABConfig, check_options, run_ab
     from vidrt.benchmarks.compare import compare, format_comparison
 
-    from .cli import _check_request_early, _check_values, _config
+    from .cli import _check_request_early, _config
+    from .request import check_values
     from .errors import VidrtError
     from .fsutil import atomic_write_json, check_writable
 
     cfg = _config(ABConfig, args)
-    _check_values(cfg)
+    check_values(cfg)
     if not cfg.threshold >= 0:
         raise VidrtError(f"--threshold {cfg.threshold}: give a percentage >= 0, e.g. 5")
     if cfg.output_dir:
@@ -171,12 +172,13 @@ def _record(args, configs) -> int:
     from vidrt.benchmarks.history import append, check_folder
     from vidrt.benchmarks.suites import describe
 
-    from .cli import _check_request_early, _check_values
+    from .cli import _check_request_early
+    from .request import check_values
     from .fsutil import atomic_write_json
 
     check_folder(args.history)
     for cfg in configs:  # every case checked before the first one runs
-        _check_values(cfg)
+        check_values(cfg)
         _check_request_early(cfg)
     for i, cfg in enumerate(configs):
         print(f"[{i + 1}/{len(configs)}] {describe(cfg)}", flush=True)
@@ -198,7 +200,8 @@ def _gate(args, configs) -> int:
     from vidrt.benchmarks.history import append, check_folder
     from vidrt.benchmarks.suites import GATE_THRESHOLD, describe, last_recorded
 
-    from .cli import _check_request_early, _check_values
+    from .cli import _check_request_early
+    from .request import check_values
     from .errors import VidrtError
 
     threshold = (GATE_THRESHOLD if args.threshold is None else args.threshold) / 100
@@ -216,7 +219,7 @@ def _gate(args, configs) -> int:
               "comparing with the newest recorded run of each case on this machine instead")
     failed = []
     for i, cfg in enumerate(configs):
-        _check_values(cfg)
+        check_values(cfg)
         _check_request_early(cfg)
         print(f"[{i + 1}/{len(configs)}] {describe(cfg)}", flush=True)
         if have_base:
