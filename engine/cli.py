@@ -1,4 +1,4 @@
-"""Command line: ``build-engines``, ``run-bench`` and ``generate`` (also as ``vidrt <command>``).
+"""Command line: ``build-engines``, ``run-bench``, ``generate`` and ``serve`` (also as ``vidrt <command>``).
 
 Each command's flags map one-to-one onto a frozen config dataclass. Errors a
 user can cause print one line (``vidrt: error: ...``) and exit 2; success is 0.
@@ -15,7 +15,7 @@ from pathlib import Path
 from . import cli_track
 from .errors import VidrtError
 from .options import EngineOptions
-from .request import GenerateConfig, check_on_model, check_values, pipeline_kwargs
+from .request import GenerateConfig, check_inputs, check_on_model, check_values, pipeline_kwargs
 from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vidrt.benchmarks.harness import BENCH_FRAMES, BenchConfig
 
     root = argparse.ArgumentParser(prog="vidrt", description="Compiled inference for video diffusion models.", epilog=EPILOG_MODELS)
-    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,prune,compare,history,report,bench-ab,bench-suite}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="{build-engines,run-bench,generate,serve,prune,compare,history,report,bench-ab,bench-suite}")
 
     b = sub.add_parser("build-engines", help="export the model to ONNX and build engines (reuses what is up to date)",
                        description="Export every component (image encoder, VAE encoder, UNet, temporal VAE decoder) to ONNX, "
@@ -154,8 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--motion-bucket-id", type=int, default=127, help="amount of motion (default: 127)")
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the image (default: 0.02)")
     g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all; 16 for text to video)")
+    _serve_parser(sub)
     cli_track.add_commands(sub, _model_flags, _request_flags)
     return root
+
+
+def _serve_parser(sub) -> None:
+    from .server import ServeConfig
+
+    d = ServeConfig()
+    s = sub.add_parser("serve", help="serve the model over HTTP as a job API (needs the serve extra)",
+                       description="Load (building if needed) the engines, warm them up, and serve POST /v1/videos, "
+                       "GET/DELETE /v1/videos/{id}, /events, /content, /healthz and /metrics (see the README). "
+                       "The request flags set the defaults of requests that leave a field out.",
+                       epilog=EPILOG_MODELS)
+    _model_flags(s)
+    _request_flags(s, d, "the model's")
+    h = s.add_argument_group("server")
+    h.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host}, this machine only)")
+    h.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port})")
+    h.add_argument("--max-queue", type=int, default=d.max_queue, help=f"jobs waiting at most; more get 429 (default: {d.max_queue})")
+    h.add_argument("--job-timeout", type=float, help="seconds a job may take from submission before it ends as expired "
+                   "(default: no limit; a request's timeout_s overrides it)")
+    h.add_argument("--keep-results", type=float, default=d.keep_results, help=f"seconds a finished job and its video are kept (default: {d.keep_results:.0f})")
+    h.add_argument("--keep-results-mb", type=float, default=d.keep_results_mb, help=f"MB of videos kept at most, oldest removed first (default: {d.keep_results_mb:.0f})")
+    h.add_argument("--grace", type=float, default=d.grace, help=f"seconds a running job may finish after SIGTERM before it is cancelled (default: {d.grace:.0f})")
+    h.add_argument("--no-warmup", action="store_true", help="answer /healthz without the warm-up request")
 
 
 def _config(cls, args: argparse.Namespace):
@@ -283,11 +307,7 @@ def cmd_generate(args) -> int:
     fmt = video_format(cfg.output, cfg.format)
     check_output(cfg.output, fmt)
     model = _check_request_early(cfg)
-    if model.takes_image and cfg.image is None:
-        raise VidrtError(f"{cfg.model} is an image-to-video model: pass --image PATH")
-    if model.kind != "image-to-video" and cfg.prompt is None:
-        what = "an image-to-video model guided by text" if model.takes_image else "a text-to-video model"
-        raise VidrtError(f"{cfg.model} is {what}: pass --prompt \"...\"")
+    check_inputs(cfg, model, cfg.image is not None, image_hint="--image PATH", prompt_hint='--prompt "..."')
     image = load_image(cfg.image) if model.takes_image else None
     pipe = VideoPipeline.from_pretrained(
         cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
@@ -307,6 +327,30 @@ def cmd_generate(args) -> int:
     print(f"wrote {', '.join(map(str, paths))}{note}: {len(out.frames[0])} frames, {t.end_to_end:.1f}s "
           f"({pipe.model.denoiser} {t.unet:.1f}s over {len(t.unet_steps)} steps)")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from . import VideoPipeline
+    from .server import ServeConfig, serve
+
+    cfg = _config(ServeConfig, args)
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise VidrtError(f"vidrt serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
+    if not 0 < cfg.port < 65536:
+        raise VidrtError(f"--port {cfg.port}: take a port number in 1..65535")
+    check_values(cfg)
+    cfg.limits()
+    _check_request_early(cfg)
+    pipe = VideoPipeline.from_pretrained(
+        cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
+        sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
+        cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(), **cfg.engine_kwargs(),
+    )
+    return serve(cfg, pipe)
 
 
 def cmd_prune(args) -> int:
@@ -334,7 +378,7 @@ def cmd_prune(args) -> int:
 
 
 COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "generate": cmd_generate,
-            "prune": cmd_prune} | cli_track.COMMANDS
+            "serve": cmd_serve, "prune": cmd_prune} | cli_track.COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:

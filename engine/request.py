@@ -64,6 +64,16 @@ def check_on_model(cfg, model) -> None:
                        getattr(cfg, "decode_chunk_size", None))
 
 
+def check_inputs(cfg, model, has_image: bool, image_hint: str, prompt_hint: str) -> None:
+    """Fails when the request lacks what ``model`` conditions on: an image for the
+    image-to-video models, a prompt for those guided by text (hints say how to pass them)."""
+    if model.takes_image and not has_image:
+        raise VidrtError(f"{cfg.model} is an image-to-video model: pass {image_hint}")
+    if model.kind != "image-to-video" and cfg.prompt is None:
+        what = "an image-to-video model guided by text" if model.takes_image else "a text-to-video model"
+        raise VidrtError(f"{cfg.model} is {what}: pass {prompt_hint}")
+
+
 def pipeline_kwargs(cfg: GenerateConfig, model, image) -> dict:
     """The pipeline call's keywords for generate's flags."""
     import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -30,23 +31,33 @@ def load_image(path: str | Path, announce: bool = True) -> PIL.Image.Image:
     path = Path(path)
     if not path.is_file():
         raise VidrtError(f"--image {path}: file not found")
-    try:
-        with PIL.Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise VidrtError(f"--image {path}: {w}x{h} px is more than vidrt decodes ({MAX_IMAGE_PIXELS // 2**20} MP); "
-                                 "downscale it first")
-            im.load()
-            image = PIL.ImageOps.exif_transpose(im)
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        raise VidrtError(f"--image {path}: not a readable image ({type(e).__name__}); pass a PNG, JPEG or WebP file") from None
-    if min(image.size) < 2:
-        raise VidrtError(f"--image {path}: {image.size[0]}x{image.size[1]} px is too small to condition on; "
-                         "pass an image of at least 2x2 px")
+    image = _read_image(path, f"--image {path}")
     if image.mode != "RGB":
         if announce:
             print(f"vidrt: {path.name} is {image.mode}; converted to RGB", flush=True)
         image = to_rgb(image)
+    return image
+
+
+def image_from_bytes(data: bytes, label: str = "image") -> PIL.Image.Image:
+    """``load_image`` for an image's bytes (an upload); ``label`` names it in errors."""
+    return to_rgb(_read_image(io.BytesIO(data), label))
+
+
+def _read_image(source, label: str) -> PIL.Image.Image:
+    try:
+        with PIL.Image.open(source) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise VidrtError(f"{label}: {w}x{h} px is more than vidrt decodes ({MAX_IMAGE_PIXELS // 2**20} MP); "
+                                 "downscale it first")
+            im.load()
+            image = PIL.ImageOps.exif_transpose(im)
+    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        raise VidrtError(f"{label}: not a readable image ({type(e).__name__}); pass a PNG, JPEG or WebP file") from None
+    if min(image.size) < 2:
+        raise VidrtError(f"{label}: {image.size[0]}x{image.size[1]} px is too small to condition on; "
+                         "pass an image of at least 2x2 px")
     return image
 
 

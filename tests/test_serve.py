@@ -1,0 +1,280 @@
+"""vidrt serve: the HTTP job API (vidrt.server over vidrt.jobs) on tiny-svd, ONNX Runtime.
+
+The routes run in-process through FastAPI's TestClient; one test starts the real
+``vidrt serve`` and stops it with SIGTERM."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="vidrt serve needs the serve extra: pip install -e '.[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from vidrt.server import ServeConfig, Service, create_app  # noqa: E402
+
+REQUEST = {"height": 32, "width": 32, "num_frames": 2, "num_inference_steps": 2}
+
+
+def png_b64(color=(200, 30, 30), size=(40, 40)) -> str:
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", size, color).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture
+def server(tiny_pipe):
+    """A client of a fresh server over the session's tiny-svd pipeline (config by parameter)."""
+    made = []
+
+    def make(**cfg):
+        service = Service(tiny_pipe, ServeConfig(model="tiny-svd", height=32, width=32, num_frames=2, steps=2,
+                                                    **{"no_warmup": True} | cfg))
+        client = TestClient(create_app(service))
+        client.__enter__()
+        made.append(client)
+        return client, service
+
+    yield make
+    for client in made:
+        client.__exit__(None, None, None)
+
+
+def wait_final(client, job_id, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        view = client.get(f"/v1/videos/{job_id}").json()
+        if view["status"] in ("completed", "failed", "cancelled", "expired"):
+            return view
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end: {view}")
+
+
+def submit(client, **fields):
+    r = client.post("/v1/videos", json={"image": png_b64(), **REQUEST, **fields})
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "queued" and r.headers["location"] == f"/v1/videos/{r.json()['id']}"
+    return r.json()["id"]
+
+
+def test_a_job_gives_the_frames_of_the_same_request_called_directly(server, tiny_pipe):
+    client, _ = server()
+    job = submit(client, seed=7, format="png", motion_bucket_id=90)
+    view = wait_final(client, job)
+    assert view["status"] == "completed", view
+    assert view["progress"] == {"stage": "done", "step": 2, "steps": 2}
+    assert view["timings"]["end_to_end_s"] > 0 and len(view["timings"]["steps_s"]) == 2
+    r = client.get(f"/v1/videos/{job}/content")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as archive:
+        served = [np.asarray(PIL.Image.open(archive.open(n))) for n in sorted(archive.namelist())]
+    image = PIL.Image.open(io.BytesIO(base64.b64decode(png_b64())))
+    direct = tiny_pipe(image, height=32, width=32, num_frames=2, num_inference_steps=2, motion_bucket_id=90,
+                       generator=torch.Generator().manual_seed(7), output_type="pil").frames[0]
+    assert len(served) == len(direct) == 2
+    for a, b in zip(served, direct):
+        assert np.array_equal(a, np.asarray(b))
+
+
+def test_mp4_gif_and_multipart_upload(server):
+    client, _ = server()
+    mp4 = submit(client)
+    assert wait_final(client, mp4)["status"] == "completed"
+    body = client.get(f"/v1/videos/{mp4}/content")
+    assert body.headers["content-type"] == "video/mp4" and body.content[4:8] == b"ftyp"
+    files = {"image": ("in.png", base64.b64decode(png_b64()), "image/png")}
+    r = client.post("/v1/videos", files=files, data={k: str(v) for k, v in (REQUEST | {"format": "gif"}).items()})
+    assert r.status_code == 202, r.text
+    gif = r.json()["id"]
+    assert wait_final(client, gif)["status"] == "completed"
+    assert client.get(f"/v1/videos/{gif}/content").content[:6] == b"GIF89a"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"num_frames": 0}, "num_frames=0: need at least 1 frame"),
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"height": 33}, "multiples of 8"),
+    ({"height": "tall"}, "height: 'tall' is not a whole number"),
+    ({"colour": "red"}, "unknown field 'colour'"),
+    ({"format": "avi"}, "format 'avi': choose one of mp4, gif, png"),
+    ({"image": "not base64!"}, "image: not valid base64"),
+    ({"image": base64.b64encode(b"hello").decode()}, "image: not a readable image"),
+    ({"image": None}, "image: None is not a string"),
+    ({"timeout_s": -1}, "timeout_s -1"),
+    ({"seed": -3}, "seed -3"),
+])
+def test_bad_requests_are_400_with_one_line(server, body, message):
+    client, _ = server()
+    r = client.post("/v1/videos", json={"image": png_b64(), **REQUEST, **body})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert message in error and "\n" not in error and "--" not in error
+
+
+def test_bodies_that_are_not_requests(server):
+    client, _ = server()
+    for content, expect in ((b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object")):
+        r = client.post("/v1/videos", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and expect in r.json()["error"]
+    r = client.post("/v1/videos", json=REQUEST)
+    assert r.status_code == 400 and "image-to-video model: pass an image" in r.json()["error"]
+
+
+def test_unknown_ids_and_content_before_completion(server, tiny_pipe):
+    client, _ = server()
+    for method, path in (("get", "/v1/videos/nope"), ("get", "/v1/videos/nope/content"),
+                         ("delete", "/v1/videos/nope"), ("get", "/v1/videos/nope/events")):
+        r = getattr(client, method)(path)
+        assert r.status_code == 404 and "no job 'nope'" in r.json()["error"]
+    with tiny_pipe._lock:  # the worker waits on the pipeline: the job stays in progress
+        job = submit(client)
+        r = client.get(f"/v1/videos/{job}/content")
+        assert r.status_code == 409 and "content is ready once the status is completed" in r.json()["error"]
+    assert wait_final(client, job)["status"] == "completed"
+    assert client.get(f"/v1/videos/{job}/content?index=1").status_code == 404
+
+
+def test_idempotency_key_returns_the_same_job(server):
+    client, _ = server()
+    headers = {"Idempotency-Key": "abc"}
+    first = client.post("/v1/videos", json={"image": png_b64(), **REQUEST}, headers=headers).json()["id"]
+    again = client.post("/v1/videos", json={"image": png_b64(), **REQUEST}, headers=headers).json()["id"]
+    other = submit(client)
+    assert first == again != other
+    assert wait_final(client, first)["status"] == "completed"
+
+
+def test_a_full_queue_is_429_with_retry_after(server, tiny_pipe):
+    client, service = server(max_queue=1)
+    with tiny_pipe._lock:
+        running = submit(client)
+        while service.jobs.get(running).status != "in_progress":
+            time.sleep(0.01)
+        waiting = submit(client)
+        r = client.post("/v1/videos", json={"image": png_b64(), **REQUEST})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "queue is full" in r.json()["error"]
+    for job in (running, waiting):
+        assert wait_final(client, job)["status"] == "completed"
+
+
+def test_cancel_a_queued_job_and_a_running_one_within_a_step(server, tiny_pipe):
+    client, service = server()
+    with tiny_pipe._lock:
+        running = submit(client, num_inference_steps=40)
+        queued = submit(client)
+        r = client.delete(f"/v1/videos/{queued}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    while client.get(f"/v1/videos/{running}").json()["progress"]["step"] < 1:
+        time.sleep(0.01)
+    client.delete(f"/v1/videos/{running}")
+    view = wait_final(client, running)
+    assert view["status"] == "cancelled" and view["error"] == "cancelled"
+    assert view["progress"]["step"] < 40  # stopped within a step of the cancel, not at the end
+    assert client.get(f"/v1/videos/{running}/content").status_code == 409
+    assert client.delete(f"/v1/videos/{running}").json()["status"] == "cancelled"  # idempotent
+
+
+def test_deadlines_expire_queued_and_running_jobs(server, tiny_pipe):
+    client, _ = server()
+    with tiny_pipe._lock:
+        late = submit(client, timeout_s=0.2)
+        time.sleep(0.6)
+    assert wait_final(client, late)["status"] == "expired"
+    slow = submit(client, num_inference_steps=200, timeout_s=1.0)
+    view = wait_final(client, slow)
+    assert view["status"] == "expired" and "deadline" in view["error"] and view["progress"]["step"] < 200
+
+
+def test_events_stream_progress_until_the_end(server):
+    client, _ = server()
+    job = submit(client, num_inference_steps=3)
+    events = []
+    with client.stream("GET", f"/v1/videos/{job}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    # Each event is the job's state when sent (changes between two sends are merged).
+    assert events[-1]["status"] == "completed" and events[-1]["progress"] == {"stage": "done", "step": 3, "steps": 3}
+    steps = [e["progress"]["step"] for e in events]
+    assert steps == sorted(steps) and len(events) >= 2
+
+
+def test_healthz_waits_for_the_warm_up_and_metrics_count_jobs(server):
+    client, service = server(no_warmup=False)
+    for _ in range(600):
+        if client.get("/healthz").status_code == 200:
+            break
+        time.sleep(0.05)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    job = submit(client)
+    wait_final(client, job)
+    text = client.get("/metrics").text
+    assert 'vidrt_jobs_finished_total{status="completed"} 1.0' in text
+    assert 'vidrt_jobs{status="completed"} 1.0' in text and "vidrt_queue_depth 0.0" in text
+    assert "vidrt_step_seconds_count 2.0" in text
+
+
+def test_finished_jobs_are_forgotten_after_keep_results(server):
+    client, _ = server(keep_results=0.3)
+    job = submit(client)
+    assert wait_final(client, job)["status"] == "completed"
+    time.sleep(1.0)
+    assert client.get(f"/v1/videos/{job}").status_code == 404
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_vidrt_serve_exits_0_on_sigterm_cancelling_the_running_job(tiny_engine_dir, tmp_path):
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "vidrt.cli", "serve", "--model", "tiny-svd", "--engine-dir", str(tiny_engine_dir),
+           "--backend", "onnxruntime", "--height", "32", "--width", "32", "--num-frames", "2", "--steps", "2",
+           "--port", str(port), "--grace", "1"]
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(1200):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text())
+        job = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 500}).json()["id"]
+        while httpx.get(f"{url}/v1/videos/{job}").json()["status"] != "in_progress":
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_vidrt_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
+    from vidrt import cli
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
+    assert cli.main(["serve", "--model", "tiny-svd"]) == 2
+    assert "vidrt serve needs the serve extra (fastapi is missing): pip install -e '.[serve]'" in capsys.readouterr().err
