@@ -278,3 +278,17 @@ def test_vidrt_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
     assert cli.main(["serve", "--model", "tiny-svd"]) == 2
     assert "vidrt serve needs the serve extra (fastapi is missing): pip install -e '.[serve]'" in capsys.readouterr().err
+
+
+def test_load_benchmark_accounts_for_every_job(tiny_engine_dir, tmp_path):
+    from vidrt.benchmarks import load
+
+    out = tmp_path / "load.json"
+    assert load.main(["--clients", "2", "--jobs", "3", "--cancel-every", "2", "--bad-every", "3", "--timeout", "300",
+                      "--request", json.dumps(REQUEST), "--output", str(out), "--", "--engine-dir", str(tiny_engine_dir),
+                      "--backend", "onnxruntime", "--height", "32", "--width", "32", "--num-frames", "2"]) == 0
+    result = json.loads(out.read_text())
+    assert result["bad_refused_400"] == 2 and result["http_5xx"] == 0 and result["server_exit"] == 0
+    assert result["accepted"] == 4 and sum(result["ended"].values()) == 4
+    assert set(result["ended"]) <= {"completed", "cancelled"} and result["ended"]["completed"] >= 2
+    assert result["videos_per_min"] > 0 and result["server_rss"]["peak_mb"] > 0
