@@ -180,6 +180,18 @@ def _serve_parser(sub) -> None:
     h.add_argument("--keep-results-mb", type=float, default=d.keep_results_mb, help=f"MB of videos kept at most, oldest removed first (default: {d.keep_results_mb:.0f})")
     h.add_argument("--grace", type=float, default=d.grace, help=f"seconds a running job may finish after SIGTERM before it is cancelled (default: {d.grace:.0f})")
     h.add_argument("--no-warmup", action="store_true", help="answer /healthz without the warm-up request")
+    h.add_argument("--max-batch", type=int, default=d.max_batch, help="queued one-video jobs of the same shape, steps and "
+                   f"settings run together as one denoiser batch, up to this many (default: {d.max_batch}, no batching)")
+    h.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long a job waits for others to "
+                   f"share its batch (default: {d.batch_wait_ms:.0f}: only those already queued)")
+    r = s.add_argument_group("Ray Serve (--ray; needs the ray extra)")
+    r.add_argument("--ray", action="store_true", help="deploy as a Ray Serve application: the same API through Serve's "
+                   "proxy on --host/--port, one pipeline per replica")
+    r.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    r.add_argument("--replicas", type=int, default=d.replicas, help=f"pipeline replicas (the most, with --min-replicas) (default: {d.replicas})")
+    r.add_argument("--min-replicas", type=int, help="autoscale between this and --replicas on ongoing requests (default: a fixed --replicas)")
+    r.add_argument("--replica-cpus", type=float, default=d.replica_cpus, help=f"CPUs each replica reserves (default: {d.replica_cpus:g})")
+    r.add_argument("--replica-gpus", type=float, default=d.replica_gpus, help=f"GPUs each replica reserves (default: {d.replica_gpus:g})")
 
 
 def _config(cls, args: argparse.Namespace):
@@ -334,23 +346,33 @@ def cmd_serve(args) -> int:
     from .server import ServeConfig, serve
 
     cfg = _config(ServeConfig, args)
-    try:
-        import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise VidrtError(f"vidrt serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
+    needs = ["fastapi", "prometheus_client", "uvicorn"] + (["ray"] if cfg.ray else [])
+    for name in needs:
+        try:
+            __import__(name)
+        except ImportError:
+            extra = "ray" if name == "ray" else "serve"
+            raise VidrtError(f"vidrt serve{' --ray' if cfg.ray else ''} needs the {extra} extra ({name} is missing): "
+                             f"pip install -e '.[{extra}]'") from None
     if not 0 < cfg.port < 65536:
         raise VidrtError(f"--port {cfg.port}: take a port number in 1..65535")
+    if cfg.replicas < 1 or cfg.min_replicas is not None and not 0 <= cfg.min_replicas <= cfg.replicas:
+        raise VidrtError(f"--replicas {cfg.replicas} / --min-replicas {cfg.min_replicas}: need replicas >= 1 and "
+                         "0 <= min-replicas <= replicas")
+    if (cfg.address or cfg.min_replicas is not None) and not cfg.ray:
+        raise VidrtError("--address and --min-replicas are for --ray; add --ray or drop them")
     check_values(cfg)
     cfg.limits()
     _check_request_early(cfg)
-    pipe = VideoPipeline.from_pretrained(
-        cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
-        sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-        cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(), **cfg.engine_kwargs(),
-    )
-    return serve(cfg, pipe)
+    load = dict(engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision, sampler=cfg.sampler,
+                unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
+                cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(), **cfg.engine_kwargs())
+    if cfg.ray:
+        from .ray_serve import run_until_signal
+
+        VideoPipeline.from_pretrained(cfg.model, **load)  # build once here, so the replicas only load
+        return run_until_signal(cfg)
+    return serve(cfg, VideoPipeline.from_pretrained(cfg.model, **load))
 
 
 def cmd_prune(args) -> int:

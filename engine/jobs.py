@@ -1,6 +1,7 @@
 """Generation jobs: a bounded queue in front of one pipeline, a worker thread that runs
-them in turn, and the bookkeeping a job API needs (states, progress, deadlines,
-cancellation, idempotency, result retention, metrics).
+them in turn (queued jobs of the same shape, steps and settings together as one batch,
+each video with its own generator), and the bookkeeping a job API needs (states,
+progress, deadlines, cancellation, idempotency, result retention, metrics).
 
 Every accepted job ends in exactly one of completed, failed (with the reason),
 cancelled or expired; results are kept ``keep_s`` seconds and at most ``keep_mb`` in
@@ -53,10 +54,15 @@ class JobLimits:
     job_timeout_s: float | None = None  # per job, from submission; None: no deadline
     keep_s: float = 3600.0
     keep_mb: float = 1024.0
+    max_batch: int = 1  # jobs run together in one denoiser batch, at most
+    batch_wait_ms: float = 0.0  # how long the first job of a batch waits for others
 
     def __post_init__(self):
         if self.max_queue < 1:
             raise VidrtError(f"--max-queue {self.max_queue}: take a whole number >= 1")
+        if self.max_batch < 1 or not self.batch_wait_ms >= 0:
+            raise VidrtError(f"--max-batch {self.max_batch} / --batch-wait-ms {self.batch_wait_ms}: "
+                             "take a whole number >= 1 and a number of milliseconds >= 0")
         for name in ("job_timeout_s", "keep_s", "keep_mb"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -64,7 +70,7 @@ class JobLimits:
                 raise VidrtError(f"{flag} {value}: give a number of seconds (or MB) > 0")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # a job is itself: compared by identity
 class Job:
     """One request and what became of it."""
 
@@ -83,8 +89,7 @@ class Job:
     timings: dict | None = None
     content: list = dataclasses.field(default_factory=list)  # one encoded video per output
     version: int = 0  # bumped on every change, so a watcher can wait for the next one
-    step_started: float | None = None  # perf_counter at the last denoising step's start (step metrics)
-    cancel: CancelToken = dataclasses.field(default_factory=CancelToken)
+    config: object = None  # the request's vidrt.request.GenerateConfig, where batching may need it
 
     @property
     def content_bytes(self) -> int:
@@ -99,25 +104,43 @@ class Job:
         }
 
 
-class JobManager:
-    """Runs jobs on ``pipe`` one after another on a worker thread (start() / shutdown())."""
+@dataclasses.dataclass
+class Batch:
+    """Jobs running together in one pipeline call, and that call's cancel token."""
 
-    def __init__(self, pipe, limits: JobLimits = JobLimits(), metrics=None, clock=time.time):
-        self.pipe, self.limits, self.metrics, self.clock = pipe, limits, metrics, clock
+    jobs: list
+    token: CancelToken = dataclasses.field(default_factory=CancelToken)
+    step_started: float | None = None  # perf_counter at the last denoising step's start (step metrics)
+
+
+class JobManager:
+    """Runs jobs on ``pipe`` from ``workers`` threads (start() / shutdown()), each one batch
+    at a time: one worker for a local pipeline (its calls take turns anyway), one per
+    replica for a pipeline that dispatches to several (vidrt.ray_serve)."""
+
+    def __init__(self, pipe, limits: JobLimits = JobLimits(), metrics=None, clock=time.time, workers: int = 1):
+        self.pipe, self.limits, self.metrics, self.clock, self.workers = pipe, limits, metrics, clock, workers
         self.jobs: dict[str, Job] = {}
         self.by_key: dict[str, str] = {}
         self.queue: collections.deque[Job] = collections.deque()
         self.changed = threading.Condition()
         self.accepting = True
-        self.running: Job | None = None
+        self.running: list[Batch] = []  # the batches on the pipeline now
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
     # -- submitting and reading -------------------------------------------------------
 
     def submit(self, kwargs: dict, fmt: str = "mp4", fps: int = 7, idempotency_key: str | None = None,
-               timeout_s: float | None = None) -> Job:
+               timeout_s: float | None = None, config=None) -> Job:
         """Queues a job (or returns the one already made for ``idempotency_key``).
+
+        Args:
+            kwargs: the pipeline call's keywords.
+            fmt, fps: how its videos are encoded.
+            idempotency_key: a client's key; the same key returns the same job.
+            timeout_s: seconds from now the job may take (default: the limits').
+            config: the request's GenerateConfig; jobs with one may be batched.
 
         Raises:
             QueueFull: ``max_queue`` jobs are waiting.
@@ -136,7 +159,7 @@ class JobManager:
             now = self.clock()
             timeout = timeout_s if timeout_s is not None else self.limits.job_timeout_s
             job = Job(id=uuid.uuid4().hex, kwargs=kwargs, fmt=fmt, fps=fps, created=now,
-                      deadline=now + timeout if timeout else None, idempotency_key=idempotency_key)
+                      deadline=now + timeout if timeout else None, idempotency_key=idempotency_key, config=config)
             self.jobs[job.id] = job
             if idempotency_key is not None:
                 self.by_key[idempotency_key] = job.id
@@ -149,8 +172,9 @@ class JobManager:
             return self.jobs.get(job_id)
 
     def cancel(self, job_id: str) -> Job | None:
-        """Cancels a queued job at once and a running one before its next step; a finished
-        job stays as it is. Returns the job (None for an unknown id)."""
+        """Cancels a queued job at once and a running one before its next step (one in a
+        batch with others ends at once; they go on); a finished job stays as it is.
+        Returns the job (None for an unknown id)."""
         with self.changed:
             job = self.jobs.get(job_id)
             if job is None or job.status in FINAL:
@@ -159,7 +183,7 @@ class JobManager:
                 self.queue.remove(job)
                 self._finish(job, CANCELLED, "cancelled before it started")
             else:
-                job.cancel.cancel("cancelled")
+                self._stop_running(job, CANCELLED, "cancelled")
             return job
 
     def wait(self, job: Job, version: int, timeout: float) -> int:
@@ -179,21 +203,22 @@ class JobManager:
     # -- running ------------------------------------------------------------------------
 
     def start(self) -> None:
-        for target, name in ((self._work, "vidrt-worker"), (self._tend, "vidrt-janitor")):
+        workers = [(self._work, f"vidrt-worker-{i}") for i in range(self.workers)]
+        for target, name in (*workers, (self._tend, "vidrt-janitor")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def shutdown(self, grace_s: float = 30.0) -> None:
-        """Stops taking jobs, cancels the queued ones, gives the running one ``grace_s``
-        seconds to finish, then cancels it and waits for the worker to stop."""
+        """Stops taking jobs, cancels the queued ones, gives the running ones ``grace_s``
+        seconds to finish, then cancels them and waits for the worker to stop."""
         with self.changed:
             self.accepting = False
             while self.queue:
                 self._finish(self.queue.popleft(), CANCELLED, "the server shut down before the job started")
-            self.changed.wait_for(lambda: self.running is None, grace_s)
-            if self.running is not None:
-                self.running.cancel.cancel("cancelled: the server shut down")
+            self.changed.wait_for(lambda: not self.running, grace_s)
+            for batch in self.running:
+                batch.token.cancel("shutdown")
             self._stop.set()
             self.changed.notify_all()
         for thread in self._threads:
@@ -209,39 +234,89 @@ class JobManager:
                 if job.deadline is not None and self.clock() >= job.deadline:
                     self._finish(job, EXPIRED, "the job's deadline passed before it started")
                     continue
-                job.status, job.started, self.running = IN_PROGRESS, self.clock(), job
-                self._changed(job)
-            self._run(job)
+                batch, now = Batch(self._gather(job)), self.clock()
+                for job in batch.jobs:
+                    job.status, job.started = IN_PROGRESS, now
+                    self._changed(job)
+                self.running.append(batch)
+            self._run(batch)
 
-    def _run(self, job: Job) -> None:
-        status, error, content, timings = COMPLETED, None, [], None
+    def _gather(self, first: Job) -> list[Job]:
+        """``first`` and the queued jobs that can share its batch, waiting up to
+        ``batch_wait_ms`` for more (the caller holds self.changed)."""
+        batch = [first]
+        key = batch_key(first)
+        if self.limits.max_batch == 1 or key is None:
+            return batch
+        end = time.monotonic() + self.limits.batch_wait_ms / 1000
+        while True:
+            for job in list(self.queue):
+                if len(batch) == self.limits.max_batch:
+                    return batch
+                if batch_key(job) == key and self._fits(first, len(batch) + 1):
+                    self.queue.remove(job)
+                    batch.append(job)
+            left = end - time.monotonic()
+            if len(batch) == self.limits.max_batch or left <= 0 or self._stop.is_set():
+                return batch
+            self.changed.wait(left)
+
+    def _fits(self, job: Job, videos: int) -> bool:
+        """Whether the engines take ``videos`` of ``job``'s request in one batch."""
+        from .request import check_on_model
+
         try:
-            out = self.pipe.generate(**job.kwargs, on_progress=lambda p: self._progress(job, p), cancel=job.cancel)
+            check_on_model(dataclasses.replace(job.config, batch_size=videos), self.pipe.model)
+            return True
+        except VidrtError:
+            return False
+
+    def _run(self, batch: Batch) -> None:
+        results, status, error, timings = None, COMPLETED, None, None
+        jobs = batch.jobs
+        kwargs = jobs[0].kwargs if len(jobs) == 1 else merge_requests([j.kwargs for j in jobs])
+        try:
+            out = self.pipe.generate(**kwargs, on_progress=lambda p: self._progress(batch, p), cancel=batch.token)
             timings = _timings(out.timings)
-            content = [encode(frames, job.fmt, job.fps) for frames in out.frames]
+            per_job = [out.frames] if len(jobs) == 1 else [[video] for video in out.frames]
+            results = [[encode(frames, job.fmt, job.fps) for frames in videos] for job, videos in zip(jobs, per_job)]
         except Cancelled:
-            expired = job.cancel.reason == "expired"
-            status = EXPIRED if expired else CANCELLED
-            error = "the job's deadline passed while it ran" if expired else job.cancel.reason
+            status, error = {"expired": (EXPIRED, "the job's deadline passed while it ran"),
+                             "shutdown": (CANCELLED, "cancelled: the server shut down")}.get(
+                batch.token.reason, (CANCELLED, "cancelled"))
         except VidrtError as e:
             status, error = FAILED, str(e)
         except Exception as e:  # noqa: BLE001 - a job must end with a reason, never vanish
-            log.exception("job %s failed", job.id)
+            log.exception("jobs %s failed", [j.id for j in jobs])
             status, error = FAILED, f"internal error: {type(e).__name__}: {e}"
         with self.changed:
-            job.content, job.timings = content, timings
-            self.running = None
-            self._finish(job, status, error)
+            self.running.remove(batch)
+            for i, job in enumerate(jobs):
+                if job.status in FINAL:  # cancelled or expired alone while its batch ran on
+                    continue
+                job.content, job.timings = (results[i] if results else []), timings
+                self._finish(job, status, error)
 
-    def _progress(self, job: Job, progress: Progress) -> None:
+    def _stop_running(self, job: Job, status: str, reason: str) -> None:
+        """Ends a running job: alone in its batch, by stopping the batch before its next
+        step; beside others, at once, while they go on (the caller holds self.changed)."""
+        batch = next(b for b in self.running if job in b.jobs)
+        if any(other is not job and other.status not in FINAL for other in batch.jobs):
+            self._finish(job, status, reason if status == CANCELLED else "the job's deadline passed while it ran")
+        else:
+            batch.token.cancel("expired" if status == EXPIRED else reason)
+
+    def _progress(self, batch: Batch, progress: Progress) -> None:
         with self.changed:
             if progress.stage == "denoise":
                 now = time.perf_counter()
-                if progress.step > 0 and job.step_started is not None and self.metrics is not None:
-                    self.metrics.step_seconds.observe(now - job.step_started)
-                job.step_started = now
-            job.progress = progress
-            self._changed(job)
+                if progress.step > 0 and batch.step_started is not None and self.metrics is not None:
+                    self.metrics.step_seconds.observe(now - batch.step_started)
+                batch.step_started = now
+            for job in batch.jobs:
+                if job.status not in FINAL:
+                    job.progress = progress
+                    self._changed(job)
 
     def _tend(self) -> None:
         """Expires what passed its deadline and forgets results past their keep limits."""
@@ -252,9 +327,9 @@ class JobManager:
                     if job.deadline is not None and now >= job.deadline:
                         self.queue.remove(job)
                         self._finish(job, EXPIRED, "the job's deadline passed before it started")
-                running = self.running
-                if running is not None and running.deadline is not None and now >= running.deadline:
-                    running.cancel.cancel("expired")
+                for job in [j for batch in self.running for j in batch.jobs]:
+                    if job.status not in FINAL and job.deadline is not None and now >= job.deadline:
+                        self._stop_running(job, EXPIRED, "expired")
                 self._forget(now)
 
     def _forget(self, now: float) -> None:
@@ -287,6 +362,37 @@ class JobManager:
         """Seconds until a queue slot is likely free: the last finished job's duration, else 10."""
         ends = [j.finished - j.started for j in self.jobs.values() if j.status == COMPLETED and j.started]
         return max(1, round(ends[-1])) if ends else 10
+
+
+# Keywords that differ per video in a batch; every other keyword must be equal.
+PER_VIDEO = ("image", "prompt", "negative_prompt", "generator")
+
+
+def batch_key(job: Job):
+    """What jobs must share to run as one batch (None: this job runs alone): every
+    keyword but the per-video ones, and whether a negative prompt is given. Only
+    one-video requests are batched."""
+    kwargs = job.kwargs
+    if job.config is None or kwargs.get("num_videos_per_prompt", 1) != 1 or kwargs.get("latents") is not None:
+        return None
+    image = kwargs.get("image")
+    if isinstance(image, list) and len(image) != 1:
+        return None
+    shared = sorted((k, repr(v)) for k, v in kwargs.items() if k not in PER_VIDEO)
+    return (tuple(shared), kwargs.get("negative_prompt") is None, kwargs.get("generator") is None)
+
+
+def merge_requests(requests: list[dict]) -> dict:
+    """One pipeline call for several one-video requests of the same batch_key: images,
+    prompts and negative prompts as lists, one generator per video, so each video draws
+    what it would alone."""
+    merged = dict(requests[0])
+    for name in PER_VIDEO:
+        if merged.get(name) is None:
+            continue
+        values = [r[name] for r in requests]
+        merged[name] = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    return merged
 
 
 def _timings(t) -> dict | None:

@@ -53,10 +53,19 @@ class ServeConfig(GenerateConfig):
     keep_results_mb: float = 1024.0
     grace: float = 30.0
     no_warmup: bool = False
+    max_batch: int = 1
+    batch_wait_ms: float = 0.0
+    # Ray Serve (vidrt.ray_serve)
+    ray: bool = False
+    address: str | None = None
+    replicas: int = 2
+    min_replicas: int | None = None
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
 
     def limits(self) -> JobLimits:
         return JobLimits(max_queue=self.max_queue, job_timeout_s=self.job_timeout, keep_s=self.keep_results,
-                         keep_mb=self.keep_results_mb)
+                         keep_mb=self.keep_results_mb, max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms)
 
 
 class Metrics:
@@ -80,10 +89,10 @@ class Service:
     """What the routes work on: the pipeline, its job manager, default request values and
     readiness (engines warmed up, not draining)."""
 
-    def __init__(self, pipe, cfg: ServeConfig):
+    def __init__(self, pipe, cfg: ServeConfig, workers: int = 1):
         self.pipe, self.cfg = pipe, cfg
         self.metrics = Metrics()
-        self.jobs = JobManager(pipe, cfg.limits(), self.metrics)
+        self.jobs = JobManager(pipe, cfg.limits(), self.metrics, workers=workers)
         self.ready = threading.Event()
 
     def start(self) -> None:
@@ -109,8 +118,8 @@ class Service:
         self.ready.clear()
         threading.Thread(target=self.jobs.shutdown, args=(self.cfg.grace,), name="vidrt-drain", daemon=True).start()
 
-    def job_request(self, fields: dict, image_bytes: bytes | None = None) -> tuple[dict, str, int, float | None]:
-        """A request's fields, checked -> (pipeline keywords, format, fps, timeout seconds).
+    def job_request(self, fields: dict, image_bytes: bytes | None = None) -> tuple[dict, str, int, float | None, GenerateConfig]:
+        """A request's fields, checked -> (pipeline keywords, format, fps, timeout seconds, its config).
 
         Raises:
             VidrtError: an unknown field, a wrong type, or a value the CLI would refuse.
@@ -143,7 +152,7 @@ class Service:
             kwargs = pipeline_kwargs(cfg, self.pipe.model, image) | {"progress": False}
         except VidrtError as e:
             raise VidrtError(_field_names(str(e))) from None
-        return kwargs, fmt, cfg.fps, timeout
+        return kwargs, fmt, cfg.fps, timeout, cfg
 
 
 def _check_type(name: str, value) -> None:
@@ -218,8 +227,8 @@ def create_app(service: Service):
     async def submit(request: Request):
         try:
             fields, image_bytes = await _read_body(request)
-            kwargs, fmt, fps, timeout = await asyncio.to_thread(service.job_request, fields, image_bytes)
-            job = jobs.submit(kwargs, fmt, fps, request.headers.get("idempotency-key"), timeout)
+            kwargs, fmt, fps, timeout, cfg = await asyncio.to_thread(service.job_request, fields, image_bytes)
+            job = jobs.submit(kwargs, fmt, fps, request.headers.get("idempotency-key"), timeout, config=cfg)
         except QueueFull as e:
             return error(429, str(e), {"Retry-After": str(e.retry_after)})
         except NotAccepting as e:

@@ -27,7 +27,7 @@ from vidrt.server import ServeConfig, Service, create_app  # noqa: E402
 REQUEST = {"height": 32, "width": 32, "num_frames": 2, "num_inference_steps": 2}
 
 
-def png_b64(color=(200, 30, 30), size=(40, 40)) -> str:
+def png_b64(color=(200, 30, 30), size=(40, 40)) -> str:  # noqa: B008
     buf = io.BytesIO()
     PIL.Image.new("RGB", size, color).save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
@@ -292,3 +292,85 @@ def test_load_benchmark_accounts_for_every_job(tiny_engine_dir, tmp_path):
     assert result["accepted"] == 4 and sum(result["ended"].values()) == 4
     assert set(result["ended"]) <= {"completed", "cancelled"} and result["ended"]["completed"] >= 2
     assert result["videos_per_min"] > 0 and result["server_rss"]["peak_mb"] > 0
+
+
+# -- request batching ----------------------------------------------------------------
+
+
+def solo_and_batched(pipe, requests):
+    """Each request alone, and all of them as the one call the server's batcher makes."""
+    from vidrt.jobs import merge_requests
+
+    alone = [pipe(**r).frames[0] for r in requests]
+    fresh = [{**r, "generator": torch.Generator().manual_seed(s)} for r, s in zip(requests, SEEDS)]
+    together = pipe(**merge_requests(fresh)).frames
+    return alone, together
+
+
+SEEDS = (3, 4, 5)
+
+
+def test_a_batch_gives_each_image_request_what_it_gets_alone(tiny_pipe):
+    images = [PIL.Image.new("RGB", (40, 40), c) for c in ((200, 30, 30), (20, 200, 30), (30, 30, 200))]
+    requests = [dict(image=[im], height=32, width=32, num_frames=2, num_inference_steps=2, output_type="np",
+                     generator=torch.Generator().manual_seed(s)) for im, s in zip(images, SEEDS)]
+    alone, together = solo_and_batched(tiny_pipe, requests)
+    assert together.shape[0] == 3
+    for a, b in zip(alone, together):
+        # Same draws from each video's generator; the batch only changes GEMM blocking (fp32 rounding).
+        assert np.abs(a - b).max() < 1e-5
+
+
+def test_a_batch_gives_each_prompt_request_what_it_gets_alone(t2v_engine_dir):
+    from vidrt import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained("tiny-t2v", engine_dir=t2v_engine_dir("tiny-t2v"), backend="onnxruntime",
+                                         progress=False)
+    prompts = ["a red fox", "a boat at sea", "snow"]
+    requests = [dict(prompt=p, negative_prompt="blurry", height=32, width=32, num_frames=2, num_inference_steps=2,
+                     output_type="np", generator=torch.Generator().manual_seed(s)) for p, s in zip(prompts, SEEDS)]
+    alone, together = solo_and_batched(pipe, requests)
+    for a, b in zip(alone, together):
+        assert np.abs(a - b).max() < 1e-5
+
+
+def test_the_server_batches_queued_jobs_of_the_same_shape(server, tiny_pipe):
+    client, service = server(max_batch=3)
+    calls = []
+    real = tiny_pipe.generate
+    with tiny_pipe._lock:  # jobs pile up behind a first one held on the pipeline
+        held = submit(client, seed=1)
+        while service.jobs.get(held).status != "in_progress":
+            time.sleep(0.01)
+        same = [submit(client, seed=s, format="png", image=png_b64(c))
+                for s, c in zip(SEEDS, ((200, 30, 30), (20, 200, 30), (30, 30, 200)))]
+        other_shape = submit(client, seed=9, height=64)
+        tiny_pipe.generate = lambda *a, **k: calls.append(len(k["image"])) or real(*a, **k)
+    try:
+        views = [wait_final(client, j) for j in [held, *same, other_shape]]
+    finally:
+        del tiny_pipe.generate
+    assert all(v["status"] == "completed" for v in views), views
+    assert calls == [3, 1]  # the three 32x32 jobs together, the 64x64 one alone
+    assert len({v["started_at"] for v in views[1:4]}) == 1
+    for job, seed, color in zip(same, SEEDS, ((200, 30, 30), (20, 200, 30), (30, 30, 200))):
+        with zipfile.ZipFile(io.BytesIO(client.get(f"/v1/videos/{job}/content").content)) as archive:
+            served = [np.asarray(PIL.Image.open(archive.open(n))).astype(int) for n in sorted(archive.namelist())]
+        alone = tiny_pipe(PIL.Image.new("RGB", (40, 40), color), height=32, width=32, num_frames=2, num_inference_steps=2,
+                          generator=torch.Generator().manual_seed(seed), output_type="pil").frames[0]
+        for a, b in zip(served, alone):
+            assert np.abs(a - np.asarray(b).astype(int)).max() <= 1  # 8-bit rounding of a ~1e-6 difference
+
+
+def test_cancelling_one_job_of_a_batch_leaves_the_others_running(server, tiny_pipe):
+    client, service = server(max_batch=2)
+    with tiny_pipe._lock:
+        held = submit(client)
+        while service.jobs.get(held).status != "in_progress":
+            time.sleep(0.01)
+        a, b = submit(client, num_inference_steps=30, seed=1), submit(client, num_inference_steps=30, seed=2)
+    while service.jobs.get(a).status != "in_progress":
+        time.sleep(0.01)
+    assert client.delete(f"/v1/videos/{a}").json()["status"] == "cancelled"  # at once
+    assert wait_final(client, b)["status"] == "completed"
+    assert client.get(f"/v1/videos/{a}").json()["status"] == "cancelled"

@@ -1,0 +1,119 @@
+"""vidrt serve --ray: the job API as a Ray Serve application on a real local Ray cluster
+(127.0.0.1, tiny-svd, 2 replicas), a replica killed mid-job, SIGTERM."""
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import PIL.Image
+import pytest
+
+pytest.importorskip("ray.serve", reason="vidrt serve --ray needs the ray extra: pip install -e '.[ray]'")
+httpx = pytest.importorskip("httpx")
+
+REQUEST = {"height": 32, "width": 32, "num_frames": 2}
+
+
+def png_b64() -> str:
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (40, 40), (10, 120, 200)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replica_processes():
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        text = " ".join(p.info["cmdline"] or [])
+        if "VidrtReplica" in text:
+            found.append(p)
+    return found
+
+
+def final(url, job, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end:
+        view = httpx.get(f"{url}/v1/videos/{job}").json()
+        if view["status"] in ("completed", "failed", "cancelled", "expired"):
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not end: {view}")
+
+
+@pytest.fixture
+def ray_server(tiny_engine_dir, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "vidrt.cli", "serve", "--ray", "--replicas", "2", "--model", "tiny-svd",
+           "--engine-dir", str(tiny_engine_dir), "--backend", "onnxruntime", "--port", str(port), "--grace", "2",
+           "--height", "32", "--width", "32", "--num-frames", "2", "--steps", "2"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.time() + 300
+        while time.time() < end:
+            if proc.poll() is not None:
+                pytest.skip(f"Ray could not start here (vidrt serve --ray exited {proc.returncode}): "
+                            f"{log_path.read_text()[-500:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"not healthy within 300 s: {log_path.read_text()[-2000:]}")
+        yield url, proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_ray_serve_runs_jobs_survives_a_dead_replica_and_stops_on_sigterm(ray_server):
+    url, proc, log_path = ray_server
+    # Jobs through Serve's proxy, spread over both replicas.
+    jobs = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "seed": s, **REQUEST}).json()["id"] for s in range(4)]
+    views = [final(url, j) for j in jobs]
+    assert [v["status"] for v in views] == ["completed"] * 4, views
+    content = httpx.get(f"{url}/v1/videos/{jobs[0]}/content")
+    assert content.status_code == 200 and content.content[4:8] == b"ftyp"
+    bad = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_frames": 0})
+    assert bad.status_code == 400 and "num_frames=0" in bad.json()["error"]
+
+    # Two long jobs, one per replica; kill one replica mid-job.
+    long = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 400, **REQUEST}).json()["id"]
+            for _ in range(2)]
+    end = time.time() + 120
+    while time.time() < end and not all(httpx.get(f"{url}/v1/videos/{j}").json()["progress"]["step"] >= 1 for j in long):
+        time.sleep(0.2)
+    victims = replica_processes()
+    assert len(victims) == 2, [p.info["cmdline"] for p in victims]
+    victims[0].kill()
+    views = [final(url, j) for j in long]
+    assert sorted(v["status"] for v in views) == ["completed", "failed"], views
+    failed = next(v for v in views if v["status"] == "failed")
+    assert "replica running this job stopped" in failed["error"]
+
+    # Serve replaces the dead replica; new jobs run.
+    again = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), **REQUEST}).json()["id"]
+    assert final(url, again)["status"] == "completed"
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, log_path.read_text()[-2000:]
