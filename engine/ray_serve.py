@@ -165,9 +165,10 @@ def run_until_signal(cfg) -> int:
     from ray import serve
 
     stop = threading.Event()
+    deploy(cfg, cfg.address, cfg.replicas, cfg.min_replicas, cfg.replica_cpus, cfg.replica_gpus)
+    # After ray.init, whose own handler would abort the process on SIGTERM.
     previous = {sig: signal.signal(sig, lambda *a: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        deploy(cfg, cfg.address, cfg.replicas, cfg.min_replicas, cfg.replica_cpus, cfg.replica_gpus)
         print(f"vidrt: serving on http://{cfg.host}:{cfg.port} through Ray Serve ({cfg.replicas} replicas)", flush=True)
         stop.wait()
         serve.delete(APP_NAME)
