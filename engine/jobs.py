@@ -186,12 +186,6 @@ class JobManager:
                 self._stop_running(job, CANCELLED, "cancelled")
             return job
 
-    def wait(self, job: Job, version: int, timeout: float) -> int:
-        """Blocks until ``job`` changes past ``version`` (or ``timeout`` seconds); returns its version."""
-        with self.changed:
-            self.changed.wait_for(lambda: job.version > version or self._stop.is_set(), timeout)
-            return job.version
-
     def counts(self) -> dict[str, int]:
         """Jobs known by state."""
         with self.changed:

@@ -137,6 +137,8 @@ class Service:
         timeout = fields.get("timeout_s")
         if timeout is not None and not timeout > 0:
             raise VidrtError(f"timeout_s {timeout}: give a number of seconds > 0")
+        if ("image" in fields or image_bytes is not None) and not self.pipe.model.takes_image:
+            raise VidrtError(f"image: {self.cfg.model} is a text-to-video model; drop the image and send a \"prompt\"")
         if "image" in fields:
             if image_bytes is not None:
                 raise VidrtError("image: send it once, as a multipart file or as base64 in the JSON, not both")

@@ -362,6 +362,27 @@ def test_the_server_batches_queued_jobs_of_the_same_shape(server, tiny_pipe):
             assert np.abs(a - np.asarray(b).astype(int)).max() <= 1  # 8-bit rounding of a ~1e-6 difference
 
 
+def test_text_to_video_jobs(t2v_engine_dir):
+    from vidrt import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained("tiny-t2v", engine_dir=t2v_engine_dir("tiny-t2v"), backend="onnxruntime",
+                                         progress=False)
+    service = Service(pipe, ServeConfig(model="tiny-t2v", height=32, width=32, num_frames=2, steps=2, no_warmup=True))
+    with TestClient(create_app(service)) as client:
+        r = client.post("/v1/videos", json={"prompt": "a red fox", "negative_prompt": "blurry", "seed": 3, "format": "png"})
+        assert r.status_code == 202, r.text
+        assert wait_final(client, r.json()["id"])["status"] == "completed"
+        with zipfile.ZipFile(io.BytesIO(client.get(f"/v1/videos/{r.json()['id']}/content").content)) as archive:
+            served = [np.asarray(PIL.Image.open(archive.open(n))) for n in sorted(archive.namelist())]
+        direct = pipe("a red fox", negative_prompt="blurry", height=32, width=32, num_frames=2, num_inference_steps=2,
+                      generator=torch.Generator().manual_seed(3), output_type="pil").frames[0]
+        assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, direct))
+        for body, message in (({"seed": 1}, 'text-to-video model: pass a "prompt"'),
+                              ({"prompt": "x", "image": png_b64()}, "image: tiny-t2v is a text-to-video model")):
+            r = client.post("/v1/videos", json=body)
+            assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
 def test_cancelling_one_job_of_a_batch_leaves_the_others_running(server, tiny_pipe):
     client, service = server(max_batch=2)
     with tiny_pipe._lock:
