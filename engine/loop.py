@@ -10,11 +10,13 @@ captured once per shape as a CUDA graph and replayed for every step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
 import torch
 
+from .backends.base import held
 from .cache import MAX_CACHED_SHAPES, BoundedCache
 from .control import NO_CONTROL, RequestControl
 
@@ -189,35 +191,40 @@ def denoise(
     timer = _Timer(cuda)
     copied = None
     control.report("denoise", 0, sampler.num_steps)
-    for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
-        if switch is not None and i == switch.step:
-            unet, key = switch.unet, (*key, "expert-2")
-            if guidance is not None:
-                b.guidance.copy_(switch.guidance)
-        b.coef.copy_(coefs[i], non_blocking=cuda)
-        if guidance_per_step is not None and b.guidance is not None:
-            b.guidance.fill_(guidance_per_step[i])
-        if sampler.draws_noise(i):
-            if b.host_noise is not None:
-                # The CPU generator draws into pinned memory; the one host sync of the
-                # loop waits until the previous step's copy has left that buffer.
-                if copied is not None:
-                    copied.synchronize()
-                b.noise.copy_(sampler.draw(latents.shape, generator, out=b.host_noise), non_blocking=True)
-                copied = torch.cuda.Event()
-                copied.record()
+    holding = contextlib.ExitStack()  # an on-demand denoiser loads once for the loop
+    holding.enter_context(held(unet))
+    with holding:
+        for i in tqdm(range(sampler.num_steps), desc="denoise", disable=not progress, unit="step"):
+            if switch is not None and i == switch.step:
+                holding.close()  # the first expert is freed before the second loads
+                holding.enter_context(held(switch.unet))
+                unet, key = switch.unet, (*key, "expert-2")
+                if guidance is not None:
+                    b.guidance.copy_(switch.guidance)
+            b.coef.copy_(coefs[i], non_blocking=cuda)
+            if guidance_per_step is not None and b.guidance is not None:
+                b.guidance.fill_(guidance_per_step[i])
+            if sampler.draws_noise(i):
+                if b.host_noise is not None:
+                    # The CPU generator draws into pinned memory; the one host sync of the
+                    # loop waits until the previous step's copy has left that buffer.
+                    if copied is not None:
+                        copied.synchronize()
+                    b.noise.copy_(sampler.draw(latents.shape, generator, out=b.host_noise), non_blocking=True)
+                    copied = torch.cuda.Event()
+                    copied.record()
+                else:
+                    sampler.draw(latents.shape, generator, out=b.noise)
+            # Graphs replay from each denoiser's second step: its first runs eagerly, which also
+            # warms TensorRT up (profiles set, lazy allocations done) before capture.
+            if graphs and i > 0 and not (switch is not None and i == switch.step):
+                graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, videos, channels)
+                with timer.span(step_times):
+                    graph.replay()
             else:
-                sampler.draw(latents.shape, generator, out=b.noise)
-        # Graphs replay from each denoiser's second step: its first runs eagerly, which also
-        # warms TensorRT up (profiles set, lazy allocations done) before capture.
-        if graphs and i > 0 and not (switch is not None and i == switch.step):
-            graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, videos, channels)
-            with timer.span(step_times):
-                graph.replay()
-        else:
-            with timer.span(step_times):
-                _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
-        control.report("denoise", i + 1)
+                with timer.span(step_times):
+                    _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
+            control.report("denoise", i + 1)
     timer.collect(step_times)
     control.report("decode", sampler.num_steps)
     return b.latents.clone()  # the buffer belongs to the next request of this shape

@@ -308,6 +308,31 @@ def test_an_on_demand_text_encoder_is_loaded_per_call_and_matches_diffusers(wan,
                                       on_demand=("unet",), progress=False)
 
 
+def test_an_on_demand_transformer_loads_once_per_request_and_matches_diffusers(wan, t2v_engine_dir, monkeypatch):
+    """--on-demand transformer: the denoising loop holds one load for all its steps (Wan 2.2:
+    each expert in turn, the first freed before the second loads), dropped before the decoder
+    runs; the frames are still diffusers'."""
+    from vidrt import VideoPipeline
+    from vidrt.backends.onnxruntime import OnnxRuntimeBackend
+
+    _, ref = wan
+    loads = []
+    real_load = OnnxRuntimeBackend.load.__func__
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", classmethod(
+        lambda cls, artifact_dir, *a, **k: loads.append(artifact_dir.parent.name) or real_load(cls, artifact_dir, *a, **k)))
+    two = ref.transformer_2 is not None
+    name = "tiny-wan22" if two else "tiny-wan"
+    experts = ("transformer", "transformer_2") if two else ("transformer",)
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=t2v_engine_dir(name), backend="onnxruntime",
+                                         on_demand=experts, progress=False)
+    assert [loads.count(e) for e in experts] == [1] * len(experts)  # the probe at pipeline load
+    got, want = run_both(pipe, ref, None, **dict(KW, guidance_scale=5.0))  # KW's steps: more than one
+    assert np.abs(got - want).max() <= ATOL
+    during = [loads.count(e) - 1 for e in experts]  # an expert whose steps the schedule skips is not loaded
+    assert KW["num_inference_steps"] > 1 and max(during) == 1  # one load per request, not per step
+    assert all(engine._held is None for name, engine in pipe.engines.items() if name in experts)
+
+
 def test_run_bench_one_side_at_a_time(t2v_engine_dir):
     """--one-side-at-a-time: each timed run loads its side, warms it up, runs and frees it,
     engine then diffusers; the figures and parity come out as in the interleaved schedule."""

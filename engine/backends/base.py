@@ -8,6 +8,7 @@ here, once.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from pathlib import Path
 from typing import Mapping
@@ -85,7 +86,9 @@ class OnDemandEngine(Engine):
     """An engine loaded for each call and freed after it, so its weights take memory only
     while it runs: for a component run once per request whose weights do not fit beside
     the rest (Wan's UMT5-XXL text encoder, 22.7 GB at fp32, on a 24 GB machine). Every
-    call pays the load; the stage's time says so.
+    call pays the load; the stage's time says so. Inside ``held()`` one load serves every
+    call (the denoising loop holds its denoiser so: one load per request, freed before the
+    decoder runs).
     """
 
     def __init__(self, spec: ComponentSpec, load):
@@ -93,6 +96,7 @@ class OnDemandEngine(Engine):
         artifact fails when the pipeline loads, not in the middle of a request."""
         super().__init__(spec)
         self._load = load
+        self._held = None
         probe = load()
         self._min, self._max = probe.min_dims, probe.max_dims
 
@@ -104,12 +108,29 @@ class OnDemandEngine(Engine):
     def max_dims(self) -> dict[str, int]:
         return self._max
 
+    @contextlib.contextmanager
+    def held(self):
+        """Loads the engine once for every call inside the block; frees it after."""
+        self._held = self._load()
+        try:
+            yield self
+        finally:
+            self._held = None
+
     def _run(self, feeds, outputs):
+        if self._held is not None:
+            self._held._run(feeds, outputs)
+            return
         engine = self._load()
         try:
             engine._run(feeds, outputs)  # the outputs are this engine's own buffers: they outlive it
         finally:
             del engine
+
+
+def held(engine):
+    """``engine.held()`` for an on-demand engine (one load for a whole stage), else a no-op."""
+    return engine.held() if isinstance(engine, OnDemandEngine) else contextlib.nullcontext(engine)
 
 
 class Backend(abc.ABC):
