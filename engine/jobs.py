@@ -228,31 +228,36 @@ class JobManager:
                 if job.deadline is not None and self.clock() >= job.deadline:
                     self._finish(job, EXPIRED, "the job's deadline passed before it started")
                     continue
-                batch, now = Batch(self._gather(job)), self.clock()
-                for job in batch.jobs:
-                    job.status, job.started = IN_PROGRESS, now
-                    self._changed(job)
+                batch = Batch([])
                 self.running.append(batch)
+                self._start(batch, job)
+                self._gather(batch)
             self._run(batch)
 
-    def _gather(self, first: Job) -> list[Job]:
-        """``first`` and the queued jobs that can share its batch, waiting up to
-        ``batch_wait_ms`` for more (the caller holds self.changed)."""
-        batch = [first]
+    def _start(self, batch: Batch, job: Job) -> None:
+        batch.jobs.append(job)
+        job.status, job.started = IN_PROGRESS, self.clock()
+        self._changed(job)
+
+    def _gather(self, batch: Batch) -> None:
+        """Adds to ``batch`` (running, holding its first job) the queued jobs that can share
+        it, waiting up to ``batch_wait_ms`` for more. The caller holds self.changed; while
+        it waits, the batch's jobs are in progress (a cancel or deadline ends them as such)."""
+        first = batch.jobs[0]
         key = batch_key(first)
         if self.limits.max_batch == 1 or key is None:
-            return batch
+            return
         end = time.monotonic() + self.limits.batch_wait_ms / 1000
         while True:
             for job in list(self.queue):
-                if len(batch) == self.limits.max_batch:
-                    return batch
-                if batch_key(job) == key and self._fits(first, len(batch) + 1):
+                if len(batch.jobs) == self.limits.max_batch:
+                    return
+                if batch_key(job) == key and self._fits(first, len(batch.jobs) + 1):
                     self.queue.remove(job)
-                    batch.append(job)
+                    self._start(batch, job)
             left = end - time.monotonic()
-            if len(batch) == self.limits.max_batch or left <= 0 or self._stop.is_set():
-                return batch
+            if len(batch.jobs) == self.limits.max_batch or left <= 0 or self._stop.is_set():
+                return
             self.changed.wait(left)
 
     def _fits(self, job: Job, videos: int) -> bool:
@@ -267,7 +272,7 @@ class JobManager:
 
     def _run(self, batch: Batch) -> None:
         results, status, error, timings = None, COMPLETED, None, None
-        jobs = batch.jobs
+        jobs = list(batch.jobs)
         kwargs = jobs[0].kwargs if len(jobs) == 1 else merge_requests([j.kwargs for j in jobs])
         try:
             out = self.pipe.generate(**kwargs, on_progress=lambda p: self._progress(batch, p), cancel=batch.token)
