@@ -212,29 +212,13 @@ def _check_request_early(cfg):
 
 
 def cmd_build_engines(args) -> int:
-    from .backends import get_backend
-    from .build import prepare_engines
-    from .layout import default_engine_dir
-    from .sources import resolve_model
+    from .sources import check_weight_paths, resolve_model
 
     cfg = _config(BuildConfig, args)
-    from .sources import check_weight_paths
-
     check_weight_paths(cfg.unet_weights, cfg.motion_adapter)
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter)
-    if cfg.unet_weights:
-        from .sources import check_unet_weights
-
-        check_unet_weights(model, cfg.unet_weights)
-    backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
-    weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
-    engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
-    kwargs = cfg.engine_kwargs()
     t0 = time.perf_counter()
-    results = prepare_engines(
-        model, engine_dir, backend, cfg.precision, unet_weights=weights, quant=_quant_config(cfg),
-        full_verify=cfg.verify, **kwargs,
-    )
+    engine_dir, backend, results = _prepare_engines(cfg, model, quant=_quant_config(cfg), full_verify=cfg.verify)
     print(f"model: {model.label}")
     print(f"engines: {engine_dir}  ({backend.name}, {cfg.precision})")
     for c, r in results.items():
@@ -242,6 +226,25 @@ def cmd_build_engines(args) -> int:
         print(f"  {c:<14} {r.size_bytes / 2**20:9.1f} MB  {state}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _prepare_engines(cfg, model, **build):
+    """Builds what is missing or stale of ``model``'s engines for ``cfg`` (nothing is loaded);
+    returns (engine folder, backend class, prepare_engines' results)."""
+    from .backends import get_backend
+    from .build import prepare_engines
+    from .layout import default_engine_dir
+
+    if cfg.unet_weights:
+        from .sources import check_unet_weights
+
+        check_unet_weights(model, cfg.unet_weights)
+    backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
+    weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
+    engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
+    results = prepare_engines(model, engine_dir, backend, cfg.precision, unet_weights=weights,
+                              **cfg.engine_kwargs(), **build)
+    return engine_dir, backend, results
 
 
 def _quant_config(cfg: BuildConfig):
@@ -309,7 +312,6 @@ def cmd_run_bench(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from . import VideoPipeline
     from .video_io import check_output, load_image, video_format, write_video
 
     cfg = _config(GenerateConfig, args)
@@ -321,12 +323,7 @@ def cmd_generate(args) -> int:
     model = _check_request_early(cfg)
     check_inputs(cfg, model, cfg.image is not None, image_hint="--image PATH", prompt_hint='--prompt "..."')
     image = load_image(cfg.image) if model.takes_image else None
-    pipe = VideoPipeline.from_pretrained(
-        cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
-        sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-        cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(),
-        **cfg.engine_kwargs(),
-    )
+    pipe = cfg.load_pipeline()
     out = pipe(**pipeline_kwargs(cfg, model, image))
     paths = []
     for i, frames in enumerate(out.frames):
@@ -342,7 +339,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from . import VideoPipeline
     from .server import ServeConfig, serve
 
     cfg = _config(ServeConfig, args)
@@ -363,16 +359,13 @@ def cmd_serve(args) -> int:
         raise VidrtError("--address and --min-replicas are for --ray; add --ray or drop them")
     check_values(cfg)
     cfg.limits()
-    _check_request_early(cfg)
-    load = dict(engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision, sampler=cfg.sampler,
-                unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-                cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(), **cfg.engine_kwargs())
+    model = _check_request_early(cfg)
     if cfg.ray:
         from .ray_serve import run_until_signal
 
-        VideoPipeline.from_pretrained(cfg.model, **load)  # build once here, so the replicas only load
+        _prepare_engines(cfg, model)  # built once here, so the replicas only load them
         return run_until_signal(cfg)
-    return serve(cfg, VideoPipeline.from_pretrained(cfg.model, **load))
+    return serve(cfg, cfg.load_pipeline())
 
 
 def cmd_prune(args) -> int:

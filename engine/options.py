@@ -112,6 +112,17 @@ class RequestOptions(EngineOptions):
         """--on-demand 'text_encoder' as a tuple of component names."""
         return tuple(c.strip() for c in (self.on_demand or "").split(",") if c.strip())
 
+    def load_pipeline(self, progress: bool = True):
+        """VideoPipeline.from_pretrained with these options (building what is missing)."""
+        from .families.svd.pipeline import VideoPipeline
+
+        return VideoPipeline.from_pretrained(
+            self.model, engine_dir=self.engine_dir, backend=self.backend, precision=self.precision,
+            sampler=self.sampler, unet_weights=self.unet_weights, motion_adapter=self.motion_adapter, seed=self.seed,
+            cuda_graphs=not self.no_cuda_graphs, on_demand=self.on_demand_components(), progress=progress,
+            **self.engine_kwargs(),
+        )
+
     def size(self, model) -> tuple[int, int]:
         """(height, width) of the request on ``model``, defaults filled in as the pipelines do."""
         default = (576, 1024) if model.kind == "image-to-video" else model.default_size

@@ -83,13 +83,7 @@ class Replica:
     ("done", (frames, timings)), or ("error", message)."""
 
     def __init__(self, cfg):
-        from . import VideoPipeline
-
-        self.pipe = VideoPipeline.from_pretrained(
-            cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision, sampler=cfg.sampler,
-            unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
-            cuda_graphs=not cfg.no_cuda_graphs, on_demand=cfg.on_demand_components(), progress=False,
-            **cfg.engine_kwargs())
+        self.pipe = cfg.load_pipeline(progress=False)
 
     async def run(self, payload: dict):
         import asyncio

@@ -147,6 +147,15 @@ def fake_trt_build_calls(monkeypatch, onnx_path, plan_path, settings) -> list:
         sys.modules.pop("tensorrt", None)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def make_image(h: int = 40, w: int = 56, seed: int = 0) -> PIL.Image.Image:
     rng = np.random.RandomState(seed)
     return PIL.Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8))

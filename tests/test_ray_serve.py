@@ -5,7 +5,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import pytest
 pytest.importorskip("ray.serve", reason="vidrt serve --ray needs the ray extra: pip install -e '.[ray]'")
 httpx = pytest.importorskip("httpx")
 
+from conftest import free_port  # noqa: E402
+
 REQUEST = {"height": 32, "width": 32, "num_frames": 2}
 
 
@@ -23,12 +24,6 @@ def png_b64() -> str:
     buf = io.BytesIO()
     PIL.Image.new("RGB", (40, 40), (10, 120, 200)).save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replica_processes():

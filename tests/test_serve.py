@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 pytest.importorskip("fastapi", reason="vidrt serve needs the serve extra: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from conftest import free_port  # noqa: E402
 from vidrt.server import ServeConfig, Service, create_app  # noqa: E402
 
 REQUEST = {"height": 32, "width": 32, "num_frames": 2, "num_inference_steps": 2}
@@ -59,6 +59,12 @@ def wait_final(client, job_id, timeout=120):
             return view
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not end: {view}")
+
+
+def wait_running(service, job_id):
+    """Until the job has left the queue (it holds the pipeline, or waits on its lock)."""
+    while service.jobs.get(job_id).status != "in_progress":
+        time.sleep(0.01)
 
 
 def submit(client, **fields):
@@ -159,8 +165,7 @@ def test_a_full_queue_is_429_with_retry_after(server, tiny_pipe):
     client, service = server(max_queue=1)
     with tiny_pipe._lock:
         running = submit(client)
-        while service.jobs.get(running).status != "in_progress":
-            time.sleep(0.01)
+        wait_running(service, running)
         waiting = submit(client)
         r = client.post("/v1/videos", json={"image": png_b64(), **REQUEST})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
@@ -233,12 +238,6 @@ def test_finished_jobs_are_forgotten_after_keep_results(server):
     assert wait_final(client, job)["status"] == "completed"
     time.sleep(1.0)
     assert client.get(f"/v1/videos/{job}").status_code == 404
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_vidrt_serve_exits_0_on_sigterm_cancelling_the_running_job(tiny_engine_dir, tmp_path):
@@ -340,8 +339,7 @@ def test_the_server_batches_queued_jobs_of_the_same_shape(server, tiny_pipe):
     real = tiny_pipe.generate
     with tiny_pipe._lock:  # jobs pile up behind a first one held on the pipeline
         held = submit(client, seed=1)
-        while service.jobs.get(held).status != "in_progress":
-            time.sleep(0.01)
+        wait_running(service, held)
         same = [submit(client, seed=s, format="png", image=png_b64(c))
                 for s, c in zip(SEEDS, ((200, 30, 30), (20, 200, 30), (30, 30, 200)))]
         other_shape = submit(client, seed=9, height=64)
@@ -387,11 +385,9 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(server, tiny_pi
     client, service = server(max_batch=2)
     with tiny_pipe._lock:
         held = submit(client)
-        while service.jobs.get(held).status != "in_progress":
-            time.sleep(0.01)
+        wait_running(service, held)
         a, b = submit(client, num_inference_steps=30, seed=1), submit(client, num_inference_steps=30, seed=2)
-    while service.jobs.get(a).status != "in_progress":
-        time.sleep(0.01)
+    wait_running(service, a)
     assert client.delete(f"/v1/videos/{a}").json()["status"] == "cancelled"  # at once
     assert wait_final(client, b)["status"] == "completed"
     assert client.get(f"/v1/videos/{a}").json()["status"] == "cancelled"
@@ -400,8 +396,7 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(server, tiny_pi
 def test_cancelling_a_job_while_it_waits_for_batch_mates(server):
     client, service = server(max_batch=2, batch_wait_ms=3000)
     job = submit(client)
-    while service.jobs.get(job).status != "in_progress":  # its batch waits for a second job
-        time.sleep(0.01)
+    wait_running(service, job)  # its batch waits for a second job
     assert client.delete(f"/v1/videos/{job}").status_code == 200
     assert wait_final(client, job, timeout=30)["status"] == "cancelled"
     assert wait_final(client, submit(client))["status"] == "completed"
