@@ -6,7 +6,7 @@
 from .errors import VidrtError
 
 __version__ = "0.1.0"
-__all__ = ["CancelToken", "Cancelled", "Progress", "TextToVideoPipeline", "VideoPipeline", "VideoPipelineOutput",
+__all__ = ["CacheConfig", "CancelToken", "Cancelled", "Progress", "TextToVideoPipeline", "VideoPipeline", "VideoPipelineOutput",
            "VidrtError", "__version__"]
 
 
@@ -15,6 +15,10 @@ def __getattr__(name):
         from . import control
 
         return getattr(control, name)
+    if name == "CacheConfig":
+        from .step_cache import CacheConfig
+
+        return CacheConfig
     if name in ("VideoPipeline", "VideoPipelineOutput"):
         from .families.svd import pipeline
 

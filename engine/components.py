@@ -25,6 +25,7 @@ DIM_WORDS = {
     "w": "latent width",
     "N": "decode chunk size",
     "L": "text sequence length",
+    "T": "video tokens",
 }
 
 
@@ -175,5 +176,7 @@ def _eval_dim(expr: str, dims: Mapping[str, int]) -> int:
 
 def component_kind(component: str) -> str:
     """The component a part belongs to: a split text encoder's ``text_encoder_partN`` are
-    described, profiled and given precisions as ``text_encoder`` (models' ``text_parts``)."""
-    return re.sub(r"_part\d+$", "", component)
+    described, profiled and given precisions as ``text_encoder`` (models' ``text_parts``); a
+    transformer cut for step caching, ``transformer_head``/``_body``/``_out``, as ``transformer``
+    (vidrt.split)."""
+    return re.sub(r"_(part\d+|head|body|out)$", "", component)

@@ -191,6 +191,9 @@ def denoise(
     timer = _Timer(cuda)
     copied = None
     control.report("denoise", 0, sampler.num_steps)
+    for denoiser in (unet, switch.unet if switch is not None else None):
+        if hasattr(denoiser, "begin_request"):  # a step cache (vidrt.step_cache): fresh state per request
+            denoiser.begin_request(groups, sampler.num_steps)
     holding = contextlib.ExitStack()  # an on-demand denoiser loads once for the loop
     holding.enter_context(held(unet))
     with holding:

@@ -27,6 +27,8 @@ from .layout import default_engine_dir
 from .loop import LoopState
 from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import check_unet_weights, check_weight_paths, resolve_model
+from .split import STAGES
+from .step_cache import CacheConfig, CachedDenoiser, summarize
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -54,6 +56,8 @@ class StageTimings:
     unet_steps: list = dataclasses.field(default_factory=list)
     vae_decoder: float = 0.0
     end_to_end: float = 0.0
+    # step caching (vidrt.step_cache): per denoiser, {"full": n, "skipped": m, "decisions": [...]}
+    cache: dict = dataclasses.field(default_factory=dict)
 
     @property
     def unet(self) -> float:
@@ -100,6 +104,8 @@ class BasePipeline(abc.ABC):
         component_precision: dict | None = None,
         cuda_graphs: bool = True,
         on_demand: tuple[str, ...] = (),
+        cache=None,
+        cache_threshold: float | None = None,
         seed: int = 0,
         build: bool = True,
         progress: bool = True,
@@ -135,6 +141,12 @@ class BasePipeline(abc.ABC):
             on_demand: components loaded for each call and freed after it (a component's
                 kind names all its parts: "text_encoder" is every part of Wan's split UMT5),
                 so their weights take memory only while they run; each call pays the load.
+            cache: step caching for a diffusion transformer (Wan, LTX-Video, CogVideoX):
+                "first-block" or "mag", or a vidrt.CacheConfig (MagCache's ratio table and
+                limits); the transformer is built and run as head/body/out engines and the
+                body skipped on steps the cache judges (vidrt.step_cache). None: no cache.
+            cache_threshold: the cache's threshold in 0..1 (None: diffusers' default for
+                the method, 0.05 for first-block, 0.06 for mag).
             seed: weight seed of random presets.
             build: build missing/stale engines; False refuses with an error instead.
             progress: show progress bars and what was chosen.
@@ -146,6 +158,9 @@ class BasePipeline(abc.ABC):
         m = resolve_model(str(model), seed=seed, progress=progress, motion_adapter=motion_adapter)
         if unet_weights:
             check_unet_weights(m, unet_weights)
+        cache = as_cache_config(cache, cache_threshold)
+        if cache is not None:
+            m = split_for_cache(m, precision, component_precision)
         check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         check_on_demand(on_demand, m.specs())
@@ -163,6 +178,10 @@ class BasePipeline(abc.ABC):
             backend_options=backend_options, component_precision=component_precision, build=build, progress=progress,
         )
         engines = load_engines(engine_dir, backend_cls, precision, m, component_precision, backend_options, on_demand)
+        if cache is not None:
+            for e in m.experts:
+                stages = {s: engines.pop(f"{e}_{s}") for s in STAGES}
+                engines[e] = CachedDenoiser(e, stages, cache, per_half=m.cache_contexts == "per-half")
         pipe = family_pipeline(m.kind)(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)
         pipe.builds = builds
         return pipe
@@ -221,9 +240,13 @@ class BasePipeline(abc.ABC):
             try:
                 control.report("encode")
                 if self.stream is None:
-                    return self._generate(**request)
-                with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
-                    return self._generate(**request)
+                    result = self._generate(**request)
+                else:
+                    with torch.cuda.stream(self.stream):  # every op of the request on vidrt's own stream
+                        result = self._generate(**request)
+                self.timings.cache = {name: summarize(e.calls) for name, e in self.engines.items()
+                                      if isinstance(e, CachedDenoiser) and e.calls}
+                return result
             finally:
                 self._control = NO_CONTROL
 
@@ -281,6 +304,40 @@ class BasePipeline(abc.ABC):
         if self.stream is not None:
             self.stream.synchronize()
         return time.perf_counter()
+
+
+def as_cache_config(cache, threshold) -> CacheConfig | None:
+    """from_pretrained's ``cache``/``cache_threshold`` as a CacheConfig (None: no cache).
+
+    Raises:
+        VidrtError: an unknown method, a threshold out of range, or a threshold without a method.
+    """
+    if cache is None:
+        if threshold is not None:
+            raise VidrtError("cache_threshold needs a cache method: pass cache='first-block' or 'mag' too")
+        return None
+    if isinstance(cache, CacheConfig):
+        return cache if threshold is None else dataclasses.replace(cache, threshold=threshold)
+    if not isinstance(cache, str):
+        raise VidrtError(f"cache={cache!r}: give 'first-block', 'mag' or a vidrt.CacheConfig")
+    return CacheConfig(cache, threshold)
+
+
+def split_for_cache(model, precision: str, component_precision: dict | None):
+    """The model with its transformer(s) as head/body/out components (vidrt.split).
+
+    Raises:
+        VidrtError: the family has no cache support (the U-Net families), or the
+            transformer would be quantized (not supported with a cache yet).
+    """
+    if not hasattr(model, "split_denoisers"):
+        raise VidrtError(f"step caching is for the diffusion transformers (Wan, LTX-Video, CogVideoX); "
+                         f"this {model.kind} model's denoiser is a U-Net: drop --cache")
+    quantized = {precision} | set((component_precision or {}).values())
+    if quantized & {"int8", "fp8"}:
+        raise VidrtError("step caching runs float engines (fp32, fp16, bf16); int8/fp8 with a cache is not supported "
+                         "yet: drop --cache or pick a float --precision")
+    return dataclasses.replace(model, split_denoisers=True)
 
 
 def check_finite(**values) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .split_graphs import DenoiserStages, stage_graph
+
 
 class RMSNormGraph(torch.nn.Module):
     """torch.nn.RMSNorm over the last axis, written out: x / rms(x) * weight."""
@@ -85,6 +87,38 @@ class WanTransformerGraph(torch.nn.Module):
     def forward(self, sample, timestep, encoder_hidden_states):
         t = timestep.expand(sample.shape[0])
         return self.transformer(sample, t, encoder_hidden_states, return_dict=False)[0]
+
+
+class WanStages(DenoiserStages):
+    """WanTransformer3DModel.forward (text to video) in the three parts step caching cuts
+    it into (export/split_graphs.py), each diffusers' own code: streams (video tokens),
+    context (projected text states, the [B, 6, D] timestep projection, rotary cos and
+    sin), final (the time embedding for the output norm's shift and scale)."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = exportable_transformer(transformer)
+        self.blocks = self.transformer.blocks
+
+    def embed(self, sample, timestep, encoder_hidden_states):
+        t = self.transformer
+        cos, sin = t.rope(sample)
+        hidden = t.patch_embedding(sample).flatten(2).transpose(1, 2).contiguous()
+        temb, proj, text, _ = t.condition_embedder(timestep.expand(sample.shape[0]), encoder_hidden_states, None)
+        return (hidden,), (text, proj.unflatten(1, (6, -1)), cos, sin), (temb,)
+
+    def run_block(self, block, streams, context):
+        text, proj, cos, sin = context
+        return (block(streams[0], text, proj, (cos, sin)),)
+
+    def finish(self, sample, streams, final):
+        t = self.transformer
+        b, _, frames, height, width = sample.shape
+        pt, ph, pw = t.config.patch_size
+        shift, scale = (t.scale_shift_table + final[0].unsqueeze(1)).chunk(2, dim=1)
+        hidden = (t.norm_out(streams[0].float()) * (1 + scale) + shift).type_as(streams[0])
+        hidden = t.proj_out(hidden).reshape(b, frames // pt, height // ph, width // pw, pt, ph, pw, -1)
+        return hidden.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
 class UMT5Graph(torch.nn.Module):
@@ -201,6 +235,8 @@ WAN_GRAPHS = {
     ("text_encoder", "T5EncoderModel"): UMT5Graph,
     ("transformer", "WanTransformer3DModel"): WanTransformerGraph,
     ("transformer_2", "WanTransformer3DModel"): WanTransformerGraph,
+    **{(f"{e}_{stage}", "WanTransformer3DModel"): (lambda m, stage=stage: stage_graph(stage, WanStages(m), 1))
+       for e in ("transformer", "transformer_2") for stage in ("head", "body", "out")},
     ("vae_decoder", "AutoencoderKLWan"): WanVaeFirstChunkGraph,
     ("vae_decoder_chunk", "AutoencoderKLWan"): WanVaeChunkGraph,
 }

@@ -129,8 +129,9 @@ class OnDemandEngine(Engine):
 
 
 def held(engine):
-    """``engine.held()`` for an on-demand engine (one load for a whole stage), else a no-op."""
-    return engine.held() if isinstance(engine, OnDemandEngine) else contextlib.nullcontext(engine)
+    """``engine.held()`` for an on-demand engine (one load for a whole stage) or one made of
+    several (vidrt.step_cache.CachedDenoiser), else a no-op."""
+    return engine.held() if hasattr(engine, "held") else contextlib.nullcontext(engine)
 
 
 class Backend(abc.ABC):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
+from ...split import STAGES, TOKENS, StageTensors, split_specs, stage_components
 from ...model_folder import (
     MAX_BATCH,
     MAX_PIXELS,
@@ -51,6 +52,7 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     scheduler: dict
     boundary_ratio: float | None
     preset: dict | None
+    split_denoisers: bool = False  # each expert as head/body/out engines (step caching)
 
     kind = "wan"
     pipeline_class = "WanPipeline"
@@ -59,6 +61,9 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     # TensorRT fp16: every normalisation (the transformer's RMS/layer norms, UMT5's, the
     # VAE's) in fp32, as diffusers' FP32LayerNorm and WanRMS_norm do in half precision.
     fp16_fp32_layers = ("*norm*",)
+    # diffusers' WanPipeline runs the guidance halves as two calls, each in its own cache
+    # context ("cond", "uncond"): a step cache decides for each half on its own.
+    cache_contexts = "per-half"
     # The VAE in fp32, as diffusers' Wan documentation advises for decoding quality: in bf16
     # (OpenVINO) the tiny presets' decoder is off by up to 0.45 on [-1, 1] frames.
     keep_fp32 = ("vae_decoder", "vae_decoder_chunk")
@@ -103,6 +108,7 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     @property
     def components(self) -> tuple[str, ...]:
         experts = tuple(e for e in EXPERTS if getattr(self, e) is not None)
+        experts = stage_components(experts, experts) if self.split_denoisers else experts
         return (*self.text_parts, *experts, "vae_decoder", "vae_decoder_chunk")
 
     @property
@@ -118,8 +124,8 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {**{p: "text_encoder" for p in self.text_parts}, "transformer": "transformer",
-                "transformer_2": "transformer_2", "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
+        return {**{p: "text_encoder" for p in self.text_parts}, **self._per_stage({e: e for e in EXPERTS}),
+                "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
@@ -128,8 +134,7 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
         encoder = ("transformers", self.text_encoder.get("architectures", ["UMT5EncoderModel"])[0], "text_encoder")
         return {
             **{p: encoder for p in self.text_parts},
-            "transformer": ("diffusers", "WanTransformer3DModel", "transformer"),
-            "transformer_2": ("diffusers", "WanTransformer3DModel", "transformer_2"),
+            **self._per_stage({e: ("diffusers", "WanTransformer3DModel", e) for e in EXPERTS}),
             "vae_decoder": ("diffusers", "AutoencoderKLWan", "vae"),
             "vae_decoder_chunk": ("diffusers", "AutoencoderKLWan", "vae"),
         }
@@ -201,16 +206,39 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
         for p in self.text_parts:
             specs[p].check({"B": rows, "L": length})
         for e in self.experts:
-            specs[e].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
+            specs[e if e in specs else f"{e}_head"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
         for c in ("vae_decoder", "vae_decoder_chunk"):
             specs[c].check({"B": 1, "h": height // s, "w": width // s})  # one video at a time
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {p: text_encoder_spec(self, p) for p in self.text_parts}
-        out |= {e: transformer_spec(self, e) for e in self.experts}
+        for e in self.experts:
+            full = transformer_spec(self, e)
+            if self.split_denoisers:
+                out |= {f"{e}_{stage}": spec for stage, spec in split_specs(full, self.stage_tensors()).items()}
+            else:
+                out[e] = full
         out["vae_decoder"] = vae_decoder_spec(self, first=True)
         out["vae_decoder_chunk"] = vae_decoder_spec(self, first=False)
         return out
+
+
+    def stage_tensors(self) -> StageTensors:
+        """What Wan's transformer passes between its cached stages (export/wan_graphs.py WanStages)."""
+        d = int(self.transformer["num_attention_heads"]) * int(self.transformer["attention_head_dim"])
+        head_dim = int(self.transformer["attention_head_dim"])
+        pt, ph, pw = self.patch_size
+        return StageTensors(
+            streams=(TensorSpec("hidden", ("B", TOKENS, d)),),
+            context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("timestep_proj", ("B", 6, d)),
+                     TensorSpec("rotary_cos", (1, TOKENS, 1, head_dim)), TensorSpec("rotary_sin", (1, TOKENS, 1, head_dim))),
+            final=(TensorSpec("temb", ("B", d)),),
+            tokens=f"(F//{pt})*(h//{ph})*(w//{pw})",
+        )
+
+    def _per_stage(self, by_expert: dict) -> dict:
+        """``by_expert`` with the same value under each expert's stage names."""
+        return by_expert | {f"{e}_{s}": v for e, v in by_expert.items() for s in STAGES}
 
 
 def _listed(index: dict, component: str) -> bool:

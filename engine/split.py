@@ -1,0 +1,95 @@
+"""A diffusion transformer as three components, for step caching (vidrt.step_cache):
+``<expert>_head`` (input embeddings and the first block), ``<expert>_body`` (every
+later block) and ``<expert>_out`` (final norm, projection, unpatchify). A family that
+supports caching describes the tensors passed between them (:class:`StageTensors`);
+this module names the components and derives their descriptions from the whole
+transformer's. The graphs are export/split_graphs.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .components import ComponentSpec, DimRange, TensorSpec
+
+STAGES = ("head", "body", "out")
+TOKENS = "T"  # the body's token axis: it sees tokens, not the latent grid they came from
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTensors:
+    """What flows between the stages, with ``T`` for the video-token axis.
+
+    ``streams``: what each block updates (video tokens ``hidden``; CogVideoX: also ``text``);
+    ``context``: what every block reads unchanged; ``final``: what the output stage reads
+    besides the last block's video tokens. ``tokens``: the token count as an expression
+    of the transformer's input dims (``"(F//1)*(h//2)*(w//2)"``).
+    """
+
+    streams: tuple[TensorSpec, ...]
+    context: tuple[TensorSpec, ...]
+    final: tuple[TensorSpec, ...]
+    tokens: str
+
+
+def stage_components(components: tuple[str, ...], experts: tuple[str, ...]) -> tuple[str, ...]:
+    """``components`` with each expert replaced by its three stages."""
+    out = []
+    for c in components:
+        out += [f"{c}_{s}" for s in STAGES] if c in experts else [c]
+    return tuple(out)
+
+
+def stage_of(component: str) -> tuple[str, str] | None:
+    """(expert, stage) of a stage component, else None."""
+    expert, _, stage = component.rpartition("_")
+    return (expert, stage) if expert and stage in STAGES else None
+
+
+def _with(t: TensorSpec, name: str, tokens: str) -> TensorSpec:
+    return dataclasses.replace(t, name=name, dims=tuple(tokens if d == TOKENS else d for d in t.dims))
+
+
+def split_specs(full: ComponentSpec, tensors: StageTensors) -> dict[str, ComponentSpec]:
+    """The head, body and out descriptions of one expert from its whole description.
+
+    The head takes the expert's inputs and gives each stream before (``<stream>_in``)
+    and after (``<stream>_first``) the first block, the context and the final tensors;
+    the body takes the streams after the first block and the context and gives the
+    streams after the last (``<stream>_last``); the out stage takes the sample (for its
+    shape), the last video tokens and the final tensors, and gives the prediction.
+    """
+    expr = tensors.tokens
+    sample = full.inputs[0]
+    prediction = full.outputs[0]
+    streams = tensors.streams
+    head = ComponentSpec(
+        name=f"{full.name}_head",
+        inputs=full.inputs,
+        outputs=(*(_with(s, f"{s.name}_in", expr) for s in streams),
+                 *(_with(s, f"{s.name}_first", expr) for s in streams),
+                 *(_with(t, t.name, expr) for t in tensors.context + tensors.final)),
+        ranges=full.ranges,
+        opt=full.opt,
+    )
+    top = _eval(expr, full.corner("max"))
+    body_ranges = {k: v for k, v in full.ranges.items() if k in ("B", "L")} | {TOKENS: DimRange(1, top)}
+    body = ComponentSpec(
+        name=f"{full.name}_body",
+        inputs=(*(_with(s, f"{s.name}_first", TOKENS) for s in streams), *tensors.context),
+        outputs=tuple(_with(s, f"{s.name}_last", TOKENS) for s in streams),
+        ranges=body_ranges,
+        opt={k: v for k, v in full.opt.items() if k in body_ranges} | {TOKENS: _eval(expr, full.corner("opt"))},
+    )
+    out = ComponentSpec(
+        name=f"{full.name}_out",
+        inputs=(sample, _with(streams[0], f"{streams[0].name}_last", expr), *(_with(t, t.name, expr) for t in tensors.final)),
+        outputs=(prediction,),
+        ranges={k: v for k, v in full.ranges.items() if k != "L"},
+        opt={k: v for k, v in full.opt.items() if k != "L"},
+    )
+    return {"head": head, "body": body, "out": out}
+
+
+def _eval(expr: str, dims: dict[str, int]) -> int:
+    return int(eval(expr, {"__builtins__": {}}, dict(dims)))  # vidrt's own expressions
