@@ -179,7 +179,7 @@ class BasePipeline(abc.ABC):
         )
         engines = load_engines(engine_dir, backend_cls, precision, m, component_precision, backend_options, on_demand)
         if cache is not None:
-            for e in m.experts:
+            for e in m.denoisers:
                 stages = {s: engines.pop(f"{e}_{s}") for s in STAGES}
                 engines[e] = CachedDenoiser(e, stages, cache, per_half=m.cache_contexts == "per-half")
         pipe = family_pipeline(m.kind)(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)

@@ -93,3 +93,33 @@ def split_specs(full: ComponentSpec, tensors: StageTensors) -> dict[str, Compone
 
 def _eval(expr: str, dims: dict[str, int]) -> int:
     return int(eval(expr, {"__builtins__": {}}, dict(dims)))  # vidrt's own expressions
+
+
+class SplitDenoiserMixin:
+    """For a model description (a frozen dataclass with a ``split_denoisers`` field and
+    ``denoisers``) whose transformer can run as stages: its components, descriptions and
+    per-component tables with each denoiser cut in three when ``split_denoisers``."""
+
+    split_denoisers: bool
+    denoisers: tuple[str, ...]
+
+    def split_components(self, components: tuple[str, ...]) -> tuple[str, ...]:
+        return stage_components(components, self.denoisers) if self.split_denoisers else components
+
+    def denoiser_specs(self, name: str, full: ComponentSpec) -> dict[str, ComponentSpec]:
+        """{name: full}, or the three stage descriptions when split."""
+        if not self.split_denoisers:
+            return {name: full}
+        return {f"{name}_{stage}": spec for stage, spec in split_specs(full, self.stage_tensors()).items()}
+
+    def per_stage(self, by_denoiser: dict) -> dict:
+        """``by_denoiser`` with the same value under each denoiser's stage names too."""
+        return by_denoiser | {f"{d}_{s}": v for d, v in by_denoiser.items() for s in STAGES}
+
+    @staticmethod
+    def denoiser_spec(specs: dict[str, ComponentSpec], name: str) -> ComponentSpec:
+        """The description that takes the denoiser's inputs: its own, or its head's."""
+        return specs.get(name) or specs[f"{name}_head"]
+
+    def stage_tensors(self) -> StageTensors:
+        raise NotImplementedError

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .split_graphs import DenoiserStages, stage_graph
 from .wan_graphs import _rotary
 
 
@@ -58,11 +59,15 @@ def sincos_positions(embed, frames, height, width, device) -> torch.Tensor:
     return table.flatten(0, 1).to(torch.float32)
 
 
-class CogVideoXTransformerGraph(torch.nn.Module):
+class CogVideoXTransformerGraph(DenoiserStages):
     """CogVideoXTransformer3DModel on [B, F, C, h, w] latents with one timestep for the
     whole batch (expanded here, as the pipelines do) and [B, L, D] text states; for image
     to video the [B, C, h, w] image latent (frame 0 of the appended channels, zeros after,
-    as CogVideoXImageToVideoPipeline pads it); for rotary models the cos and sin tables."""
+    as CogVideoXImageToVideoPipeline pads it); for rotary models the cos and sin tables.
+
+    Written as the three parts step caching cuts it into (export/split_graphs.py): streams
+    (video tokens, text tokens: each block updates both), context (the time embedding; the
+    rotary tables), final (the time embedding again, for the output norm)."""
 
     def __init__(self, transformer):
         super().__init__()
@@ -70,27 +75,36 @@ class CogVideoXTransformerGraph(torch.nn.Module):
         if cfg.patch_size_t is not None or transformer.ofs_embedding is not None:
             raise NotImplementedError("vidrt exports CogVideoX 1.0 transformers (no patch_size_t, no ofs)")
         self.transformer = transformer
+        self.blocks = transformer.transformer_blocks
         for module in transformer.modules():
             if hasattr(module, "set_processor") and hasattr(module, "norm_q"):
                 module.set_processor(CogVideoXAttentionGraph())
         self.image_to_video = cfg.in_channels == 2 * cfg.out_channels
         self.rotary = bool(cfg.use_rotary_positional_embeddings)
 
-    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+    def embed(self, sample, timestep, encoder_hidden_states, *extra):
         t = self.transformer
         extra = list(extra)
         image = extra.pop(0) if self.image_to_video else None
-        rotary = (extra[0], extra[1]) if self.rotary else None
-        b, frames, _, height, width = sample.shape
+        rotary = (extra[0], extra[1]) if self.rotary else ()
+        b = sample.shape[0]
         x = sample
         if image is not None:
             pad = torch.zeros_like(sample[:, 1:])
             x = torch.cat([sample, torch.cat([image[:, None], pad], dim=1)], dim=2)
         emb = t.time_embedding(t.time_proj(timestep.expand(b)).to(x.dtype), None)
         hidden, text = self._embed(encoder_hidden_states, x)
-        for block in t.transformer_blocks:
-            hidden, text = block(hidden_states=hidden, encoder_hidden_states=text, temb=emb, image_rotary_emb=rotary)
-        hidden = t.proj_out(t.norm_out(t.norm_final(hidden), temb=emb))
+        return (hidden, text), (emb, *rotary), (emb,)
+
+    def run_block(self, block, streams, context):
+        emb, *rotary = context
+        return block(hidden_states=streams[0], encoder_hidden_states=streams[1], temb=emb,
+                     image_rotary_emb=tuple(rotary) if rotary else None)
+
+    def finish(self, sample, streams, final):
+        t = self.transformer
+        b, frames, _, height, width = sample.shape
+        hidden = t.proj_out(t.norm_out(t.norm_final(streams[0]), temb=final[0]))
         p = t.config.patch_size
         out = hidden.reshape(b, frames, height // p, width // p, -1, p, p)
         return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
@@ -200,6 +214,8 @@ class CogVideoXVaeChunkGraph(CogVideoXVaeDecoderGraph):
 # (component, torch module class) -> graph; the T5 text encoder's is Wan's (UMT5Graph, no mask).
 COGVIDEOX_GRAPHS = {
     ("transformer", "CogVideoXTransformer3DModel"): CogVideoXTransformerGraph,
+    **{(f"transformer_{stage}", "CogVideoXTransformer3DModel"):
+       (lambda m, stage=stage: stage_graph(stage, CogVideoXTransformerGraph(m), 2)) for stage in ("head", "body", "out")},
     ("vae_encoder", "AutoencoderKLCogVideoX"): CogVideoXVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLCogVideoX"): CogVideoXVaeDecoderGraph,
     ("vae_decoder_chunk", "AutoencoderKLCogVideoX"): CogVideoXVaeChunkGraph,

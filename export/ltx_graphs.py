@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .split_graphs import DenoiserStages, stage_graph
 from .wan_graphs import _rotary, exportable_transformer
 
 
@@ -29,7 +30,8 @@ class LTXAttentionGraph:
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         q, k = attn.norm_q(q), attn.norm_k(k)
         if image_rotary_emb is not None:
-            q, k = image_rotary_emb(q), image_rotary_emb(k)
+            rotate = _rotary(*image_rotary_emb, torch.float32)
+            q, k = rotate(q), rotate(k)
         q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))
         mask = attention_mask[:, None] if attention_mask is not None else None  # [B, 1, 1, L] over the heads
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -40,8 +42,8 @@ def ltx_rotary(rope, frames, height, width, scale, device):
     """diffusers' LTXVideoRotaryPosEmbed over a frames x height x width latent grid, the
     sizes traced from the input's shape: coordinates scaled as its
     ``_prepare_video_coords`` scales them (by ``scale``, the [3] rope_interpolation_scale),
-    frequencies as its ``forward`` makes them. Returns the ``x -> x * cos + swap(x) * sin``
-    rotation."""
+    frequencies as its ``forward`` makes them. Returns its (cos, sin) tables [1, N, dim]
+    (the attention rotates by ``wan_graphs._rotary``)."""
     f = torch.arange(frames, dtype=torch.float32, device=device) * scale[0] * rope.patch_size_t / rope.base_num_frames
     h = torch.arange(height, dtype=torch.float32, device=device) * scale[1] * rope.patch_size / rope.base_height
     w = torch.arange(width, dtype=torch.float32, device=device) * scale[2] * rope.patch_size / rope.base_width
@@ -56,21 +58,26 @@ def ltx_rotary(rope, frames, height, width, scale, device):
     if pad:
         cos = torch.cat([torch.ones_like(cos[:, :pad]), cos], dim=-1)
         sin = torch.cat([torch.zeros_like(sin[:, :pad]), sin], dim=-1)
-    return _rotary(cos[None], sin[None], torch.float32)
+    return cos[None], sin[None]
 
 
-class LTXTransformerGraph(torch.nn.Module):
+class LTXTransformerGraph(DenoiserStages):
     """LTXVideoTransformer3DModel on [B, C, F, h, w] latents: one timestep for the whole
     batch, [B, L, D] text states and their [B, L] mask, LTXPipeline's [3]
     rope_interpolation_scale, and a [F] ``frame_mask``, 1 on latent frames that condition
     the video (int64; LTXImageToVideoPipeline: frame 0, the image's), 0 elsewhere (text to video:
     all 0). As the image-to-video pipeline does, conditioning tokens see timestep
     ``t * (1 - mask)`` = 0; their prediction, which diffusers drops before its scheduler
-    step, is returned as 0, so an elementwise flow step leaves those frames unchanged."""
+    step, is returned as 0, so an elementwise flow step leaves those frames unchanged.
+
+    Written as the three parts step caching cuts it into (export/split_graphs.py): streams
+    (video tokens), context (projected text, per-token temb, the additive text mask, rotary
+    cos and sin), final (the embedded timestep, the frames' keep factor 1 - frame_mask)."""
 
     def __init__(self, transformer):
         super().__init__()
         self.transformer = exportable_transformer(transformer, LTXAttentionGraph)
+        self.blocks = self.transformer.transformer_blocks
         cfg = transformer.config
         if cfg.patch_size != 1 or cfg.patch_size_t != 1:
             raise NotImplementedError("vidrt exports LTX transformers with patch sizes 1 (every released LTX-Video)")
@@ -85,23 +92,33 @@ class LTXTransformerGraph(torch.nn.Module):
         pick = frame_mask[:, None].expand(-1, tokens_per_frame).flatten()  # [N]: 1 picks the 0-timestep row
         return temb.index_select(0, pick)[None], embedded.index_select(0, pick)[None]
 
-    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, rope_interpolation_scale,
-                frame_mask):
+    def embed(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, rope_interpolation_scale,
+              frame_mask):
         t = self.transformer
         b, c, frames, height, width = sample.shape
         x = sample.flatten(2).transpose(1, 2)  # LTXPipeline._pack_latents at patch size 1: [B, F*h*w, C]
-        rotate = ltx_rotary(t.rope, frames, height, width, rope_interpolation_scale, sample.device)
+        cos, sin = ltx_rotary(t.rope, frames, height, width, rope_interpolation_scale, sample.device)
         mask = ((1 - encoder_attention_mask.to(x.dtype)) * -10000.0).unsqueeze(1)  # [B, 1, L], as diffusers
         x = t.proj_in(x)
         temb, embedded = self._time_embeddings(timestep, frame_mask, height * width)
         text = t.caption_projection(encoder_hidden_states).view(b, -1, x.size(-1))
-        for block in t.transformer_blocks:
-            x = block(hidden_states=x, encoder_hidden_states=text, temb=temb.expand(b, -1, -1), image_rotary_emb=rotate,
-                      encoder_attention_mask=mask)
+        keep = (1 - frame_mask).to(x.dtype)
+        return (x,), (text, temb, mask, cos, sin), (embedded, keep)
+
+    def run_block(self, block, streams, context):
+        text, temb, mask, cos, sin = context
+        x = streams[0]
+        return (block(hidden_states=x, encoder_hidden_states=text, temb=temb.expand(x.shape[0], -1, -1),
+                      image_rotary_emb=(cos, sin), encoder_attention_mask=mask),)
+
+    def finish(self, sample, streams, final):
+        t = self.transformer
+        _, _, frames, height, width = sample.shape
+        embedded, keep = final
         shift_scale = t.scale_shift_table[None, None] + embedded[:, :, None]
-        x = t.norm_out(x) * (1 + shift_scale[:, :, 1]) + shift_scale[:, :, 0]
+        x = t.norm_out(streams[0]) * (1 + shift_scale[:, :, 1]) + shift_scale[:, :, 0]
         out = t.proj_out(x).transpose(1, 2).unflatten(2, (frames, height, width))
-        return out * (1 - frame_mask).to(out.dtype).view(1, 1, -1, 1, 1)
+        return out * keep.view(1, 1, -1, 1, 1)
 
 
 class LTXVaeEncoderGraph(torch.nn.Module):
@@ -168,6 +185,8 @@ class LTXVaeDecoderGraph(torch.nn.Module):
 # UMT5Graph, without a mask: LTXPipeline passes none)
 LTX_GRAPHS = {
     ("transformer", "LTXVideoTransformer3DModel"): LTXTransformerGraph,
+    **{(f"transformer_{stage}", "LTXVideoTransformer3DModel"): (lambda m, stage=stage: stage_graph(stage, LTXTransformerGraph(m), 1))
+       for stage in ("head", "body", "out")},
     ("vae_encoder", "AutoencoderKLLTXVideo"): LTXVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLLTXVideo"): LTXVaeDecoderGraph,
 }

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
+from ...split import TOKENS, SplitDenoiserMixin, StageTensors
 from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, SplitTextEncoderMixin
 from ...model_folder import read_json as _read_json
 from ..ltx.model import text_encoder_spec
@@ -37,7 +38,7 @@ TEXT_PART_BYTES = 4 << 30  # T5-XXL's encoder (19 GB at fp32) in parts, as LTX-V
 
 
 @dataclasses.dataclass(frozen=True)
-class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
+class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of a CogVideoXPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -48,10 +49,12 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
     scheduler: dict
     preset: dict | None
     image_to_video: bool = False  # a CogVideoXImageToVideoPipeline folder
+    split_denoisers: bool = False  # the transformer as head/body/out engines (step caching)
 
     denoiser = "transformer"
     family_name = "CogVideoX"
     denoisers = quantizable = ("transformer",)
+    cache_contexts = "joint"  # CogVideoXPipeline runs both guidance halves in one call ("cond_uncond")
     fp16_fp32_layers = ("*norm*",)  # TensorRT fp16: layer and group norms in fp32
     default_guidance_scale = 6.0
     default_num_frames = 49
@@ -97,7 +100,7 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
     @property
     def components(self) -> tuple[str, ...]:
         encoder = ("vae_encoder",) if self.image_to_video else ()
-        return (*self.text_parts, *encoder, "transformer", "vae_decoder", "vae_decoder_chunk")
+        return self.split_components((*self.text_parts, *encoder, "transformer", "vae_decoder", "vae_decoder_chunk"))
 
     @property
     def text_encoder_blocks(self) -> list[tuple[int, int]]:
@@ -111,7 +114,7 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {**{p: "text_encoder" for p in self.text_parts}, "transformer": "transformer",
+        return {**{p: "text_encoder" for p in self.text_parts}, **self.per_stage({"transformer": "transformer"}),
                 **{c: "vae" for c in ("vae_encoder", "vae_decoder", "vae_decoder_chunk")}}
 
     @property
@@ -120,7 +123,7 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
         encoder = ("transformers", self.text_encoder.get("architectures", ["T5EncoderModel"])[0], "text_encoder")
         vae = ("diffusers", "AutoencoderKLCogVideoX", "vae")
         return {**{p: encoder for p in self.text_parts},
-                "transformer": ("diffusers", "CogVideoXTransformer3DModel", "transformer"),
+                **self.per_stage({"transformer": ("diffusers", "CogVideoXTransformer3DModel", "transformer")}),
                 "vae_encoder": vae, "vae_decoder": vae, "vae_decoder_chunk": vae}
 
     @property
@@ -226,7 +229,7 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
         specs = self.specs()
         for p in self.text_parts:
             specs[p].check({"B": rows, "L": length})
-        specs["transformer"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
+        self.denoiser_spec(specs, "transformer").check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
                                     "L": length})
         specs["vae_decoder"].check({"B": 1, "h": height // s, "w": width // s})
         if self.image_to_video:
@@ -234,9 +237,27 @@ class CogVideoXModel(SplitTextEncoderMixin, ModelFolderMixin):
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {p: text_encoder_spec(self, p) for p in self.text_parts}
-        out |= {"transformer": transformer_spec(self), "vae_decoder": vae_decoder_spec(self, first=True),
+        out |= {**self.denoiser_specs("transformer", transformer_spec(self)), "vae_decoder": vae_decoder_spec(self, first=True),
                 "vae_decoder_chunk": vae_decoder_spec(self, first=False)}
         return out | ({"vae_encoder": vae_encoder_spec(self)} if self.image_to_video else {})
+
+    def stage_tensors(self) -> StageTensors:
+        """What the transformer passes between its cached stages (export/cogvideox_graphs.py
+        CogVideoXTransformerGraph): video and text tokens, the time embedding, the rotary tables."""
+        t = self.transformer
+        d = int(t.get("num_attention_heads", 30)) * int(t.get("attention_head_dim", 64))
+        emb = int(t.get("time_embed_dim", 512))
+        p = self.patch_size
+        rotary = ()
+        if self.rotary:
+            head = int(t.get("attention_head_dim", 64))
+            rotary = (TensorSpec("rope_cos", (TOKENS, head)), TensorSpec("rope_sin", (TOKENS, head)))
+        return StageTensors(
+            streams=(TensorSpec("hidden", ("B", TOKENS, d)), TensorSpec("text", ("B", "L", d))),
+            context=(TensorSpec("temb", ("B", emb)), *rotary),
+            final=(TensorSpec("temb_final", ("B", emb)),),
+            tokens=f"F*(h//{p})*(w//{p})",
+        )
 
 
 def read_folder(folder: Path, index: dict, motion_adapter=None) -> CogVideoXModel:

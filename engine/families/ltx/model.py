@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
+from ...split import TOKENS, SplitDenoiserMixin, StageTensors
 from ...model_folder import (
     MAX_BATCH,
     MAX_PIXELS,
@@ -39,7 +40,7 @@ TEXT_PART_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
-class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
+class LTXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of an LTXPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -50,10 +51,12 @@ class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     scheduler: dict
     preset: dict | None
     image_to_video: bool = False  # an LTXImageToVideoPipeline folder
+    split_denoisers: bool = False  # the transformer as head/body/out engines (step caching)
 
     denoiser = "transformer"
     family_name = "LTX-Video"
     denoisers = quantizable = ("transformer",)
+    cache_contexts = "joint"  # LTXPipeline runs both guidance halves in one call ("cond_uncond")
     fp16_fp32_layers = ("*norm*",)  # TensorRT fp16: RMS and layer norms in fp32, as diffusers skips casting them
 
     @classmethod
@@ -101,7 +104,8 @@ class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
 
     @property
     def components(self) -> tuple[str, ...]:
-        return (*self.text_parts, *(("vae_encoder",) if self.image_to_video else ()), "transformer", "vae_decoder")
+        return self.split_components(
+            (*self.text_parts, *(("vae_encoder",) if self.image_to_video else ()), "transformer", "vae_decoder"))
 
     @property
     def text_encoder_blocks(self) -> list[tuple[int, int]]:
@@ -115,15 +119,15 @@ class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {**{p: "text_encoder" for p in self.text_parts}, "transformer": "transformer", "vae_encoder": "vae",
-                "vae_decoder": "vae"}
+        return {**{p: "text_encoder" for p in self.text_parts}, **self.per_stage({"transformer": "transformer"}),
+                "vae_encoder": "vae", "vae_decoder": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
         """component -> (library, torch module class, subfolder)."""
         encoder = ("transformers", self.text_encoder.get("architectures", ["T5EncoderModel"])[0], "text_encoder")
         return {**{p: encoder for p in self.text_parts},
-                "transformer": ("diffusers", "LTXVideoTransformer3DModel", "transformer"),
+                **self.per_stage({"transformer": ("diffusers", "LTXVideoTransformer3DModel", "transformer")}),
                 "vae_encoder": ("diffusers", "AutoencoderKLLTXVideo", "vae"),
                 "vae_decoder": ("diffusers", "AutoencoderKLLTXVideo", "vae")}
 
@@ -180,7 +184,7 @@ class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
         specs = self.specs()
         for p in self.text_parts:
             specs[p].check({"B": rows, "L": length})
-        specs["transformer"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
+        self.denoiser_spec(specs, "transformer").check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
                                     "L": length})
         specs["vae_decoder"].check({"B": 1, "F": self.latent_frames(frames), "h": height // s, "w": width // s})
         if self.image_to_video:
@@ -188,8 +192,20 @@ class LTXModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {p: text_encoder_spec(self, p) for p in self.text_parts}
-        out |= {"transformer": transformer_spec(self), "vae_decoder": vae_decoder_spec(self)}
+        out |= {**self.denoiser_specs("transformer", transformer_spec(self)), "vae_decoder": vae_decoder_spec(self)}
         return out | ({"vae_encoder": vae_encoder_spec(self)} if self.image_to_video else {})
+
+    def stage_tensors(self) -> StageTensors:
+        """What the transformer passes between its cached stages (export/ltx_graphs.py LTXTransformerGraph)."""
+        d = int(self.transformer["num_attention_heads"]) * int(self.transformer["attention_head_dim"])
+        return StageTensors(
+            streams=(TensorSpec("hidden", ("B", TOKENS, d)),),
+            context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("token_temb", (1, TOKENS, 6 * d)),
+                     TensorSpec("text_bias", ("B", 1, "L")), TensorSpec("rotary_cos", (1, TOKENS, d)),
+                     TensorSpec("rotary_sin", (1, TOKENS, d))),
+            final=(TensorSpec("embedded_timestep", (1, TOKENS, d)), TensorSpec("frame_keep", ("F",))),
+            tokens="F*h*w",
+        )
 
 
 def read_folder(folder: Path, index: dict, motion_adapter=None) -> LTXModel:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
-from ...split import STAGES, TOKENS, StageTensors, split_specs, stage_components
+from ...split import TOKENS, SplitDenoiserMixin, StageTensors
 from ...model_folder import (
     MAX_BATCH,
     MAX_PIXELS,
@@ -40,7 +40,7 @@ TEXT_PART_BYTES = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
-class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
+class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of a WanPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -107,9 +107,7 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
 
     @property
     def components(self) -> tuple[str, ...]:
-        experts = tuple(e for e in EXPERTS if getattr(self, e) is not None)
-        experts = stage_components(experts, experts) if self.split_denoisers else experts
-        return (*self.text_parts, *experts, "vae_decoder", "vae_decoder_chunk")
+        return self.split_components((*self.text_parts, *self.experts, "vae_decoder", "vae_decoder_chunk"))
 
     @property
     def text_encoder_blocks(self) -> list[tuple[int, int]]:
@@ -124,7 +122,7 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
 
     @property
     def weights_folder(self) -> dict[str, str]:
-        return {**{p: "text_encoder" for p in self.text_parts}, **self._per_stage({e: e for e in EXPERTS}),
+        return {**{p: "text_encoder" for p in self.text_parts}, **self.per_stage({e: e for e in EXPERTS}),
                 "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
 
     @property
@@ -134,7 +132,7 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
         encoder = ("transformers", self.text_encoder.get("architectures", ["UMT5EncoderModel"])[0], "text_encoder")
         return {
             **{p: encoder for p in self.text_parts},
-            **self._per_stage({e: ("diffusers", "WanTransformer3DModel", e) for e in EXPERTS}),
+            **self.per_stage({e: ("diffusers", "WanTransformer3DModel", e) for e in EXPERTS}),
             "vae_decoder": ("diffusers", "AutoencoderKLWan", "vae"),
             "vae_decoder_chunk": ("diffusers", "AutoencoderKLWan", "vae"),
         }
@@ -206,18 +204,14 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
         for p in self.text_parts:
             specs[p].check({"B": rows, "L": length})
         for e in self.experts:
-            specs[e if e in specs else f"{e}_head"].check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
+            self.denoiser_spec(specs, e).check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
         for c in ("vae_decoder", "vae_decoder_chunk"):
             specs[c].check({"B": 1, "h": height // s, "w": width // s})  # one video at a time
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {p: text_encoder_spec(self, p) for p in self.text_parts}
         for e in self.experts:
-            full = transformer_spec(self, e)
-            if self.split_denoisers:
-                out |= {f"{e}_{stage}": spec for stage, spec in split_specs(full, self.stage_tensors()).items()}
-            else:
-                out[e] = full
+            out |= self.denoiser_specs(e, transformer_spec(self, e))
         out["vae_decoder"] = vae_decoder_spec(self, first=True)
         out["vae_decoder_chunk"] = vae_decoder_spec(self, first=False)
         return out
@@ -235,10 +229,6 @@ class WanModel(FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
             final=(TensorSpec("temb", ("B", d)),),
             tokens=f"(F//{pt})*(h//{ph})*(w//{pw})",
         )
-
-    def _per_stage(self, by_expert: dict) -> dict:
-        """``by_expert`` with the same value under each expert's stage names."""
-        return by_expert | {f"{e}_{s}": v for e, v in by_expert.items() for s in STAGES}
 
 
 def _listed(index: dict, component: str) -> bool:
