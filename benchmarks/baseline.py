@@ -10,6 +10,8 @@ import torch
 
 from vidrt.errors import VidrtError
 
+from . import cache_hooks
+
 # bf16: bf16 weights; bf16-autocast: fp32 weights under torch.autocast (diffusers'
 # two ways of running bf16; which is faster depends on the machine).
 # The pipeline's models by attribute: its denoisers, and all of them.
@@ -89,7 +91,8 @@ def check_baseline_precision(precision: str, device: str) -> None:
 class DiffusersBaseline:
     """diffusers' pipeline, timed per stage like vidrt's."""
 
-    def __init__(self, model, precision: str, unet_weights=None, device: str = "cpu", compile: bool = False):
+    def __init__(self, model, precision: str, unet_weights=None, device: str = "cpu", compile: bool = False,
+                 cache=None, steps: int | None = None):
         from vidrt.sources import load_torch_components
 
         check_baseline_precision(precision, device)
@@ -110,6 +113,8 @@ class DiffusersBaseline:
             # bf16 tensors, and outputs go back to fp32 as the pipeline expects.
             for module, attr in self._timed(*((m, "decode" if m == "vae" else "forward") for m in MODELS)):
                 setattr(module, attr, _autocast_bf16(getattr(module, attr), device))
+        # diffusers' own step-cache hook, as vidrt's --cache (benchmarks/cache_hooks.py)
+        self.cache_log = cache_hooks.enable(self.pipe, cache, steps) if cache is not None else None
         if compile:
             # Compiled on first use: the first (warm-up) run carries the compile time.
             for module, attr in self._timed(*((m, "forward") for m in DENOISERS)):
@@ -156,6 +161,8 @@ class DiffusersBaseline:
 
             scheduler.step, scheduler._vidrt_timed = timed_step, True
         self.timer.reset()
+        if self.cache_log is not None:
+            self.cache_log.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
             frames = self.pipe(**inputs, generator=generator, output_type="np", **kwargs).frames

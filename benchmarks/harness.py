@@ -171,7 +171,7 @@ class Sides:
                 cfg.model, engine_dir=cfg.engine_dir, backend=cfg.backend, precision=cfg.precision,
                 sampler=cfg.sampler, unet_weights=cfg.unet_weights, motion_adapter=cfg.motion_adapter, seed=cfg.seed,
                 progress=self.progress and not self.engine_loads, on_demand=cfg.on_demand_components(),
-                cuda_graphs=not cfg.no_cuda_graphs, **cfg.engine_kwargs(),
+                cuda_graphs=not cfg.no_cuda_graphs, cache=cfg.cache_config(), **cfg.engine_kwargs(),
             )
         self.engine_loads.append({"s": time.perf_counter() - t0, "peak_rss_mb": loading.peak_mb})
         if self.model is None:  # what the result describes: the first load's
@@ -197,7 +197,8 @@ class Sides:
 
         cfg = self.cfg
         self.baseline = BaselineWorker(self.model, self.baseline_precision, cfg.unet_weights, device=self.device,
-                                       compile=cfg.baseline_compile, sampler=cfg.sampler)
+                                       compile=cfg.baseline_compile, sampler=cfg.sampler, cache=cfg.cache_config(),
+                                       steps=cfg.steps)
         self.baseline_loads.append({"s": self.baseline.load_s, "peak_rss_mb": self.baseline.resident_mb})
         return self.baseline
 
@@ -344,6 +345,8 @@ def roofline(model, device: str, cfg, engine: dict, frames: int) -> dict | None:
 
     if device != "cpu":
         return None  # the ceilings measured here are CPU matmuls
+    if cfg.cache is not None:
+        return None  # skipped steps do a fraction of a step's FLOPs: no one rate per step
     unet_batch = cfg.batch_size * (2 if cfg.guided(model) else 1)
     denoiser = model.denoiser
     flops = unet_flops(model, unet_batch, frames, cfg.height, cfg.width)
@@ -375,7 +378,7 @@ def _engine_run(pipe, inputs, cfg, kwargs) -> dict:
         "stages": {"image_encoder": t.image_encoder, "vae_encoder": t.vae_encoder, "text_encoder": t.text_encoder,
                    pipe.model.denoiser: t.unet, "vae_decoder": t.vae_decoder},
         "unet_steps": list(t.unet_steps), "total": t.end_to_end, "peak_rss_mb": mem.peak_mb,
-        "device": dev.as_dict(), "frames": out.frames,
+        "device": dev.as_dict(), "frames": out.frames, "cache": t.cache,
     }
 
 
@@ -395,6 +398,9 @@ def _side(runs: list[dict], videos: int, frames: int, peak_mb: float, stage_name
         "peak_device_memory_mb": runs[-1]["device"],
         "videos_per_min": 60.0 * videos / med,
         "frames_per_s": videos * frames / med,
+        # step caching: per timed run, each denoiser's evaluations run and skipped
+        "cache": [{name: {k: c[k] for k in ("full", "skipped")} for name, c in r.get("cache", {}).items()} for r in runs]
+                 if any(r.get("cache") for r in runs) else None,
     }
 
 

@@ -33,6 +33,11 @@ def format_table(result: dict) -> str:
     for label, key, fmt in (("videos/min", "videos_per_min", ".3f"), ("frames/s", "frames_per_s", ".3f"),
                             ("peak memory MB", "peak_memory_mb", ".0f")):
         lines.append(f"{label:<18}{format(e[key], fmt):<36}{format(b[key], fmt) if b else '':<36}".rstrip())
+    for side, label in ((e, "vidrt"), (b, "diffusers")):
+        if side and side.get("cache"):
+            runs = "; ".join(", ".join(f"{n} {c['full']} run/{c['skipped']} skipped" for n, c in run.items())
+                             for run in side["cache"])
+            lines.append(f"{label} step cache ({cfg['cache']}, threshold {cfg['cache_threshold']}), per timed run: {runs}")
     lines.append(f"engine build: {e['build_s']:.1f}s recorded ({e['build_s_this_run']:.1f}s in this run), "
                  f"{e['engine_size_mb']:.0f} MB, load {e['load_s']:.1f}s"
                  + (f"; diffusers load {b['load_s']:.1f}s (own process)" if b else ""))

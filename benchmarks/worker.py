@@ -18,7 +18,7 @@ from vidrt.errors import VidrtError
 from .memory import PeakDeviceMemory, PeakRss, rss_mb
 
 
-def _serve(conn, model, precision, unet_weights, device, compile, sampler) -> None:
+def _serve(conn, model, precision, unet_weights, device, compile, sampler, cache=None, steps=None) -> None:
     """Worker main loop: builds the baseline, then answers requests until 'close'."""
     import torch
 
@@ -27,7 +27,8 @@ def _serve(conn, model, precision, unet_weights, device, compile, sampler) -> No
 
     try:
         torch.set_grad_enabled(False)
-        baseline = DiffusersBaseline(model, precision, unet_weights, device=device, compile=compile)
+        baseline = DiffusersBaseline(model, precision, unet_weights, device=device, compile=compile, cache=cache,
+                                     steps=steps)
         baseline.pipe.scheduler = reference_scheduler(sampler, baseline.pipe.scheduler)
         conn.send(("ready", {"weight_bytes": baseline.weight_bytes(), "rss_mb": rss_mb()}))
     except VidrtError as e:
@@ -56,20 +57,23 @@ def _run(baseline, sampler, inputs, seed, kwargs) -> dict:
     with PeakRss() as mem, PeakDeviceMemory() as dev:
         frames, stages, steps, total = baseline(inputs, gen, **kwargs)
     return {"stages": stages, "unet_steps": steps, "total": total, "peak": mem.peak_mb - mem.start_mb,
-            "peak_rss_mb": mem.peak_mb, "frames": frames, "device": dev.as_dict()}
+            "peak_rss_mb": mem.peak_mb, "frames": frames, "device": dev.as_dict(),
+            "cache": baseline.cache_log.summary() if baseline.cache_log is not None else {}}
 
 
 class BaselineWorker:
-    """diffusers' pipeline for ``model`` in a spawned process; call ``run`` per request."""
+    """diffusers' pipeline for ``model`` in a spawned process; call ``run`` per request.
+    ``cache``: a vidrt.CacheConfig whose diffusers hook the pipeline runs with (MagCache:
+    for ``steps`` steps)."""
 
     def __init__(self, model, precision: str, unet_weights=None, device: str = "cpu", compile: bool = False,
-                 sampler: str | None = None):
+                 sampler: str | None = None, cache=None, steps: int | None = None):
         import time
 
         start = time.perf_counter()
         ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no copy of the engines' memory
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, model, precision, unet_weights, device, compile, sampler),
+        self.process = ctx.Process(target=_serve, args=(child, model, precision, unet_weights, device, compile, sampler, cache, steps),
                                    daemon=True, name="vidrt-baseline")
         self.process.start()
         child.close()

@@ -65,6 +65,14 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("OpenVINO (--backend openvino)")
     o.add_argument("--threads", type=int, help="inference threads (default: every core)")
     o.add_argument("--streams", type=int, default=d.streams, help=f"parallel inference streams (default: {d.streams}, lowest latency)")
+    c = p.add_argument_group("step caching (diffusion transformers: Wan, LTX-Video, CogVideoX)")
+    c.add_argument("--cache", choices=("first-block", "mag"), help="skip the transformer's later blocks on steps where "
+                   "they change little: first-block (First Block Cache) or mag (MagCache); builds the transformer as "
+                   "head/body/out engines (default: no cache)")
+    c.add_argument("--cache-threshold", type=float, help="the cache's threshold in 0..1; higher skips more "
+                   "(default: diffusers', 0.05 first-block, 0.06 mag)")
+    c.add_argument("--mag-ratios", help="--cache mag: the model's magnitude ratios, comma-separated or @file.json, "
+                   "or 'calibrate' to measure them (nothing skipped)")
 
 
 def _request_flags(p: argparse.ArgumentParser, defaults, frames_help: str) -> None:
@@ -242,6 +250,7 @@ def _prepare_engines(cfg, model, **build):
     backend = get_backend(cfg.backend, announce=True, precision=cfg.precision)
     weights = str(Path(cfg.unet_weights).resolve()) if cfg.unet_weights else None
     engine_dir = Path(cfg.engine_dir) if cfg.engine_dir else default_engine_dir(model, weights)
+    model = cfg.model_for_build(model)
     results = prepare_engines(model, engine_dir, backend, cfg.precision, unet_weights=weights,
                               **cfg.engine_kwargs(), **build)
     return engine_dir, backend, results
@@ -335,6 +344,11 @@ def cmd_generate(args) -> int:
     t = pipe.timings
     print(f"wrote {', '.join(map(str, paths))}{note}: {len(out.frames[0])} frames, {t.end_to_end:.1f}s "
           f"({pipe.model.denoiser} {t.unet:.1f}s over {len(t.unet_steps)} steps)")
+    for name, counts in t.cache.items():
+        print(f"{name} ({cfg.cache} cache): {counts['full']} evaluations run, {counts['skipped']} skipped")
+        ratios = getattr(pipe.engines[name], "measured_ratios", None)
+        if cfg.mag_ratios == "calibrate" and ratios:
+            print(f"{name} magnitude ratios, for --mag-ratios: " + ",".join(f"{r:.5f}" for r in ratios[-1]))
     return 0
 
 

@@ -37,6 +37,33 @@ class EngineOptions:
     # OpenVINO compile options.
     threads: int | None = None
     streams: int = 1
+    # Step caching (vidrt.step_cache): the transformer as head/body/out engines.
+    cache: str | None = None
+    cache_threshold: float | None = None
+    mag_ratios: str | None = None  # comma-separated, @file.json (a list), or "calibrate"
+
+    def cache_config(self):
+        """--cache/--cache-threshold/--mag-ratios as a vidrt.CacheConfig, or None.
+
+        Raises:
+            VidrtError: a bad method, threshold or ratio list.
+        """
+        from .pipeline_base import as_cache_config
+        from .step_cache import CacheConfig
+
+        if self.mag_ratios is not None and self.cache != "mag":
+            raise VidrtError("--mag-ratios goes with --cache mag")
+        if self.cache == "mag":
+            return CacheConfig("mag", self.cache_threshold, _ratios(self.mag_ratios))
+        return as_cache_config(self.cache, self.cache_threshold)
+
+    def model_for_build(self, model):
+        """``model`` as the build sees it: the transformer cut in stages under --cache."""
+        from .pipeline_base import split_for_cache
+
+        if self.cache_config() is None:
+            return model
+        return split_for_cache(model, self.precision, self.component_precisions())
 
     def trt_options(self):
         """TrtOptions from the flags (shape ranges checked here, before any work)."""
@@ -120,7 +147,7 @@ class RequestOptions(EngineOptions):
             self.model, engine_dir=self.engine_dir, backend=self.backend, precision=self.precision,
             sampler=self.sampler, unet_weights=self.unet_weights, motion_adapter=self.motion_adapter, seed=self.seed,
             cuda_graphs=not self.no_cuda_graphs, on_demand=self.on_demand_components(), progress=progress,
-            **self.engine_kwargs(),
+            cache=self.cache_config(), **self.engine_kwargs(),
         )
 
     def size(self, model) -> tuple[int, int]:
@@ -139,3 +166,25 @@ class RequestOptions(EngineOptions):
             return self.max_guidance > 1.0
         scale = self.guidance_scale if self.guidance_scale is not None else model.default_guidance_scale
         return scale > 1.0
+
+
+def _ratios(text: str | None):
+    """--mag-ratios: None, "calibrate", "@file.json" (a JSON list) or "1.0,0.99,...".
+
+    Raises:
+        VidrtError: an unreadable file or a value that is not a number.
+    """
+    import json
+    from pathlib import Path
+
+    if text is None or text == "calibrate":
+        return text
+    if text.startswith("@"):
+        try:
+            return tuple(json.loads(Path(text[1:]).read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise VidrtError(f"--mag-ratios {text}: cannot read a JSON list of numbers ({e})") from None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise VidrtError(f"--mag-ratios {text}: write numbers separated by commas, @file.json, or calibrate") from None

@@ -33,6 +33,7 @@ def check_values(cfg) -> None:
     from .sources import check_weight_paths
 
     check_weight_paths(cfg.unet_weights, cfg.motion_adapter)
+    cfg.cache_config()
 
     if not 0 <= cfg.seed < 2**63:
         raise VidrtError(f"--seed {cfg.seed}: take a whole number in 0..2**63-1")
@@ -59,6 +60,7 @@ def check_values(cfg) -> None:
 def check_on_model(cfg, model) -> None:
     """Fails on request arguments ``model``'s engines cannot serve (shape ranges, frames,
     guidance), with the model's own rules."""
+    model = cfg.model_for_build(model)  # a step cache asks for a transformer model
     height, width = cfg.size(model)
     model.check_ranges(cfg.batch_size, cfg.guided(model), cfg.frames(model), height, width,
                        getattr(cfg, "decode_chunk_size", None))

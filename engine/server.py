@@ -64,6 +64,15 @@ class ServeConfig(GenerateConfig):
     replica_gpus: float = 0.0
 
     def limits(self) -> JobLimits:
+        """The job manager's limits.
+
+        Raises:
+            VidrtError: --max-batch above 1 with a step cache (a cache decides over its whole
+                batch, so jobs merged into one would change each other's skip decisions).
+        """
+        if self.max_batch > 1 and self.cache is not None:
+            raise VidrtError("--max-batch merges jobs into one denoiser batch, where a step cache would decide for all of "
+                             "them together; serve with --cache or with --max-batch, not both")
         return JobLimits(max_queue=self.max_queue, job_timeout_s=self.job_timeout, keep_s=self.keep_results,
                          keep_mb=self.keep_results_mb, max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms)
 

@@ -179,8 +179,8 @@ class CachedDenoiser:
     """One expert's head, body and out engines behind the denoiser's call
     (``sample``, ``timestep``, the conditioning, ``out=``), skipping the body where the
     cache's policy says so. ``per_half``: one decision per guidance half (see the
-    module's docstring). ``calls`` holds, after a request, each call's decision per
-    half (True: the body ran)."""
+    module's docstring). ``calls`` holds, after a request, each call's decision by
+    diffusers' cache-context name ("cond", "uncond" or "cond_uncond"; True: the body ran)."""
 
     supports_cuda_graphs = False  # the decision steers the host between two paths
 
@@ -198,6 +198,8 @@ class CachedDenoiser:
         """Fresh states for a request of ``groups`` guidance halves and ``steps`` steps."""
         self.policy = POLICIES[self.config.method](self.config, steps)
         self.states = [self.policy.new_state() for _ in range(groups if self.per_half else 1)]
+        # diffusers' cache-context names: the batch holds the negative half first
+        self.labels = ("uncond", "cond")[-len(self.states):] if self.per_half else ("cond_uncond",)
         self.calls = []
 
     @property
@@ -234,13 +236,13 @@ class CachedDenoiser:
                 self.policy.computed(s, hidden_in[p], hidden_first[p], hidden_last[p])
             else:
                 hidden_last[p] = self.policy.skipped(s, hidden_in[p], hidden_first[p])
-        self.calls.append(tuple(run))
+        self.calls.append(dict(zip(self.labels, run)))
         final = {t.name: head[t.name] for t in self.out.spec.inputs[2:]}
         return self.out(sample=sample, hidden_last=hidden_last, **final, out=out)
 
 
-def summarize(calls: list[tuple[bool, ...]]) -> dict:
-    """Counts of one request's transformer evaluations: a call per step, one evaluation
-    per guidance half that decides alone (per-half), else one per call."""
-    flat = [ran for call in calls for ran in call]
-    return {"full": sum(flat), "skipped": len(flat) - sum(flat), "decisions": [list(c) for c in calls]}
+def summarize(calls: list[dict[str, bool]]) -> dict:
+    """Counts of one request's transformer evaluations, one per cache context and step
+    (a per-half family's guided step is two), and the decisions step by step."""
+    flat = [ran for call in calls for ran in call.values()]
+    return {"full": sum(flat), "skipped": len(flat) - sum(flat), "decisions": [dict(c) for c in calls]}
