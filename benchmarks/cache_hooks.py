@@ -29,6 +29,7 @@ class DecisionLog:
 
     def __init__(self):
         self.calls: dict[str, list[tuple[str, bool]]] = {}
+        self.handles: list = []  # the forward hooks that fill it
 
     def reset(self) -> None:
         self.calls = {}
@@ -65,5 +66,14 @@ def enable(pipe, cache, steps: int, denoisers=("transformer", "transformer_2")) 
             manager = hook.state_manager
             log.calls.setdefault(name, []).append((manager.context.name, bool(manager.get_state().should_compute)))
 
-        first.register_forward_hook(record)
+        log.handles.append(first.register_forward_hook(record))
     return log
+
+
+def disable(pipe, log: DecisionLog, denoisers=("transformer", "transformer_2")) -> None:
+    """Undoes ``enable``: diffusers' hooks and the log's."""
+    for handle in log.handles:
+        handle.remove()
+    for name in denoisers:
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).disable_cache()

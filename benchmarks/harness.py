@@ -65,6 +65,7 @@ class BenchConfig(RequestOptions):
     plot: str | None = None  # PNG of the stage breakdown
     history: str | None = None  # None: not recorded; "": the default history folder
     scenario: str | None = None
+    cache_sweep: str | None = None  # thresholds, with --cache (benchmarks/cache_sweep.py)
 
     def frames(self, model) -> int:
         """--num-frames, else BENCH_FRAMES rounded down to the model's frame rule (Wan's VAE

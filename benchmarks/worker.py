@@ -41,6 +41,14 @@ def _serve(conn, model, precision, unet_weights, device, compile, sampler, cache
         message, payload = conn.recv()
         if message == "close":
             return
+        if message == "cache":  # another threshold of the same method, on the same models
+            from . import cache_hooks
+
+            if baseline.cache_log is not None:
+                cache_hooks.disable(baseline.pipe, baseline.cache_log)
+            baseline.cache_log = cache_hooks.enable(baseline.pipe, *payload)
+            conn.send(("ok", None))
+            continue
         try:
             conn.send(("ok", _run(baseline, sampler, **payload)))
         except BaseException:  # noqa: BLE001 - the parent reports it
@@ -93,6 +101,14 @@ class BaselineWorker:
         except (BrokenPipeError, ConnectionResetError):
             self._died()
         return self._receive()
+
+    def set_cache(self, cache, steps: int) -> None:
+        """Runs the next requests with diffusers' hook for ``cache`` (a vidrt.CacheConfig)."""
+        try:
+            self._conn.send(("cache", (cache, steps)))
+        except (BrokenPipeError, ConnectionResetError):
+            self._died()
+        self._receive()
 
     def _died(self):
         self.process.join(timeout=5)

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", help="image to video: conditioning image (default: a built-in synthetic image)")
     r.add_argument("--scenario", help="a named request from benchmarks/scenarios.py (a, b, c-lcm, c-euler); "
                    "sets model, size, frames, steps, sampler, guidance and batch")
+    r.add_argument("--cache-sweep", metavar="THRESHOLDS", help="with --cache: run both sides at each of these "
+                   "comma-separated thresholds (0 among them), report evaluations skipped, seconds saved per skip "
+                   "and quality against no caching (benchmarks/cache_sweep.py)")
     r.add_argument("--output", help="write the JSON result here")
     r.add_argument("--plot", help="draw the stage breakdown, engine against baseline, to this PNG file")
     r.add_argument("--history", nargs="?", const="", metavar="DIR",
@@ -304,6 +307,10 @@ def cmd_run_bench(args) -> int:
 
         check_folder(cfg.history or None)
     _check_request_early(cfg)
+    if cfg.cache_sweep is not None:
+        from vidrt.benchmarks.cache_sweep import main_sweep
+
+        return main_sweep(cfg, cfg.cache_sweep)
     result = run_bench(cfg)
     print(format_table(result))
     if cfg.output:

@@ -186,6 +186,27 @@ class BasePipeline(abc.ABC):
         pipe.builds = builds
         return pipe
 
+    def set_cache(self, cache, threshold: float | None = None) -> None:
+        """Changes the step cache's method or threshold for the next requests (same engines).
+
+        Args:
+            cache: "first-block", "mag" or a vidrt.CacheConfig.
+            threshold: as from_pretrained's cache_threshold.
+
+        Raises:
+            VidrtError: the pipeline was loaded without a cache (its transformer is one
+                engine: load it with cache=...), or a bad method or threshold.
+        """
+        config = as_cache_config(cache, threshold)
+        denoisers = {n: e for n, e in self.engines.items() if isinstance(e, CachedDenoiser)}
+        if not denoisers:
+            raise VidrtError("this pipeline was loaded without a step cache; load it with cache='first-block' or 'mag'")
+        if config is None:
+            raise VidrtError("set_cache needs a method; to run without skipping, pass cache_threshold=0")
+        with self._lock:
+            for e in denoisers.values():
+                e.config = config
+
     def generate(self, *args, on_progress=None, cancel: CancelToken | None = None, **kwargs):
         """Calls the pipeline (``__call__``'s arguments) with a progress callback and a cancel token.
 
