@@ -353,9 +353,9 @@ def cmd_generate(args) -> int:
           f"({pipe.model.denoiser} {t.unet:.1f}s over {len(t.unet_steps)} steps)")
     for name, counts in t.cache.items():
         print(f"{name} ({cfg.cache} cache): {counts['full']} evaluations run, {counts['skipped']} skipped")
-        ratios = getattr(pipe.engines[name], "measured_ratios", None)
-        if cfg.mag_ratios == "calibrate" and ratios:
-            print(f"{name} magnitude ratios, for --mag-ratios: " + ",".join(f"{r:.5f}" for r in ratios[-1]))
+        if cfg.mag_ratios == "calibrate":
+            for context, ratios in pipe.engines[name].measured_ratios.items():
+                print(f"{name} magnitude ratios ({context}), for --mag-ratios: " + ",".join(f"{r:.5f}" for r in ratios))
     return 0
 
 

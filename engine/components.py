@@ -70,6 +70,9 @@ class ComponentSpec:
     ranges: Mapping[str, DimRange]
     # The shape the engine is tuned for (TensorRT's "opt" profile point).
     opt: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Dims whose profile corners follow from others' (a transformer body's tokens from the
+    # frames and latent size its ``ranges`` also hold, though no tensor of it has them).
+    derived: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -157,6 +160,7 @@ class ComponentSpec:
             "outputs": [_tensor_record(t) for t in self.outputs],
             "ranges": {k: dataclasses.asdict(v) for k, v in sorted(self.ranges.items())},
             "opt": dict(sorted(self.opt.items())),
+            **({"derived": dict(sorted(self.derived.items()))} if self.derived else {}),
         }
 
 

@@ -73,13 +73,16 @@ def split_specs(full: ComponentSpec, tensors: StageTensors) -> dict[str, Compone
         opt=full.opt,
     )
     top = _eval(expr, full.corner("max"))
-    body_ranges = {k: v for k, v in full.ranges.items() if k in ("B", "L")} | {TOKENS: DimRange(1, top)}
+    # The body keeps the latent grid's ranges beside its tokens', so its TensorRT profile's
+    # token corners follow the head's grid corners (``derived``).
+    body_ranges = dict(full.ranges) | {TOKENS: DimRange(1, top)}
     body = ComponentSpec(
         name=f"{full.name}_body",
         inputs=(*(_with(s, f"{s.name}_first", TOKENS) for s in streams), *tensors.context),
         outputs=tuple(_with(s, f"{s.name}_last", TOKENS) for s in streams),
         ranges=body_ranges,
-        opt={k: v for k, v in full.opt.items() if k in body_ranges} | {TOKENS: _eval(expr, full.corner("opt"))},
+        opt=dict(full.opt) | {TOKENS: _eval(expr, full.corner("opt"))},
+        derived={TOKENS: expr},
     )
     out = ComponentSpec(
         name=f"{full.name}_out",

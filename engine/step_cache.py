@@ -203,9 +203,9 @@ class CachedDenoiser:
         self.calls = []
 
     @property
-    def measured_ratios(self) -> list[list[float]]:
-        """MagCache calibration: each state's ratio per step of the last request."""
-        return [s.measured for s in self.states if isinstance(s, _MagState)]
+    def measured_ratios(self) -> dict[str, list[float]]:
+        """MagCache calibration: the last request's ratio per step, by cache context."""
+        return {label: s.measured for label, s in zip(self.labels, self.states) if isinstance(s, _MagState)}
 
     @contextlib.contextmanager
     def held(self):

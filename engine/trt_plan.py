@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Mapping
 
-from .components import DIM_WORDS, ComponentSpec, component_kind
+from .components import DIM_WORDS, ComponentSpec, _eval_dim, component_kind
 from .errors import VidrtError
 from .fsutil import sha256_json
 
@@ -155,6 +155,9 @@ def _point(component, spec: ComponentSpec, request: ShapeRequest, vae_scale: int
     for dim in spec.ranges:  # an --opt beyond the default end moves the end with it
         if request.static is None and dim not in asked_max and dim in asked_opt:
             corners["max"][dim] = max(corners["max"][dim], corners["opt"][dim])
+    for dim, expr in spec.derived.items():  # after the dims it is computed from
+        for which in ("min", "opt", "max"):
+            corners[which][dim] = _eval_dim(expr, corners[which])
     for dim, rng in spec.ranges.items():
         lo, opt, hi = corners["min"][dim], corners["opt"][dim], corners["max"][dim]
         opt = min(max(opt, lo), hi) if request.static is None and dim not in asked_opt else opt
