@@ -84,7 +84,7 @@ def _row(t: float, runs: dict, base: dict, denoiser: str) -> dict:
         if counts["skipped"] and full0:
             saved = ((zero_s - seconds) / counts["skipped"]) / (zero_s / full0)
         row[side] = {"end_to_end_s": summary([r["total"] for r in mine]), f"{denoiser}_s": seconds, **counts,
-                     "saved_per_skip_of_full": saved,
+                     "saved_per_skip_of_full": saved, "step_s": [list(r["unet_steps"]) for r in mine],
                      "vs_no_cache": parity(mine[-1]["frames"], zero[-1]["frames"])}
     if runs["engine"] and runs["baseline"]:
         row["parity"] = parity(runs["engine"][-1]["frames"], runs["baseline"][-1]["frames"])
