@@ -230,7 +230,10 @@ class CachedDenoiser:
                 lo, hi = 0, sample.shape[0]
             feeds = {t.name: head[t.name] for t in self.body.spec.inputs}
             feeds = {k: (v[lo:hi] if k in self._batched else v) for k, v in feeds.items()}
-            hidden_last[lo:hi] = self.body(**feeds)["hidden_last"]
+            if hi - lo == len(hidden_last) and self.streams == ["hidden"]:
+                self.body(**feeds, out={"hidden_last": hidden_last})  # written in place: no copy
+            else:
+                hidden_last[lo:hi] = self.body(**feeds)["hidden_last"]
         for s, p, ran in zip(self.states, parts, run):
             if ran:
                 self.policy.computed(s, hidden_in[p], hidden_first[p], hidden_last[p])

@@ -263,3 +263,35 @@ def test_cache_survives_on_demand_stages(family):
     got = lazy(**kw, generator=torch.Generator().manual_seed(0), output_type="np")
     assert got.timings.cache == want.timings.cache
     np.testing.assert_array_equal(got.frames, want.frames)
+
+
+def test_tensorrt_builds_the_three_engines_from_one_set_of_profiles(family, tmp_path, monkeypatch):
+    """Each stage's ONNX goes through the (fake, API-checked) TensorRT builder with the
+    profiles vidrt derives for it: every input of every stage gets a shape per profile, the
+    token counts of the three agree at each corner, both guidance profiles present."""
+    from conftest import fake_trt_build_calls
+
+    from vidrt.trt_plan import ShapeRequest, TrtOptions, builder_settings, derive_profiles
+
+    name, pipe, _ = family
+    if name != "tiny-wan":
+        pytest.skip("one family is enough")
+    model, specs = pipe.model, pipe.model.specs()
+    shapes = {}
+    for stage in ("head", "body", "out"):
+        component = f"transformer_{stage}"
+        profiles = derive_profiles(component, specs[component], ShapeRequest(), model.vae_scale_factor,
+                                   temporal=model.temporal_factor)
+        settings = builder_settings("fp16", TrtOptions(), profiles, model.fp16_fp32_layers)
+        onnx = pipe.engine_dir / component / "onnx" / "model.onnx"
+        calls = fake_trt_build_calls(monkeypatch, onnx, tmp_path / f"{stage}.plan", settings)
+        shapes[stage] = [c[1:] for c in calls if c[0] == "profile.set_shape"]
+        assert {s[0] for s in shapes[stage]} == set(specs[component].input_names)
+        assert len(shapes[stage]) == 2 * len(specs[component].inputs)  # cfg and no-cfg profiles
+    head = [s for s in shapes["head"] if s[0] == "sample"]
+    body = [s for s in shapes["body"] if s[0] == "hidden_first"]
+    out = [s for s in shapes["out"] if s[0] == "hidden_last"]
+    for h, b, o in zip(head, body, out):
+        for corner in (1, 2, 3):
+            batch, _, f, lh, lw = h[corner]
+            assert b[corner][:2] == o[corner][:2] == [batch, f * (lh // 2) * (lw // 2)]
