@@ -192,7 +192,7 @@ class CachedDenoiser:
         self.per_half = per_half
         self.streams = [t.name[: -len("_first")] for t in self.body.spec.inputs if t.name.endswith("_first")]
         self._batched = {t.name for t in self.body.spec.inputs if t.dims[0] == "B"}
-        self.policy, self.states, self.calls = None, [], []
+        self.policy, self.states, self.labels, self.calls = None, [], (), []
 
     def begin_request(self, groups: int, steps: int) -> None:
         """Fresh states for a request of ``groups`` guidance halves and ``steps`` steps."""
@@ -225,9 +225,8 @@ class CachedDenoiser:
         run = [self.policy.decide(s, hidden_in[p], hidden_first[p]) for s, p in zip(self.states, parts)]
         hidden_last = torch.empty_like(hidden_first)
         if any(run):
-            lo, hi = parts[run.index(True)].start, parts[len(run) - 1 - run[::-1].index(True)].stop
-            if not all(run[lo // rows : hi // rows]):  # per-half with a skipped half between: never with 2 halves
-                lo, hi = 0, sample.shape[0]
+            # the rows of the halves that run: both, or one (at most two halves, so contiguous)
+            lo, hi = min(p.start for p, r in zip(parts, run) if r), max(p.stop for p, r in zip(parts, run) if r)
             feeds = {t.name: head[t.name] for t in self.body.spec.inputs}
             feeds = {k: (v[lo:hi] if k in self._batched else v) for k, v in feeds.items()}
             if hi - lo == len(hidden_last) and self.streams == ["hidden"]:
