@@ -295,3 +295,22 @@ def test_tensorrt_builds_the_three_engines_from_one_set_of_profiles(family, tmp_
         for corner in (1, 2, 3):
             batch, _, f, lh, lw = h[corner]
             assert b[corner][:2] == o[corner][:2] == [batch, f * (lh // 2) * (lw // 2)]
+
+
+def test_build_engines_with_cache_builds_the_stages(family, capsys):
+    """build-engines --cache builds the three stage engines (reused here: the fixture built
+    them), and generate --cache reports the evaluations it ran and skipped."""
+    from vidrt.cli import main
+
+    name, pipe, _ = family
+    if name != "tiny-wan":
+        pytest.skip("one family is enough")
+    engines = str(pipe.engine_dir)
+    assert main(["build-engines", "--model", name, "--backend", "onnxruntime", "--engine-dir", engines,
+                 "--cache", "first-block"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"transformer_{s}" in out for s in ("head", "body", "out")) and "reused" in out
+    assert main(["generate", "--model", name, "--backend", "onnxruntime", "--engine-dir", engines, "--prompt", "a cat",
+                 "--height", "32", "--width", "32", "--num-frames", "5", "--steps", "6", "--cache", "first-block",
+                 "--cache-threshold", "0.5", "--output", str(pipe.engine_dir.parent / "cat.gif")]) == 0
+    assert re.search(r"transformer \(first-block cache\): \d+ evaluations run, \d+ skipped", capsys.readouterr().out)
