@@ -314,3 +314,19 @@ def test_build_engines_with_cache_builds_the_stages(family, capsys):
                  "--height", "32", "--width", "32", "--num-frames", "5", "--steps", "6", "--cache", "first-block",
                  "--cache-threshold", "0.5", "--output", str(pipe.engine_dir.parent / "cat.gif")]) == 0
     assert re.search(r"transformer \(first-block cache\): \d+ evaluations run, \d+ skipped", capsys.readouterr().out)
+
+
+def test_openvino_engines_decide_as_diffusers(family):
+    """The same on OpenVINO (the CPU backend the benchmarks use), from the same ONNX exports."""
+    from vidrt import CacheConfig, VideoPipeline
+
+    name, pipe, ref = family
+    if name not in ("tiny-wan", "tiny-ltx"):
+        pytest.skip("one per-half and one joint family")
+    ov = VideoPipeline.from_pretrained(_source(name, None), engine_dir=pipe.engine_dir, backend="openvino",
+                                       progress=False, cache="first-block")
+    kw = dict(REQUEST[name], guidance_scale=GUIDED[name])
+    got, want, log = run_both(ov, ref, CacheConfig("first-block", 0.5), kw)
+    assert got.timings.cache["transformer"]["decisions"] == log.summary()["transformer"]["decisions"]
+    assert got.timings.cache["transformer"]["skipped"] > 0
+    assert np.abs(got.frames - want).max() <= ATOL
