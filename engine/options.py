@@ -48,8 +48,7 @@ class EngineOptions:
         Raises:
             VidrtError: a bad method, threshold or ratio list.
         """
-        from .pipeline_base import as_cache_config
-        from .step_cache import CacheConfig
+        from .step_cache import CacheConfig, as_cache_config
 
         if self.mag_ratios is not None and self.cache != "mag":
             raise VidrtError("--mag-ratios goes with --cache mag")
@@ -59,7 +58,7 @@ class EngineOptions:
 
     def model_for_build(self, model):
         """``model`` as the build sees it: the transformer cut in stages under --cache."""
-        from .pipeline_base import split_for_cache
+        from .step_cache import split_for_cache
 
         if self.cache_config() is None:
             return model

@@ -28,7 +28,7 @@ from .loop import LoopState
 from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import check_unet_weights, check_weight_paths, resolve_model
 from .split import STAGES
-from .step_cache import CacheConfig, CachedDenoiser, summarize
+from .step_cache import CachedDenoiser, as_cache_config, split_for_cache, summarize
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -325,40 +325,6 @@ class BasePipeline(abc.ABC):
         if self.stream is not None:
             self.stream.synchronize()
         return time.perf_counter()
-
-
-def as_cache_config(cache, threshold) -> CacheConfig | None:
-    """from_pretrained's ``cache``/``cache_threshold`` as a CacheConfig (None: no cache).
-
-    Raises:
-        VidrtError: an unknown method, a threshold out of range, or a threshold without a method.
-    """
-    if cache is None:
-        if threshold is not None:
-            raise VidrtError("cache_threshold needs a cache method: pass cache='first-block' or 'mag' too")
-        return None
-    if isinstance(cache, CacheConfig):
-        return cache if threshold is None else dataclasses.replace(cache, threshold=threshold)
-    if not isinstance(cache, str):
-        raise VidrtError(f"cache={cache!r}: give 'first-block', 'mag' or a vidrt.CacheConfig")
-    return CacheConfig(cache, threshold)
-
-
-def split_for_cache(model, precision: str, component_precision: dict | None):
-    """The model with its transformer(s) as head/body/out components (vidrt.split).
-
-    Raises:
-        VidrtError: the family has no cache support (the U-Net families), or the
-            transformer would be quantized (not supported with a cache yet).
-    """
-    if not hasattr(model, "split_denoisers"):
-        raise VidrtError(f"step caching is for the diffusion transformers (Wan, LTX-Video, CogVideoX); "
-                         f"this {model.kind} model's denoiser is a U-Net: drop --cache")
-    quantized = {precision} | set((component_precision or {}).values())
-    if quantized & {"int8", "fp8"}:
-        raise VidrtError("step caching runs float engines (fp32, fp16, bf16); int8/fp8 with a cache is not supported "
-                         "yet: drop --cache or pick a float --precision")
-    return dataclasses.replace(model, split_denoisers=True)
 
 
 def check_finite(**values) -> None:

@@ -248,3 +248,37 @@ def summarize(calls: list[dict[str, bool]]) -> dict:
     (a per-half family's guided step is two), and the decisions step by step."""
     flat = [ran for call in calls for ran in call.values()]
     return {"full": sum(flat), "skipped": len(flat) - sum(flat), "decisions": [dict(c) for c in calls]}
+
+
+def as_cache_config(cache, threshold) -> CacheConfig | None:
+    """from_pretrained's ``cache``/``cache_threshold`` as a CacheConfig (None: no cache).
+
+    Raises:
+        VidrtError: an unknown method, a threshold out of range, or a threshold without a method.
+    """
+    if cache is None:
+        if threshold is not None:
+            raise VidrtError("cache_threshold needs a cache method: pass cache='first-block' or 'mag' too")
+        return None
+    if isinstance(cache, CacheConfig):
+        return cache if threshold is None else dataclasses.replace(cache, threshold=threshold)
+    if not isinstance(cache, str):
+        raise VidrtError(f"cache={cache!r}: give 'first-block', 'mag' or a vidrt.CacheConfig")
+    return CacheConfig(cache, threshold)
+
+
+def split_for_cache(model, precision: str, component_precision: dict | None):
+    """The model with its transformer(s) as head/body/out components (vidrt.split).
+
+    Raises:
+        VidrtError: the family has no cache support (the U-Net families), or the
+            transformer would be quantized (not supported with a cache yet).
+    """
+    if not hasattr(model, "split_denoisers"):
+        raise VidrtError(f"step caching is for the diffusion transformers (Wan, LTX-Video, CogVideoX); "
+                         f"this {model.kind} model's denoiser is a U-Net: drop --cache")
+    quantized = {precision} | set((component_precision or {}).values())
+    if quantized & {"int8", "fp8"}:
+        raise VidrtError("step caching runs float engines (fp32, fp16, bf16); int8/fp8 with a cache is not supported "
+                         "yet: drop --cache or pick a float --precision")
+    return dataclasses.replace(model, split_denoisers=True)
