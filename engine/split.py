@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .components import ComponentSpec, DimRange, TensorSpec
+from .components import ComponentSpec, DimRange, TensorSpec, _eval_dim
 
 STAGES = ("head", "body", "out")
 TOKENS = "T"  # the body's token axis: it sees tokens, not the latent grid they came from
@@ -40,12 +40,6 @@ def stage_components(components: tuple[str, ...], experts: tuple[str, ...]) -> t
     return tuple(out)
 
 
-def stage_of(component: str) -> tuple[str, str] | None:
-    """(expert, stage) of a stage component, else None."""
-    expert, _, stage = component.rpartition("_")
-    return (expert, stage) if expert and stage in STAGES else None
-
-
 def _with(t: TensorSpec, name: str, tokens: str) -> TensorSpec:
     return dataclasses.replace(t, name=name, dims=tuple(tokens if d == TOKENS else d for d in t.dims))
 
@@ -72,7 +66,7 @@ def split_specs(full: ComponentSpec, tensors: StageTensors) -> dict[str, Compone
         ranges=full.ranges,
         opt=full.opt,
     )
-    top = _eval(expr, full.corner("max"))
+    top = _eval_dim(expr, full.corner("max"))
     # The body keeps the latent grid's ranges beside its tokens', so its TensorRT profile's
     # token corners follow the head's grid corners (``derived``).
     body_ranges = dict(full.ranges) | {TOKENS: DimRange(1, top)}
@@ -81,7 +75,7 @@ def split_specs(full: ComponentSpec, tensors: StageTensors) -> dict[str, Compone
         inputs=(*(_with(s, f"{s.name}_first", TOKENS) for s in streams), *tensors.context),
         outputs=tuple(_with(s, f"{s.name}_last", TOKENS) for s in streams),
         ranges=body_ranges,
-        opt=dict(full.opt) | {TOKENS: _eval(expr, full.corner("opt"))},
+        opt=dict(full.opt) | {TOKENS: _eval_dim(expr, full.corner("opt"))},
         derived={TOKENS: expr},
     )
     out = ComponentSpec(
@@ -93,9 +87,6 @@ def split_specs(full: ComponentSpec, tensors: StageTensors) -> dict[str, Compone
     )
     return {"head": head, "body": body, "out": out}
 
-
-def _eval(expr: str, dims: dict[str, int]) -> int:
-    return int(eval(expr, {"__builtins__": {}}, dict(dims)))  # vidrt's own expressions
 
 
 class SplitDenoiserMixin:
