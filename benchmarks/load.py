@@ -114,10 +114,17 @@ def _start_server(serve_args: list[str], port: int, timeout: float):
 
 
 class RssSampler:
-    """The server process's RSS: first, last and peak (MB), sampled every 0.2 s."""
+    """The server process's RSS, sampled every 0.2 s with how many jobs had ended by then.
 
-    def __init__(self, pid: int | None):
+    ``stop()`` gives first, last and peak (MB), the RSS when each quarter of the jobs had
+    ended, and the trend over the second half of the run (MB per 100 ended jobs, with its
+    95% interval), the part after warm-up effects where a leak shows as a slope.
+    """
+
+    def __init__(self, pid: int | None, ended=lambda: 0):
         self.samples: list[float] = []
+        self.ended: list[int] = []
+        self._count = ended
         self._stop = threading.Event()
         self._proc = None
         if pid is not None:
@@ -129,14 +136,30 @@ class RssSampler:
     def _run(self):
         while not self._stop.wait(0.2):
             try:
-                self.samples.append(self._proc.memory_info().rss / 2**20)
+                rss = self._proc.memory_info().rss / 2**20
             except Exception:  # noqa: BLE001 - the server ended
                 return
+            self.ended.append(self._count())
+            self.samples.append(rss)
 
     def stop(self) -> dict:
         self._stop.set()
-        s = self.samples
-        return {"first_mb": s[0], "last_mb": s[-1], "peak_mb": max(s)} if s else {}
+        s, n = self.samples, self.ended
+        if not s:
+            return {}
+        out = {"first_mb": s[0], "last_mb": s[-1], "peak_mb": max(s)}
+        total = n[-1]
+        if total >= 4:
+            out["by_quarter_mb"] = [s[next(i for i, e in enumerate(n) if e >= total * q / 4)] for q in (1, 2, 3, 4)]
+        half = [i for i, e in enumerate(n) if e >= total / 2]
+        if total >= 8 and len({n[i] for i in half}) >= 3:
+            from scipy import stats
+
+            fit = stats.linregress([n[i] for i in half], [s[i] for i in half])
+            t = stats.t.ppf(0.975, len(half) - 2)
+            out["second_half_mb_per_100_jobs"] = [100 * (fit.slope - t * fit.stderr), 100 * fit.slope,
+                                                  100 * (fit.slope + t * fit.stderr)]
+        return out
 
 
 def run(args) -> dict:
@@ -149,8 +172,8 @@ def run(args) -> dict:
         port = _free_port()
         proc = _start_server(["--model", args.model, *args.serve_args], port, args.start_timeout)
         url = f"http://127.0.0.1:{port}"
-    rss = RssSampler(proc.pid if proc else None)
     tally, t0 = Tally(), time.time()
+    rss = RssSampler(proc.pid if proc else None, lambda: len(tally.jobs))
     deadline = t0 + args.timeout
     threads = [threading.Thread(target=_client, args=(url, body, args.jobs, args.cancel_every, args.bad_every, tally,
                                                       deadline, i)) for i in range(args.clients)]

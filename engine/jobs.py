@@ -113,13 +113,37 @@ class Batch:
     step_started: float | None = None  # perf_counter at the last denoising step's start (step metrics)
 
 
+class JobLedger:
+    """A copy of every job record outside the process that serves them, so a server that
+    dies and is started again (Ray Serve restarts a dead ingress) still answers for them.
+
+    Holds each job as last recorded (without its request), keyed by id. Under Ray it runs
+    as an actor (vidrt.ray_serve) and the manager reaches it through an adapter with the
+    same three methods.
+    """
+
+    def __init__(self):
+        self._jobs: dict[str, Job] = {}
+
+    def put(self, job: Job) -> None:
+        self._jobs[job.id] = job
+
+    def drop(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def all(self) -> list[Job]:
+        return list(self._jobs.values())
+
+
 class JobManager:
     """Runs jobs on ``pipe`` from ``workers`` threads (start() / shutdown()), each one batch
     at a time: one worker for a local pipeline (its calls take turns anyway), one per
     replica for a pipeline that dispatches to several (vidrt.ray_serve)."""
 
-    def __init__(self, pipe, limits: JobLimits = JobLimits(), metrics=None, clock=time.time, workers: int = 1):
+    def __init__(self, pipe, limits: JobLimits = JobLimits(), metrics=None, clock=time.time, workers: int = 1,
+                 ledger=None):
         self.pipe, self.limits, self.metrics, self.clock, self.workers = pipe, limits, metrics, clock, workers
+        self.ledger = ledger  # a JobLedger (or its remote adapter), or None: records live here only
         self.jobs: dict[str, Job] = {}
         self.by_key: dict[str, str] = {}
         self.queue: collections.deque[Job] = collections.deque()
@@ -132,7 +156,7 @@ class JobManager:
     # -- submitting and reading -------------------------------------------------------
 
     def submit(self, kwargs: dict, fmt: str = "mp4", fps: int = 7, idempotency_key: str | None = None,
-               timeout_s: float | None = None, config=None) -> Job:
+               timeout_s: float | None = None, config=None) -> tuple[Job, str]:
         """Queues a job (or returns the one already made for ``idempotency_key``).
 
         Args:
@@ -142,6 +166,10 @@ class JobManager:
             timeout_s: seconds from now the job may take (default: the limits').
             config: the request's GenerateConfig; jobs with one may be batched.
 
+        Returns:
+            The job and its status as of this call ("queued" for a new job; a worker may
+            have taken it by the time the caller looks).
+
         Raises:
             QueueFull: ``max_queue`` jobs are waiting.
             NotAccepting: the manager is shutting down.
@@ -150,7 +178,7 @@ class JobManager:
             if idempotency_key is not None and idempotency_key in self.by_key:
                 known = self.jobs.get(self.by_key[idempotency_key])
                 if known is not None:
-                    return known
+                    return known, known.status
             if not self.accepting:
                 raise NotAccepting("the server is shutting down and takes no new jobs; retry on another replica")
             if len(self.queue) >= self.limits.max_queue:
@@ -164,8 +192,9 @@ class JobManager:
             if idempotency_key is not None:
                 self.by_key[idempotency_key] = job.id
             self.queue.append(job)
+            self._record(job)
             self._changed(job)
-            return job
+            return job, job.status
 
     def get(self, job_id: str) -> Job | None:
         with self.changed:
@@ -197,6 +226,7 @@ class JobManager:
     # -- running ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._restore()
         workers = [(self._work, f"vidrt-worker-{i}") for i in range(self.workers)]
         for target, name in (*workers, (self._tend, "vidrt-janitor")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -237,6 +267,7 @@ class JobManager:
     def _start(self, batch: Batch, job: Job) -> None:
         batch.jobs.append(job)
         job.status, job.started = IN_PROGRESS, self.clock()
+        self._record(job)
         self._changed(job)
 
     def _gather(self, batch: Batch) -> None:
@@ -340,11 +371,17 @@ class JobManager:
                 del self.jobs[job.id]
                 if job.idempotency_key is not None:
                     self.by_key.pop(job.idempotency_key, None)
+                if self.ledger is not None:
+                    self.ledger.drop(job.id)
 
     # -- bookkeeping (callers hold self.changed) ---------------------------------------
 
     def _finish(self, job: Job, status: str, error: str | None) -> None:
         job.status, job.error, job.finished = status, error, self.clock()
+        # The request (its decoded image among it) is not needed once the job ended; only the
+        # encoded videos count against keep_mb, so a kept record must not hold more than those.
+        job.kwargs, job.config = {}, None
+        self._record(job)
         if status == COMPLETED:
             job.progress = Progress("done", job.progress.steps, job.progress.steps)
         if self.metrics is not None:
@@ -352,6 +389,25 @@ class JobManager:
             if status == COMPLETED:
                 self.metrics.request_seconds.observe(job.finished - job.created)
         self._changed(job)
+
+    def _record(self, job: Job) -> None:
+        """Copies the job to the ledger: when accepted, started and ended."""
+        if self.ledger is not None:
+            self.ledger.put(dataclasses.replace(job, kwargs={}, config=None))
+
+    def _restore(self) -> None:
+        """Takes back the ledger's records after a restart: ended jobs as they were; jobs
+        that were queued or running when the last server died end failed, with why."""
+        if self.ledger is None:
+            return
+        with self.changed:
+            for job in self.ledger.all():
+                self.jobs[job.id] = job
+                if job.idempotency_key is not None:
+                    self.by_key[job.idempotency_key] = job.id
+                if job.status not in FINAL:
+                    where = "waiting in the queue" if job.status == QUEUED else "running"
+                    self._finish(job, FAILED, f"the server restarted while the job was {where}; submit it again")
 
     def _changed(self, job: Job) -> None:
         job.version += 1

@@ -9,6 +9,10 @@ Two deployments:
   manager keeping every job; its "pipeline" (RemotePipeline) sends each batch to a replica.
   A replica that dies mid-job fails that job with the reason (never a vanished job).
 
+The ingress copies every job record to a ledger actor that the driver owns, so when the
+ingress itself dies and Serve starts it again, ended jobs are still there (and their
+videos) and the ones it had queued or running end failed with the reason.
+
 Requests are checked on the ingress with the model's description alone (no engines).
 """
 
@@ -18,6 +22,7 @@ import dataclasses
 
 from .control import Cancelled, Progress
 from .errors import VidrtError
+from .jobs import JobLedger
 
 APP_NAME = "vidrt"
 
@@ -78,6 +83,27 @@ class RemotePipeline:
         raise VidrtError("the replica ended the job's stream without a result; submit the job again")
 
 
+class RemoteLedger:
+    """vidrt.jobs.JobLedger run as a Ray actor that the serving driver owns, reached with
+    the ledger's own methods: the ingress's job records outlive the ingress replica."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def put(self, job) -> None:
+        import ray
+
+        ray.get(self.actor.put.remote(job))  # recorded before the caller answers for the job
+
+    def drop(self, job_id: str) -> None:
+        self.actor.drop.remote(job_id)
+
+    def all(self) -> list:
+        import ray
+
+        return ray.get(self.actor.all.remote())
+
+
 class Replica:
     """One pipeline on a Serve replica; ``run`` streams ("progress", dict)... then
     ("done", (frames, timings)), or ("error", message)."""
@@ -132,12 +158,15 @@ def deploy(cfg, address: str | None, replicas: int, min_replicas: int | None, cp
         "min_replicas": min_replicas, "max_replicas": replicas, "target_ongoing_requests": 1}}
     replica = serve.deployment(Replica, name="VidrtReplica", max_ongoing_requests=1,
                                ray_actor_options={"num_cpus": cpus, "num_gpus": gpus}, **scaling)
+    # Owned by this driver (not the ingress), so it lives as long as `vidrt serve --ray` does.
+    ledger = ray.remote(JobLedger).options(num_cpus=0, max_restarts=0).remote()
 
-    def build_app():  # runs on the ingress replica
+    def build_app():  # runs on the ingress replica, again each time Serve restarts it
         def handle():
             return serve.get_deployment_handle("VidrtReplica", app_name=APP_NAME)
 
-        service = Service(RemotePipeline(model, handle), dataclasses.replace(cfg, no_warmup=True), workers=replicas)
+        service = Service(RemotePipeline(model, handle), dataclasses.replace(cfg, no_warmup=True), workers=replicas,
+                          ledger=RemoteLedger(ledger))
         return create_app(service)
 
     class Ingress:

@@ -98,10 +98,10 @@ class Service:
     """What the routes work on: the pipeline, its job manager, default request values and
     readiness (engines warmed up, not draining)."""
 
-    def __init__(self, pipe, cfg: ServeConfig, workers: int = 1):
+    def __init__(self, pipe, cfg: ServeConfig, workers: int = 1, ledger=None):
         self.pipe, self.cfg = pipe, cfg
         self.metrics = Metrics()
-        self.jobs = JobManager(pipe, cfg.limits(), self.metrics, workers=workers)
+        self.jobs = JobManager(pipe, cfg.limits(), self.metrics, workers=workers, ledger=ledger)
         self.ready = threading.Event()
 
     def start(self) -> None:
@@ -213,7 +213,7 @@ def create_app(service: Service):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        service.start()
+        await asyncio.to_thread(service.start)  # may read a remote ledger back
         yield
         await asyncio.to_thread(service.jobs.shutdown, service.cfg.grace)
 
@@ -239,14 +239,15 @@ def create_app(service: Service):
         try:
             fields, image_bytes = await _read_body(request)
             kwargs, fmt, fps, timeout, cfg = await asyncio.to_thread(service.job_request, fields, image_bytes)
-            job = jobs.submit(kwargs, fmt, fps, request.headers.get("idempotency-key"), timeout, config=cfg)
+            job, accepted = await asyncio.to_thread(  # off the event loop: it may write to a remote ledger
+                jobs.submit, kwargs, fmt, fps, request.headers.get("idempotency-key"), timeout, config=cfg)
         except QueueFull as e:
             return error(429, str(e), {"Retry-After": str(e.retry_after)})
         except NotAccepting as e:
             return error(503, str(e), {"Retry-After": "5"})
         except VidrtError as e:
             return error(400, str(e))
-        return JSONResponse({"id": job.id, "status": job.status}, status_code=202,
+        return JSONResponse({"id": job.id, "status": accepted}, status_code=202,
                             headers={"Location": f"/v1/videos/{job.id}"})
 
     def known(job_id: str):
@@ -260,7 +261,7 @@ def create_app(service: Service):
 
     @app.delete("/v1/videos/{job_id}")
     async def cancel(job_id: str):
-        job = jobs.cancel(job_id)
+        job = await asyncio.to_thread(jobs.cancel, job_id)
         return job.view() if job else known(job_id)[1]
 
     @app.get("/v1/videos/{job_id}/content")

@@ -1,5 +1,6 @@
 """vidrt serve --ray: the job API as a Ray Serve application on a real local Ray cluster
-(127.0.0.1, tiny-svd, 2 replicas), a replica killed mid-job, SIGTERM."""
+(127.0.0.1, tiny-svd, 2 replicas), a replica killed mid-job, the ingress killed mid-job,
+SIGTERM."""
 
 import base64
 import io
@@ -26,15 +27,30 @@ def png_b64() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def replica_processes():
+def replica_processes(deployment="VidrtReplica"):
     import psutil
 
     found = []
     for p in psutil.process_iter(["cmdline"]):
         text = " ".join(p.info["cmdline"] or [])
-        if "VidrtReplica" in text:
+        if deployment in text:
             found.append(p)
     return found
+
+
+def view_when_back(url, job, timeout=180):
+    """The job's view once the API answers again (the proxy fails requests while Serve
+    restarts the ingress)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            r = httpx.get(f"{url}/v1/videos/{job}", timeout=10)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the API did not come back within {timeout} s")
 
 
 def final(url, job, timeout=300):
@@ -81,7 +97,7 @@ def ray_server(tiny_engine_dir, tmp_path):
                 proc.kill()
 
 
-def test_ray_serve_runs_jobs_survives_a_dead_replica_and_stops_on_sigterm(ray_server):
+def test_ray_serve_runs_jobs_survives_dead_replicas_and_ingress_and_stops_on_sigterm(ray_server):
     url, proc, log_path = ray_server
     # Jobs through Serve's proxy, spread over both replicas.
     jobs = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "seed": s, **REQUEST}).json()["id"] for s in range(4)]
@@ -109,6 +125,23 @@ def test_ray_serve_runs_jobs_survives_a_dead_replica_and_stops_on_sigterm(ray_se
     # Serve replaces the dead replica; new jobs run.
     again = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), **REQUEST}).json()["id"]
     assert final(url, again)["status"] == "completed"
+
+    # The ingress itself dies mid-job: Serve starts a new one, which still answers for every
+    # job (from the ledger actor): ended ones as they were, the running one failed with why.
+    running = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 400, **REQUEST}).json()["id"]
+    while httpx.get(f"{url}/v1/videos/{running}").json()["status"] != "in_progress":
+        time.sleep(0.2)
+    ingress = replica_processes("VidrtIngress")
+    assert len(ingress) == 1, [p.info["cmdline"] for p in ingress]
+    ingress[0].kill()
+    view = view_when_back(url, running)
+    assert view["status"] == "failed" and view["error"] == (
+        "the server restarted while the job was running; submit it again"), view
+    assert view_when_back(url, jobs[0])["status"] == "completed"
+    assert httpx.get(f"{url}/v1/videos/{jobs[0]}/content").content == content.content
+    assert view_when_back(url, failed["id"])["error"] == failed["error"]
+    after = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), **REQUEST}).json()["id"]
+    assert final(url, after)["status"] == "completed"
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, log_path.read_text()[-2000:]

@@ -240,6 +240,53 @@ def test_finished_jobs_are_forgotten_after_keep_results(server):
     assert client.get(f"/v1/videos/{job}").status_code == 404
 
 
+def test_a_finished_job_keeps_its_videos_not_its_request(server):
+    # Only the encoded videos count against --keep-results-mb, so a kept record must not
+    # also hold the request's decoded image (a server's memory would grow with every job).
+    client, service = server()
+    job = submit(client)
+    assert wait_final(client, job)["status"] == "completed"
+    record = service.jobs.get(job)
+    assert record.kwargs == {} and record.config is None and record.content_bytes > 0
+    assert client.get(f"/v1/videos/{job}/content").status_code == 200
+
+
+def test_a_restarted_server_answers_for_the_jobs_of_the_one_that_died(tiny_pipe):
+    # What `vidrt serve --ray` does when Serve restarts a dead ingress: a new server over the
+    # same ledger (there a Ray actor) takes back every job record; none vanishes.
+    from vidrt.jobs import JobLedger
+
+    ledger = JobLedger()
+
+    def start():
+        cfg = ServeConfig(model="tiny-svd", height=32, width=32, num_frames=2, steps=2, no_warmup=True)
+        client = TestClient(create_app(Service(tiny_pipe, cfg, ledger=ledger)))
+        client.__enter__()
+        return client
+
+    first = start()
+    done = submit(first)
+    assert wait_final(first, done)["status"] == "completed"
+    running = submit(first, num_inference_steps=500)
+    while first.get(f"/v1/videos/{running}").json()["progress"]["step"] < 1:
+        time.sleep(0.02)
+    queued = submit(first, seed=5)
+    video = first.get(f"/v1/videos/{done}/content").content
+
+    second = start()  # the first one "died" here: the second sees only what the ledger kept
+    try:
+        assert second.get(f"/v1/videos/{done}").json()["status"] == "completed"
+        assert second.get(f"/v1/videos/{done}/content").content == video
+        for job, where in ((running, "running"), (queued, "waiting in the queue")):
+            view = second.get(f"/v1/videos/{job}").json()
+            assert view["status"] == "failed", view
+            assert view["error"] == f"the server restarted while the job was {where}; submit it again"
+        first.__exit__(None, None, None)  # stops its job within a step, freeing the pipeline
+        assert wait_final(second, submit(second))["status"] == "completed"
+    finally:
+        second.__exit__(None, None, None)
+
+
 def test_vidrt_serve_exits_0_on_sigterm_cancelling_the_running_job(tiny_engine_dir, tmp_path):
     import httpx
 
@@ -291,6 +338,23 @@ def test_load_benchmark_accounts_for_every_job(tiny_engine_dir, tmp_path):
     assert result["accepted"] == 4 and sum(result["ended"].values()) == 4
     assert set(result["ended"]) <= {"completed", "cancelled"} and result["ended"]["completed"] >= 2
     assert result["videos_per_min"] > 0 and result["server_rss"]["peak_mb"] > 0
+
+
+def test_load_benchmark_tells_a_plateau_from_a_leak():
+    from vidrt.benchmarks.load import RssSampler
+
+    def trend(samples):
+        sampler = RssSampler(None)
+        sampler.ended, sampler.samples = list(range(len(samples))), list(samples)
+        return sampler.stop()
+
+    warm_then_flat = trend([900 + min(i, 20) * 10 for i in range(100)])  # grows while warming, then flat
+    assert warm_then_flat["by_quarter_mb"] == [1100, 1100, 1100, 1100]
+    low, slope, high = warm_then_flat["second_half_mb_per_100_jobs"]
+    assert slope == pytest.approx(0, abs=1e-9)
+    leak = trend([900 + 0.5 * i + (i % 3) for i in range(100)])  # 0.5 MB per job, with noise
+    low, slope, high = leak["second_half_mb_per_100_jobs"]
+    assert low < 50 < high and low > 40
 
 
 # -- request batching ----------------------------------------------------------------

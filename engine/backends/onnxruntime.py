@@ -102,6 +102,11 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         opts = cls._options(ort)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's memory pattern plans one block per input-shape set on a session's second
+        # run while the arena keeps the first run's chunks: tiny-svd's server held 300 MB
+        # (40%) more from its second request on, for no measurable speed (1.2-1.4 s a call
+        # either way, benchmarks/RESULTS.md). The arena alone reuses the buffers.
+        opts.enable_mem_pattern = False
         try:
             session = ort.InferenceSession(str(artifact_dir / ARTIFACT), opts, providers=_providers(ort))
         except Exception as e:
