@@ -3,6 +3,7 @@
 SIGTERM."""
 
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -63,12 +64,13 @@ def final(url, job, timeout=300):
     raise AssertionError(f"job {job} did not end: {view}")
 
 
-@pytest.fixture
-def ray_server(tiny_engine_dir, tmp_path):
+@contextlib.contextmanager
+def serving(engine_dir, tmp_path, *flags):
+    """`vidrt serve --ray` on tiny-svd with ``flags``, once healthy: (url, process, log path)."""
     port = free_port()
     log_path = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "vidrt.cli", "serve", "--ray", "--replicas", "2", "--model", "tiny-svd",
-           "--engine-dir", str(tiny_engine_dir), "--backend", "onnxruntime", "--port", str(port), "--grace", "2",
+    cmd = [sys.executable, "-m", "vidrt.cli", "serve", "--ray", *flags, "--model", "tiny-svd",
+           "--engine-dir", str(engine_dir), "--backend", "onnxruntime", "--port", str(port), "--grace", "2",
            "--height", "32", "--width", "32", "--num-frames", "2", "--steps", "2"]
     env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
@@ -95,6 +97,12 @@ def ray_server(tiny_engine_dir, tmp_path):
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture
+def ray_server(tiny_engine_dir, tmp_path):
+    with serving(tiny_engine_dir, tmp_path, "--replicas", "2") as server:
+        yield server
 
 
 def test_ray_serve_runs_jobs_survives_dead_replicas_and_ingress_and_stops_on_sigterm(ray_server):
@@ -145,3 +153,21 @@ def test_ray_serve_runs_jobs_survives_dead_replicas_and_ingress_and_stops_on_sig
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, log_path.read_text()[-2000:]
+
+
+def test_ray_serve_scales_replicas_up_with_the_jobs_waiting(tiny_engine_dir, tmp_path):
+    # --min-replicas 1 --replicas 2: Serve's autoscaler (target one ongoing request per
+    # replica) starts a second replica when two jobs are in flight, and both run at once.
+    with serving(tiny_engine_dir, tmp_path, "--replicas", "2", "--min-replicas", "1") as (url, proc, log_path):
+        assert len(replica_processes()) == 1
+        long = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 5000, **REQUEST}).json()["id"]
+                for _ in range(2)]
+        end = time.time() + 240
+        while time.time() < end and not all(
+                httpx.get(f"{url}/v1/videos/{j}").json()["progress"]["step"] >= 1 for j in long):
+            time.sleep(0.5)
+        assert len(replica_processes()) == 2, log_path.read_text()[-2000:]
+        assert all(httpx.get(f"{url}/v1/videos/{j}").json()["status"] == "in_progress" for j in long)
+        for job in long:
+            assert httpx.delete(f"{url}/v1/videos/{job}").status_code == 200
+            assert final(url, job)["status"] == "cancelled"
