@@ -7,8 +7,8 @@ round runs each threshold on both sides, alternating, on the same inputs and see
 threshold it reports end-to-end and transformer seconds, evaluations run and skipped,
 each side's frames against its own threshold-0 frames (what caching costs in quality)
 and the two sides' frames against each other, and the time a skipped evaluation saved
-as a fraction of a full one: (T(0) - T(t)) / skipped(t) over T(0) / evaluations(0),
-with T the transformer's seconds (medians).
+as a fraction of a full one (saved_per_skip, from the transformer's median seconds
+against the first threshold's).
 """
 
 from __future__ import annotations
@@ -78,19 +78,48 @@ def _row(t: float, runs: dict, base: dict, denoiser: str) -> dict:
             continue
         seconds = statistics.median(r["stages"].get(denoiser, 0.0) for r in mine)
         zero_s = statistics.median(r["stages"].get(denoiser, 0.0) for r in zero)
-        counts = _counts(mine[-1]["cache"])
-        full0 = _counts(zero[-1]["cache"])["full"]
-        saved = None
-        if counts["skipped"] and full0:
-            saved = ((zero_s - seconds) / counts["skipped"]) / (zero_s / full0)
+        counts, counts0 = _counts(mine[-1]["cache"]), _counts(zero[-1]["cache"])
+        saved = saved_per_skip(zero_s, counts0["full"], counts0["skipped"], seconds, counts["skipped"])
         row[side] = {"end_to_end_s": summary([r["total"] for r in mine]), f"{denoiser}_s": seconds, **counts,
-                     "saved_per_skip_of_full": saved, "step_s": [list(r["unet_steps"]) for r in mine],
+                     "saved_per_skip_of_full": saved, "step_full_vs_skipped_s": step_medians(mine), "step_s": [list(r["unet_steps"]) for r in mine],
                      "vs_no_cache": parity(mine[-1]["frames"], zero[-1]["frames"])}
     if runs["engine"] and runs["baseline"]:
         row["parity"] = parity(runs["engine"][-1]["frames"], runs["baseline"][-1]["frames"])
         row["same_decisions"] = all(runs["engine"][-1]["cache"][n]["decisions"] == runs["baseline"][-1]["cache"].get(n, {}).get("decisions")
                                     for n in runs["engine"][-1]["cache"])
     return row
+
+
+def saved_per_skip(t0: float, full0: int, skipped0: int, t: float, skipped: int) -> float | None:
+    """What a skipped evaluation saves, as a fraction of a full one, from two runs of the
+    same request: t0 seconds with full0 evaluations run and skipped0 skipped (the first
+    threshold's run; MagCache may skip even at 0), t seconds with ``skipped`` skipped.
+
+    With c a full evaluation's cost, k a skip's and n = full0 + skipped0 evaluations:
+    t0 - t = (skipped - skipped0)(c - k) and t0 = full0 c + skipped0 k, so the saving
+    d = c - k = (t0 - t) / (skipped - skipped0) and c = (t0 + skipped0 d) / n.
+    None when the two runs skip as many evaluations.
+    """
+    if skipped == skipped0 or not full0:
+        return None
+    d = (t0 - t) / (skipped - skipped0)
+    return d * (full0 + skipped0) / (t0 + skipped0 * d)
+
+
+def step_medians(runs: list[dict]) -> tuple[float | None, float | None]:
+    """The median seconds of a step whose evaluations all ran and of one whose evaluations
+    were all skipped, over ``runs``: the saving read off single steps, which this machine's
+    drift between runs does not blur. A model with several transformers (Wan 2.2's
+    experts) lists their decisions in the order the steps ran them."""
+    full, skipped = [], []
+    for run in runs:
+        flags = [call for name in run["cache"] for call in run["cache"][name]["decisions"]]
+        for seconds, call in zip(run["unet_steps"], flags):
+            if all(call.values()):
+                full.append(seconds)
+            elif not any(call.values()):
+                skipped.append(seconds)
+    return (statistics.median(full) if full else None, statistics.median(skipped) if skipped else None)
 
 
 def _counts(cache: dict) -> dict:
@@ -114,6 +143,9 @@ def format_sweep(result: dict) -> str:
                 cells += ["-"] * (4 if side == "engine" else 3)
                 continue
             saved = "-" if s["saved_per_skip_of_full"] is None else f"{100 * s['saved_per_skip_of_full']:.0f}%"
+            full, skip = s["step_full_vs_skipped_s"]
+            if full and skip is not None:
+                saved += f"; a step {full:.1f} s -> {skip:.2f} s ({100 * (1 - skip / full):.0f}%)"
             cells += [f"{s['end_to_end_s']['median']:.1f} s", f"{s['full']}/{s['skipped']}", saved]
             if side == "engine":
                 cells.append(f"{s['vs_no_cache']['psnr_db']:.1f} dB")

@@ -381,9 +381,9 @@ class JobManager:
         # The request (its decoded image among it) is not needed once the job ended; only the
         # encoded videos count against keep_mb, so a kept record must not hold more than those.
         job.kwargs, job.config = {}, None
-        self._record(job)
         if status == COMPLETED:
             job.progress = Progress("done", job.progress.steps, job.progress.steps)
+        self._record(job)
         if self.metrics is not None:
             self.metrics.finished.labels(status).inc()
             if status == COMPLETED:

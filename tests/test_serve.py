@@ -272,10 +272,11 @@ def test_a_restarted_server_answers_for_the_jobs_of_the_one_that_died(tiny_pipe)
         time.sleep(0.02)
     queued = submit(first, seed=5)
     video = first.get(f"/v1/videos/{done}/content").content
+    done_view = first.get(f"/v1/videos/{done}").json()
 
     second = start()  # the first one "died" here: the second sees only what the ledger kept
     try:
-        assert second.get(f"/v1/videos/{done}").json()["status"] == "completed"
+        assert second.get(f"/v1/videos/{done}").json() == done_view  # status, progress, timings
         assert second.get(f"/v1/videos/{done}/content").content == video
         for job, where in ((running, "running"), (queued, "waiting in the queue")):
             view = second.get(f"/v1/videos/{job}").json()

@@ -330,3 +330,40 @@ def test_openvino_engines_decide_as_diffusers(family):
     assert got.timings.cache["transformer"]["decisions"] == log.summary()["transformer"]["decisions"]
     assert got.timings.cache["transformer"]["skipped"] > 0
     assert np.abs(got.frames - want).max() <= ATOL
+
+
+def test_saved_per_skip_reads_the_two_runs_right():
+    from vidrt.benchmarks.cache_sweep import saved_per_skip, step_medians
+
+    # A full evaluation costs 30 s, a skipped one 1 s, 16 evaluations a request: the first
+    # threshold's run skips 2 (MagCache can skip at 0), the other 8.
+    t0, t = 14 * 30 + 2 * 1, 8 * 30 + 8 * 1
+    assert saved_per_skip(t0, 14, 2, t, 8) == pytest.approx(29 / 30)
+    assert saved_per_skip(16 * 30, 16, 0, t, 8) == pytest.approx(29 / 30)
+    assert saved_per_skip(t0, 14, 2, t0, 2) is None
+    runs = [{"unet_steps": [30.0, 1.0, 29.0, 12.0], "cache": {"transformer": {"decisions": [
+        {"cond": True, "uncond": True}, {"cond": False, "uncond": False}, {"cond": True, "uncond": True},
+        {"cond": True, "uncond": False}]}}}]
+    assert step_medians(runs) == (29.5, 1.0)  # the half-skipped step counts as neither
+
+
+def test_cache_sweep_runs_both_sides_with_the_same_decisions(family, tmp_path):
+    """run-bench --cache-sweep: vidrt and diffusers-with-hook at each threshold in one run."""
+    from vidrt.cli import main
+
+    name, pipe, _ = family
+    if name != "tiny-wan":
+        pytest.skip("one family is enough")
+    out = tmp_path / "sweep.json"
+    assert main(["run-bench", "--model", name, "--backend", "onnxruntime", "--engine-dir", str(pipe.engine_dir),
+                 "--height", "32", "--width", "32", "--num-frames", "5", "--steps", str(STEPS), "--cache", "mag",
+                 "--mag-ratios", ",".join(map(str, MAG_RATIOS)), "--cache-sweep", "0,0.2", "--runs", "1",
+                 "--warmup", "0", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["threshold"] for r in rows] == [0, 0.2]
+    for row in rows:
+        assert row["same_decisions"] and row["parity"]["max_abs_err"] < ATOL
+        assert (row["engine"]["full"], row["engine"]["skipped"]) == (row["baseline"]["full"], row["baseline"]["skipped"])
+        assert row["engine"]["full"] + row["engine"]["skipped"] == 2 * STEPS  # Wan: a call per guidance half
+    assert rows[1]["engine"]["skipped"] > rows[0]["engine"]["skipped"]
+    assert rows[1]["engine"]["saved_per_skip_of_full"] is not None
