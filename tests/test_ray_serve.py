@@ -136,7 +136,8 @@ def test_ray_serve_runs_jobs_survives_dead_replicas_and_ingress_and_stops_on_sig
 
     # The ingress itself dies mid-job: Serve starts a new one, which still answers for every
     # job (from the ledger actor): ended ones as they were, the running one failed with why.
-    running = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 400, **REQUEST}).json()["id"]
+    # Long enough not to end before the kill (the orphaned request ends on its replica later).
+    running = httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 3000, **REQUEST}).json()["id"]
     while httpx.get(f"{url}/v1/videos/{running}").json()["status"] != "in_progress":
         time.sleep(0.2)
     ingress = replica_processes("VidrtIngress")
@@ -160,14 +161,18 @@ def test_ray_serve_scales_replicas_up_with_the_jobs_waiting(tiny_engine_dir, tmp
     # replica) starts a second replica when two jobs are in flight, and both run at once.
     with serving(tiny_engine_dir, tmp_path, "--replicas", "2", "--min-replicas", "1") as (url, proc, log_path):
         assert len(replica_processes()) == 1
-        long = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 5000, **REQUEST}).json()["id"]
+        # Far more steps than the test waits for: neither job ends on its own, so the second
+        # can only start on a second replica.
+        long = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 200000, **REQUEST}).json()["id"]
                 for _ in range(2)]
-        end = time.time() + 240
+        end = time.time() + 300
         while time.time() < end and not all(
-                httpx.get(f"{url}/v1/videos/{j}").json()["progress"]["step"] >= 1 for j in long):
+                (v := httpx.get(f"{url}/v1/videos/{j}").json())["status"] == "in_progress" and v["progress"]["step"] >= 1
+                for j in long):
             time.sleep(0.5)
         assert len(replica_processes()) == 2, log_path.read_text()[-2000:]
-        assert all(httpx.get(f"{url}/v1/videos/{j}").json()["status"] == "in_progress" for j in long)
+        views = [httpx.get(f"{url}/v1/videos/{j}").json() for j in long]
+        assert all(v["status"] == "in_progress" and 1 <= v["progress"]["step"] < 200000 for v in views), views
         for job in long:
             assert httpx.delete(f"{url}/v1/videos/{job}").status_code == 200
             assert final(url, job)["status"] == "cancelled"
