@@ -151,7 +151,13 @@ def deploy(cfg, address: str | None, replicas: int, min_replicas: int | None, cp
     from .server import Service, create_app
     from .sources import resolve_model
 
-    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as e:
+        raise VidrtError(
+            f"cannot join the Ray cluster at {address} ({type(e).__name__}: {str(e).splitlines()[0]}): check the "
+            "address with `ray status`; for a cluster with token authentication (Ray's default since 2.59) set "
+            "RAY_AUTH_MODE=token, with the token in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     model = resolve_model(cfg.model, seed=cfg.seed, motion_adapter=cfg.motion_adapter, progress=False)
     scaling = {"num_replicas": replicas} if min_replicas is None else {"autoscaling_config": {

@@ -176,3 +176,21 @@ def test_ray_serve_scales_replicas_up_with_the_jobs_waiting(tiny_engine_dir, tmp
         for job in long:
             assert httpx.delete(f"{url}/v1/videos/{job}").status_code == 200
             assert final(url, job)["status"] == "cancelled"
+
+
+def test_a_cluster_that_cannot_be_joined_is_one_line(tiny_engine_dir, monkeypatch, capsys):
+    # What Ray raises for a wrong address or a token-authenticated cluster joined without
+    # RAY_AUTH_MODE=token (seen with `ray start --head` on Ray 2.60).
+    import ray
+
+    from vidrt import cli
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6390")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    assert cli.main(["serve", "--ray", "--address", "127.0.0.1:6390", "--model", "tiny-svd", "--engine-dir",
+                     str(tiny_engine_dir), "--backend", "onnxruntime"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "vidrt: error:" in line or "Traceback" in line]
+    assert len(err) == 1 and err[0].startswith("vidrt: error: cannot join the Ray cluster at 127.0.0.1:6390 "), err
+    assert "RAY_AUTH_MODE=token" in err[0]  # the build's progress bars above it are stderr too
