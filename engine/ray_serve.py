@@ -19,6 +19,7 @@ Requests are checked on the ingress with the model's description alone (no engin
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 from .control import Cancelled, Progress
 from .errors import VidrtError
@@ -55,14 +56,23 @@ class RemotePipeline:
         self.model = model
         self._handle_factory = handle_factory
         self._handle = None
+        self._handle_lock = threading.Lock()
+
+    def _stream_handle(self):
+        # The first .options() call creates the handle's router, and Serve's is not thread-safe:
+        # two workers doing it at once make two routers under one handle id, whose load
+        # reports overwrite each other at the controller, so the autoscaler never sees more
+        # than one job in flight (seen: two jobs accepted together never scaled past one replica).
+        with self._handle_lock:
+            if self._handle is None:
+                self._handle = self._handle_factory().options(stream=True)
+            return self._handle
 
     def generate(self, on_progress=None, cancel=None, **kwargs):
         from .pipeline_base import StageTimings, VideoPipelineOutput
 
-        if self._handle is None:
-            self._handle = self._handle_factory()
         payload = kwargs | {"generator": _seeds(kwargs.get("generator"))}
-        stream = self._handle.options(stream=True).run.remote(payload)
+        stream = self._stream_handle().run.remote(payload)
         try:
             for kind, value in stream:
                 if kind == "progress":

@@ -3,6 +3,7 @@
 SIGTERM."""
 
 import base64
+import concurrent.futures
 import contextlib
 import io
 import os
@@ -162,9 +163,11 @@ def test_ray_serve_scales_replicas_up_with_the_jobs_waiting(tiny_engine_dir, tmp
     with serving(tiny_engine_dir, tmp_path, "--replicas", "2", "--min-replicas", "1") as (url, proc, log_path):
         assert len(replica_processes()) == 1
         # Far more steps than the test waits for: neither job ends on its own, so the second
-        # can only start on a second replica.
-        long = [httpx.post(f"{url}/v1/videos", json={"image": png_b64(), "num_inference_steps": 200000, **REQUEST}).json()["id"]
-                for _ in range(2)]
+        # can only start on a second replica. Posted together, as the ingress's two workers
+        # then reach the replica handle at once (how CI once saw it never scale).
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            long = list(pool.map(lambda _: httpx.post(f"{url}/v1/videos", json={
+                "image": png_b64(), "num_inference_steps": 200000, **REQUEST}).json()["id"], range(2)))
         end = time.time() + 300
         while time.time() < end and not all(
                 (v := httpx.get(f"{url}/v1/videos/{j}").json())["status"] == "in_progress" and v["progress"]["step"] >= 1
@@ -176,6 +179,33 @@ def test_ray_serve_scales_replicas_up_with_the_jobs_waiting(tiny_engine_dir, tmp
         for job in long:
             assert httpx.delete(f"{url}/v1/videos/{job}").status_code == 200
             assert final(url, job)["status"] == "cancelled"
+
+
+def test_the_ingress_routes_every_job_through_one_handle_router():
+    # Serve's DeploymentHandle makes its router on the first .options() call, with no lock:
+    # two ingress workers starting jobs at once made two routers under one handle id, whose
+    # load reports replace each other at the controller (the autoscaler then saw one job in
+    # flight, never two). The fake's .options() is as slow and unlocked as Serve's.
+    from vidrt.ray_serve import RemotePipeline
+
+    routers = []
+
+    class Handle:
+        def options(self, stream=False):
+            assert stream
+            time.sleep(0.2)
+            routers.append(object())
+            return self
+
+        class run:  # noqa: N801 - a deployment method as the handle exposes it
+            @staticmethod
+            def remote(payload):
+                return iter([("done", ([payload["seed"]], {}))])
+
+    pipe = RemotePipeline(model=None, handle_factory=lambda: Handle())
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda s: pipe.generate(seed=s), range(2)))
+    assert len(routers) == 1 and [o.frames for o in outs] == [[0], [1]]
 
 
 def test_a_cluster_that_cannot_be_joined_is_one_line(tiny_engine_dir, monkeypatch, capsys):
