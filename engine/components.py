@@ -181,6 +181,6 @@ def _eval_dim(expr: str, dims: Mapping[str, int]) -> int:
 def component_kind(component: str) -> str:
     """The component a part belongs to: a split text encoder's ``text_encoder_partN`` are
     described, profiled and given precisions as ``text_encoder`` (models' ``text_parts``); a
-    transformer cut for step caching, ``transformer_head``/``_body``/``_out``, as ``transformer``
-    (vidrt.split)."""
-    return re.sub(r"_(part\d+|head|body|out)$", "", component)
+    transformer cut for step caching, ``transformer_head``/``_body``/``_out`` (or ``_embed``/``_blocks``),
+    as ``transformer`` (vidrt.split)."""
+    return re.sub(r"_(part\d+|head|body|embed|blocks|out)$", "", component)

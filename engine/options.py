@@ -60,9 +60,10 @@ class EngineOptions:
         """``model`` as the build sees it: the transformer cut in stages under --cache."""
         from .step_cache import split_for_cache
 
-        if self.cache_config() is None:
+        cache = self.cache_config()
+        if cache is None:
             return model
-        return split_for_cache(model, self.precision, self.component_precisions())
+        return split_for_cache(model, cache, self.precision, self.component_precisions())
 
     def trt_options(self):
         """TrtOptions from the flags (shape ranges checked here, before any work)."""

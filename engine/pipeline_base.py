@@ -27,7 +27,7 @@ from .layout import default_engine_dir
 from .loop import LoopState
 from .samplers import check_sampler, draw_noise, make_sampler
 from .sources import check_unet_weights, check_weight_paths, resolve_model
-from .split import STAGES
+from .split import stage_names
 from .step_cache import CachedDenoiser, as_cache_config, split_for_cache, summarize
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -160,7 +160,7 @@ class BasePipeline(abc.ABC):
             check_unet_weights(m, unet_weights)
         cache = as_cache_config(cache, cache_threshold)
         if cache is not None:
-            m = split_for_cache(m, precision, component_precision)
+            m = split_for_cache(m, cache, precision, component_precision)
         check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         check_on_demand(on_demand, m.specs())
@@ -180,7 +180,7 @@ class BasePipeline(abc.ABC):
         engines = load_engines(engine_dir, backend_cls, precision, m, component_precision, backend_options, on_demand)
         if cache is not None:
             for e in m.denoisers:
-                stages = {s: engines.pop(f"{e}_{s}") for s in STAGES}
+                stages = {role: engines.pop(c) for role, c in stage_names(e, m.split_denoisers).items()}
                 engines[e] = CachedDenoiser(e, stages, cache, per_half=m.cache_contexts == "per-half")
         pipe = family_pipeline(m.kind)(m, engines, sampler, backend_cls.name, precision, engine_dir, backend_cls.device, cuda_graphs)
         pipe.builds = builds
@@ -203,6 +203,8 @@ class BasePipeline(abc.ABC):
             raise VidrtError("this pipeline was loaded without a step cache; load it with cache='first-block' or 'mag'")
         if config is None:
             raise VidrtError("set_cache needs a method; to run without skipping, pass cache_threshold=0")
+        for e in denoisers.values():
+            e.check(config)
         with self._lock:
             for e in denoisers.values():
                 e.config = config

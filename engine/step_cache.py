@@ -1,9 +1,12 @@
-"""Step caching: skip the transformer's later blocks on steps where they would change little.
+"""Step caching: skip the transformer's blocks on steps where they would change little.
 
-The transformer runs as three engines (vidrt.split): ``head`` (embeddings and the first
-block), ``body`` (the other blocks), ``out`` (final norm and projection). Each call, a
-policy decides from the head's result whether the body runs or its cached residual
-stands in for it; ``out`` always runs. The policies follow diffusers' hooks decision for
+The transformer runs as three engines (vidrt.split): ``head`` (embeddings, and for First
+Block Cache the first block), ``body`` (the other blocks), ``out`` (final norm and
+projection). Each call, a policy decides from the head's result whether the body runs or
+its cached residual stands in for it; ``out`` always runs. MagCache, deciding from its
+table alone, gets a head without the first block (``HEAD``), so its skipped steps run no
+block; First Block Cache's head must hold the first block, and MagCache runs on that one
+too (a pipeline loaded for first-block can switch to mag, not back). The policies follow diffusers' hooks decision for
 decision (diffusers/hooks/first_block_cache.py, diffusers/hooks/mag_cache.py):
 
 - ``first-block`` (First Block Cache): the body runs when the first block's residual
@@ -33,6 +36,7 @@ from .backends.base import held
 from .errors import VidrtError
 
 METHODS = ("first-block", "mag")
+HEAD = {"first-block": "first-block", "mag": "embeddings"}  # the cut each loads (vidrt.split.HEADS)
 DEFAULT_THRESHOLD = {"first-block": 0.05, "mag": 0.06}  # diffusers' FirstBlockCacheConfig / MagCacheConfig
 
 
@@ -188,11 +192,21 @@ class CachedDenoiser:
         self.name = name
         self.head, self.body, self.out = engines["head"], engines["body"], engines["out"]
         self.spec = self.out.spec
+        # the head holds the first block (its outputs include the streams after it)
+        self.first_block = any(t.name == "hidden_first" for t in self.head.spec.outputs)
+        self.check(config)
         self.config = config
         self.per_half = per_half
-        self.streams = [t.name[: -len("_first")] for t in self.body.spec.inputs if t.name.endswith("_first")]
         self._batched = {t.name for t in self.body.spec.inputs if t.dims[0] == "B"}
+        self._in_place = [t.name for t in self.body.spec.outputs] == ["hidden_last"]
         self.policy, self.states, self.labels, self.calls = None, [], (), []
+
+    def check(self, config: CacheConfig) -> None:
+        """Raises VidrtError if ``config``'s method cannot run on these engines."""
+        if config.method == "first-block" and not self.first_block:
+            raise VidrtError(f"{self.name}: this pipeline was loaded for cache='mag', whose head engine has no first "
+                             "block, and First Block Cache decides from it; load it with cache='first-block' (which "
+                             "can switch to 'mag' later)")
 
     def begin_request(self, groups: int, steps: int) -> None:
         """Fresh states for a request of ``groups`` guidance halves and ``steps`` steps."""
@@ -221,7 +235,8 @@ class CachedDenoiser:
         head = self.head(sample=sample, timestep=timestep, **inputs)
         rows = sample.shape[0] // len(self.states)
         parts = [slice(g * rows, (g + 1) * rows) for g in range(len(self.states))]
-        hidden_in, hidden_first = head["hidden_in"], head["hidden_first"]
+        hidden_in = head["hidden_in"]
+        hidden_first = head["hidden_first"] if self.first_block else hidden_in
         run = [self.policy.decide(s, hidden_in[p], hidden_first[p]) for s, p in zip(self.states, parts)]
         hidden_last = torch.empty_like(hidden_first)
         if any(run):
@@ -229,7 +244,7 @@ class CachedDenoiser:
             lo, hi = min(p.start for p, r in zip(parts, run) if r), max(p.stop for p, r in zip(parts, run) if r)
             feeds = {t.name: head[t.name] for t in self.body.spec.inputs}
             feeds = {k: (v[lo:hi] if k in self._batched else v) for k, v in feeds.items()}
-            if hi - lo == len(hidden_last) and self.streams == ["hidden"]:
+            if hi - lo == len(hidden_last) and self._in_place:
                 self.body(**feeds, out={"hidden_last": hidden_last})  # written in place: no copy
             else:
                 hidden_last[lo:hi] = self.body(**feeds)["hidden_last"]
@@ -267,8 +282,9 @@ def as_cache_config(cache, threshold) -> CacheConfig | None:
     return CacheConfig(cache, threshold)
 
 
-def split_for_cache(model, precision: str, component_precision: dict | None):
-    """The model with its transformer(s) as head/body/out components (vidrt.split).
+def split_for_cache(model, cache: CacheConfig, precision: str, component_precision: dict | None):
+    """The model with its transformer(s) in three components, cut for ``cache``'s method
+    (``HEAD``, vidrt.split).
 
     Raises:
         VidrtError: the family has no cache support (the U-Net families), or the
@@ -281,4 +297,4 @@ def split_for_cache(model, precision: str, component_precision: dict | None):
     if quantized & {"int8", "fp8"}:
         raise VidrtError("step caching runs float engines (fp32, fp16, bf16); int8/fp8 with a cache is not supported "
                          "yet: drop --cache or pick a float --precision")
-    return dataclasses.replace(model, split_denoisers=True)
+    return dataclasses.replace(model, split_denoisers=HEAD[cache.method])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vidrt.split import ALL_STAGES
+
 from .split_graphs import DenoiserStages, stage_graph
 from .wan_graphs import _rotary
 
@@ -215,7 +217,7 @@ class CogVideoXVaeChunkGraph(CogVideoXVaeDecoderGraph):
 COGVIDEOX_GRAPHS = {
     ("transformer", "CogVideoXTransformer3DModel"): CogVideoXTransformerGraph,
     **{(f"transformer_{stage}", "CogVideoXTransformer3DModel"):
-       (lambda m, stage=stage: stage_graph(stage, CogVideoXTransformerGraph(m), 2)) for stage in ("head", "body", "out")},
+       (lambda m, stage=stage: stage_graph(stage, CogVideoXTransformerGraph(m), 2)) for stage in ALL_STAGES},
     ("vae_encoder", "AutoencoderKLCogVideoX"): CogVideoXVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLCogVideoX"): CogVideoXVaeDecoderGraph,
     ("vae_decoder_chunk", "AutoencoderKLCogVideoX"): CogVideoXVaeChunkGraph,

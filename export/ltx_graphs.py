@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vidrt.split import ALL_STAGES
+
 from .split_graphs import DenoiserStages, stage_graph
 from .wan_graphs import _rotary, exportable_transformer
 
@@ -186,7 +188,7 @@ class LTXVaeDecoderGraph(torch.nn.Module):
 LTX_GRAPHS = {
     ("transformer", "LTXVideoTransformer3DModel"): LTXTransformerGraph,
     **{(f"transformer_{stage}", "LTXVideoTransformer3DModel"): (lambda m, stage=stage: stage_graph(stage, LTXTransformerGraph(m), 1))
-       for stage in ("head", "body", "out")},
+       for stage in ALL_STAGES},
     ("vae_encoder", "AutoencoderKLLTXVideo"): LTXVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLLTXVideo"): LTXVaeDecoderGraph,
 }

@@ -1,6 +1,7 @@
 """A diffusion transformer cut into three graphs at its block loop, for step caching
 (vidrt.step_cache): ``head`` (input embeddings and the first block), ``body`` (every
-later block) and ``out`` (final norm, projection, unpatchify).
+later block) and ``out`` (final norm, projection, unpatchify); or, cut before the first
+block (vidrt.split.HEADS), ``embed`` (input embeddings) and ``blocks`` (every block).
 
 A family describes its transformer as :class:`DenoiserStages`: ``embed`` (the code
 before the block loop), ``run_block`` (one block call) and ``finish`` (the code after
@@ -45,29 +46,34 @@ class DenoiserStages(torch.nn.Module):
 
 
 class HeadGraph(torch.nn.Module):
-    """Inputs -> (each stream before the first block, each after it, context, final)."""
+    """Inputs -> (each stream before the first block, [with_first_block: each after it,]
+    context, final)."""
 
-    def __init__(self, stages: DenoiserStages):
+    def __init__(self, stages: DenoiserStages, with_first_block: bool):
         super().__init__()
         self.stages = stages
+        self.with_first_block = with_first_block
 
     def forward(self, *inputs):
         streams, context, final = self.stages.embed(*inputs)
+        if not self.with_first_block:
+            return (*streams, *context, *final)
         first = self.stages.run_block(self.stages.blocks[0], streams, context)
         return (*streams, *first, *context, *final)
 
 
 class BodyGraph(torch.nn.Module):
-    """(streams after the first block, context) -> streams after the last block."""
+    """(streams before block ``start``, context) -> streams after the last block."""
 
-    def __init__(self, stages: DenoiserStages, n_streams: int):
+    def __init__(self, stages: DenoiserStages, n_streams: int, start: int):
         super().__init__()
         self.stages = stages
         self.n_streams = n_streams
+        self.start = start
 
     def forward(self, *tensors):
         streams, context = tuple(tensors[: self.n_streams]), tuple(tensors[self.n_streams :])
-        for block in self.stages.blocks[1:]:
+        for block in self.stages.blocks[self.start :]:
             streams = self.stages.run_block(block, streams, context)
         return streams if len(streams) > 1 else streams[0]
 
@@ -84,9 +90,9 @@ class OutGraph(torch.nn.Module):
 
 
 def stage_graph(stage: str, stages: DenoiserStages, n_streams: int) -> torch.nn.Module:
-    """The head, body or out graph of a family's stages."""
-    if stage == "head":
-        return HeadGraph(stages)
-    if stage == "body":
-        return BodyGraph(stages, n_streams)
+    """The graph of one stage (a name in vidrt.split.ALL_STAGES) of a family's stages."""
+    if stage in ("head", "embed"):
+        return HeadGraph(stages, with_first_block=stage == "head")
+    if stage in ("body", "blocks"):
+        return BodyGraph(stages, n_streams, start=1 if stage == "body" else 0)
     return OutGraph(stages)

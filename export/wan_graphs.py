@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vidrt.split import ALL_STAGES
+
 from .split_graphs import DenoiserStages, stage_graph
 
 
@@ -236,7 +238,7 @@ WAN_GRAPHS = {
     ("transformer", "WanTransformer3DModel"): WanTransformerGraph,
     ("transformer_2", "WanTransformer3DModel"): WanTransformerGraph,
     **{(f"{e}_{stage}", "WanTransformer3DModel"): (lambda m, stage=stage: stage_graph(stage, WanStages(m), 1))
-       for e in ("transformer", "transformer_2") for stage in ("head", "body", "out")},
+       for e in ("transformer", "transformer_2") for stage in ALL_STAGES},
     ("vae_decoder", "AutoencoderKLWan"): WanVaeFirstChunkGraph,
     ("vae_decoder_chunk", "AutoencoderKLWan"): WanVaeChunkGraph,
 }

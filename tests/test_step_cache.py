@@ -74,6 +74,18 @@ def family(request, cog_two_blocks, tmp_path_factory):
     return request.param, pipe, ref
 
 
+@pytest.fixture(scope="module")
+def mag_pipe(family, cog_two_blocks):
+    """The family's pipeline loaded for MagCache: its transformer cut before the first
+    block (vidrt.split HEADS["embeddings"]; the out engine is the first-block cut's)."""
+    from vidrt import CacheConfig, VideoPipeline
+
+    name, pipe, _ = family
+    return VideoPipeline.from_pretrained(_source(name, cog_two_blocks), engine_dir=pipe.engine_dir,
+                                         backend="onnxruntime", progress=False,
+                                         cache=CacheConfig("mag", mag_ratios=MAG_RATIOS))
+
+
 def run_both(pipe, ref, cache, kw):
     from vidrt.benchmarks import cache_hooks
 
@@ -104,10 +116,11 @@ def calibrated_ratios(ref, kw, capsys) -> list[list[float]]:
 
 @pytest.mark.parametrize("method", ["first-block", "mag"])
 @pytest.mark.parametrize("guided", [False, True])
-def test_decisions_and_frames_match_diffusers(family, method, guided, capsys):
+def test_decisions_and_frames_match_diffusers(family, mag_pipe, method, guided, capsys):
     from vidrt import CacheConfig
 
     name, pipe, ref = family
+    pipe = mag_pipe if method == "mag" else pipe
     kw = dict(REQUEST[name], guidance_scale=GUIDED[name] if guided else 1.0)
     ratios = MAG_RATIOS if method == "mag" else None
     skipped = 0
@@ -124,11 +137,12 @@ def test_decisions_and_frames_match_diffusers(family, method, guided, capsys):
     assert skipped > 0  # the cached path ran, not only full evaluations
 
 
-def test_mag_calibration_matches_diffusers(family, capsys):
+def test_mag_calibration_matches_diffusers(family, mag_pipe, capsys):
     """vidrt's calibration run measures the ratios diffusers' calibration prints."""
     from vidrt import CacheConfig
 
-    name, pipe, ref = family
+    name, _, ref = family
+    pipe = mag_pipe
     if name == "tiny-wan22":
         pytest.skip("diffusers' calibration of one Wan 2.2 expert never completes (it sees fewer calls than steps)")
     kw = dict(REQUEST[name], guidance_scale=GUIDED[name])
@@ -159,6 +173,28 @@ def test_threshold_zero_runs_every_evaluation_and_equals_the_uncached_transforme
     counts = got.timings.cache
     assert all(c["skipped"] == 0 and c["full"] > 0 for c in counts.values())
     assert np.abs(got.frames - want).max() <= 1e-5
+
+
+def test_mag_runs_the_same_on_either_cut(family, mag_pipe):
+    """A pipeline loaded for first-block switched to mag (its head holds the first block)
+    decides and denoises as one loaded for mag (embeddings-only head); the mag one cannot
+    switch to first-block, which needs the first block's output."""
+    from vidrt import CacheConfig
+
+    name, pipe, _ = family
+    if name != "tiny-ltx":
+        pytest.skip("one family is enough")
+    assert {"transformer_embed", "transformer_blocks"} <= set(mag_pipe.model.specs())
+    kw = dict(REQUEST[name], guidance_scale=GUIDED[name])
+    cache = CacheConfig("mag", 0.2, mag_ratios=MAG_RATIOS)
+    pipe.set_cache(cache)
+    mag_pipe.set_cache(cache)
+    want = pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np")
+    got = mag_pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert got.timings.cache == want.timings.cache and got.timings.cache["transformer"]["skipped"] > 0
+    assert np.abs(got.frames - want.frames).max() <= 1e-5
+    with pytest.raises(VidrtError, match="loaded for cache='mag'.*load it with cache='first-block'"):
+        mag_pipe.set_cache("first-block", 0.1)
 
 
 def test_wan22_experts_keep_their_own_state(family):
@@ -228,7 +264,7 @@ def test_split_profiles_agree_on_tokens():
     from vidrt.sources import resolve_model
     from vidrt.trt_plan import ShapeRequest, derive_profiles
 
-    m = dataclasses.replace(resolve_model("tiny-wan", progress=False), split_denoisers=True)
+    m = dataclasses.replace(resolve_model("tiny-wan", progress=False), split_denoisers="first-block")
     specs = m.specs()
     request = ShapeRequest.from_flags("batch=1,frames=5,height=16,width=16", "batch=1,frames=9,height=32,width=48",
                                       "batch=2,frames=17,height=64,width=64", None)

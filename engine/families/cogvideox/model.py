@@ -49,7 +49,7 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
     scheduler: dict
     preset: dict | None
     image_to_video: bool = False  # a CogVideoXImageToVideoPipeline folder
-    split_denoisers: bool = False  # the transformer as head/body/out engines (step caching)
+    split_denoisers: str | None = None  # the transformer in three engines, cut as vidrt.split.HEADS[this] (step caching)
 
     denoiser = "transformer"
     family_name = "CogVideoX"

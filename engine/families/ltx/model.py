@@ -51,7 +51,7 @@ class LTXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     scheduler: dict
     preset: dict | None
     image_to_video: bool = False  # an LTXImageToVideoPipeline folder
-    split_denoisers: bool = False  # the transformer as head/body/out engines (step caching)
+    split_denoisers: str | None = None  # the transformer in three engines, cut as vidrt.split.HEADS[this] (step caching)
 
     denoiser = "transformer"
     family_name = "LTX-Video"

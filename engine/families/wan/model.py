@@ -52,7 +52,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     scheduler: dict
     boundary_ratio: float | None
     preset: dict | None
-    split_denoisers: bool = False  # each expert as head/body/out engines (step caching)
+    split_denoisers: str | None = None  # each expert in three engines, cut as vidrt.split.HEADS[this] (step caching)
 
     kind = "wan"
     pipeline_class = "WanPipeline"
