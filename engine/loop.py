@@ -5,13 +5,17 @@ if the model has any, hold the SVD image latents, written once), one UNet call
 for both guidance halves, guidance combined into a reused buffer, sampler step
 in place.
 The step body reads the step's scalars from a small tensor, so on a GPU it is
-captured once per shape as a CUDA graph and replayed for every step.
+captured once per shape as a CUDA graph and replayed for every step. A step-cached
+transformer (vidrt.step_cache) is two graphs with the host's decision between them: its
+head, then the rest for that decision pattern.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import time
 
 import torch
@@ -53,6 +57,9 @@ class Conditioning:
         return tuple(shape)
 
 
+_SERIALS = itertools.count(1)
+
+
 @dataclasses.dataclass
 class StepBuffers:
     """Everything one step reads or writes, allocated once per shape. A captured CUDA
@@ -69,6 +76,7 @@ class StepBuffers:
     coef: torch.Tensor  # this step's sampler coefficients, on the device
     noise: torch.Tensor | None
     host_noise: torch.Tensor | None  # where a CPU generator draws before the copy
+    serial: int = 0  # which allocation: a graph captured on evicted buffers never replays on new ones
 
     @classmethod
     def allocate(cls, groups: int, latents: torch.Tensor, cond: Conditioning, guidance, n_coef: int,
@@ -87,6 +95,7 @@ class StepBuffers:
             # zeros: a step that draws no noise multiplies this by 0, which must not be NaN
             noise=torch.zeros_like(latents) if needs_noise else None,
             host_noise=torch.empty(latents.shape, pin_memory=dev.type == "cuda") if on_host else None,
+            serial=next(_SERIALS),
         )
 
 
@@ -101,22 +110,35 @@ class ExpertSwitch:
 
 
 class LoopState:
-    """What a pipeline keeps across requests: step buffers and CUDA graphs, per shape."""
+    """What a pipeline keeps across requests: step buffers and CUDA graphs, per shape.
 
-    def __init__(self, use_cuda_graphs: bool = True, capacity: int = MAX_CACHED_SHAPES):
+    ``capture`` turns a step function into an object whose ``replay()`` runs it: CUDA
+    graph capture unless given (tests stand in for it on the CPU); given, the loop replays
+    on any device.
+    """
+
+    def __init__(self, use_cuda_graphs: bool = True, capacity: int = MAX_CACHED_SHAPES, capture=None):
         self.use_cuda_graphs = use_cuda_graphs
         self.buffers = BoundedCache(capacity)
-        self.graphs = BoundedCache(capacity)
+        # a step cache makes up to five graphs per shape (its head, one per decision pattern)
+        self.graphs = BoundedCache(capacity * 5)
+        self.warmed = BoundedCache(capacity * 5)  # graph keys whose step ran once, eagerly
+        self.capture = capture or capture_cuda_graph
+        self.any_device = capture is not None
 
 
-def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guidance, videos: int, channels: int):
-    """One denoising step on device tensors only (capturable)."""
-    groups = 2 if guidance is not None else 1
+def _step_inputs(b: StepBuffers, latents, cond: Conditioning, videos: int, channels: int, groups: int) -> dict:
+    """Writes the step's denoiser inputs (scaled latents per guidance half, timestep) into
+    their buffers; returns the denoiser's feeds."""
     for g in range(groups):
         own = b.unet_in[g * videos : (g + 1) * videos].narrow(cond.channel_axis, 0, channels)
         torch.mul(latents, b.coef[0], out=own)
     b.timestep.copy_(b.coef[1:2])
-    unet(sample=b.unet_in, timestep=b.timestep, **cond.inputs, out={"noise_pred": b.unet_out})
+    return {"sample": b.unet_in, "timestep": b.timestep, **cond.inputs}
+
+
+def _step_update(sampler, b: StepBuffers, latents, guidance, videos: int) -> None:
+    """Guidance combined, then the sampler's update of the latents in place."""
     model_out = b.unet_out
     if guidance is not None:
         uncond, cond_pred = b.unet_out[:videos], b.unet_out[videos:]
@@ -124,6 +146,24 @@ def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guida
         b.guided.mul_(guidance).add_(uncond)
         model_out = b.guided
     sampler.apply(latents, model_out, b.coef, b.noise)
+
+
+def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guidance, videos: int, channels: int):
+    """One denoising step on device tensors only (capturable)."""
+    feeds = _step_inputs(b, latents, cond, videos, channels, 2 if guidance is not None else 1)
+    unet(**feeds, out={"noise_pred": b.unet_out})
+    _step_update(sampler, b, latents, guidance, videos)
+
+
+def _step_head(unet, b: StepBuffers, videos: int, channels: int, groups: int) -> None:
+    """A cached denoiser's step up to its decision (device only: capturable)."""
+    unet.run_head(**_step_inputs(b, b.latents, b.cond, videos, channels, groups))
+
+
+def _step_rest(unet, sampler, b: StepBuffers, run: tuple, videos: int) -> None:
+    """A cached denoiser's step after its decision ``run`` (device only: capturable)."""
+    unet.run_rest(run, out={"noise_pred": b.unet_out}, sample=b.unet_in, timestep=b.timestep, **b.cond.inputs)
+    _step_update(sampler, b, b.latents, b.guidance, videos)
 
 
 def denoise(
@@ -186,7 +226,8 @@ def denoise(
         extra = b.unet_in.narrow(cond.channel_axis, channels, cond.sample_extra.shape[1])
         extra.copy_(cond.sample_extra.unsqueeze(3 - cond.channel_axis))
     cuda = latents.device.type == "cuda"
-    graphs = cuda and state.use_cuda_graphs and sampler.capturable and getattr(unet, "supports_cuda_graphs", False)
+    graphs = (cuda or state.any_device) and state.use_cuda_graphs and sampler.capturable and all(
+        getattr(d, "supports_cuda_graphs", False) for d in (unet, switch.unet if switch is not None else None) if d)
     coefs = coefs.pin_memory() if cuda else coefs
     timer = _Timer(cuda)
     copied = None
@@ -219,11 +260,18 @@ def denoise(
                 else:
                     sampler.draw(latents.shape, generator, out=b.noise)
             # Graphs replay from each denoiser's second step: its first runs eagerly, which also
-            # warms TensorRT up (profiles set, lazy allocations done) before capture.
+            # warms TensorRT up (profiles set, lazy allocations done); so does each graph's first run.
             if graphs and i > 0 and not (switch is not None and i == switch.step):
-                graph = state.graphs.get(key) or _capture(state, key, unet, sampler, b, videos, channels)
                 with timer.span(step_times):
-                    graph.replay()
+                    if hasattr(unet, "decide"):  # a step cache: two graphs around the host's decision
+                        feeds = {"sample": b.unet_in, "timestep": b.timestep, **b.cond.inputs}
+                        own = (*key, b.serial, *unet.graph_key(**feeds))
+                        _run_graph(state, (*own, "head"), functools.partial(_step_head, unet, b, videos, channels, groups))
+                        run = unet.decide(**feeds)
+                        _run_graph(state, (*own, run), functools.partial(_step_rest, unet, sampler, b, run, videos))
+                    else:
+                        _run_graph(state, (*key, b.serial), functools.partial(
+                            _step_body, unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels))
             else:
                 with timer.span(step_times):
                     _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
@@ -233,11 +281,26 @@ def denoise(
     return b.latents.clone()  # the buffer belongs to the next request of this shape
 
 
-def _capture(state, key, unet, sampler, b: StepBuffers, videos, channels):
+def _run_graph(state: LoopState, key, step) -> None:
+    """Runs ``step`` (device work only) as the graph under ``key``. Its first run is eager
+    and it is captured at its second: TensorRT wants one run of a context at a shape before
+    a capture (a step cache's body meets a new row count with a new decision pattern)."""
+    graph = state.graphs.get(key)
+    if graph is None:
+        if state.warmed.get(key) is None:
+            state.warmed.put(key, True)
+            step()
+            return
+        graph = state.capture(step)
+        state.graphs.put(key, graph)
+    graph.replay()
+
+
+def capture_cuda_graph(step):
+    """``step``'s kernels captured as a CUDA graph on the current stream (not run)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=torch.cuda.current_stream()):
-        _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
-    state.graphs.put(key, graph)
+        step()
     return graph
 
 

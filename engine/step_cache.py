@@ -33,6 +33,7 @@ import dataclasses
 import torch
 
 from .backends.base import held
+from .cache import MAX_CACHED_SHAPES, BoundedCache
 from .errors import VidrtError
 
 METHODS = ("first-block", "mag")
@@ -86,14 +87,15 @@ class CacheConfig:
 
 
 class _FirstBlockState:
+    """One cache context's host state: whether a full evaluation has run yet."""
+
     def __init__(self):
-        self.head_residual = None  # the first block's residual at the last full evaluation
-        self.tail_residual = None  # last block's output - first block's output, then
+        self.has_residual = False
 
 
 class _MagState:
     def __init__(self):
-        self.residual = None  # last block's output - first block's input, at the last full evaluation
+        self.has_residual = False
         self.ratio = torch.tensor(1.0)  # float32 0-d tensors: diffusers accumulates the table's tensor entries
         self.err = torch.tensor(0.0)
         self.run = 0
@@ -101,33 +103,65 @@ class _MagState:
         self.measured: list[float] = []
 
 
+class _ShapeBuffers:
+    """One input shape's tensors, kept across requests: every stage engine writes into
+    them and the policy's device state lives in them, so a step captured as CUDA graphs
+    replays on the same addresses. ``serial`` tells a graph made for an evicted set from
+    one made for its replacement."""
+
+    def __init__(self, serial: int, head_out: dict, body_out: dict, groups: int):
+        self.serial = serial
+        self.head_out, self.body_out = head_out, body_out
+        hidden = head_out["hidden_in"]
+        self.hidden_last = body_out["hidden_last"]
+        self.residual = torch.empty_like(hidden)  # first-block: this call's first-block residual
+        self.saved = torch.empty_like(hidden)  # the residual at the last full evaluation (the policy's)
+        self.tail = torch.empty_like(hidden)  # first-block: last block's output - first's, then
+        self.change = torch.zeros(groups, device=hidden.device)  # first-block: relative change per context
+
+
 class FirstBlockPolicy:
-    """First Block Cache's decision and reuse (diffusers' FBCHeadBlockHook / FBCBlockHook)."""
+    """First Block Cache's decision and reuse (diffusers' FBCHeadBlockHook / FBCBlockHook).
+
+    ``measure`` and the reuse methods are device work only (a captured step replays them);
+    ``decide`` is the host's, from the measured change read back."""
+
+    measures = True
 
     def __init__(self, config: CacheConfig, steps: int):
         self.threshold = config.threshold
 
     new_state = staticmethod(_FirstBlockState)
 
-    def decide(self, s: _FirstBlockState, hidden_in, hidden_first) -> bool:
-        residual = hidden_first - hidden_in
-        if s.head_residual is not None:
-            change = (residual - s.head_residual).abs().mean() / s.head_residual.abs().mean()
-            if not float(change) > self.threshold:
-                return False
-        s.head_residual = residual
+    @staticmethod
+    def measure(buf: _ShapeBuffers, parts, hidden_in, hidden_first) -> None:
+        torch.sub(hidden_first, hidden_in, out=buf.residual)
+        for g, p in enumerate(parts):
+            buf.change[g] = (buf.residual[p] - buf.saved[p]).abs().mean() / buf.saved[p].abs().mean()
+
+    def decide(self, s: _FirstBlockState, change: float) -> bool:
+        if s.has_residual and not change > self.threshold:
+            return False
+        s.has_residual = True
         return True
 
-    def skipped(self, s: _FirstBlockState, hidden_in, hidden_first):
-        return hidden_first + s.tail_residual
+    @staticmethod
+    def skipped(s, buf: _ShapeBuffers, p, hidden_in, hidden_first, hidden_last) -> None:
+        torch.add(hidden_first[p], buf.tail[p], out=hidden_last[p])
 
-    def computed(self, s: _FirstBlockState, hidden_in, hidden_first, hidden_last) -> None:
-        s.tail_residual = hidden_last - hidden_first
+    @staticmethod
+    def computed(s, buf: _ShapeBuffers, p, hidden_in, hidden_first, hidden_last) -> None:
+        buf.saved[p] = buf.residual[p]
+        torch.sub(hidden_last[p], hidden_first[p], out=buf.tail[p])
 
 
 class MagPolicy:
     """MagCache's decision and reuse (diffusers' MagCacheHeadHook / MagCacheBlockHook),
-    the ratio table stretched to the request's steps by nearest index as diffusers does."""
+    the ratio table stretched to the request's steps by nearest index as diffusers does.
+    It decides from the table alone (host); calibration reads each ratio back, so a
+    calibrating step is never captured."""
+
+    measures = False
 
     def __init__(self, config: CacheConfig, steps: int):
         self.config, self.steps = config, steps
@@ -136,35 +170,37 @@ class MagPolicy:
 
     new_state = staticmethod(_MagState)
 
-    def decide(self, s: _MagState, hidden_in, hidden_first) -> bool:
+    @staticmethod
+    def measure(buf, parts, hidden_in, hidden_first) -> None:
+        pass
+
+    def decide(self, s: _MagState, change: float) -> bool:
+        step, s.step = s.step, s.step + 1
         if self.calibrate:
             return True
         c = self.config
-        scale = self.ratios[s.step] if s.step < len(self.ratios) else 1.0
-        if s.step >= int(c.retention_ratio * self.steps + 0.5):
+        scale = self.ratios[step] if step < len(self.ratios) else 1.0
+        if step >= int(c.retention_ratio * self.steps + 0.5):
             s.ratio = s.ratio * scale
             s.run += 1
             s.err = s.err + abs(1.0 - s.ratio)
-            if s.residual is not None and s.err <= c.threshold and s.run <= c.max_skip_steps:
+            if s.has_residual and s.err <= c.threshold and s.run <= c.max_skip_steps:
                 return False
             s.ratio, s.err, s.run = torch.tensor(1.0), torch.tensor(0.0), 0
+        s.has_residual = True
         return True
 
-    def skipped(self, s: _MagState, hidden_in, hidden_first):
-        self._advance(s)
-        return hidden_in + s.residual
+    @staticmethod
+    def skipped(s, buf: _ShapeBuffers, p, hidden_in, hidden_first, hidden_last) -> None:
+        torch.add(hidden_in[p], buf.saved[p], out=hidden_last[p])
 
-    def computed(self, s: _MagState, hidden_in, hidden_first, hidden_last) -> None:
-        residual = hidden_last - hidden_in
+    def computed(self, s: _MagState, buf: _ShapeBuffers, p, hidden_in, hidden_first, hidden_last) -> None:
         if self.calibrate:
-            ratio = 1.0 if s.residual is None else float(
-                (torch.linalg.norm(residual, dim=-1) / (torch.linalg.norm(s.residual, dim=-1) + 1e-8)).mean())
+            residual = hidden_last[p] - hidden_in[p]
+            ratio = 1.0 if len(s.measured) == 0 else float(
+                (torch.linalg.norm(residual, dim=-1) / (torch.linalg.norm(buf.saved[p], dim=-1) + 1e-8)).mean())
             s.measured.append(ratio)
-        s.residual = residual
-        self._advance(s)
-
-    def _advance(self, s: _MagState) -> None:
-        s.step += 1
+        torch.sub(hidden_last[p], hidden_in[p], out=buf.saved[p])
 
 
 def _nearest(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -184,9 +220,15 @@ class CachedDenoiser:
     (``sample``, ``timestep``, the conditioning, ``out=``), skipping the body where the
     cache's policy says so. ``per_half``: one decision per guidance half (see the
     module's docstring). ``calls`` holds, after a request, each call's decision by
-    diffusers' cache-context name ("cond", "uncond" or "cond_uncond"; True: the body ran)."""
+    diffusers' cache-context name ("cond", "uncond" or "cond_uncond"; True: the body ran).
 
-    supports_cuda_graphs = False  # the decision steers the host between two paths
+    A call is three phases: ``run_head`` (device: the head, and what the policy measures),
+    ``decide`` (host: which contexts run the body; First Block Cache reads its measured
+    change back, one float per context), ``run_rest`` (device: the body where it runs,
+    the cached residual elsewhere, the out engine). On a GPU the loop captures the two
+    device phases as CUDA graphs (the second once per decision pattern) and replays them
+    around the host's decision (vidrt.loop); elsewhere a call runs them in turn.
+    """
 
     def __init__(self, name: str, engines: dict, config: CacheConfig, per_half: bool):
         self.name = name
@@ -198,8 +240,22 @@ class CachedDenoiser:
         self.config = config
         self.per_half = per_half
         self._batched = {t.name for t in self.body.spec.inputs if t.dims[0] == "B"}
-        self._in_place = [t.name for t in self.body.spec.outputs] == ["hidden_last"]
+        self._shapes = BoundedCache(MAX_CACHED_SHAPES)
+        self._serial = 0
         self.policy, self.states, self.labels, self.calls = None, [], (), []
+
+    @property
+    def supports_cuda_graphs(self) -> bool:
+        """Whether the loop may capture the device phases: every stage engine can be
+        captured, and the policy decides without reading tensors in them."""
+        engines = (self.head, self.body, self.out)
+        calibrating = self.config.method == "mag" and self.config.mag_ratios == "calibrate"
+        return all(getattr(e, "supports_cuda_graphs", False) for e in engines) and not calibrating
+
+    def graph_key(self, sample, timestep, **inputs) -> tuple:
+        """What a captured phase depends on beyond the loop's own key: the method (its
+        device work) and the shape's buffers."""
+        return self.config.method, self._buffers(sample, timestep, inputs).serial
 
     def check(self, config: CacheConfig) -> None:
         """Raises VidrtError if ``config``'s method cannot run on these engines."""
@@ -229,33 +285,67 @@ class CachedDenoiser:
                 stack.enter_context(held(engine))
             yield self
 
-    def __call__(self, out=None, *, sample, timestep, **inputs):
+    def _buffers(self, sample, timestep, inputs) -> _ShapeBuffers:
+        feeds = {"sample": sample, "timestep": timestep, **inputs}
+        key = (sample.device.type, len(self.states), tuple((k, tuple(v.shape)) for k, v in feeds.items()))
+        buf = self._shapes.get(key)
+        if buf is None:
+            def empty(engine, dims):
+                return {n: torch.empty(s, device=sample.device) for n, s in engine.spec.output_shapes(dims).items()}
+
+            head_dims = self.head.spec.bind({k: tuple(v.shape) for k, v in feeds.items()})
+            head_out = empty(self.head, head_dims)
+            body_dims = self.body.spec.bind({t.name: tuple(head_out[t.name].shape) for t in self.body.spec.inputs})
+            self._serial += 1
+            buf = _ShapeBuffers(self._serial, head_out, empty(self.body, body_dims), len(self.states))
+            self._shapes.put(key, buf)
+        return buf
+
+    def _parts(self, rows: int) -> list[slice]:
+        per = rows // len(self.states)
+        return [slice(g * per, (g + 1) * per) for g in range(len(self.states))]
+
+    def run_head(self, sample, timestep, **inputs) -> None:
+        """Device phase 1: the head engine, then what the policy measures."""
         if self.policy is None:
             raise VidrtError(f"{self.name}: a cached denoiser needs begin_request() before its first call")
-        head = self.head(sample=sample, timestep=timestep, **inputs)
-        rows = sample.shape[0] // len(self.states)
-        parts = [slice(g * rows, (g + 1) * rows) for g in range(len(self.states))]
+        buf = self._buffers(sample, timestep, inputs)
+        head = self.head(sample=sample, timestep=timestep, **inputs, out=buf.head_out)
         hidden_in = head["hidden_in"]
         hidden_first = head["hidden_first"] if self.first_block else hidden_in
-        run = [self.policy.decide(s, hidden_in[p], hidden_first[p]) for s, p in zip(self.states, parts)]
-        hidden_last = torch.empty_like(hidden_first)
+        self.policy.measure(buf, self._parts(len(hidden_in)), hidden_in, hidden_first)
+
+    def decide(self, sample, timestep, **inputs) -> tuple[bool, ...]:
+        """Host: whether each cache context runs the body this call (recorded in ``calls``)."""
+        buf = self._buffers(sample, timestep, inputs)
+        change = buf.change.tolist() if self.policy.measures else [0.0] * len(self.states)
+        run = tuple(self.policy.decide(s, c) for s, c in zip(self.states, change))
+        self.calls.append(dict(zip(self.labels, run)))
+        return run
+
+    def run_rest(self, run: tuple[bool, ...], out=None, *, sample, timestep, **inputs):
+        """Device phase 2, for the decisions ``run``: the body on the rows of the contexts
+        that run it, the cached residual on the others, the out engine."""
+        buf = self._buffers(sample, timestep, inputs)
+        head = buf.head_out
+        hidden_in = head["hidden_in"]
+        hidden_first = head["hidden_first"] if self.first_block else hidden_in
+        hidden_last = buf.hidden_last
+        parts = self._parts(len(hidden_in))
         if any(run):
             # the rows of the halves that run: both, or one (at most two halves, so contiguous)
             lo, hi = min(p.start for p, r in zip(parts, run) if r), max(p.stop for p, r in zip(parts, run) if r)
-            feeds = {t.name: head[t.name] for t in self.body.spec.inputs}
-            feeds = {k: (v[lo:hi] if k in self._batched else v) for k, v in feeds.items()}
-            if hi - lo == len(hidden_last) and self._in_place:
-                self.body(**feeds, out={"hidden_last": hidden_last})  # written in place: no copy
-            else:
-                hidden_last[lo:hi] = self.body(**feeds)["hidden_last"]
+            feeds = {t.name: (head[t.name][lo:hi] if t.name in self._batched else head[t.name]) for t in self.body.spec.inputs}
+            self.body(**feeds, out={k: v[lo:hi] for k, v in buf.body_out.items()})  # written in place
         for s, p, ran in zip(self.states, parts, run):
-            if ran:
-                self.policy.computed(s, hidden_in[p], hidden_first[p], hidden_last[p])
-            else:
-                hidden_last[p] = self.policy.skipped(s, hidden_in[p], hidden_first[p])
-        self.calls.append(dict(zip(self.labels, run)))
+            (self.policy.computed if ran else self.policy.skipped)(s, buf, p, hidden_in, hidden_first, hidden_last)
         final = {t.name: head[t.name] for t in self.out.spec.inputs[2:]}
         return self.out(sample=sample, hidden_last=hidden_last, **final, out=out)
+
+    def __call__(self, out=None, *, sample, timestep, **inputs):
+        self.run_head(sample=sample, timestep=timestep, **inputs)
+        run = self.decide(sample=sample, timestep=timestep, **inputs)
+        return self.run_rest(run, out, sample=sample, timestep=timestep, **inputs)
 
 
 def summarize(calls: list[dict[str, bool]]) -> dict:

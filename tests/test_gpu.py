@@ -87,3 +87,24 @@ def test_run_bench_on_gpu(trt_dirs, tmp_path):
                  "--height", "32", "--width", "32", "--num-frames", "3", "--steps", "2", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["engine"]["backend"] == "tensorrt" and result["environment"]["gpu"]
+
+
+@pytest.mark.parametrize("method", ["first-block", "mag"])
+def test_a_step_cache_replays_as_cuda_graphs(tmp_path, method):
+    """A step-cached transformer with CUDA graphs (its head, the host's decision, the rest
+    for that decision) decides and denoises as without them."""
+    from vidrt import CacheConfig, VideoPipeline
+
+    ratios = (1.0, 1.03, 1.01, 1.0, 0.995, 1.002, 0.99, 0.97) if method == "mag" else None
+    cache = CacheConfig(method, 0.1 if method == "first-block" else 0.2, mag_ratios=ratios)
+    kw = dict(prompt="a cat", negative_prompt="blurry", height=32, width=64, num_frames=9, num_inference_steps=8,
+              guidance_scale=3.0, output_type="np")
+    runs = {}
+    for graphs in (False, True):
+        pipe = VideoPipeline.from_pretrained("tiny-ltx", engine_dir=tmp_path, backend="tensorrt", precision="fp32",
+                                             cache=cache, cuda_graphs=graphs, progress=False)
+        runs[graphs] = [pipe(**kw, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert len(pipe.loop_state.graphs) >= 2  # the head's and at least one rest's
+    for eager, graphed in zip(runs[False], runs[True]):
+        assert graphed.timings.cache == eager.timings.cache
+        assert np.abs(graphed.frames - eager.frames).max() <= 1e-5

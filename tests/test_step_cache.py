@@ -12,6 +12,8 @@ CogVideoX's tiny preset has one block, where diffusers' hooks have no "rest" to 
 (apply_first_block_cache fails on it), so its tests use a two-block copy.
 """
 
+import collections
+import copy
 import json
 import re
 import shutil
@@ -403,3 +405,105 @@ def test_cache_sweep_runs_both_sides_with_the_same_decisions(family, tmp_path):
         assert row["engine"]["full"] + row["engine"]["skipped"] == 2 * STEPS  # Wan: a call per guidance half
     assert rows[1]["engine"]["skipped"] > rows[0]["engine"]["skipped"]
     assert rows[1]["engine"]["saved_per_skip_of_full"] is not None
+
+
+class _DeviceOnly(torch.overrides.TorchFunctionMode):
+    """Fails a tensor read on the host (what would wait for the GPU, or be baked into a
+    CUDA graph at capture), except inside engine calls (a TensorRT engine enqueues its
+    work; ONNX Runtime here reads host memory as any CPU engine does)."""
+
+    READS = {"item", "__float__", "__bool__", "__int__", "__index__", "tolist", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.paused = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.paused and getattr(func, "__name__", "") in self.READS:
+            raise AssertionError(f"a captured step read a tensor on the host ({func.__name__})")
+        return func(*args, **(kwargs or {}))
+
+
+class _Graphs:
+    """Stands in for CUDA graph capture on the CPU, as strict as capture where it can be:
+    capturing runs nothing; a replay runs the step with host tensor reads refused and
+    fails if it changed the cache's host state (a real replay runs no Python)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.mode, self.replays = denoiser, _DeviceOnly(), collections.Counter()
+        for engine in (denoiser.head, denoiser.body, denoiser.out):
+            engine.supports_cuda_graphs = True
+            run = engine._run
+
+            def paused(feeds, outputs, run=run):
+                self.mode.paused = True
+                try:
+                    run(feeds, outputs)
+                finally:
+                    self.mode.paused = False
+
+            engine._run = paused
+
+    def host_state(self):
+        d = self.denoiser
+        return len(d.calls), [{k: (float(v) if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in vars(s).items()}
+                              for s in d.states]
+
+    def capture(self, step):
+        graphs = self
+
+        class Graph:
+            def replay(self):
+                before = graphs.host_state()
+                with graphs.mode:
+                    step()
+                assert graphs.host_state() == before, "a captured step changed the cache's host state"
+                graphs.replays[step.func.__name__] += 1
+
+        return Graph()
+
+    def restore(self):
+        for engine in (self.denoiser.head, self.denoiser.body, self.denoiser.out):
+            del engine.supports_cuda_graphs, engine._run
+
+
+@pytest.mark.parametrize("method", ["first-block", "mag"])
+def test_a_cached_step_replays_as_two_graphs_around_the_decision(family, method, cog_two_blocks):
+    """With CUDA graphs the loop replays the head phase, decides on the host, and replays
+    the rest for that decision (vidrt.loop). Here capture is stood in for on the CPU
+    (``_Graphs``): the replayed steps read no tensor on the host and leave the decision
+    state alone, and give the eager steps' decisions and frames exactly, request after
+    request (buffers and graphs are reused; a new request starts its cache afresh)."""
+    from vidrt import CacheConfig, VideoPipeline
+    from vidrt.loop import LoopState
+
+    name, _, _ = family
+    if name not in ("tiny-wan", "tiny-ltx"):
+        pytest.skip("one per-half and one joint family")
+    ratios = MAG_RATIOS if method == "mag" else None
+    # thresholds that mix full and skipped steps after the first (Wan: one half skipped too)
+    threshold = {"tiny-wan": 0.3, "tiny-ltx": 0.1}[name] if method == "first-block" else 0.2
+    cache = CacheConfig(method, threshold, mag_ratios=ratios)
+    # flow-euler: Wan's default UniPC is stepped by diffusers' scheduler, which no graph can hold
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=family[1].engine_dir, backend="onnxruntime", progress=False,
+                                         cache=cache, sampler="flow-euler")
+    kw = dict(REQUEST[name], guidance_scale=GUIDED[name])
+    eager = [pipe(**kw, generator=torch.Generator().manual_seed(s), output_type="np") for s in (0, 1)]
+    graphs = _Graphs(pipe.engines["transformer"])
+    pipe.loop_state = LoopState(capture=graphs.capture)
+    try:
+        replayed = [pipe(**kw, generator=torch.Generator().manual_seed(s), output_type="np") for s in (0, 1)]
+    finally:
+        graphs.restore()
+    for want, got in zip(eager, replayed):
+        assert got.timings.cache == want.timings.cache
+        np.testing.assert_array_equal(got.frames, want.frames)
+    counts = eager[0].timings.cache["transformer"]
+    assert counts["skipped"] > 0 and counts["full"] > 0
+    # Each request's first step runs eagerly; after it, the head graph and the rest graph of
+    # the step's decision pattern, each run eagerly the first time it is met, then replayed.
+    later = [tuple(d.values()) for r in eager for d in r.timings.cache["transformer"]["decisions"][1:]]
+    patterns = set(later)
+    assert len(patterns) > 1
+    assert graphs.replays == {"_step_head": len(later) - 1, "_step_rest": len(later) - len(patterns)}
+    assert len(pipe.loop_state.graphs) == 1 + len([p for p in patterns if later.count(p) > 1])
