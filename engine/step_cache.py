@@ -6,8 +6,9 @@ projection). Each call, a policy decides from the head's result whether the body
 its cached residual stands in for it; ``out`` always runs. MagCache, deciding from its
 table alone, gets a head without the first block (``HEAD``), so its skipped steps run no
 block; First Block Cache's head must hold the first block, and MagCache runs on that one
-too (a pipeline loaded for first-block can switch to mag, not back). The policies follow diffusers' hooks decision for
-decision (diffusers/hooks/first_block_cache.py, diffusers/hooks/mag_cache.py):
+too (a pipeline loaded for first-block can switch to mag, not back). The policies follow
+diffusers' hooks decision for decision (diffusers/hooks/first_block_cache.py,
+diffusers/hooks/mag_cache.py):
 
 - ``first-block`` (First Block Cache): the body runs when the first block's residual
   changed, relative to the one at the last full evaluation, by more than the threshold
@@ -109,15 +110,17 @@ class _ShapeBuffers:
     replays on the same addresses. ``serial`` tells a graph made for an evicted set from
     one made for its replacement."""
 
-    def __init__(self, serial: int, head_out: dict, body_out: dict, groups: int):
+    def __init__(self, serial: int, head_out: dict, body_out: dict, groups: int, first_block: bool):
         self.serial = serial
         self.head_out, self.body_out = head_out, body_out
         hidden = head_out["hidden_in"]
         self.hidden_last = body_out["hidden_last"]
-        self.residual = torch.empty_like(hidden)  # first-block: this call's first-block residual
         self.saved = torch.empty_like(hidden)  # the residual at the last full evaluation (the policy's)
-        self.tail = torch.empty_like(hidden)  # first-block: last block's output - first's, then
         self.change = torch.zeros(groups, device=hidden.device)  # first-block: relative change per context
+        # first-block only (a head without the first block never runs it): this call's
+        # first-block residual; the last block's output minus the first's at the last full evaluation
+        self.residual = torch.empty_like(hidden) if first_block else None
+        self.tail = torch.empty_like(hidden) if first_block else None
 
 
 class FirstBlockPolicy:
@@ -297,7 +300,7 @@ class CachedDenoiser:
             head_out = empty(self.head, head_dims)
             body_dims = self.body.spec.bind({t.name: tuple(head_out[t.name].shape) for t in self.body.spec.inputs})
             self._serial += 1
-            buf = _ShapeBuffers(self._serial, head_out, empty(self.body, body_dims), len(self.states))
+            buf = _ShapeBuffers(self._serial, head_out, empty(self.body, body_dims), len(self.states), self.first_block)
             self._shapes.put(key, buf)
         return buf
 
