@@ -33,8 +33,8 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
     config's flag, set for SVD) keeps an fp16 VAE encoder at fp32, as diffusers
     upcasts the VAE to encode.
     """
-    if precision in QUANTIZED:
-        out = {c: (precision if c in denoisers else companion) for c in components}
+    if precision in QUANTIZED:  # a denoiser cut for step caching (vidrt.split): each of its stages
+        out = {c: (precision if component_kind(c) in denoisers else companion) for c in components}
     else:
         out = {c: precision for c in components}
     if force_upcast and out.get("vae_encoder") == "fp16":
@@ -43,12 +43,15 @@ def component_precisions(precision: str, companion: str = "fp32", overrides: dic
         if out.get(c) in ("fp16", "bf16"):
             out[c] = "fp32"
     for c, p in (overrides or {}).items():
-        if c not in components:
+        if c not in components and not any(component_kind(part) == c for part in components):
             raise VidrtError(f"--component-precision: unknown component '{c}'; use {', '.join(components)}")
         if p in QUANTIZED and c not in quantizable:
             raise VidrtError(f"--component-precision {c}={p}: the quantization stage quantizes {', '.join(quantizable)} only")
-        out[c] = p
-        for part in components:  # a split text encoder's parts follow its first one (text_encoder)
+        if c in components:
+            out[c] = p
+        # a split text encoder's parts follow its first one (text_encoder); a step-cache
+        # transformer's stages follow the transformer
+        for part in components:
             if part != c and component_kind(part) == c and part not in (overrides or {}):
                 out[part] = p
     return out

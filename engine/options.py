@@ -63,7 +63,7 @@ class EngineOptions:
         cache = self.cache_config()
         if cache is None:
             return model
-        return split_for_cache(model, cache, self.precision, self.component_precisions())
+        return split_for_cache(model, cache)
 
     def trt_options(self):
         """TrtOptions from the flags (shape ranges checked here, before any work)."""

@@ -160,7 +160,7 @@ class BasePipeline(abc.ABC):
             check_unet_weights(m, unet_weights)
         cache = as_cache_config(cache, cache_threshold)
         if cache is not None:
-            m = split_for_cache(m, cache, precision, component_precision)
+            m = split_for_cache(m, cache)
         check_sampler(sampler, m.kind)
         make_sampler(sampler, m.scheduler)  # fail early on a bad sampler name
         check_on_demand(on_demand, m.specs())

@@ -375,19 +375,15 @@ def as_cache_config(cache, threshold) -> CacheConfig | None:
     return CacheConfig(cache, threshold)
 
 
-def split_for_cache(model, cache: CacheConfig, precision: str, component_precision: dict | None):
+def split_for_cache(model, cache: CacheConfig):
     """The model with its transformer(s) in three components, cut for ``cache``'s method
-    (``HEAD``, vidrt.split).
+    (``HEAD``, vidrt.split). Quantized (int8/fp8), each stage is calibrated on what the
+    transformer's calibration brings it (export/quantize.py ``stage_batches``).
 
     Raises:
-        VidrtError: the family has no cache support (the U-Net families), or the
-            transformer would be quantized (not supported with a cache yet).
+        VidrtError: the family has no cache support (the U-Net families).
     """
     if not hasattr(model, "split_denoisers"):
         raise VidrtError(f"step caching is for the diffusion transformers (Wan, LTX-Video, CogVideoX); "
                          f"this {model.kind} model's denoiser is a U-Net: drop --cache")
-    quantized = {precision} | set((component_precision or {}).values())
-    if quantized & {"int8", "fp8"}:
-        raise VidrtError("step caching runs float engines (fp32, fp16, bf16); int8/fp8 with a cache is not supported "
-                         "yet: drop --cache or pick a float --precision")
     return dataclasses.replace(model, split_denoisers=HEAD[cache.method])

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidrt.components import component_kind
 from vidrt.layout import QUANTIZABLE
 from vidrt.errors import VidrtError
 from vidrt.samplers import make_sampler
@@ -385,19 +386,23 @@ def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, une
     from .graphs import component_graph
     from .onnx_export import export_component
 
-    if component not in CALIBRATION:
+    kind = component_kind(component)  # a transformer's step-cache stage is calibrated as the transformer
+    if kind not in CALIBRATION:
         raise VidrtError(f"the quantization stage calibrates {', '.join(QUANTIZABLE)}, not {component}")
     if float_type not in QDQ_FLOATS:
         raise VidrtError(f"Q/DQ graphs are written in {' or '.join(QDQ_FLOATS)}, not {float_type}")
     _modelopt()
     spec = model.specs()[component]
-    graph = component_graph(component, load_torch_component(model, component, unet_weights), variant)
-    calibrate = _for(CALIBRATION, model.kind, component)
-    calib = calibrate(model, cfg)
-    held_out = calibrate(model, dataclasses.replace(cfg, seed=cfg.seed + 1))
+    module = load_torch_component(model, component, unet_weights)
+    graph = component_graph(component, module, variant)
+    calibrate = _for(CALIBRATION, model.kind, kind)
+    calib = stage_batches(model, component, module, calibrate(model, cfg))
+    held_out = stage_batches(model, component, module, calibrate(model, dataclasses.replace(cfg, seed=cfg.seed + 1)))
+    # the output compared with fp32: what the blocks wrote, for a stage that has several
+    watched = next((i for i, n in enumerate(spec.output_names) if n in ("hidden_first", "hidden_last")), 0)
     with torch.no_grad():
-        reference = [graph(*feeds.values()) for feeds in held_out]
-    quantize_graph(graph, cfg, calib, component, model.kind)
+        reference = [_output(graph(*feeds.values()), watched) for feeds in held_out]
+    quantize_graph(graph, cfg, calib, kind, model.kind)
     result = export_component(
         in_float_type(graph, float_type), spec, out_dir, opset=QDQ_OPSET,
         postprocess=lambda m: to_standard_qdq(m, cfg.format, float_type),
@@ -405,10 +410,10 @@ def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, une
     )
     # The torch graph (7.7 GB for LTX-Video's fp32 transformer) is not needed past its export:
     # freed before ONNX Runtime loads the Q/DQ graph to measure it.
-    del graph
+    del graph, module
     gc.collect()
-    per_step = component in ("unet", "transformer", "transformer_2")
-    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps if per_step else None)
+    per_step = kind in ("unet", "transformer", "transformer_2")
+    report = qdq_error(result.onnx_path, held_out, reference, cfg.calib_steps if per_step else None, watched)
     if not report["rel_l2"] <= MAX_REL_L2:
         raise VidrtError(
             f"{cfg.format} {component} is too far from fp32 (mean relative L2 {report['rel_l2']:.3f} > {MAX_REL_L2}); "
@@ -417,13 +422,44 @@ def export_quantized(model, component: str, cfg: QuantConfig, out_dir: Path, une
     import onnx
 
     report["qdq"] = count_qdq(onnx.load(str(result.onnx_path), load_external_data=False))
-    report["kept_high_precision"] = list(keep_patterns(cfg, component, model.kind))
+    report["kept_high_precision"] = list(keep_patterns(cfg, kind, model.kind))
     return result, report
 
 
-def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor], steps: int | None) -> dict:
-    """Error of the Q/DQ graph (ONNX Runtime, CPU) against fp32 outputs; with ``steps``,
-    also per timestep (feeds cycle through the calibrated steps)."""
+def _output(out, index: int) -> torch.Tensor:
+    return out[index] if isinstance(out, (tuple, list)) else out
+
+
+def stage_batches(model, component: str, module, batches: list[dict]) -> list[dict]:
+    """``batches`` of the whole transformer's inputs as ``component``'s inputs: unchanged
+    for an uncut component or a head; for a later step-cache stage (vidrt.split), carried
+    through the fp32 stages before it (the transformer's calibration reaches its blocks so)."""
+    from vidrt.split import ROLES, stage_names
+
+    from .graphs import component_graph
+
+    cut = getattr(model, "split_denoisers", None)
+    names = stage_names(component_kind(component), cut) if cut else {}
+    role = next((r for r, c in names.items() if c == component), "head")
+    if role == "head":
+        return batches
+    specs = model.specs()
+    before = [(specs[names[r]], component_graph(names[r], module)) for r in ROLES[: ROLES.index(role)]]
+    out = []
+    with torch.no_grad():
+        for feeds in batches:
+            named = dict(feeds)
+            for spec, graph in before:
+                got = graph(*(named[n] for n in spec.input_names))
+                named |= dict(zip(spec.output_names, got if isinstance(got, (tuple, list)) else (got,)))
+            out.append({n: named[n] for n in specs[component].input_names})
+    return out
+
+
+def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor], steps: int | None,
+              output: int = 0) -> dict:
+    """Error of the Q/DQ graph's ``output`` (ONNX Runtime, CPU) against fp32 outputs; with
+    ``steps``, also per timestep (feeds cycle through the calibrated steps)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -431,7 +467,7 @@ def qdq_error(onnx_path: Path, feeds: list[dict], reference: list[torch.Tensor],
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     per_step: dict[int, list] = {}
     for i, (f, ref) in enumerate(zip(feeds, reference)):
-        got = session.run(None, {k: v.numpy() for k, v in f.items()})[0]
+        got = session.run(None, {k: v.numpy() for k, v in f.items()})[output]
         want = ref.numpy()
         per_step.setdefault(i % (steps or 1), []).append(
             (float(np.abs(got - want).max()), float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)))

@@ -221,7 +221,6 @@ def test_wan22_experts_keep_their_own_state(family):
     (dict(model="tiny-wan", cache="taylorseer"), "cache='taylorseer': choose one of first-block, mag"),
     (dict(model="tiny-wan", cache="mag"), "cache='mag' needs mag_ratios"),
     (dict(model="tiny-wan", cache_threshold=0.1), "cache_threshold needs a cache method"),
-    (dict(model="tiny-wan", cache="first-block", precision="int8"), "int8/fp8 with a cache is not supported"),
 ])
 def test_bad_cache_options_fail_in_one_line(kwargs, message):
     from vidrt import VideoPipeline
@@ -230,6 +229,38 @@ def test_bad_cache_options_fail_in_one_line(kwargs, message):
     with pytest.raises(VidrtError, match=message) as e:
         VideoPipeline.from_pretrained(model, backend="onnxruntime", progress=False, build=False, **kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_int8_stages_quantize_as_the_whole_transformer(family, tmp_path):
+    """--precision int8 with a cache quantizes each stage, calibrated on what the whole
+    transformer's calibration brings it through the fp32 stages before it, so the scales
+    are the whole transformer's: at threshold 0 (nothing skipped) the int8 stages give the
+    int8 transformer's frames. The head and body carry Q/DQ; the out stage's projection
+    stays float, as in the whole transformer."""
+    from vidrt import VideoPipeline
+    from vidrt.backends.onnxruntime import OnnxRuntimeBackend
+    from vidrt.layout import engine_precisions
+
+    name, pipe, _ = family
+    if name != "tiny-wan":
+        pytest.skip("one family is enough")
+    engines = tmp_path / "engines"
+    shutil.copytree(pipe.engine_dir, engines)  # the fp32 exports reused
+    kw = dict(REQUEST[name], guidance_scale=GUIDED[name])
+    whole = VideoPipeline.from_pretrained(name, engine_dir=engines, backend="onnxruntime", precision="int8",
+                                          progress=False)
+    cut = VideoPipeline.from_pretrained(name, engine_dir=engines, backend="onnxruntime", precision="int8",
+                                        progress=False, cache="first-block", cache_threshold=0.0)
+    assert {c: p for c, p in engine_precisions(cut.model, OnnxRuntimeBackend, "int8", None).items()
+            if c.startswith("transformer")} == {"transformer_head": "int8", "transformer_body": "int8",
+                                                "transformer_out": "int8"}
+    for stage in ("head", "body"):
+        report = json.loads((engines / f"transformer_{stage}" / "onnx-int8" / "export.json").read_text())
+        assert report["quantization"]["error_vs_fp32"]["qdq"]["QuantizeLinear"] > 0
+    want = whole(**kw, generator=torch.Generator().manual_seed(0), output_type="np")
+    got = cut(**kw, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert got.timings.cache["transformer"]["skipped"] == 0
+    assert np.abs(got.frames - want.frames).max() <= 1e-4
 
 
 def test_set_cache_needs_a_cached_pipeline(tiny_pipe):
