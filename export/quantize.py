@@ -262,6 +262,8 @@ class CastBoundary(torch.nn.Module):
 
     def forward(self, *inputs):
         out = self.graph(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs))
+        if isinstance(out, (tuple, list)):  # a step-cache head: every tensor it passes on
+            return tuple(o.float() for o in out)
         return out.float()
 
 

@@ -263,6 +263,26 @@ def test_int8_stages_quantize_as_the_whole_transformer(family, tmp_path):
     assert np.abs(got.frames - want.frames).max() <= 1e-4
 
 
+def test_tensorrt_fp8_stages_are_fp16_inside(tmp_path):
+    """TensorRT's Q/DQ graphs of the stages (FP8, the rest fp16, fp32 at the interface; the
+    head passes on several tensors) run on ONNX Runtime's CPU provider within 10% relative
+    L2 of fp32, as the whole transformer's do (tests/test_wan.py)."""
+    import dataclasses
+
+    import onnx
+
+    from vidrt.export.quantize import QuantConfig, export_quantized
+    from vidrt.sources import resolve_model
+
+    model = dataclasses.replace(resolve_model("tiny-wan", progress=False), split_denoisers="first-block")
+    for stage in ("head", "body"):
+        result, report = export_quantized(model, f"transformer_{stage}", QuantConfig(format="fp8"), tmp_path / stage,
+                                          float_type="fp16")
+        assert report["rel_l2"] <= 0.1 and report["qdq"]["zero_point_types"] == ["FLOAT8E4M3FN"], (stage, report)
+        graph = onnx.load(str(result.onnx_path), load_external_data=False).graph
+        assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*graph.input, *graph.output])
+
+
 def test_set_cache_needs_a_cached_pipeline(tiny_pipe):
     with pytest.raises(VidrtError, match="loaded without a step cache"):
         tiny_pipe.set_cache("first-block", 0.1)
