@@ -266,7 +266,8 @@ def denoise(
                     if hasattr(unet, "decide"):  # a step cache: two graphs around the host's decision
                         feeds = {"sample": b.unet_in, "timestep": b.timestep, **b.cond.inputs}
                         own = (*key, b.serial, *unet.graph_key(**feeds))
-                        _run_graph(state, (*own, "head"), functools.partial(_step_head, unet, b, videos, channels, groups))
+                        head = functools.partial(_step_head, unet, b, videos, channels, groups)
+                        _run_graph(state, (*own, "head"), head)
                         run = unet.decide(**feeds)
                         _run_graph(state, (*own, run), functools.partial(_step_rest, unet, sampler, b, run, videos))
                     else:

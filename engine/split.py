@@ -116,7 +116,9 @@ class SplitDenoiserMixin:
     denoisers: tuple[str, ...]
 
     def split_components(self, components: tuple[str, ...]) -> tuple[str, ...]:
-        return stage_components(components, self.denoisers, self.split_denoisers) if self.split_denoisers else components
+        if not self.split_denoisers:
+            return components
+        return stage_components(components, self.denoisers, self.split_denoisers)
 
     def denoiser_specs(self, name: str, full: ComponentSpec) -> dict[str, ComponentSpec]:
         """{name: full}, or the three stage descriptions when split."""

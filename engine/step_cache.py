@@ -338,7 +338,8 @@ class CachedDenoiser:
         if any(run):
             # the rows of the halves that run: both, or one (at most two halves, so contiguous)
             lo, hi = min(p.start for p, r in zip(parts, run) if r), max(p.stop for p, r in zip(parts, run) if r)
-            feeds = {t.name: (head[t.name][lo:hi] if t.name in self._batched else head[t.name]) for t in self.body.spec.inputs}
+            feeds = {t.name: (head[t.name][lo:hi] if t.name in self._batched else head[t.name])
+                     for t in self.body.spec.inputs}
             self.body(**feeds, out={k: v[lo:hi] for k, v in buf.body_out.items()})  # written in place
         for s, p, ran in zip(self.states, parts, run):
             (self.policy.computed if ran else self.policy.skipped)(s, buf, p, hidden_in, hidden_first, hidden_last)
