@@ -81,7 +81,8 @@ def _row(t: float, runs: dict, base: dict, denoiser: str) -> dict:
         counts, counts0 = _counts(mine[-1]["cache"]), _counts(zero[-1]["cache"])
         saved = saved_per_skip(zero_s, counts0["full"], counts0["skipped"], seconds, counts["skipped"])
         row[side] = {"end_to_end_s": summary([r["total"] for r in mine]), f"{denoiser}_s": seconds, **counts,
-                     "saved_per_skip_of_full": saved, "step_full_vs_skipped_s": step_medians(mine), "step_s": [list(r["unet_steps"]) for r in mine],
+                     "saved_per_skip_of_full": saved, "step_full_vs_skipped_s": step_medians(mine),
+                     "step_s": [list(r["unet_steps"]) for r in mine],
                      "vs_no_cache": parity(mine[-1]["frames"], zero[-1]["frames"])}
     if runs["engine"] and runs["baseline"]:
         row["parity"] = parity(runs["engine"][-1]["frames"], runs["baseline"][-1]["frames"])

@@ -226,13 +226,14 @@ def denoise(
         extra = b.unet_in.narrow(cond.channel_axis, channels, cond.sample_extra.shape[1])
         extra.copy_(cond.sample_extra.unsqueeze(3 - cond.channel_axis))
     cuda = latents.device.type == "cuda"
+    denoisers = (unet,) if switch is None else (unet, switch.unet)
     graphs = (cuda or state.any_device) and state.use_cuda_graphs and sampler.capturable and all(
-        getattr(d, "supports_cuda_graphs", False) for d in (unet, switch.unet if switch is not None else None) if d)
+        getattr(d, "supports_cuda_graphs", False) for d in denoisers)
     coefs = coefs.pin_memory() if cuda else coefs
     timer = _Timer(cuda)
     copied = None
     control.report("denoise", 0, sampler.num_steps)
-    for denoiser in (unet, switch.unet if switch is not None else None):
+    for denoiser in denoisers:
         if hasattr(denoiser, "begin_request"):  # a step cache (vidrt.step_cache): fresh state per request
             denoiser.begin_request(groups, sampler.num_steps)
     holding = contextlib.ExitStack()  # an on-demand denoiser loads once for the loop
