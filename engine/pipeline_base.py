@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backends import get_backend
+from .backends.base import release
 from .build import check_on_demand, load_engines, prepare_engines
 from .control import NO_CONTROL, CancelToken, RequestControl
 from .errors import VidrtError
@@ -255,7 +256,8 @@ class BasePipeline(abc.ABC):
         A pipeline owns one set of step, engine-output and I/O buffers (and, on OpenVINO,
         one infer request), so calls from several threads take turns: each returns
         exactly what it would alone. ``timings`` then describes the last call to finish;
-        each output carries its own.
+        each output carries its own. Between requests the engines hold their weights, not
+        their intermediate tensors (Engine.release).
         """
         control = _REQUEST_CONTROL.get()
         with self._lock:
@@ -272,6 +274,7 @@ class BasePipeline(abc.ABC):
                 return result
             finally:
                 self._control = NO_CONTROL
+                release(*self.engines.values())  # between requests a pipeline holds its weights only
 
     @abc.abstractmethod
     def _generate(self, **request):

@@ -288,6 +288,12 @@ class CachedDenoiser:
                 stack.enter_context(held(engine))
             yield self
 
+    def release(self) -> None:
+        """Its stage engines' intermediate memory, given back (Engine.release)."""
+        for engine in (self.head, self.body, self.out):
+            if hasattr(engine, "release"):
+                engine.release()
+
     def _buffers(self, sample, timestep, inputs) -> _ShapeBuffers:
         feeds = {"sample": sample, "timestep": timestep, **inputs}
         key = (sample.device.type, len(self.states), tuple((k, tuple(v.shape)) for k, v in feeds.items()))

@@ -140,6 +140,12 @@ class OvEngine(Engine):
             if got.ctypes.data != t.data_ptr():  # OpenVINO chose its own buffer: copy once
                 np.copyto(t.numpy(), got)
 
+    def release(self) -> None:
+        """Frees the infer request's intermediate tensors (OpenVINO keeps them, sized for the
+        largest shape seen, until told otherwise): ~1 GB each for svd-xt's UNet and decoder at
+        128x128 and 14 frames. Faulting them in again costs ~0.2 s per GB at the next call."""
+        self.compiled.release_memory()
+
 
 class OpenVinoBackend(Backend):
     name = "openvino"
