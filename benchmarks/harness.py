@@ -221,12 +221,14 @@ class Runs:
     engine: list = dataclasses.field(default_factory=list)
     baseline: list = dataclasses.field(default_factory=list)
     warmups: dict = dataclasses.field(default_factory=lambda: {"engine": [], "baseline": []})
+    warmup_peaks: dict = dataclasses.field(default_factory=lambda: {"engine": [], "baseline": []})  # RSS MB
     together_mb: float = 0.0  # both processes' RSS sampled at the same instants, peak
     schedule: str = "interleaved"
 
     def add(self, side: str, run: dict, warm: bool) -> None:
         if warm:
             self.warmups[side].append(run["total"])
+            self.warmup_peaks[side].append(run["peak_rss_mb"])
         else:
             getattr(self, side).append(run)
 
@@ -296,7 +298,8 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
     builds = sides.builds
     frames = kwargs["num_frames"] or model.default_num_frames
     stages = STAGES[model.kind]
-    engine_peak = max([x["peak_rss_mb"] for x in sides.engine_loads] + [r["peak_rss_mb"] for r in runs.engine])
+    engine_peak = max([x["peak_rss_mb"] for x in sides.engine_loads] + [r["peak_rss_mb"] for r in runs.engine]
+                      + runs.warmup_peaks["engine"])
     engine = _side(runs.engine, videos, frames, engine_peak, stages, model.denoiser)
     engine.update({
         "backend": sides.backend,
@@ -336,7 +339,8 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
     }
     result["roofline"] = roofline(model, sides.device, cfg, engine, frames)
     if runs.baseline:
-        baseline_peak = max([x["peak_rss_mb"] for x in sides.baseline_loads] + [r["peak_rss_mb"] for r in runs.baseline])
+        baseline_peak = max([x["peak_rss_mb"] for x in sides.baseline_loads] + [r["peak_rss_mb"] for r in runs.baseline]
+                            + runs.warmup_peaks["baseline"])
         result["baseline"] = _side(runs.baseline, videos, frames, baseline_peak, stages, model.denoiser) | {
             "backend": f"pytorch (diffusers {getattr(model, 'pipeline_class', 'StableVideoDiffusionPipeline')})" + (" + torch.compile" if cfg.baseline_compile else ""),
             "precision": baseline_precision, "build_s": 0.0, "load_s": sides.baseline_loads[0]["s"],

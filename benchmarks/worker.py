@@ -22,6 +22,8 @@ def _serve(conn, model, precision, unet_weights, device, compile, sampler, cache
     """Worker main loop: builds the baseline, then answers requests until 'close'."""
     import torch
 
+    from vidrt.backends.base import trim_heap
+
     from .baseline import DiffusersBaseline
     from .reference_schedulers import reference_scheduler
 
@@ -50,7 +52,9 @@ def _serve(conn, model, precision, unet_weights, device, compile, sampler, cache
             conn.send(("ok", None))
             continue
         try:
-            conn.send(("ok", _run(baseline, sampler, **payload)))
+            result = _run(baseline, sampler, **payload)
+            trim_heap()  # idle between runs at its weights, as the engine side is (Engine.release)
+            conn.send(("ok", result))
         except BaseException:  # noqa: BLE001 - the parent reports it
             conn.send(("crash", traceback.format_exc()))
 
