@@ -32,14 +32,13 @@ def profile_component(onnx_path, spec, dims: dict, precision: str, runs: int = 2
     """
     import openvino as ov
 
-    from vidrt.backends.openvino import hint
+    from vidrt.backends.openvino import kernel_config
     from vidrt.export.graphs import sample_inputs
 
     core = ov.Core()
     model = core.read_model(str(onnx_path))
     model.reshape({t.name: list(spec.shape_of(t, dims)) for t in spec.inputs})
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint(precision),
-                                                 "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": "YES"})
+    compiled = core.compile_model(model, "CPU", kernel_config(precision) | {"PERF_COUNT": "YES"})
     request = compiled.create_infer_request()
     feeds = {k: v.numpy() for k, v in sample_inputs(spec, dims).items()}
     request.infer(feeds)  # warm-up: first-run allocations and kernel set-up

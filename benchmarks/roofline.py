@@ -107,11 +107,10 @@ def _openvino_gemm(precision: str, n: int, repeats: int) -> float | None:
         return None
     import numpy as np
 
-    from vidrt.backends.openvino import hint
+    from vidrt.backends.openvino import kernel_config
 
-    # The hint vidrt's own engines get: bf16 runs f32 where OpenVINO would only emulate it.
-    compiled = ov.Core().compile_model(openvino_gemm_model(precision, n), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": hint(precision), "PERFORMANCE_HINT": "LATENCY"})
+    # What vidrt's own engines get: bf16 runs f32 where OpenVINO would only emulate it.
+    compiled = ov.Core().compile_model(openvino_gemm_model(precision, n), "CPU", kernel_config(precision))
     request = compiled.create_infer_request()
     feed = {0: np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)}
     return 2 * n**3 / _best_seconds(lambda: request.infer(feed), repeats) / 1e12
