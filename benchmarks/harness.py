@@ -140,8 +140,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     sides = Sides(cfg, baseline_precision, progress)
     try:
         sides.load_engines()
-        runs = (_one_side_at_a_time if cfg.one_side_at_a_time else _interleaved)(cfg, sides, progress)
-        return _result(cfg, sides, runs, baseline_precision)
+        probe = _ceiling_probe(cfg, sides.device)
+        runs = (_one_side_at_a_time if cfg.one_side_at_a_time else _interleaved)(cfg, sides, progress, probe)
+        return _result(cfg, sides, runs, baseline_precision, probe)
     finally:
         sides.close()
 
@@ -214,6 +215,52 @@ def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def ceiling_precision(precision: str) -> str:
+    """The matmul ceiling a denoiser at ``precision`` is put against: its own (an int8
+    denoiser: the int8 GEMM rate its quantized layers could reach), else bf16 (fp8)."""
+    from .roofline import matmul_ceilings
+
+    return precision if precision in ("fp32", "bf16", "int8") and matmul_ceilings(precision) else "bf16"
+
+
+def _ceiling_probe(cfg, device: str):
+    """A CeilingProbe where the result has a roofline (a CPU run without step caching)."""
+    from .roofline import CeilingProbe
+
+    if device != "cpu" or cfg.cache is not None:
+        return None
+    return CeilingProbe(ceiling_precision(cfg.precision))
+
+
+def _unmetered(probe, meter: PeakRss):
+    """``probe`` with its GEMMs' memory left out of ``meter`` (both processes' peak): it is
+    the benchmark's own, held by neither side, and handed back before the next run."""
+    from vidrt.backends.base import trim_heap
+
+    if probe is None:
+        return None
+
+    def measure() -> float:
+        with meter.paused():
+            rate = probe()
+            trim_heap()
+        return rate
+
+    return measure
+
+
+def _timed(run_once, probe, before: float | None = None) -> tuple[dict, float | None]:
+    """One timed run, with the matmul ceiling probed just before it (or ``before``, the
+    previous run's closing probe) and just after it; returns (run, the closing probe)."""
+    if probe is None:
+        return run_once(), None
+    before = probe() if before is None else before
+    run = run_once()
+    after = probe()
+    run["ceiling_tflops"] = (before + after) / 2
+    return run, after
+
+
 @dataclasses.dataclass
 class Runs:
     """What the timed and warm-up runs of both sides gave."""
@@ -233,7 +280,7 @@ class Runs:
             getattr(self, side).append(run)
 
 
-def _interleaved(cfg, sides: Sides, progress: bool) -> Runs:
+def _interleaved(cfg, sides: Sides, progress: bool, probe=None) -> Runs:
     """Both sides loaded together, timed runs alternating engine, baseline, ... The engine
     warms up before the baseline loads: its first run is where a backend packs its weights
     (OpenVINO: svd-xt's UNet passes through ~3.5 GB more than it keeps), and that peak
@@ -252,16 +299,19 @@ def _interleaved(cfg, sides: Sides, progress: bool) -> Runs:
             for _ in range(cfg.warmup):
                 runs.add("baseline", baseline.run(inputs, cfg.seed, kwargs), warm=True)
         bar.update(cfg.warmup)
+        probe, last = _unmetered(probe, together), None  # the probe between two runs closes one and opens the next
         for _ in range(cfg.runs):
-            runs.add("engine", _engine_run(sides.pipe, inputs, cfg, kwargs), warm=False)
+            run, last = _timed(lambda: _engine_run(sides.pipe, inputs, cfg, kwargs), probe, last)
+            runs.add("engine", run, warm=False)
             if baseline is not None:
-                runs.add("baseline", baseline.run(inputs, cfg.seed, kwargs), warm=False)
+                run, last = _timed(lambda: baseline.run(inputs, cfg.seed, kwargs), probe, last)
+                runs.add("baseline", run, warm=False)
             bar.update(1)
     runs.together_mb = together.peak_mb
     return runs
 
 
-def _one_side_at_a_time(cfg, sides: Sides, progress: bool) -> Runs:
+def _one_side_at_a_time(cfg, sides: Sides, progress: bool, probe=None) -> Runs:
     """For models whose two sides do not fit in memory together (Wan2.1-T2V-1.3B with its
     5.7B-parameter text encoder holds 15 GB on each side): per timed run, the engine side
     loads, runs its warm-ups and one timed run, and frees its memory; then the baseline
@@ -272,23 +322,26 @@ def _one_side_at_a_time(cfg, sides: Sides, progress: bool) -> Runs:
     runs = Runs(schedule="one side at a time")
     inputs, kwargs = cfg.inputs(sides.model), cfg.request(sides.model)
     with PeakRss() as together:
+        probe = _unmetered(probe, together)
         for r in tqdm(range(cfg.runs), desc="bench runs", disable=not progress, unit="run"):
             pipe = sides.pipe or sides.load_engines()
-            for w in range(cfg.warmup + 1):
-                runs.add("engine", _engine_run(pipe, inputs, cfg, kwargs), w < cfg.warmup)
+            for _ in range(cfg.warmup):
+                runs.add("engine", _engine_run(pipe, inputs, cfg, kwargs), warm=True)
+            runs.add("engine", _timed(lambda: _engine_run(pipe, inputs, cfg, kwargs), probe)[0], warm=False)
             pipe = None
             sides.free_engines()
             if sides.with_baseline:
                 baseline = sides.load_baseline()
                 together.pids.append(baseline.pid)
-                for w in range(cfg.warmup + 1):
-                    runs.add("baseline", baseline.run(inputs, cfg.seed, kwargs), w < cfg.warmup)
+                for _ in range(cfg.warmup):
+                    runs.add("baseline", baseline.run(inputs, cfg.seed, kwargs), warm=True)
+                runs.add("baseline", _timed(lambda: baseline.run(inputs, cfg.seed, kwargs), probe)[0], warm=False)
                 sides.free_baseline()
     runs.together_mb = together.peak_mb
     return runs
 
 
-def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
+def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str, probe=None) -> dict:
     """The result dict. Each side's peak memory is its process's peak RSS over the whole
     benchmark, warm-ups and loads included (the first run is where a backend packs its
     weights; the engine's first load counts its build too)."""
@@ -337,7 +390,7 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
         "speedup": None,
         "parity": None,
     }
-    result["roofline"] = roofline(model, sides.device, cfg, engine, frames)
+    result["roofline"] = roofline(model, sides.device, cfg, engine, frames, runs, probe)
     if runs.baseline:
         baseline_peak = max([x["peak_rss_mb"] for x in sides.baseline_loads] + [r["peak_rss_mb"] for r in runs.baseline]
                             + runs.warmup_peaks["baseline"])
@@ -353,9 +406,11 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str) -> dict:
     return result
 
 
-def roofline(model, device: str, cfg, engine: dict, frames: int) -> dict | None:
-    """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings
-    (best over the libraries that run a GEMM here, each library's rate kept)."""
+def roofline(model, device: str, cfg, engine: dict, frames: int, runs: Runs | None = None,
+             probe=None) -> dict | None:
+    """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings (best over
+    the libraries that run a GEMM here, each library's rate kept); with ``probe``, each
+    side's timed runs against the ceiling probed around each of them."""
     from .roofline import matmul_ceilings, unet_flops
 
     if device != "cpu":
@@ -367,22 +422,36 @@ def roofline(model, device: str, cfg, engine: dict, frames: int) -> dict | None:
     flops = unet_flops(model, unet_batch, frames, cfg.height, cfg.width)
     if flops is None:
         return None
+    diffusers_flops = unet_flops(model, unet_batch, frames, cfg.height, cfg.width, diffusers_graph=True)
     by_library = {p: matmul_ceilings(p) for p in ("fp32", "bf16", "int8")}
     ceilings = {p: max(rates.values()) for p, rates in by_library.items() if rates}
     step_s = engine["stages_ms"][f"{denoiser}_step"]["median"] / 1000
-    # An int8 UNet is put against the int8 GEMM rate: the bar its quantized layers could reach.
-    used = cfg.precision if cfg.precision in ceilings else "bf16"
-    return {
+    used = ceiling_precision(cfg.precision)
+    out = {
         "denoiser": denoiser,  # the component the unet_* figures describe (unet, or Wan's transformer)
         "unet_tflop_per_step": flops / 1e12,
-        "diffusers_unet_tflop_per_step": unet_flops(model, unet_batch, frames, cfg.height, cfg.width,
-                                                    diffusers_graph=True) / 1e12,
+        "diffusers_unet_tflop_per_step": diffusers_flops / 1e12,
         "matmul_ceiling_tflops": ceilings,
         "matmul_ceiling_by_library": by_library,
         "engine_unet_tflops": flops / step_s / 1e12,
         "engine_fraction_of_ceiling": flops / step_s / 1e12 / ceilings[used],
         "ceiling_used": used,
     }
+    if probe is not None and runs is not None:
+        out |= {
+            "ceiling_probes_tflops": list(probe.rates),
+            "engine_fraction_of_ceiling_paired": _paired_fractions(runs.engine, flops),
+            "baseline_fraction_of_ceiling_paired": _paired_fractions(runs.baseline, diffusers_flops),
+        }
+    return out
+
+
+def _paired_fractions(timed: list[dict], flops: int) -> dict | None:
+    """Each timed run's denoiser rate (FLOPs over its median step) as a fraction of the
+    ceiling probed around that run; summarised over the runs."""
+    fractions = [flops / statistics.median(r["unet_steps"]) / 1e12 / r["ceiling_tflops"]
+                 for r in timed if r.get("unet_steps") and r.get("ceiling_tflops")]
+    return summary(fractions) if fractions else None
 
 
 def _engine_run(pipe, inputs, cfg, kwargs) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psutil
@@ -30,6 +31,20 @@ class PeakRss:
         self.peak_mb = 0.0
         self.start_mb = 0.0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._paused = 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Work inside the block is not counted: the measurement's own (the matmul ceiling's
+        GEMMs between timed runs), which neither side of a benchmark holds."""
+        with self._lock:
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused -= 1
 
     def __enter__(self):
         self.start_mb = self.peak_mb = rss_mb(self.pids)
@@ -39,7 +54,9 @@ class PeakRss:
 
     def _sample(self):
         while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, rss_mb(self.pids))
+            with self._lock:
+                if not self._paused:
+                    self.peak_mb = max(self.peak_mb, rss_mb(self.pids))
 
     def __exit__(self, *exc):
         self._stop.set()

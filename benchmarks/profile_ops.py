@@ -71,16 +71,16 @@ def _print_rows(result: dict) -> None:
         print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
 
 
-def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, width: int, precision: str) -> dict:
-    """The denoiser's FLOP rate per call against this machine's matmul ceiling, whole and
-    per class of node: convolutions, linear layers and attention as torch's counter splits
-    the FLOPs, timed by the OpenVINO nodes that run them (fused attention is a Subgraph
-    or ScaledDotProductAttention node; a Subgraph also carries fused elementwise work)."""
-    from vidrt.benchmarks.roofline import matmul_ceiling, unet_flops
+def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, width: int, ceiling: float) -> dict:
+    """The denoiser's FLOP rate per call against ``ceiling`` (this machine's matmul rate,
+    TFLOP/s), whole and per class of node: convolutions, linear layers and attention as
+    torch's counter splits the FLOPs, timed by the OpenVINO nodes that run them (fused
+    attention is a Subgraph or ScaledDotProductAttention node; a Subgraph also carries
+    fused elementwise work)."""
+    from vidrt.benchmarks.roofline import unet_flops
 
     flops = unet_flops(model, batch, frames, height, width)
     split = unet_flops(model, batch, frames, height, width, by_op=True)
-    ceiling = matmul_ceiling(precision)
     out = {"unet_tflop": flops / 1e12, "ceiling_tflops": ceiling, "tflops_whole": flops / result["wall_s"] / 1e12,
            "tflops_gemm_only": flops / result["gemm_s"] / 1e12, "rates": {}}
     seconds = result["seconds_by_type"]
@@ -98,6 +98,7 @@ def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, wi
 
 def main(argv: list[str] | None = None) -> int:
     from vidrt.backends import get_backend
+    from vidrt.benchmarks.roofline import CeilingProbe
     from vidrt.build import prepare_engines
     from vidrt.layout import default_engine_dir, onnx_path
     from vidrt.sources import resolve_model
@@ -128,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if "L" in spec.ranges:
         dims["L"] = model.max_text_length
     dims = {k: v for k, v in dims.items() if k in spec.ranges}
+    # The machine's rate drifts within minutes: the ceiling is probed just before and after the profile.
+    probe = CeilingProbe(args.precision)
+    before = probe()
     result = profile_component(onnx_path(model, engine_dir, backend, component, args.precision), spec, dims,
                                args.precision, args.runs)
+    ceiling = (before + probe()) / 2
     result |= {"model": model.label, "component": component, "dims": dims, "precision": args.precision}
     if component in model.denoisers:
-        result |= denoiser_rates(model, result, args.batch, args.frames, args.height, args.width, args.precision)
-        ceiling = result["ceiling_tflops"]
+        result |= denoiser_rates(model, result, args.batch, args.frames, args.height, args.width, ceiling)
         print(f"{model.label}: {component} {dims} {args.precision}: {result['wall_s']:.2f} s/call, "
               f"{result['tflops_whole']:.3f} TFLOP/s whole = {100 * result['tflops_whole'] / ceiling:.0f}% of the "
               f"{ceiling:.3f} TFLOP/s ceiling; GEMM-class nodes {100 * result['gemm_share']:.0f}% of the time")

@@ -49,7 +49,15 @@ def format_table(result: dict) -> str:
                      f"{r.get('diffusers_unet_tflop_per_step', r['unet_tflop_per_step']):.3f}), engine {r['engine_unet_tflops']:.3f} TFLOP/s = "
                      f"{100 * r['engine_fraction_of_ceiling']:.0f}% of this machine's {r['ceiling_used']} matmul ceiling "
                      f"({r['matmul_ceiling_tflops'][r['ceiling_used']]:.2f} TFLOP/s, best of "
-                     f"{', '.join(r.get('matmul_ceiling_by_library', {}).get(r['ceiling_used'], {}))})")
+                     f"{', '.join(r.get('matmul_ceiling_by_library', {}).get(r['ceiling_used'], {}))}, measured once)")
+        paired = [(label, r.get(key)) for label, key in (("engine", "engine_fraction_of_ceiling_paired"),
+                                                         ("diffusers", "baseline_fraction_of_ceiling_paired"))]
+        if any(f for _, f in paired):
+            probes = r["ceiling_probes_tflops"]
+            lines.append("against the ceiling probed around each timed run ("
+                         f"{len(probes)} probes, {min(probes):.2f}-{max(probes):.2f} TFLOP/s): " + ", ".join(
+                             f"{label} {100 * f['median']:.0f}% [{100 * f['min']:.0f}-{100 * f['max']:.0f}%]"
+                             for label, f in paired if f))
     if b:
         p = result["parity"]
         lines.append(f"speedup (baseline/engine, end-to-end medians): {result['speedup']:.2f}x")

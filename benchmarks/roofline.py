@@ -1,7 +1,7 @@
 """How close the UNet runs to the machine: its FLOPs per step (counted by torch's
 flop counter on fake tensors, no weights, no compute) and the matmul ceiling of this
-machine, measured on the spot, once per process (a property of the machine, not of the
-run: several run-bench calls in one process share it)."""
+machine, measured on the spot: once per process (several run-bench calls in one process
+share it), and again around each timed run (CeilingProbe), as the machine's rate drifts."""
 
 from __future__ import annotations
 
@@ -135,18 +135,49 @@ def native_torch_bf16() -> bool:
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
-@functools.cache
-def _measured_ceilings(precision: str, n: int, repeats: int) -> dict[str, float]:
-    out = {}
-    if precision in TORCH_DTYPES:
+def library_rate(library: str, precision: str, n: int = CEILING_N, repeats: int = 3) -> float | None:
+    """TFLOP/s (TOP/s for int8) of an n×n×n matmul at ``precision`` in one library
+    ("torch" or "openvino"), measured now; None where that library does not run it here."""
+    if library == "torch":
+        if precision not in TORCH_DTYPES:
+            return None
         emulated = precision == "bf16" and not native_torch_bf16()
         # An emulated GEMM's rate does not grow with size: a small one measures it in a second.
-        out["torch"] = _torch_gemm(TORCH_DTYPES[precision], min(n, EMULATED_N) if emulated else n,
-                                   1 if emulated else repeats)
-    ov_rate = _openvino_gemm(precision, n, repeats)
-    if ov_rate is not None:
-        out["openvino"] = ov_rate
-    return out
+        return _torch_gemm(TORCH_DTYPES[precision], min(n, EMULATED_N) if emulated else n, 1 if emulated else repeats)
+    return _openvino_gemm(precision, n, repeats)
+
+
+LIBRARIES = ("torch", "openvino")
+
+
+@functools.cache
+def _measured_ceilings(precision: str, n: int, repeats: int) -> dict[str, float]:
+    rates = {lib: library_rate(lib, precision, n, repeats) for lib in LIBRARIES}
+    return {lib: r for lib, r in rates.items() if r is not None}
+
+
+class CeilingProbe:
+    """The matmul ceiling measured again at chosen moments. A 2-core VM's rate drifts by
+    15-30% within minutes (its neighbours, its host's clocks), so a ceiling measured once
+    and a denoiser timed minutes later can describe two different machines: run-bench
+    probes just before and just after each timed run and puts the run against the mean of
+    the two. Each probe times every library that ran the once-per-process ceiling
+    (``repeats`` GEMMs after a warm-up: the best of two, as one 0.5 s GEMM alone swings by
+    20% here) and keeps the best, and frees what it allocated.
+
+    Attributes:
+        rates: every probe's TFLOP/s, in order.
+    """
+
+    def __init__(self, precision: str, n: int = CEILING_N, repeats: int = 2):
+        self.precision, self.n, self.repeats = precision, n, repeats
+        self.libraries = tuple(matmul_ceilings(precision, n))
+        self.rates: list[float] = []
+
+    def __call__(self) -> float:
+        rates = [library_rate(lib, self.precision, self.n, self.repeats) for lib in self.libraries]
+        self.rates.append(max(r for r in rates if r is not None))
+        return self.rates[-1]
 
 
 def matmul_ceiling(precision: str, n: int = CEILING_N, repeats: int = 3) -> float | None:

@@ -159,3 +159,15 @@ def free_port() -> int:
 def make_image(h: int = 40, w: int = 56, seed: int = 0) -> PIL.Image.Image:
     rng = np.random.RandomState(seed)
     return PIL.Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8))
+
+
+class ScriptedProbe:
+    """A ceiling probe whose n-th call reads n TFLOP/s, and says when it was called."""
+
+    def __init__(self, events):
+        self.events, self.rates = events, []
+
+    def __call__(self):
+        self.events.append("probe")
+        self.rates.append(float(len(self.rates) + 1))
+        return self.rates[-1]

@@ -1,5 +1,7 @@
 """Benchmark helpers: FLOP counting without weights, scenarios, parity metrics."""
 
+import statistics
+
 import numpy as np
 import pytest
 import torch
@@ -193,20 +195,46 @@ def test_wan_layers_folder_is_the_real_transformer_cut_short(tmp_path):
         main(["--layers", "31", "--output", str(tmp_path / "x")])
 
 
+def test_ceiling_probe_measures_again_each_call():
+    from vidrt.benchmarks.roofline import CeilingProbe, matmul_ceilings
+
+    pytest.importorskip("openvino")
+    probe = CeilingProbe("fp32", n=256)
+    assert set(probe.libraries) == set(matmul_ceilings("fp32", n=256)) == {"torch", "openvino"}
+    rates = [probe(), probe()]
+    assert probe.rates == rates and min(rates) > 0
+
+
 def test_interleaved_run_bench_warms_the_engine_up_before_the_baseline_loads(t2v_engine_dir, monkeypatch):
     """The engine's first run is where OpenVINO packs its weights (svd-xt: ~3.5 GB above what
     it keeps); the baseline process starts after it, so that peak never meets the baseline's
-    weights. Timed runs then alternate engine, baseline."""
+    weights. Timed runs then alternate engine, baseline, each put against the matmul ceiling
+    probed just before and just after it (the machine's rate drifts between runs)."""
     from vidrt.benchmarks import harness
+    from vidrt.benchmarks.worker import BaselineWorker
+
+    from conftest import ScriptedProbe
 
     events = []
-    engine_run, load_baseline = harness._engine_run, harness.Sides.load_baseline
+    engine_run, load_baseline, baseline_run = harness._engine_run, harness.Sides.load_baseline, BaselineWorker.run
     monkeypatch.setattr(harness, "_engine_run", lambda *a: events.append("engine") or engine_run(*a))
     monkeypatch.setattr(harness.Sides, "load_baseline", lambda self: events.append("baseline load") or load_baseline(self))
+    monkeypatch.setattr(BaselineWorker, "run", lambda self, *a: events.append("baseline") or baseline_run(self, *a))
+    monkeypatch.setattr(harness, "_ceiling_probe", lambda cfg, device: ScriptedProbe(events))
     cfg = harness.BenchConfig(model="tiny-wan", engine_dir=str(t2v_engine_dir("tiny-wan")), backend="onnxruntime",
                               height=32, width=32, num_frames=5, steps=2, runs=2, warmup=1)
     result = harness.run_bench(cfg, progress=False)
-    assert events == ["engine", "baseline load", "engine", "engine"]
+    assert events == ["engine", "baseline load", "baseline", "probe", "engine", "probe", "baseline", "probe",
+                      "engine", "probe", "baseline", "probe"]
+    # probes 1..5 read 1..5 TFLOP/s: each run is put against the mean of the two around it
+    r = result["roofline"]
+    assert r["ceiling_probes_tflops"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    for side, flops, ceilings in (("engine", r["unet_tflop_per_step"], (1.5, 3.5)),
+                                  ("baseline", r["diffusers_unet_tflop_per_step"], (2.5, 4.5))):
+        steps = result[side]["stages_ms"]["transformer_step"]["samples"]  # 2 a run, in order
+        rates = [flops / (statistics.median(steps[2 * i:2 * i + 2]) / 1000) for i in range(2)]
+        paired = r[f"{side}_fraction_of_ceiling_paired"]["samples"]
+        assert paired == pytest.approx([rate / c for rate, c in zip(rates, ceilings)])
     assert len(result["engine"]["warmup_s"]) == 1 and len(result["baseline"]["warmup_s"]) == 1
     assert result["parity"]["max_abs_err"] <= 2e-3  # tests/test_wan.py's bar against diffusers' WanPipeline
     assert result["peak_memory_both_mb"] >= result["baseline"]["peak_memory_mb"]  # the baseline sampled too

@@ -9,6 +9,8 @@ encoder run at the prompts' length rather than max_sequence_length (observed < 1
 import copy
 import re
 
+import statistics
+
 import numpy as np
 import pytest
 import torch
@@ -333,11 +335,16 @@ def test_an_on_demand_transformer_loads_once_per_request_and_matches_diffusers(w
     assert all(engine._held is None for name, engine in pipe.engines.items() if name in experts)
 
 
-def test_run_bench_one_side_at_a_time(t2v_engine_dir):
+def test_run_bench_one_side_at_a_time(t2v_engine_dir, monkeypatch):
     """--one-side-at-a-time: each timed run loads its side, warms it up, runs and frees it,
-    engine then diffusers; the figures and parity come out as in the interleaved schedule."""
+    engine then diffusers; the figures and parity come out as in the interleaved schedule,
+    and each timed run has its own matmul-ceiling probes just before and after it."""
+    from vidrt.benchmarks import harness
     from vidrt.benchmarks.harness import BenchConfig, run_bench
 
+    from conftest import ScriptedProbe
+
+    monkeypatch.setattr(harness, "_ceiling_probe", lambda cfg, device: ScriptedProbe([]))
     cfg = BenchConfig(model="tiny-wan", engine_dir=str(t2v_engine_dir("tiny-wan")), backend="onnxruntime",
                       height=32, width=32, num_frames=5, steps=2, runs=2, warmup=1, one_side_at_a_time=True)
     result = run_bench(cfg, progress=False)
@@ -350,6 +357,11 @@ def test_run_bench_one_side_at_a_time(t2v_engine_dir):
     # the sides' peaks never coincide: what the machine held at once stays below their sum
     # (at this size the processes' libraries, not the models, are most of each side's RSS)
     assert result["peak_memory_both_mb"] < engine["peak_memory_mb"] + baseline["peak_memory_mb"]
+    r = result["roofline"]
+    assert r["ceiling_probes_tflops"] == [float(i) for i in range(1, 9)]  # 2 a timed run
+    engine_steps = engine["stages_ms"]["transformer_step"]["samples"]
+    first = r["unet_tflop_per_step"] / (statistics.median(engine_steps[:2]) / 1000) / 1.5  # probes 1 and 2
+    assert r["engine_fraction_of_ceiling_paired"]["samples"][0] == pytest.approx(first)
 
 
 def test_the_real_size_preset_has_wan21_t2v_13b_sizes():
