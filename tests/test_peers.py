@@ -54,8 +54,13 @@ def test_vidrt_and_both_peers_run_the_same_request_and_match_diffusers(ltx_090, 
         # each side's seeded frames, rounded to 8 bits, within one step of diffusers fp32's
         assert r["frames_vs_diffusers_fp32"]["max_abs_err"] <= 1 / 255 + 1e-6, side
     assert set(result["vidrt_speedup_over"]) == {"optimum", "genai"}
+    # per round: each peer's n-th run over vidrt's n-th run, the two runs of a round
+    vidrt_runs = [r["end_to_end"] for r in result["sides"]["vidrt"]["runs"]]
+    for peer in ("optimum", "genai"):
+        want = [r["end_to_end"] / v for r, v in zip(result["sides"][peer]["runs"], vidrt_runs)]
+        assert result["vidrt_speedup_over_per_round"][peer]["samples"] == pytest.approx(want)
     table = capsys.readouterr().out
-    assert "OpenVINO GenAI" in table and "vidrt speedup over optimum-intel" in table
+    assert "OpenVINO GenAI" in table and "vidrt speedup over optimum-intel" in table and "per round" in table
 
 
 def test_a_peer_that_cannot_run_is_reported_with_its_reason(tmp_path, capsys):
