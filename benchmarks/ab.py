@@ -4,7 +4,7 @@ Each revision is a git checkout (a worktree under the cache for a commit; the wo
 tree itself for the default head), served by its own worker process
 (benchmarks/ab_worker.py) that imports vidrt from that checkout and builds that
 checkout's engines into a folder of its own. After each side's warm-ups the timed runs
-alternate base, head, base, head, ... on the same inputs and seed, so what the machine
+alternate in pairs (base, head; head, base; ...) on the same inputs and seed, so what the machine
 does meanwhile falls on both; the two sides are then compared as ``vidrt compare``
 compares two results. Both workers stay loaded, so the case must fit in memory twice.
 """
@@ -212,8 +212,10 @@ def run_ab(cfg: ABConfig, progress: bool = True) -> tuple[dict, dict]:
             for w in workers:
                 w.call("run", request)
         runs = ([], [])
-        for _ in tqdm(range(cfg.runs), desc="A/B runs", disable=not progress, unit="pair"):
-            for side, w in zip(runs, workers):
+        for i in tqdm(range(cfg.runs), desc="A/B runs", disable=not progress, unit="pair"):
+            # base first in even pairs, head first in odd ones: whichever runs second meets what
+            # the first leaves (ONNX Runtime's threads spin on after a run), so the order alternates.
+            for side, w in list(zip(runs, workers))[::1 if i % 2 == 0 else -1]:
                 side.append(w.call("run", request))
     finally:
         for w in workers:
