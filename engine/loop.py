@@ -33,20 +33,23 @@ class Conditioning:
     text-to-video: prompt embeddings). ``sample_extra`` are channels appended to the
     sample after the latents' own, the same for every frame (SVD's image latents,
     [G*V, C', h, w]). ``channel_axis`` is where channels sit in the latents: 2 for
-    SVD's [V, F, C, h, w], 1 for text-to-video's [V, C, F, h, w].
+    SVD's [V, F, C, h, w], 1 for text-to-video's [V, C, F, h, w]. ``keep``, broadcastable
+    to the latents, is 0 where latents are held (LTX's image frame in image to video): the
+    guided prediction is multiplied by it before the sampler's step.
     """
 
     inputs: dict[str, torch.Tensor]
     sample_extra: torch.Tensor | None = None
     channel_axis: int = 2
+    keep: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
-        return list(self.inputs.values()) + ([self.sample_extra] if self.sample_extra is not None else [])
+        return list(self.inputs.values()) + [t for t in (self.sample_extra, self.keep) if t is not None]
 
     def like(self) -> "Conditioning":
         """Empty tensors of the same shapes (a step buffer's copy)."""
-        extra = torch.empty_like(self.sample_extra) if self.sample_extra is not None else None
-        return Conditioning({k: torch.empty_like(v) for k, v in self.inputs.items()}, extra, self.channel_axis)
+        extra, keep = (torch.empty_like(t) if t is not None else None for t in (self.sample_extra, self.keep))
+        return Conditioning({k: torch.empty_like(v) for k, v in self.inputs.items()}, extra, self.channel_axis, keep)
 
     def sample_shape(self, latents: torch.Tensor, groups: int) -> tuple[int, ...]:
         """Shape of the UNet's sample input: both guidance groups, extra channels appended."""
@@ -137,22 +140,38 @@ def _step_inputs(b: StepBuffers, latents, cond: Conditioning, videos: int, chann
     return {"sample": b.unet_in, "timestep": b.timestep, **cond.inputs}
 
 
-def _step_update(sampler, b: StepBuffers, latents, guidance, videos: int) -> None:
-    """Guidance combined, then the sampler's update of the latents in place."""
+def _step_update(sampler, b: StepBuffers, latents, guidance, videos: int, rescale: float = 0.0) -> None:
+    """Guidance combined (and rescaled), held latents' prediction zeroed, then the
+    sampler's update of the latents in place."""
     model_out = b.unet_out
     if guidance is not None:
         uncond, cond_pred = b.unet_out[:videos], b.unet_out[videos:]
         torch.sub(cond_pred, uncond, out=b.guided)
         b.guided.mul_(guidance).add_(uncond)
+        if rescale:
+            _rescale_guided(b.guided, cond_pred, rescale)
         model_out = b.guided
+    if b.cond.keep is not None:
+        model_out.mul_(b.cond.keep)
     sampler.apply(latents, model_out, b.coef, b.noise)
 
 
-def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guidance, videos: int, channels: int):
+def _rescale_guided(guided: torch.Tensor, cond_pred: torch.Tensor, rescale: float) -> None:
+    """Guidance rescale in place (Lin et al. 2023, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", section 3.4): each video's guided prediction scaled towards
+    the standard deviation of its conditional one, by the fraction ``rescale``
+    (r * g * s_c / s_g + (1 - r) * g, per video; diffusers' rescale_noise_cfg)."""
+    dims = list(range(1, guided.ndim))
+    ratio = cond_pred.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    guided.mul_(ratio.mul_(rescale).add_(1.0 - rescale))
+
+
+def _step_body(unet, sampler, b: StepBuffers, latents, cond: Conditioning, guidance, videos: int, channels: int,
+               rescale: float = 0.0):
     """One denoising step on device tensors only (capturable)."""
     feeds = _step_inputs(b, latents, cond, videos, channels, 2 if guidance is not None else 1)
     unet(**feeds, out={"noise_pred": b.unet_out})
-    _step_update(sampler, b, latents, guidance, videos)
+    _step_update(sampler, b, latents, guidance, videos, rescale)
 
 
 def _step_head(unet, b: StepBuffers, videos: int, channels: int, groups: int) -> None:
@@ -160,10 +179,10 @@ def _step_head(unet, b: StepBuffers, videos: int, channels: int, groups: int) ->
     unet.run_head(**_step_inputs(b, b.latents, b.cond, videos, channels, groups))
 
 
-def _step_rest(unet, sampler, b: StepBuffers, run: tuple, videos: int) -> None:
+def _step_rest(unet, sampler, b: StepBuffers, run: tuple, videos: int, rescale: float = 0.0) -> None:
     """A cached denoiser's step after its decision ``run`` (device only: capturable)."""
     unet.run_rest(run, out={"noise_pred": b.unet_out}, sample=b.unet_in, timestep=b.timestep, **b.cond.inputs)
-    _step_update(sampler, b, b.latents, b.guidance, videos)
+    _step_update(sampler, b, b.latents, b.guidance, videos, rescale)
 
 
 def denoise(
@@ -179,6 +198,7 @@ def denoise(
     switch: ExpertSwitch | None = None,
     guidance_per_step: list[float] | None = None,
     control: RequestControl = NO_CONTROL,
+    guidance_rescale: float = 0.0,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
@@ -201,6 +221,8 @@ def denoise(
             (CogVideoX's dynamic guidance); written into the step's buffer before it runs.
         control: the request's progress callback and cancel token: told after every
             step, checked before each (vidrt.Cancelled stops the loop there).
+        guidance_rescale: the fraction by which the guided prediction is rescaled to the
+            conditional one's standard deviation (0: off; LTX-Video's guidance_rescale).
     """
     from tqdm.auto import tqdm
 
@@ -266,17 +288,19 @@ def denoise(
                 with timer.span(step_times):
                     if hasattr(unet, "decide"):  # a step cache: two graphs around the host's decision
                         feeds = {"sample": b.unet_in, "timestep": b.timestep, **b.cond.inputs}
-                        own = (*key, b.serial, *unet.graph_key(**feeds))
+                        own = (*key, b.serial, guidance_rescale, *unet.graph_key(**feeds))
                         head = functools.partial(_step_head, unet, b, videos, channels, groups)
                         _run_graph(state, (*own, "head"), head)
                         run = unet.decide(**feeds)
-                        _run_graph(state, (*own, run), functools.partial(_step_rest, unet, sampler, b, run, videos))
+                        _run_graph(state, (*own, run), functools.partial(_step_rest, unet, sampler, b, run, videos,
+                                                                         guidance_rescale))
                     else:
-                        _run_graph(state, (*key, b.serial), functools.partial(
-                            _step_body, unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels))
+                        _run_graph(state, (*key, b.serial, guidance_rescale), functools.partial(
+                            _step_body, unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels,
+                            guidance_rescale))
             else:
                 with timer.span(step_times):
-                    _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels)
+                    _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels, guidance_rescale)
             control.report("denoise", i + 1)
     timer.collect(step_times)
     control.report("decode", sampler.num_steps)

@@ -50,10 +50,10 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     mask = tok.attention_mask.to(torch.int64)
     s, k = model.vae_scale_factor, model.temporal_factor
     scale = torch.tensor([k / 25.0, s, s], dtype=torch.float32)  # LTXPipeline's default frame rate
-    frame_mask = torch.zeros(CALIB_LATENT_FRAMES, dtype=torch.int64)
+    conditioning_mask = torch.zeros(CALIB_LATENT_FRAMES, dtype=torch.int64)
     return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts), lambda i: {
         "encoder_hidden_states": torch.cat([states[:1], states[i + 1 : i + 2]]),
         "encoder_attention_mask": torch.cat([mask[:1], mask[i + 1 : i + 2]]),
         "rope_interpolation_scale": scale,
-        "frame_mask": frame_mask,
+        "conditioning_mask": conditioning_mask,
     })

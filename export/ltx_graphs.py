@@ -66,15 +66,15 @@ def ltx_rotary(rope, frames, height, width, scale, device):
 class LTXTransformerGraph(DenoiserStages):
     """LTXVideoTransformer3DModel on [B, C, F, h, w] latents: one timestep for the whole
     batch, [B, L, D] text states and their [B, L] mask, LTXPipeline's [3]
-    rope_interpolation_scale, and a [F] ``frame_mask``, 1 on latent frames that condition
-    the video (int64; LTXImageToVideoPipeline: frame 0, the image's), 0 elsewhere (text to video:
-    all 0). As the image-to-video pipeline does, conditioning tokens see timestep
-    ``t * (1 - mask)`` = 0; their prediction, which diffusers drops before its scheduler
-    step, is returned as 0, so an elementwise flow step leaves those frames unchanged.
+    rope_interpolation_scale, and a [F] ``conditioning_mask``, 1 on latent frames that
+    condition the video (int64; LTXImageToVideoPipeline: frame 0, the image's), 0 elsewhere
+    (text to video: all 0). As the image-to-video pipeline does, conditioning tokens see
+    timestep ``t * (1 - mask)`` = 0; their prediction is returned as diffusers computes it
+    (its guidance rescale takes every token's), and the pipeline holds those frames.
 
     Written as the three parts step caching cuts it into (export/split_graphs.py): streams
     (video tokens), context (projected text, per-token temb, the additive text mask, rotary
-    cos and sin), final (the embedded timestep, the frames' keep factor 1 - frame_mask)."""
+    cos and sin), final (the embedded timestep)."""
 
     def __init__(self, transformer):
         super().__init__()
@@ -84,28 +84,27 @@ class LTXTransformerGraph(DenoiserStages):
         if cfg.patch_size != 1 or cfg.patch_size_t != 1:
             raise NotImplementedError("vidrt exports LTX transformers with patch sizes 1 (every released LTX-Video)")
 
-    def _time_embeddings(self, timestep, frame_mask, tokens_per_frame):
+    def _time_embeddings(self, timestep, conditioning_mask, tokens_per_frame):
         """Per-token (temb, embedded timestep) [1, N, .]: the time embedding of t for free
         tokens and of 0 for conditioning ones, each computed once and gathered (diffusers
         embeds every token's timestep; the rows are the same)."""
         t = self.transformer
         pair = torch.cat([timestep.reshape(1), torch.zeros_like(timestep.reshape(1))])  # [t, 0]
         temb, embedded = t.time_embed(pair, batch_size=2, hidden_dtype=torch.float32)
-        pick = frame_mask[:, None].expand(-1, tokens_per_frame).flatten()  # [N]: 1 picks the 0-timestep row
+        pick = conditioning_mask[:, None].expand(-1, tokens_per_frame).flatten()  # [N]: 1 picks the 0-timestep row
         return temb.index_select(0, pick)[None], embedded.index_select(0, pick)[None]
 
     def embed(self, sample, timestep, encoder_hidden_states, encoder_attention_mask, rope_interpolation_scale,
-              frame_mask):
+              conditioning_mask):
         t = self.transformer
         b, c, frames, height, width = sample.shape
         x = sample.flatten(2).transpose(1, 2)  # LTXPipeline._pack_latents at patch size 1: [B, F*h*w, C]
         cos, sin = ltx_rotary(t.rope, frames, height, width, rope_interpolation_scale, sample.device)
         mask = ((1 - encoder_attention_mask.to(x.dtype)) * -10000.0).unsqueeze(1)  # [B, 1, L], as diffusers
         x = t.proj_in(x)
-        temb, embedded = self._time_embeddings(timestep, frame_mask, height * width)
+        temb, embedded = self._time_embeddings(timestep, conditioning_mask, height * width)
         text = t.caption_projection(encoder_hidden_states).view(b, -1, x.size(-1))
-        keep = (1 - frame_mask).to(x.dtype)
-        return (x,), (text, temb, mask, cos, sin), (embedded, keep)
+        return (x,), (text, temb, mask, cos, sin), (embedded,)
 
     def run_block(self, block, streams, context):
         text, temb, mask, cos, sin = context
@@ -116,11 +115,10 @@ class LTXTransformerGraph(DenoiserStages):
     def finish(self, sample, streams, final):
         t = self.transformer
         _, _, frames, height, width = sample.shape
-        embedded, keep = final
+        (embedded,) = final
         shift_scale = t.scale_shift_table[None, None] + embedded[:, :, None]
         x = t.norm_out(streams[0]) * (1 + shift_scale[:, :, 1]) + shift_scale[:, :, 0]
-        out = t.proj_out(x).transpose(1, 2).unflatten(2, (frames, height, width))
-        return out * keep.view(1, 1, -1, 1, 1)
+        return t.proj_out(x).transpose(1, 2).unflatten(2, (frames, height, width))
 
 
 class LTXVaeEncoderGraph(torch.nn.Module):

@@ -105,6 +105,17 @@ def test_frame_counts_and_sizes_match_diffusers(cog, frames, height, width):
     assert np.abs(got - want).max() <= ATOL
 
 
+@pytest.mark.parametrize("sampler", [None, "cogvideox-dpm"])
+def test_eta_changes_nothing_as_in_diffusers(cog, sampler):
+    """diffusers hands eta to CogVideoX's DDIM and DPM schedulers' step, which ignore it
+    (diffusers/schedulers/scheduling_ddim_cogvideox.py, scheduling_dpm_cogvideox.py)."""
+    pipe, ref = cog
+    got, want = run_both(pipe, ref, sampler, **dict(KW, guidance_scale=6.0, eta=0.8))
+    plain, _ = run_both(pipe, ref, sampler, **dict(KW, guidance_scale=6.0))
+    assert np.abs(got - want).max() <= ATOL
+    assert np.array_equal(got, plain)
+
+
 def test_prompt_batches_and_generator_lists_match_diffusers(cog):
     """Two prompts with a negative each: one text encoder call, one transformer batch of 4
     rows per step; a generator per video. diffusers' CogVideoX ignores
@@ -229,7 +240,7 @@ def test_bad_requests_get_one_line_errors(cog, cog_i2v):
         (dict(num_frames=1), "num_frames=1"),
         (dict(height=40), "multiples of 16 for CogVideoX, got 40x48; try 32x48"),
         (dict(max_sequence_length=12), "position table holds 16 text tokens; pass max_sequence_length=16"),
-        (dict(eta=0.5), "eta=0.5"),
+        (dict(eta=float("nan")), "eta=nan"),
         (dict(guidance_scale=float("nan")), "guidance_scale=nan"),
         (dict(latents=torch.zeros(1, 4, 3, 4, 6)), "latents have shape \\[1, 4, 3, 4, 6\\], this request needs \\[1, 3, 4, 4, 6\\]"),
     ]

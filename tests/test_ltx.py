@@ -61,6 +61,20 @@ def test_frames_match_diffusers(ltx, sampler, guidance):
     assert want.std() > 0.01  # not a constant both sides agree on by accident
 
 
+@pytest.mark.parametrize("sampler", [None, "scheduler"])
+def test_guidance_rescale_matches_diffusers(ltx, sampler):
+    """Each video's guided prediction rescaled towards its conditional one's std (diffusers'
+    rescale_noise_cfg, Lin et al. 2023 section 3.4), two prompts so the std is per video."""
+    pipe, ref = ltx
+    kw = dict(KW, prompt=["a red car", "fireworks over a city skyline at night"], negative_prompt=["rain", "snow"],
+              num_frames=5, guidance_scale=4.0, decode_timestep=[0.05, 0.05])
+    plain, _ = run_both(pipe, ref, sampler, seed=4, **kw)
+    got, want = run_both(pipe, ref, sampler, seed=4, **dict(kw, guidance_rescale=0.7))
+    assert got.shape == want.shape == (2, 5, 32, 64, 3)
+    assert np.abs(got - want).max() <= ATOL
+    assert np.abs(got - plain).max() > 1e-3  # the rescale changed the frames
+
+
 def test_guidance_changes_the_frames(ltx):
     pipe, _ = ltx
     kw = dict(KW, output_type="np")
@@ -146,18 +160,18 @@ def test_exported_graphs_equal_diffusers_modules():
         mask[0, length // 2 :] = 0
         t = torch.tensor([700.0])
         for first in (0, 1):  # text to video; image to video (frame 0 conditions, at timestep 0)
-            frame_mask = torch.tensor([first] + [0] * (f - 1))
-            tokens = frame_mask.repeat_interleave(h * w)[None].float()  # LTXImageToVideoPipeline's conditioning_mask
+            frames_mask = torch.tensor([first] + [0] * (f - 1))
+            tokens = frames_mask.repeat_interleave(h * w)[None].float()  # LTXImageToVideoPipeline's conditioning_mask
             want = ref.transformer(hidden_states=ref._pack_latents(x), encoder_hidden_states=text,
                                    timestep=t.expand(b)[:, None] * (1 - tokens), encoder_attention_mask=mask.bool(),
                                    num_frames=f, height=h, width=w, rope_interpolation_scale=(4 / 25, 8, 8),
                                    return_dict=False)[0]
             want = ref._unpack_latents(want, f, h, w)
-            got = graph(x, t, text, mask, torch.tensor([4 / 25, 8.0, 8.0]), frame_mask)
+            got = graph(x, t, text, mask, torch.tensor([4 / 25, 8.0, 8.0]), frames_mask)
             # the time embeddings of t and 0 are computed once and gathered per token: the same
-            # rows up to the GEMM's blocking (observed 0 or ~1e-7)
-            assert torch.allclose(got[:, :, first:], want[:, :, first:], atol=1e-5, rtol=0)
-            assert not first or torch.equal(got[:, :, 0], torch.zeros_like(got[:, :, 0]))  # dropped by diffusers
+            # rows up to the GEMM's blocking (observed 0 or ~1e-7); the conditioning frame's
+            # prediction too (diffusers' guidance rescale reads it before its step drops it)
+            assert torch.allclose(got, want, atol=1e-5, rtol=0)
     decoder = LTXVaeDecoderGraph(ref.vae).eval()
     for b, f, h, w in ((1, 2, 4, 6), (2, 3, 3, 5)):
         z, noise = torch.randn(b, 8, f, h, w, generator=gen), torch.randn(b, 8, f, h, w, generator=gen)
@@ -173,7 +187,7 @@ def test_bad_requests_get_one_line_errors(ltx):
     cases = [
         (dict(num_frames=10), "num_frames=10: LTX-Video makes 4k\\+1 frames"),
         (dict(height=48), "multiples of 32 for LTX-Video, got 48x64; try 32x64"),
-        (dict(guidance_rescale=0.7), "guidance_rescale=0.7"),
+        (dict(guidance_rescale=float("inf")), "guidance_rescale=inf"),
         (dict(frame_rate=0), "frame_rate=0: must be positive"),
         (dict(decode_timestep=[0.1, 0.2]), "decode_timestep: 2 values for 1 videos"),
         (dict(latents=torch.zeros(1, 8, 3, 4, 8)), "packed latents of shape \\[1, 96, 8\\]"),
@@ -305,6 +319,19 @@ def test_image_to_video_frame_counts_and_sizes_match_diffusers(ltx_i2v, frames, 
     assert np.abs(got - want).max() <= ATOL
 
 
+def test_image_to_video_guidance_rescale_matches_diffusers(ltx_i2v):
+    """diffusers rescales over every token, the image's frame's too, then drops that frame's
+    prediction: vidrt's graph returns it, and the loop holds the frame after the rescale."""
+    pipe, ref = ltx_i2v
+    kw = dict(KW, image=an_image(seed=5), guidance_scale=4.0, guidance_rescale=0.7)
+    got, want = run_both(pipe, ref, seed=6, **kw)
+    assert np.abs(got - want).max() <= ATOL
+    start = lambda: torch.Generator().manual_seed(6)  # noqa: E731
+    got = pipe(**dict(kw, output_type="latent"), generator=start()).frames
+    want = ref(**dict(kw, output_type="latent"), generator=start()).frames
+    assert (got - want).abs().max() <= 1e-4  # latents before the decoder: closer than the frames' bar
+
+
 def test_image_to_video_batches_match_diffusers(ltx_i2v):
     """Two prompts with an image each: the images' latents sampled in turn from the
     generator, then the clip's noise. With a generator per video (image i's latent from
@@ -358,7 +385,7 @@ def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypat
     req = ShapeRequest.from_flags(static="batch=1,frames=25,height=256,width=256")
     cfg, plain = derive_profiles("transformer", specs["transformer"], req, model.vae_scale_factor, temporal=4)
     assert cfg.shapes["sample"][0] == (2, 8, 7, 32, 32) and plain.shapes["sample"][0] == (1, 8, 7, 32, 32)
-    assert cfg.shapes["frame_mask"][0] == (7,) and cfg.shapes["encoder_attention_mask"][0] == (2, 128)
+    assert cfg.shapes["conditioning_mask"][0] == (7,) and cfg.shapes["encoder_attention_mask"][0] == (2, 128)
     (decoder,) = derive_profiles("vae_decoder", specs["vae_decoder"], req, model.vae_scale_factor, temporal=4)
     assert decoder.shapes["latents"][0] == (1, 8, 7, 32, 32) and decoder.shapes["timestep"][0] == (1,)
     (encoder,) = derive_profiles("vae_encoder", specs["vae_encoder"], req, model.vae_scale_factor, temporal=4)

@@ -33,6 +33,9 @@ from ...pipeline_base import (
 from ...samplers import make_sampler
 from .model import FIRST_CHUNK
 
+# diffusers' CogVideoX pipelines hand ``eta`` to these schedulers' ``step``, which ignores it
+ETA_IGNORED = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
+
 
 class CogVideoXTextToVideoPipeline(BasePipeline):
     """CogVideoX text-to-video generation on compiled engines; built by
@@ -68,7 +71,8 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         to the transformer's sample size (480x720 for CogVideoX), ``max_sequence_length``
         to its text length (226). ``guidance_scale`` <= 1 turns guidance off;
         ``use_dynamic_cfg`` rises the scale along the schedule as diffusers does; ``eta``
-        must be 0 (diffusers' default). Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
+        changes nothing under CogVideoX's own DDIM and DPM schedulers (their ``step``
+        takes it and ignores it) and must be 0 under any other. Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
 
         Returns:
             VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
@@ -92,8 +96,9 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         negatives = negatives_for(negative_prompt, len(prompts))
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale, eta=eta)
-        if eta != 0.0:
-            raise VidrtError(f"eta={eta!r}: vidrt runs CogVideoX's schedulers at eta 0 (diffusers' default); pass 0.0")
+        scheduler = m.scheduler.get("_class_name")
+        if eta != 0.0 and scheduler not in ETA_IGNORED:
+            raise VidrtError(f"eta={eta!r}: vidrt steps {scheduler} at eta 0 (diffusers' default); pass 0.0")
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= m.max_text_length:
             raise VidrtError(f"max_sequence_length={length!r}: must be a whole number in 1..{m.max_text_length}")
         videos = len(prompts) * num_videos_per_prompt

@@ -203,7 +203,7 @@ class LTXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
             context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("token_temb", (1, TOKENS, 6 * d)),
                      TensorSpec("text_bias", ("B", 1, "L")), TensorSpec("rotary_cos", (1, TOKENS, d)),
                      TensorSpec("rotary_sin", (1, TOKENS, d))),
-            final=(TensorSpec("embedded_timestep", (1, TOKENS, d)), TensorSpec("frame_keep", ("F",))),
+            final=(TensorSpec("embedded_timestep", (1, TOKENS, d)),),
             tokens="F*h*w",
         )
 
@@ -245,7 +245,7 @@ def transformer_spec(m: LTXModel) -> ComponentSpec:
             TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
             TensorSpec("encoder_attention_mask", ("B", "L"), "int64", high=2),
             TensorSpec("rope_interpolation_scale", (3,), value=float(s)),
-            TensorSpec("frame_mask", ("F",), "int64", high=2),
+            TensorSpec("conditioning_mask", ("F",), "int64", high=2),
         ),
         outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
         ranges={"B": DimRange(1, MAX_BATCH), "F": DimRange(1, MAX_LATENT_FRAMES),

@@ -66,7 +66,8 @@ class LTXTextToVideoPipeline(BasePipeline):
         """Generates videos from text, as diffusers' LTXPipeline does.
 
         Args mirror LTXPipeline.__call__, with its defaults. ``guidance_scale`` <= 1 turns
-        guidance off; ``guidance_rescale`` must be 0 (vidrt does not rescale yet).
+        guidance off; ``guidance_rescale`` > 0 rescales the guided prediction towards the
+        conditional one's standard deviation, as diffusers does (0: off).
         ``latents`` are diffusers' packed [videos, F*h*w, C]; ``decode_timestep`` and
         ``decode_noise_scale`` (default: the timestep) apply to a timestep-conditioned VAE,
         one value or one per video.
@@ -89,10 +90,7 @@ class LTXTextToVideoPipeline(BasePipeline):
         prompts = as_prompts(prompt, "prompt")
         negatives = negatives_for(negative_prompt, len(prompts))
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
-        check_finite(guidance_scale=guidance_scale, frame_rate=frame_rate)
-        if guidance_rescale != 0.0:
-            raise VidrtError(f"guidance_rescale={guidance_rescale!r}: vidrt runs LTX-Video without guidance rescaling; "
-                             "pass 0.0")
+        check_finite(guidance_scale=guidance_scale, frame_rate=frame_rate, guidance_rescale=guidance_rescale)
         if frame_rate <= 0:
             raise VidrtError(f"frame_rate={frame_rate!r}: must be positive (LTX-Video's default is 25)")
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
@@ -117,13 +115,18 @@ class LTXTextToVideoPipeline(BasePipeline):
             latents = self._image_latents(image, shape, generator, height, width, num_videos_per_prompt)
         else:
             latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
-        frame_mask = torch.zeros(grid[0], dtype=torch.int64, device=self.device)
-        frame_mask[0] = 1 if image is not None else 0  # the image's latent frame is kept, not denoised
+        conditioning_mask = torch.zeros(grid[0], dtype=torch.int64, device=self.device)
+        keep = None
+        if image is not None:  # the image's latent frame conditions the video and is held, not denoised
+            conditioning_mask[0] = 1
+            keep = (1 - conditioning_mask).to(torch.float32).view(1, 1, -1, 1, 1)
         cond = Conditioning({"encoder_hidden_states": embeds, "encoder_attention_mask": mask,
-                             "rope_interpolation_scale": scale, "frame_mask": frame_mask}, channel_axis=1)
+                             "rope_interpolation_scale": scale, "conditioning_mask": conditioning_mask},
+                            channel_axis=1, keep=keep)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, cond, guidance, generator,
-                          self.timings.unet_steps, progress=progress, state=self.loop_state, control=self._control)
+                          self.timings.unet_steps, progress=progress, state=self.loop_state, control=self._control,
+                          guidance_rescale=float(guidance_rescale) if do_cfg and guidance_rescale > 0 else 0.0)
         if output_type == "latent":
             frames = latents.flatten(2).transpose(1, 2)  # diffusers' packed layout
         else:
