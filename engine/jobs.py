@@ -426,9 +426,11 @@ PER_VIDEO = ("image", "prompt", "negative_prompt", "generator")
 def batch_key(job: Job):
     """What jobs must share to run as one batch (None: this job runs alone): every
     keyword but the per-video ones, and whether a negative prompt is given. Only
-    one-video requests are batched."""
+    one-video requests are batched, and only those given as text (an array's repr, which
+    the key compares, elides its values)."""
     kwargs = job.kwargs
-    if job.config is None or kwargs.get("num_videos_per_prompt", 1) != 1 or kwargs.get("latents") is not None:
+    if job.config is None or kwargs.get("num_videos_per_prompt", 1) != 1 or any(
+            hasattr(v, "shape") for k, v in kwargs.items() if k != "image"):
         return None
     image = kwargs.get("image")
     if isinstance(image, list) and len(image) != 1:

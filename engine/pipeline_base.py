@@ -393,34 +393,26 @@ def load_tokenizer(folder: Path, cls_name: str = "AutoTokenizer"):
         raise VidrtError(f"cannot load the tokenizer in {folder / 'tokenizer'}: {str(e).splitlines()[0]}") from None
 
 
-def as_prompts(prompt, what: str) -> list[str]:
-    """``prompt`` as a non-empty list of strings, else a VidrtError naming ``what``."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise VidrtError(f"{what} must be a string or a non-empty list of strings, not {type(prompt).__name__}")
-
-
-def negatives_for(negative_prompt, count: int) -> list[str]:
-    """One negative prompt per prompt ("" when none is given, as diffusers does)."""
-    if negative_prompt is None:
-        return [""] * count
-    if isinstance(negative_prompt, str):
-        return [negative_prompt] * count
-    negatives = as_prompts(negative_prompt, "negative_prompt")
-    if len(negatives) != count:
-        raise VidrtError(f"{len(negatives)} negative prompts for {count} prompts; pass one per prompt, or a single string")
-    return negatives
-
-
-def warn_truncated(tokenizer, texts, length, stacklevel: int = 8) -> None:
+def warn_truncated(tokenizer, texts, length) -> None:
     """Warns with the dropped text when a prompt is longer than ``length`` tokens (as
-    diffusers does); ``stacklevel`` points the warning at the pipeline's caller (8: called
-    from a helper of a family's ``_encode``, under ``__call__``'s no_grad wrapper)."""
+    diffusers does), pointed at the pipeline's caller."""
     import warnings
 
     full = tokenizer(texts, padding="longest", add_special_tokens=True, return_tensors="pt").input_ids
     if full.shape[-1] > length:
         removed = tokenizer.batch_decode(full[:, length - 1 : -1], skip_special_tokens=True)
-        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}", stacklevel=stacklevel)
+        warnings.warn(f"vidrt: prompt truncated to max_sequence_length={length} tokens; dropped: {removed}",
+                      stacklevel=caller_stacklevel())
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised by this function's caller at the
+    first frame outside vidrt and torch (whose no_grad wrapper sits around ``__call__``):
+    the user's call, however deep in vidrt the warning is raised."""
+    import sys
+
+    inside = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
+    frame, level = sys._getframe(2), 2  # the warning function's caller is stacklevel 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

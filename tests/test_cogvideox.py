@@ -137,6 +137,24 @@ def test_prompt_batches_and_generator_lists_match_diffusers(cog):
     assert np.abs(twice - want).max() <= ATOL
 
 
+def test_prompt_embeds_match_diffusers(cog):
+    """Text states as CogVideoXPipeline.encode_prompt returns them stand in for the prompts
+    (both halves, or the prompts' only); diffusers given the same."""
+    pipe, ref = cog
+    prompts, negatives = ["a red car", "fireworks over a city"], ["rain", "snow, ugly"]
+    states, negative_states = ref.encode_prompt(prompts, negatives, max_sequence_length=16)
+    kw = dict(KW, prompt=None, negative_prompt=None, prompt_embeds=states, negative_prompt_embeds=negative_states,
+              guidance_scale=6.0, num_frames=5)
+    got, want = run_both(pipe, ref, seed=5, generators=2, **kw)
+    assert got.shape == want.shape == (2, 8, 32, 48, 3)
+    assert np.abs(got - want).max() <= ATOL
+    got, want = run_both(pipe, ref, seed=5, generators=2, **dict(kw, negative_prompt=negatives,
+                                                                   negative_prompt_embeds=None))
+    assert np.abs(got - want).max() <= ATOL
+    with pytest.raises(VidrtError, match="negative_prompt_embeds hold 1 prompts, the request 2"):
+        pipe(**dict(kw, negative_prompt_embeds=negative_states[:1]))
+
+
 def test_latents_in_and_out_match_diffusers(cog):
     """``latents`` and output_type="latent" use diffusers' [V, F, C, h, w] layout."""
     pipe, ref = cog

@@ -118,6 +118,28 @@ def test_videos_per_prompt_and_generator_lists_match_diffusers(ltx):
     assert np.abs(got[0] - got[1]).max() > 1e-3  # each video its own generator
 
 
+def test_prompt_embeds_and_masks_match_diffusers(ltx):
+    """Text states and masks as LTXPipeline.encode_prompt returns them stand in for the
+    prompts; diffusers given the same. As in diffusers, states need their mask."""
+    pipe, ref = ltx
+    prompts, negatives = ["a red car", "fireworks over a city skyline at night"], ["rain", "snow, ugly"]
+    states, mask, negative_states, negative_mask = ref.encode_prompt(prompts, negatives, max_sequence_length=32)
+    kw = dict(KW, prompt=None, negative_prompt=None, prompt_embeds=states, prompt_attention_mask=mask,
+              negative_prompt_embeds=negative_states, negative_prompt_attention_mask=negative_mask, num_frames=5,
+              guidance_scale=3.0, decode_timestep=[0.05, 0.2], decode_noise_scale=None)
+    got, want = run_both(pipe, ref, seed=5, **kw)
+    assert got.shape == want.shape == (2, 5, 32, 64, 3)
+    assert np.abs(got - want).max() <= ATOL
+    texts, _ = run_both(pipe, ref, seed=5, **dict(kw, prompt=prompts, negative_prompt=negatives, prompt_embeds=None,
+                                                   prompt_attention_mask=None, negative_prompt_embeds=None,
+                                                   negative_prompt_attention_mask=None))
+    assert np.abs(got - texts).max() <= ATOL
+    with pytest.raises(VidrtError, match="prompt_attention_mask is needed with its states"):
+        pipe(**dict(kw, prompt_attention_mask=None))
+    with pytest.raises(VidrtError, match="pass prompt or prompt_embeds, not both"):
+        pipe(**dict(kw, prompt=prompts))
+
+
 def test_packed_latents_in_and_out_match_diffusers(ltx):
     """``latents`` and output_type="latent" use diffusers' packed [V, F*h*w, C] layout."""
     pipe, ref = ltx

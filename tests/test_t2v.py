@@ -88,6 +88,25 @@ def test_videos_per_prompt_and_generator_list(t2v):
         assert np.abs(both[i] - one[0]).max() <= 1e-4
 
 
+def test_prompt_embeds_match_diffusers(t2v):
+    """CLIP states as the pipeline's encode_prompt returns them stand in for the prompts
+    (both halves, or the prompts' only); diffusers given the same."""
+    pipe, model, ref = t2v
+    prompts, negatives = ["a red car on a coastal road", "fireworks over a city"], ["rain", "snow"]
+    states, negative_states = ref.encode_prompt(prompts, "cpu", 1, True, negatives)
+    latents = torch.randn(2, 4, 5, 24, 16, generator=torch.Generator().manual_seed(1))
+    kw = dict(KW, prompt_embeds=states, negative_prompt_embeds=negative_states, guidance_scale=5.0)
+    got = pipe(**kw, latents=latents, output_type="np").frames
+    want = reference(ref, None, **kw, latents=latents)
+    assert got.shape == want.shape == (2, 5, 48, 32, 3)
+    assert np.abs(got - want).max() <= ATOL
+    got = pipe(**dict(kw, negative_prompt=negatives, negative_prompt_embeds=None), latents=latents,
+               output_type="np").frames
+    assert np.abs(got - want).max() <= ATOL  # the negatives encoded by vidrt: the same states
+    with pytest.raises(VidrtError, match="prompt_embeds: this model takes text states of shape \\[prompts, tokens, "):
+        pipe(**dict(kw, prompt_embeds=states[..., :5]))
+
+
 def test_output_types_and_layouts(t2v):
     pipe, model, _ = t2v
     pipe.sampler_name = None

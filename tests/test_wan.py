@@ -87,6 +87,24 @@ def test_prompt_batches_with_negatives_match_diffusers(wan):
     assert np.abs(got[0] - got[2]).max() > 1e-3  # two prompts, two videos
 
 
+def test_prompt_embeds_match_diffusers(wan):
+    """Text states as WanPipeline.encode_prompt returns them stand in for the prompts: both
+    halves given, or the prompts' given and the negatives as text; diffusers given the same."""
+    pipe, ref = wan
+    prompts, negatives = ["a red car", "fireworks over a city skyline at night"], ["rain", "snow, ugly"]
+    states, negative_states = ref.encode_prompt(prompts, negatives, max_sequence_length=32)
+    kw = dict(KW, prompt=None, negative_prompt=None, prompt_embeds=states, negative_prompt_embeds=negative_states)
+    got, want = run_both(pipe, ref, None, seed=2, **kw)
+    texts, _ = run_both(pipe, ref, None, seed=2, **dict(KW, prompt=prompts, negative_prompt=negatives))
+    assert got.shape == want.shape == (2, 9, 32, 48, 3)
+    assert np.abs(got - want).max() <= ATOL
+    assert np.abs(got - texts).max() <= ATOL  # the same states as vidrt's own encoder makes
+    got, want = run_both(pipe, ref, None, seed=2, **dict(kw, negative_prompt=negatives, negative_prompt_embeds=None))
+    assert np.abs(got - want).max() <= ATOL
+    with pytest.raises(VidrtError, match="differ in length \\(negative 32, positive 16 tokens\\)"):
+        pipe(**dict(kw, prompt_embeds=states[:, :16]))
+
+
 def test_both_experts_run_and_match_diffusers(wan):
     """Wan 2.2: the high-noise expert until the timestep falls below boundary_ratio * 1000,
     then the low-noise one with its own guidance scale."""

@@ -23,13 +23,12 @@ from ...pipeline_base import (
     BasePipeline,
     StageTimings,
     VideoPipelineOutput,
-    as_prompts,
     check_finite,
     check_request,
     initial_latents,
     load_tokenizer,
-    negatives_for,
 )
+from ...prompts import PromptRequest
 from ...samplers import make_sampler
 from .model import FIRST_CHUNK
 
@@ -48,7 +47,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -60,6 +59,8 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         max_sequence_length: int | None = None,
@@ -72,7 +73,9 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         to its text length (226). ``guidance_scale`` <= 1 turns guidance off;
         ``use_dynamic_cfg`` rises the scale along the schedule as diffusers does; ``eta``
         changes nothing under CogVideoX's own DDIM and DPM schedulers (their ``step``
-        takes it and ignores it) and must be 0 under any other. Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
+        takes it and ignores it) and must be 0 under any other. ``prompt_embeds`` /
+        ``negative_prompt_embeds`` ([prompts, L, D], as CogVideoXPipeline's encode_prompt
+        returns them) stand in for ``prompt`` / ``negative_prompt``. Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
 
         Returns:
             VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
@@ -85,15 +88,14 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         return self._serve({k: v for k, v in locals().items() if k != "self"})
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
-                  use_dynamic_cfg, num_videos_per_prompt, eta, generator, latents, output_type, return_dict,
-                  max_sequence_length, progress, image=None):
+                  use_dynamic_cfg, num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
+                  output_type, return_dict, max_sequence_length, progress, image=None):
         start = self._now()
         m = self.model
         height = m.default_size[0] if height is None else height
         width = m.default_size[1] if width is None else width
         length = m.max_text_length if max_sequence_length is None else max_sequence_length
-        prompts = as_prompts(prompt, "prompt")
-        negatives = negatives_for(negative_prompt, len(prompts))
+        text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale, eta=eta)
         scheduler = m.scheduler.get("_class_name")
@@ -101,16 +103,17 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
             raise VidrtError(f"eta={eta!r}: vidrt steps {scheduler} at eta 0 (diffusers' default); pass 0.0")
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= m.max_text_length:
             raise VidrtError(f"max_sequence_length={length!r}: must be a whole number in 1..{m.max_text_length}")
-        videos = len(prompts) * num_videos_per_prompt
+        videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         do_cfg = guidance_scale > 1.0
-        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=length)
+        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=text.given_length() or length)
         sampler = make_sampler(self.sampler_name, m.scheduler)
         sampler.set_timesteps(num_inference_steps)
         self.timings = StageTimings()
 
-        embeds = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, length)
+        embeds, _ = text.states(lambda texts: (self._encode_unmasked(texts, length)[0], None), do_cfg,
+                                num_videos_per_prompt, self.device)
         s = m.vae_scale_factor
         shape = (videos, m.latent_frames(num_frames), m.latent_channels, height // s, width // s)
         inputs = {"encoder_hidden_states": embeds}
@@ -131,12 +134,6 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
             frames = self.video_processor.postprocess_video(video=self._decode(latents), output_type=output_type)
         self.timings.end_to_end = self._now() - start
         return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
-
-    def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
-        """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
-        videos adjacent; one text encoder call (each part in turn for a split encoder)."""
-        states, _ = self._encode_unmasked((negatives or []) + prompts, length)
-        return states.repeat_interleave(per_prompt, dim=0).contiguous()
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE decoder in diffusers' chunks, video by video: an odd latent count starts
@@ -202,11 +199,11 @@ class CogVideoXImageToVideoPipeline(CogVideoXTextToVideoPipeline):
     latents as extra channels of frame 0."""
 
     @torch.no_grad()
-    def __call__(self, image, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+    def __call__(self, image, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
                  height: int | None = None, width: int | None = None, num_frames: int = 49,
                  num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
                  num_videos_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None,
-                 output_type: str = "pil", return_dict: bool = True, max_sequence_length: int | None = None,
+                 prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True, max_sequence_length: int | None = None,
                  progress: bool = False):
         """Generates videos from an image and text, as diffusers' CogVideoXImageToVideoPipeline does.
 

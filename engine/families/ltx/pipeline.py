@@ -23,13 +23,12 @@ from ...pipeline_base import (
     BasePipeline,
     StageTimings,
     VideoPipelineOutput,
-    as_prompts,
     check_finite,
     check_request,
     initial_latents,
     load_tokenizer,
-    negatives_for,
 )
+from ...prompts import PromptRequest
 from ...samplers import draw_noise, make_sampler
 
 
@@ -44,7 +43,7 @@ class LTXTextToVideoPipeline(BasePipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int = 512,
         width: int = 704,
@@ -56,6 +55,10 @@ class LTXTextToVideoPipeline(BasePipeline):
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         decode_timestep: float | list[float] = 0.0,
         decode_noise_scale: float | list[float] | None = None,
         output_type: str = "pil",
@@ -70,7 +73,10 @@ class LTXTextToVideoPipeline(BasePipeline):
         conditional one's standard deviation, as diffusers does (0: off).
         ``latents`` are diffusers' packed [videos, F*h*w, C]; ``decode_timestep`` and
         ``decode_noise_scale`` (default: the timestep) apply to a timestep-conditioned VAE,
-        one value or one per video.
+        one value or one per video. ``prompt_embeds`` / ``negative_prompt_embeds`` ([prompts,
+        L, D], with their [prompts, L] attention masks, as LTXPipeline's encode_prompt
+        returns them) stand in for ``prompt`` / ``negative_prompt``; both halves then need
+        one length L (they run in one batch, as in diffusers).
 
         Returns:
             VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
@@ -83,12 +89,14 @@ class LTXTextToVideoPipeline(BasePipeline):
         return self._serve({k: v for k, v in locals().items() if k != "self"})
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps,
-                  guidance_scale, guidance_rescale, num_videos_per_prompt, generator, latents, decode_timestep,
+                  guidance_scale, guidance_rescale, num_videos_per_prompt, generator, latents, prompt_embeds,
+                  prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, decode_timestep,
                   decode_noise_scale, output_type, return_dict, max_sequence_length, progress, image=None):
         start = self._now()
         m = self.model
-        prompts = as_prompts(prompt, "prompt")
-        negatives = negatives_for(negative_prompt, len(prompts))
+        text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim,
+                                  prompt_attention_mask=prompt_attention_mask,
+                                  negative_prompt_attention_mask=negative_prompt_attention_mask, masked=True)
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale, frame_rate=frame_rate, guidance_rescale=guidance_rescale)
         if frame_rate <= 0:
@@ -96,18 +104,20 @@ class LTXTextToVideoPipeline(BasePipeline):
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
                 1 <= max_sequence_length <= m.max_text_length):
             raise VidrtError(f"max_sequence_length={max_sequence_length!r}: must be a whole number in 1..{m.max_text_length}")
-        videos = len(prompts) * num_videos_per_prompt
+        videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         decode_t, decode_scale = _decode_values(decode_timestep, decode_noise_scale, videos)
         do_cfg = guidance_scale > 1.0
-        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=max_sequence_length)
+        m.check_ranges(videos, do_cfg, num_frames, height, width,
+                       text_length=text.given_length() or max_sequence_length)
         s, k = m.vae_scale_factor, m.temporal_factor
         grid = (m.latent_frames(num_frames), height // s, width // s)
         sampler = self._sampler(num_inference_steps, int(np.prod(grid)))
         self.timings = StageTimings()
 
-        embeds, mask = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, max_sequence_length)
+        embeds, mask = text.states(lambda texts: self._encode_unmasked(texts, max_sequence_length), do_cfg,
+                                   num_videos_per_prompt, self.device)
         scale = torch.tensor([k / frame_rate, s, s], dtype=torch.float32, device=self.device)
         shape = (videos, m.latent_channels, *grid)
         latents = _unpacked(latents, shape)
@@ -146,14 +156,6 @@ class LTXTextToVideoPipeline(BasePipeline):
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
         sampler.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / max(steps, 1), steps), mu=mu)
         return sampler
-
-    def _encode(self, prompts, negatives, per_prompt: int, length: int):
-        """Prompt states [(2)·V, length, D] and masks [(2)·V, length]: negatives first when
-        guiding, each prompt's videos adjacent; one text encoder call at ``length`` (T5
-        attends the padding, as in diffusers, so the length is the request's)."""
-        states, mask = self._encode_unmasked((negatives or []) + prompts, length)
-        return (states.repeat_interleave(per_prompt, dim=0).contiguous(),
-                mask.repeat_interleave(per_prompt, dim=0).contiguous())
 
     def _decode(self, latents, generator, decode_t, decode_scale) -> torch.Tensor:
         """LTXPipeline's decode, one decoder call per video: the graph denormalises the
@@ -211,11 +213,12 @@ class LTXImageToVideoPipeline(LTXTextToVideoPipeline):
     the loop; its tokens see timestep 0."""
 
     @torch.no_grad()
-    def __call__(self, image, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+    def __call__(self, image, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
                  height: int = 512, width: int = 704, num_frames: int = 161, frame_rate: int = 25,
                  num_inference_steps: int = 50, guidance_scale: float = 3.0, guidance_rescale: float = 0.0,
-                 num_videos_per_prompt: int = 1, generator=None, latents=None, decode_timestep=0.0,
-                 decode_noise_scale=None, output_type: str = "pil", return_dict: bool = True,
+                 num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
+                 prompt_attention_mask=None, negative_prompt_embeds=None, negative_prompt_attention_mask=None,
+                 decode_timestep=0.0, decode_noise_scale=None, output_type: str = "pil", return_dict: bool = True,
                  max_sequence_length: int = 128, progress: bool = False):
         """Generates videos from an image and text, as diffusers' LTXImageToVideoPipeline does.
 

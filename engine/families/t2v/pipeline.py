@@ -19,13 +19,13 @@ from ...pipeline_base import (
     BasePipeline,
     StageTimings,
     VideoPipelineOutput,
-    as_prompts,
+    caller_stacklevel,
     check_finite,
     check_request,
     initial_latents,
     load_tokenizer,
-    negatives_for,
 )
+from ...prompts import PromptRequest
 from ...samplers import make_sampler
 
 
@@ -40,7 +40,7 @@ class TextToVideoPipeline(BasePipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_frames: int | None = None,
         height: int | None = None,
@@ -50,6 +50,8 @@ class TextToVideoPipeline(BasePipeline):
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str | None = None,
         decode_chunk_size: int = 16,
         return_dict: bool = True,
@@ -60,7 +62,9 @@ class TextToVideoPipeline(BasePipeline):
         Args mirror TextToVideoSDPipeline/AnimateDiffPipeline.__call__; defaults are
         theirs (16 frames, the UNet's sample size, guidance 9.0 for ModelScope and 7.5
         for AnimateDiff, output "np" resp. "pil"). ``guidance_scale`` <= 1 turns
-        guidance off. Latents are [videos, C, F, h, w].
+        guidance off. Latents are [videos, C, F, h, w]. ``prompt_embeds`` /
+        ``negative_prompt_embeds`` ([prompts, 77, D], as the pipeline's encode_prompt
+        returns them) stand in for ``prompt`` / ``negative_prompt``.
 
         Returns:
             VideoPipelineOutput: frames as [B, F, H, W, 3] (np), [B, F, 3, H, W] (pt),
@@ -72,7 +76,8 @@ class TextToVideoPipeline(BasePipeline):
         return self._serve({k: v for k, v in locals().items() if k != "self"})
 
     def _generate(self, prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-                  num_videos_per_prompt, generator, latents, output_type, decode_chunk_size, return_dict, progress):
+                  num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
+                  decode_chunk_size, return_dict, progress):
         start = self._now()
         m = self.model
         dh, dw = m.default_size
@@ -81,15 +86,14 @@ class TextToVideoPipeline(BasePipeline):
         num_frames = m.default_num_frames if num_frames is None else num_frames
         guidance_scale = m.default_guidance_scale if guidance_scale is None else guidance_scale
         output_type = output_type or ("np" if m.kind == "text-to-video-sd" else "pil")
-        prompts = as_prompts(prompt, "prompt")
-        negatives = negatives_for(negative_prompt, len(prompts))
+        text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
         check_request(height, width, num_frames, num_inference_steps, decode_chunk_size, num_videos_per_prompt,
                       output_type, generator)
         check_finite(guidance_scale=guidance_scale)
         # The VAE decodes frame by frame, so the chunk changes memory, never frames: at most
         # what the decoder engine takes (TensorRT profiles end at 8 frames by default).
         decode_chunk_size = min(decode_chunk_size, self.engines["vae_decoder"].max_dims.get("N", decode_chunk_size))
-        videos = len(prompts) * num_videos_per_prompt
+        videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         do_cfg = guidance_scale > 1.0
@@ -100,7 +104,7 @@ class TextToVideoPipeline(BasePipeline):
         sampler.set_timesteps(num_inference_steps)
         self.timings = StageTimings()
 
-        embeds = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt)
+        embeds, _ = text.states(lambda texts: (self._encode(texts), None), do_cfg, num_videos_per_prompt, self.device)
         cond = Conditioning({"encoder_hidden_states": embeds}, channel_axis=1)
         s = m.vae_scale_factor
         shape = (videos, m.latent_channels, num_frames, height // s, width // s)
@@ -116,15 +120,13 @@ class TextToVideoPipeline(BasePipeline):
         self.timings.end_to_end = self._now() - start
         return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
 
-    def _encode(self, prompts: list[str], negatives: list[str] | None, per_prompt: int) -> torch.Tensor:
-        """Prompt embeddings [(2)·V, L, D]: negatives first when guiding, each prompt's
-        videos adjacent, as diffusers orders them. One text encoder call for both."""
-        texts = (negatives or []) + prompts
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings [len(texts), L, D], one text encoder call."""
         ids = self._tokenize(texts)
         t0 = self._now()
         states = self.engines["text_encoder"](input_ids=ids.to(self.device))["last_hidden_state"]
         self.timings.text_encoder = self._now() - t0
-        return states.repeat_interleave(per_prompt, dim=0).contiguous()
+        return states
 
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer
@@ -135,7 +137,7 @@ class TextToVideoPipeline(BasePipeline):
             removed = tok.batch_decode(full[:, tok.model_max_length - 1 : -1])
             warnings.warn(
                 f"vidrt: prompt truncated to the text encoder's {tok.model_max_length} tokens; dropped: {removed}",
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
         return ids.to(torch.int64)
 

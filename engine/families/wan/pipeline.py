@@ -19,14 +19,13 @@ from ...pipeline_base import (
     BasePipeline,
     StageTimings,
     VideoPipelineOutput,
-    as_prompts,
     check_finite,
     check_request,
     initial_latents,
     load_tokenizer,
-    negatives_for,
     warn_truncated,
 )
+from ...prompts import PromptRequest
 from ...samplers import make_sampler
 
 
@@ -41,7 +40,7 @@ class WanTextToVideoPipeline(BasePipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int = 480,
         width: int = 832,
@@ -52,6 +51,8 @@ class WanTextToVideoPipeline(BasePipeline):
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         max_sequence_length: int = 512,
@@ -62,6 +63,9 @@ class WanTextToVideoPipeline(BasePipeline):
         Args mirror WanPipeline.__call__, with its defaults. ``guidance_scale`` <= 1 turns
         guidance off; ``guidance_scale_2`` is the low-noise expert's (Wan 2.2; default:
         ``guidance_scale``). Latents are [videos, 16, (num_frames - 1) / 4 + 1, h, w].
+        ``prompt_embeds`` / ``negative_prompt_embeds`` ([prompts, L, D], as WanPipeline's
+        encode_prompt returns them) stand in for ``prompt`` / ``negative_prompt``; both
+        halves must then have one length L (vidrt runs them in one batch).
 
         Returns:
             VideoPipelineOutput: frames as [B, F, H, W, 3] (np), [B, F, 3, H, W] (pt),
@@ -74,28 +78,29 @@ class WanTextToVideoPipeline(BasePipeline):
         return self._serve({k: v for k, v in locals().items() if k != "self"})
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
-                  guidance_scale_2, num_videos_per_prompt, generator, latents, output_type, return_dict,
-                  max_sequence_length, progress):
+                  guidance_scale_2, num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds,
+                  output_type, return_dict, max_sequence_length, progress):
         start = self._now()
         m = self.model
-        prompts = as_prompts(prompt, "prompt")
-        negatives = negatives_for(negative_prompt, len(prompts))
+        text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale)
         guidance_scale_2 = _second_guidance(m, guidance_scale, guidance_scale_2)
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
                 1 <= max_sequence_length <= m.max_text_length):
             raise VidrtError(f"max_sequence_length={max_sequence_length!r}: must be a whole number in 1..{m.max_text_length}")
-        videos = len(prompts) * num_videos_per_prompt
+        videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         do_cfg = guidance_scale > 1.0
-        m.check_ranges(videos, do_cfg, num_frames, height, width, text_length=max_sequence_length)
+        m.check_ranges(videos, do_cfg, num_frames, height, width,
+                       text_length=text.given_length() or max_sequence_length)
         sampler = make_sampler(self.sampler_name, m.scheduler)
         sampler.set_timesteps(num_inference_steps)
         self.timings = StageTimings()
 
-        embeds = self._encode(prompts, negatives if do_cfg else None, num_videos_per_prompt, max_sequence_length)
+        embeds, _ = text.states(lambda texts: (self._encode(texts, max_sequence_length), None), do_cfg,
+                                num_videos_per_prompt, self.device)
         cond = Conditioning({"encoder_hidden_states": embeds}, channel_axis=1)
         s = m.vae_scale_factor
         shape = (videos, m.latent_channels, m.latent_frames(num_frames), height // s, width // s)
@@ -128,10 +133,9 @@ class WanTextToVideoPipeline(BasePipeline):
         # A switch at step 0 hands every step to the second expert before the first runs.
         return self.engines["transformer"], ExpertSwitch(low[0], self.engines["transformer_2"], guidance)
 
-    def _encode(self, prompts, negatives, per_prompt: int, length: int) -> torch.Tensor:
-        """Prompt states [(2)·V, length, D]: negatives first when guiding, each prompt's
-        videos adjacent. One text encoder call (see ``prompt_states``), or one call of each
-        part in turn for a split encoder."""
+    def _encode(self, texts: list[str], length: int) -> torch.Tensor:
+        """Text states [len(texts), length, D]: one text encoder call (see ``prompt_states``),
+        or one call of each part in turn for a split encoder."""
         parts = [self.engines[p] for p in self.model.text_parts]
         encoder = parts[0]
 
@@ -144,9 +148,7 @@ class WanTextToVideoPipeline(BasePipeline):
             self.timings.text_encoder = self._now() - t0
             return states["last_hidden_state"]
 
-        texts = (negatives or []) + prompts
-        embeds = prompt_states(encode, self.tokenizer, texts, length, encoder.min_dims.get("L", 1))
-        return embeds.repeat_interleave(per_prompt, dim=0).contiguous()
+        return prompt_states(encode, self.tokenizer, texts, length, encoder.min_dims.get("L", 1))
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE decoder as diffusers runs it, one latent frame per call, video by video:
