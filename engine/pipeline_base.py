@@ -11,6 +11,7 @@ import abc
 import contextvars
 import dataclasses
 import math
+import numbers
 import threading
 import time
 from pathlib import Path
@@ -334,9 +335,10 @@ class BasePipeline(abc.ABC):
 
 def check_finite(**values) -> None:
     """Raises VidrtError naming the first value that is not a finite number (a NaN or
-    infinite guidance scale would silently give black videos, or turn guidance off)."""
+    infinite guidance scale would silently give black videos, or turn guidance off).
+    NumPy's scalars count as numbers, as they do for diffusers."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise VidrtError(f"{name}={value!r}: must be a finite number")
 
 

@@ -123,12 +123,16 @@ class EulerEDMSampler(Sampler):
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise VidrtError(f"euler sampler: prediction_type '{self.prediction_type}' is not supported")
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Computes sigmas and timesteps for ``num_inference_steps`` steps."""
+    def set_timesteps(self, num_inference_steps: int | None, sigmas: list[float] | None = None) -> None:
+        """Computes sigmas and timesteps for ``num_inference_steps`` steps, or for the given
+        ``sigmas`` (one per step and the final one, as diffusers' ``set_timesteps`` takes them)."""
         from diffusers import EulerDiscreteScheduler
 
         scheduler = EulerDiscreteScheduler.from_config(_public(self.config))
-        scheduler.set_timesteps(_check_steps(num_inference_steps))
+        if sigmas is None:
+            scheduler.set_timesteps(_check_steps(num_inference_steps))
+        else:
+            scheduler.set_timesteps(sigmas=check_sigmas(sigmas))
         self.sigmas = scheduler.sigmas.to(torch.float32)
         self.timesteps = scheduler.timesteps.to(torch.float32)
         self.init_noise_sigma = float(scheduler.init_noise_sigma)
@@ -441,6 +445,19 @@ def _shift(scheduler, mu: float | None) -> float | None:
 
 def _public(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def check_sigmas(sigmas) -> list[float]:
+    """Custom sigmas as a list: at least two finite values (each step's, then the final
+    one), every one but the last above 0."""
+    try:
+        values = [float(s) for s in (sigmas.tolist() if hasattr(sigmas, "tolist") else sigmas)]
+    except (TypeError, ValueError):
+        raise VidrtError(f"sigmas must be a list of numbers, not {type(sigmas).__name__}") from None
+    if len(values) < 2 or not all(math.isfinite(s) for s in values) or min(values[:-1]) <= 0 or values[-1] < 0:
+        raise VidrtError(f"sigmas={values}: need >= 2 finite values (one per step, then the final one), all above 0 "
+                         "but the last, which may be 0")
+    return values
 
 
 def _check_steps(n: int) -> int:

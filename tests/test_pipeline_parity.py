@@ -60,6 +60,20 @@ def test_frames_match_diffusers(tiny_pipe, reference, sampler, max_guidance, fra
     assert np.abs(ours - ref).max() <= TOL
 
 
+@pytest.mark.parametrize("sigmas", [[80.0, 12.0, 1.5, 0.2, 0.0], [700.0, 3.0, 0.002]])
+def test_custom_sigmas_match_diffusers(tiny_pipe, reference, sigmas):
+    """``sigmas`` as StableVideoDiffusionPipeline takes them (one per step, then the final
+    one): the steps and the timesteps diffusers' EulerDiscreteScheduler derives from them."""
+    kw = dict(height=32, width=48, num_frames=3, num_inference_steps=25, sigmas=sigmas, max_guidance_scale=2.5)
+    image = make_image(seed=5)
+    ours = run_vidrt(tiny_pipe, "euler", image, 7, **kw)
+    ref = run_reference(reference, "euler", image, 7, **kw)
+    assert np.abs(ours - ref).max() <= TOL
+    assert len(tiny_pipe.timings.unet_steps) == len(sigmas) - 1  # the sigmas, not num_inference_steps, set the steps
+    plain = run_vidrt(tiny_pipe, "euler", image, 7, **dict(kw, sigmas=None, num_inference_steps=len(sigmas) - 1))
+    assert np.abs(ours - plain).max() > 1e-3  # another schedule than the default of as many steps
+
+
 def test_batch_of_images_is_one_unet_batch(tiny_pipe, reference):
     images = [make_image(seed=1), make_image(seed=2)]
     kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)
@@ -128,6 +142,11 @@ def test_timings_are_recorded(tiny_pipe):
         (dict(latents=torch.zeros(1, 3, 4, 16, 16)), "latents have shape"),
         (dict(output_type="gif"), "output_type='gif'"),
         (dict(num_inference_steps=41, sampler="animatelcm"), "1..40 steps"),
+        (dict(sigmas=[5.0, 1.0, 0.0], sampler="animatelcm"), "sigmas: custom sigmas go with the euler sampler"),
+        (dict(sigmas=[5.0, 0.0, 0.0]), "all above 0 but the last"),
+        (dict(sigmas=[5.0]), "need >= 2 finite values"),
+        (dict(sigmas="5"), "need >= 2 finite values"),
+        (dict(sigmas=[5.0, None]), "sigmas must be a list of numbers"),
     ],
 )
 def test_bad_requests_get_clear_errors(tiny_pipe, kwargs, message):

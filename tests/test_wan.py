@@ -177,7 +177,7 @@ def test_exported_graphs_equal_diffusers_modules():
 
 def test_text_states_are_zero_past_each_prompt(wan):
     pipe, ref = wan
-    states = pipe._encode(["a cat", "a dog running on the beach at sunset"], None, 1, 32)
+    states = pipe._encode(["a cat", "a dog running on the beach at sunset"], 32)
     want, _ = ref.encode_prompt(["a cat", "a dog running on the beach at sunset"], do_classifier_free_guidance=False,
                                 max_sequence_length=32)
     assert states.shape == want.shape == (2, 32, 32)

@@ -24,7 +24,7 @@ from ...pipeline_base import (
     check_request,
     initial_latents,
 )
-from ...samplers import draw_noise, make_sampler
+from ...samplers import EulerEDMSampler, draw_noise, make_sampler
 from ...video_io import to_rgb
 
 class VideoPipeline(BasePipeline):
@@ -41,6 +41,7 @@ class VideoPipeline(BasePipeline):
         width: int = 1024,
         num_frames: int | None = None,
         num_inference_steps: int = 25,
+        sigmas: list[float] | None = None,
         min_guidance_scale: float = 1.0,
         max_guidance_scale: float = 3.0,
         fps: int = 7,
@@ -58,7 +59,9 @@ class VideoPipeline(BasePipeline):
 
         Args mirror StableVideoDiffusionPipeline.__call__. ``image`` is a PIL image,
         a list of them, or a [B, 3, H, W] tensor in [0, 1]. Each image times
-        ``num_videos_per_prompt`` becomes one video; all are one UNet batch.
+        ``num_videos_per_prompt`` becomes one video; all are one UNet batch. ``sigmas``
+        (the euler sampler's) replace the schedule of ``num_inference_steps``: one per
+        step, then the final one, as diffusers' EulerDiscreteScheduler takes them.
 
         Returns:
             VideoPipelineOutput (or its frames when return_dict is False).
@@ -68,9 +71,9 @@ class VideoPipeline(BasePipeline):
         """
         return self._serve({k: v for k, v in locals().items() if k != "self"})
 
-    def _generate(self, image, height, width, num_frames, num_inference_steps, min_guidance_scale, max_guidance_scale,
-                  fps, motion_bucket_id, noise_aug_strength, decode_chunk_size, num_videos_per_prompt, generator,
-                  latents, output_type, return_dict, progress):
+    def _generate(self, image, height, width, num_frames, num_inference_steps, sigmas, min_guidance_scale,
+                  max_guidance_scale, fps, motion_bucket_id, noise_aug_strength, decode_chunk_size,
+                  num_videos_per_prompt, generator, latents, output_type, return_dict, progress):
         start = self._now()
         num_frames = num_frames if num_frames is not None else self.model.default_num_frames
         if decode_chunk_size is None:  # all frames at once, or as many as the decoder engine takes
@@ -86,7 +89,13 @@ class VideoPipeline(BasePipeline):
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
         self.model.check_ranges(videos, do_cfg, num_frames, height, width, decode_chunk_size, batch=batch)
         sampler = make_sampler(self.sampler_name, self.model.scheduler)
-        sampler.set_timesteps(num_inference_steps)
+        if sigmas is None:
+            sampler.set_timesteps(num_inference_steps)
+        elif isinstance(sampler, EulerEDMSampler):
+            sampler.set_timesteps(None, sigmas=sigmas)
+        else:
+            raise VidrtError(f"sigmas: custom sigmas go with the euler sampler (the folder's EulerDiscreteScheduler); "
+                             f"the {sampler.name} sampler takes num_inference_steps only")
         self.timings = StageTimings()
 
         cond = self._condition(images, height, width, fps, motion_bucket_id, noise_aug_strength, num_videos_per_prompt, do_cfg, generator)
