@@ -342,6 +342,13 @@ def check_finite(**values) -> None:
             raise VidrtError(f"{name}={value!r}: must be a finite number")
 
 
+def check_text_length(length, limit: int) -> int:
+    """``max_sequence_length`` as an int in 1..``limit`` (NumPy integers too), else VidrtError."""
+    if isinstance(length, (bool, np.bool_)) or not isinstance(length, numbers.Integral) or not 1 <= length <= limit:
+        raise VidrtError(f"max_sequence_length={length!r}: must be a whole number in 1..{limit}")
+    return int(length)
+
+
 def check_request(height, width, frames, steps, chunk=1, per_prompt=1, output_type="np", generator=None) -> None:
     """Raises VidrtError for request arguments no engine could serve."""
     for name, value in (("height", height), ("width", width), ("num_frames", frames), ("num_inference_steps", steps),

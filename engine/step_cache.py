@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 
 import torch
 
@@ -60,7 +61,7 @@ class CacheConfig:
         if self.threshold is None:
             object.__setattr__(self, "threshold", DEFAULT_THRESHOLD[self.method])
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t <= 1.0:
             raise VidrtError(f"cache_threshold={t!r}: must be a number in 0..1 (0 skips almost never; diffusers suggests "
                              f"0.05-0.2 for first-block, 0.06-0.12 for mag)")
         object.__setattr__(self, "threshold", float(t))

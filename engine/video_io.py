@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 import tempfile
@@ -118,8 +119,9 @@ def write_video(frames: list[PIL.Image.Image], path: str | Path, fps: int, fmt: 
     """
     path = Path(path)
     fmt = video_format(path, fmt)
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Integral) or fps < 1:
         raise VidrtError(f"fps={fps!r}: need a whole number of at least 1 frame per second")
+    fps = int(fps)
     check_output(path, fmt)
     try:
         if fmt == "png":

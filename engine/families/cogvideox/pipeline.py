@@ -25,6 +25,7 @@ from ...pipeline_base import (
     VideoPipelineOutput,
     check_finite,
     check_request,
+    check_text_length,
     initial_latents,
     load_tokenizer,
 )
@@ -101,8 +102,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         scheduler = m.scheduler.get("_class_name")
         if eta != 0.0 and scheduler not in ETA_IGNORED:
             raise VidrtError(f"eta={eta!r}: vidrt steps {scheduler} at eta 0 (diffusers' default); pass 0.0")
-        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= m.max_text_length:
-            raise VidrtError(f"max_sequence_length={length!r}: must be a whole number in 1..{m.max_text_length}")
+        length = check_text_length(length, m.max_text_length)
         videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")

@@ -25,6 +25,7 @@ from ...pipeline_base import (
     VideoPipelineOutput,
     check_finite,
     check_request,
+    check_text_length,
     initial_latents,
     load_tokenizer,
 )
@@ -101,9 +102,7 @@ class LTXTextToVideoPipeline(BasePipeline):
         check_finite(guidance_scale=guidance_scale, frame_rate=frame_rate, guidance_rescale=guidance_rescale)
         if frame_rate <= 0:
             raise VidrtError(f"frame_rate={frame_rate!r}: must be positive (LTX-Video's default is 25)")
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
-                1 <= max_sequence_length <= m.max_text_length):
-            raise VidrtError(f"max_sequence_length={max_sequence_length!r}: must be a whole number in 1..{m.max_text_length}")
+        max_sequence_length = check_text_length(max_sequence_length, m.max_text_length)
         videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")

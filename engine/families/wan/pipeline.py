@@ -21,6 +21,7 @@ from ...pipeline_base import (
     VideoPipelineOutput,
     check_finite,
     check_request,
+    check_text_length,
     initial_latents,
     load_tokenizer,
     warn_truncated,
@@ -86,9 +87,7 @@ class WanTextToVideoPipeline(BasePipeline):
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale)
         guidance_scale_2 = _second_guidance(m, guidance_scale, guidance_scale_2)
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or not (
-                1 <= max_sequence_length <= m.max_text_length):
-            raise VidrtError(f"max_sequence_length={max_sequence_length!r}: must be a whole number in 1..{m.max_text_length}")
+        max_sequence_length = check_text_length(max_sequence_length, m.max_text_length)
         videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
             raise VidrtError(f"{len(generator)} generators for {videos} videos; pass one per video, or a single generator")
