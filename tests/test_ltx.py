@@ -75,6 +75,19 @@ def test_guidance_rescale_matches_diffusers(ltx, sampler):
     assert np.abs(got - plain).max() > 1e-3  # the rescale changed the frames
 
 
+def test_numpy_scalars_are_numbers_as_in_diffusers(ltx):
+    """Sizes, counts and scales given as NumPy scalars (read from a config, say) run as the
+    same Python numbers do; diffusers takes them too."""
+    pipe, _ = ltx
+    kw = dict(KW, num_frames=5, guidance_scale=3.0, guidance_rescale=0.5, output_type="np")
+    as_numpy = dict(kw, height=np.int64(32), width=np.int64(64), num_frames=np.int64(5), num_inference_steps=np.int64(3),
+                    max_sequence_length=np.int64(32), frame_rate=np.int64(25), guidance_scale=np.float32(3.0),
+                    guidance_rescale=np.float64(0.5), decode_timestep=np.float32(0.05))
+    got = pipe(**as_numpy, generator=torch.Generator().manual_seed(1)).frames
+    want = pipe(**kw, generator=torch.Generator().manual_seed(1)).frames
+    assert np.abs(got - want).max() <= 1e-6
+
+
 def test_guidance_changes_the_frames(ltx):
     pipe, _ = ltx
     kw = dict(KW, output_type="np")
