@@ -165,9 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--motion-bucket-id", type=int, default=127, help="amount of motion (default: 127)")
     g.add_argument("--noise-aug-strength", type=float, default=0.02, help="noise added to the image (default: 0.02)")
     g.add_argument("--decode-chunk-size", type=int, help="frames decoded at once (default: all; 16 for text to video)")
+    _pipeline_arg_flag(g)
     _serve_parser(sub)
     cli_track.add_commands(sub, _model_flags, _request_flags)
     return root
+
+
+def _pipeline_arg_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline-arg", action="append", metavar="NAME=VALUE",
+                   help="another keyword of the model's pipeline, by diffusers' name, the value read as JSON "
+                   "(repeatable): e.g. frame_rate=24, decode_timestep=0.05, guidance_rescale=0.7 (LTX-Video), "
+                   "use_dynamic_cfg=true (CogVideoX), max_sequence_length=256, sigmas=[700,20,2,0] (SVD)")
 
 
 def _serve_parser(sub) -> None:
@@ -181,6 +189,7 @@ def _serve_parser(sub) -> None:
                        epilog=EPILOG_MODELS)
     _model_flags(s)
     _request_flags(s, d, "the model's")
+    _pipeline_arg_flag(s)
     h = s.add_argument_group("server")
     h.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host}, this machine only)")
     h.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port})")

@@ -7,9 +7,23 @@ same one-line messages.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from .errors import VidrtError
 from .options import RequestOptions
+
+# Pipeline keywords set by generate's own flags (and a server request's own fields), and
+# those whose values are tensors (Python API only): --pipeline-arg takes the others.
+FLAG_KEYWORDS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "height": "--height",
+                 "width": "--width", "num_frames": "--num-frames", "num_inference_steps": "--steps",
+                 "guidance_scale": "--guidance-scale", "guidance_scale_2": "--guidance-scale-2",
+                 "min_guidance_scale": "--min-guidance", "max_guidance_scale": "--max-guidance", "fps": "--fps",
+                 "motion_bucket_id": "--motion-bucket-id", "noise_aug_strength": "--noise-aug-strength",
+                 "decode_chunk_size": "--decode-chunk-size", "num_videos_per_prompt": "--batch-size",
+                 "image": "--image", "generator": "--seed", "output_type": "--format", "return_dict": None,
+                 "progress": None}
+TENSOR_KEYWORDS = ("latents", "prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask",
+                   "negative_prompt_attention_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +37,50 @@ class GenerateConfig(RequestOptions):
     noise_aug_strength: float = 0.02
     decode_chunk_size: int | None = None
     format: str | None = None
+    pipeline_arg: list[str] | None = None  # NAME=VALUE: the pipeline's other keywords (frame_rate, sigmas, ...)
+
+    def pipeline_args(self) -> dict:
+        """--pipeline-arg NAME=VALUE items as {name: value}, each value read as JSON
+        (numbers, true/false, null, lists), else as text.
+
+        Raises:
+            VidrtError: an item that is not NAME=VALUE.
+        """
+        out = {}
+        for item in self.pipeline_arg or ():
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip().isidentifier():
+                raise VidrtError(f"--pipeline-arg {item!r}: write NAME=VALUE, e.g. --pipeline-arg frame_rate=24")
+            try:
+                out[name.strip()] = json.loads(text)
+            except ValueError:
+                out[name.strip()] = text
+        return out
+
+
+def pipeline_extras(model) -> tuple[str, ...]:
+    """The keywords of ``model``'s pipeline that have no flag of their own and take plain
+    values (--pipeline-arg, or a server request's extra fields, may set them)."""
+    import inspect
+
+    from .families import family_pipeline
+
+    params = inspect.signature(family_pipeline(model.kind).__call__).parameters
+    return tuple(n for n in params if n != "self" and n not in FLAG_KEYWORDS and n not in TENSOR_KEYWORDS)
+
+
+def check_pipeline_args(args: dict, model) -> None:
+    """Fails on --pipeline-arg keywords ``model``'s pipeline does not take, or that have a
+    flag of their own."""
+    allowed = pipeline_extras(model)
+    for name in args:
+        if name in FLAG_KEYWORDS or name in TENSOR_KEYWORDS:
+            how = FLAG_KEYWORDS.get(name)
+            fix = f"set it with {how}" if how else "only the Python API takes it (vidrt.VideoPipeline)"
+            raise VidrtError(f"--pipeline-arg {name}: not an extra keyword; {fix}")
+        if name not in allowed:
+            raise VidrtError(f"--pipeline-arg {name}: {model.kind} pipelines take no {name!r}; their extra keywords "
+                             f"are {', '.join(allowed) or 'none'}")
 
 
 def check_values(cfg) -> None:
@@ -59,7 +117,9 @@ def check_values(cfg) -> None:
 
 def check_on_model(cfg, model) -> None:
     """Fails on request arguments ``model``'s engines cannot serve (shape ranges, frames,
-    guidance), with the model's own rules."""
+    guidance, --pipeline-arg's keywords), with the model's own rules."""
+    if isinstance(cfg, GenerateConfig):
+        check_pipeline_args(cfg.pipeline_args(), model)
     model = cfg.model_for_build(model)  # a step cache asks for a transformer model
     height, width = cfg.size(model)
     model.check_ranges(cfg.batch_size, cfg.guided(model), cfg.frames(model), height, width,
@@ -76,8 +136,13 @@ def check_inputs(cfg, model, has_image: bool, image_hint: str, prompt_hint: str)
         raise VidrtError(f"{cfg.model} is {what}: pass {prompt_hint}")
 
 
-def pipeline_kwargs(cfg: GenerateConfig, model, image) -> dict:
-    """The pipeline call's keywords for generate's flags."""
+def pipeline_kwargs(cfg: GenerateConfig, model, image, extra: dict | None = None) -> dict:
+    """The pipeline call's keywords for generate's flags, then --pipeline-arg's and
+    ``extra``'s (a server request's extra fields; checked with check_pipeline_args)."""
+    return _flag_kwargs(cfg, model, image) | cfg.pipeline_args() | (extra or {})
+
+
+def _flag_kwargs(cfg: GenerateConfig, model, image) -> dict:
     import torch
 
     height, width = cfg.size(model)

@@ -23,7 +23,14 @@ import threading
 
 from .errors import VidrtError
 from .jobs import CONTENT_TYPES, FINAL, JobLimits, JobManager, NotAccepting, QueueFull
-from .request import GenerateConfig, check_inputs, check_on_model, check_values, pipeline_kwargs
+from .request import (
+    GenerateConfig,
+    check_inputs,
+    check_on_model,
+    check_values,
+    pipeline_extras,
+    pipeline_kwargs,
+)
 
 log = logging.getLogger("vidrt.server")
 
@@ -130,16 +137,24 @@ class Service:
     def job_request(self, fields: dict, image_bytes: bytes | None = None) -> tuple[dict, str, int, float | None, GenerateConfig]:
         """A request's fields, checked -> (pipeline keywords, format, fps, timeout seconds, its config).
 
+        Fields other than REQUEST_FIELDS and JOB_FIELDS are the pipeline's other keywords
+        (``frame_rate``, ``sigmas``, ...: vidrt.request.pipeline_extras), passed as given;
+        the pipeline checks their values when the job runs.
+
         Raises:
             VidrtError: an unknown field, a wrong type, or a value the CLI would refuse.
         """
         from .video_io import VIDEO_FORMATS, image_from_bytes
 
-        unknown = sorted(set(fields) - set(REQUEST_FIELDS) - set(JOB_FIELDS))
+        model = self.pipe.model
+        extra = {k: v for k, v in fields.items() if k not in REQUEST_FIELDS and k not in JOB_FIELDS}
+        unknown = sorted(k for k in extra if k not in pipeline_extras(model))
         if unknown:
-            raise VidrtError(f"unknown field {unknown[0]!r}; the fields are {', '.join(REQUEST_FIELDS + JOB_FIELDS)}")
+            raise VidrtError(f"unknown field {unknown[0]!r}; the fields are {', '.join(REQUEST_FIELDS + JOB_FIELDS)}, "
+                             f"and this model's other keywords: {', '.join(pipeline_extras(model)) or 'none'}")
         for name, value in fields.items():
-            _check_type(name, value)
+            if name not in extra:
+                _check_type(name, value)
         fmt = fields.get("format", "mp4")
         if fmt not in VIDEO_FORMATS:
             raise VidrtError(f"format {fmt!r}: choose one of {', '.join(VIDEO_FORMATS)}")
@@ -160,7 +175,7 @@ class Service:
             check_inputs(cfg, self.pipe.model, image_bytes is not None, image_hint="an image (base64 in \"image\", "
                          "or a multipart file named image)", prompt_hint="a \"prompt\"")
             image = image_from_bytes(image_bytes) if image_bytes is not None and self.pipe.model.takes_image else None
-            kwargs = pipeline_kwargs(cfg, self.pipe.model, image) | {"progress": False}
+            kwargs = pipeline_kwargs(cfg, self.pipe.model, image, extra) | {"progress": False}
         except VidrtError as e:
             raise VidrtError(_field_names(str(e))) from None
         return kwargs, fmt, cfg.fps, timeout, cfg

@@ -126,6 +126,10 @@ def test_run_bench_without_baseline_and_with_animatelcm(capsys, tiny_engine_dir,
         (["--precision", "fp16"], "engines, not fp16"),
         (["--height", "2056"], "height=2056 is outside this engine's range"),
         (["--backend", "tensorrt"], "TensorRT needs an NVIDIA GPU with CUDA and this machine has none"),
+        (["--pipeline-arg", "colour=red"], "image-to-video pipelines take no 'colour'; their extra keywords are sigmas"),
+        (["--pipeline-arg", "height=64"], "--pipeline-arg height: not an extra keyword; set it with --height"),
+        (["--pipeline-arg", "latents=0"], "only the Python API takes it"),
+        (["--pipeline-arg", "sigmas"], "write NAME=VALUE"),
     ],
 )
 def test_generate_bad_input_is_one_line(capsys, tiny_engine_dir, image_file, tmp_path, monkeypatch, argv, message):
@@ -143,6 +147,25 @@ def test_generate_bad_input_is_one_line(capsys, tiny_engine_dir, image_file, tmp
     assert message in err
     # One line, no traceback, and before any engine work for argument errors.
     assert err.startswith("vidrt: error: ") and err.count("\n") == 1, err
+
+
+def test_generate_passes_pipeline_args(capsys, tiny_engine_dir, image_file, tmp_path):
+    """--pipeline-arg NAME=VALUE reaches the pipeline as its keyword, the value read as JSON."""
+    from vidrt.request import GenerateConfig
+
+    cfg = GenerateConfig(pipeline_arg=["sigmas=[5, 1.5, 0]", "note=plain text", "flag=true"])
+    assert cfg.pipeline_args() == {"sigmas": [5, 1.5, 0], "note": "plain text", "flag": True}
+    out = tmp_path / "s.gif"
+    code, stdout, err = run(capsys, "generate", "--model", "tiny-svd", "--engine-dir", str(tiny_engine_dir), "--image",
+                            str(image_file), "--height", "32", "--width", "32", "--num-frames", "2", "--steps", "9",
+                            "--pipeline-arg", "sigmas=[5, 1.5, 0]", "--output", str(out))
+    assert code == 0, err
+    assert "over 2 steps" in stdout  # the sigmas set the steps, not --steps
+    code, stdout, err = run(capsys, "generate", "--model", "tiny-svd", "--engine-dir", str(tiny_engine_dir), "--image",
+                            str(image_file), "--height", "32", "--width", "32", "--num-frames", "2",
+                            "--pipeline-arg", "sigmas=[5, 0, 0]", "--output", str(out))
+    errors = [line for line in err.splitlines() if line.startswith("vidrt: error:")]  # the pipeline's own check
+    assert code == 2 and len(errors) == 1 and "all above 0 but the last" in errors[0] and "Traceback" not in err
 
 
 def test_malformed_model_folder(capsys, tmp_path):

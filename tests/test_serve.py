@@ -128,6 +128,25 @@ def test_bad_requests_are_400_with_one_line(server, body, message):
     assert message in error and "\n" not in error and "--" not in error
 
 
+def test_extra_fields_are_the_pipelines_other_keywords(server, tiny_pipe):
+    """A field the API does not name but the model's pipeline takes (SVD: ``sigmas``) is
+    passed to it; the pipeline refuses a bad value when the job runs, as a failed job."""
+    client, _ = server()
+    job = submit(client, seed=2, format="png", sigmas=[5.0, 1.5, 0.0], num_inference_steps=9)
+    view = wait_final(client, job)
+    assert view["status"] == "completed" and view["progress"]["steps"] == 2, view
+    with zipfile.ZipFile(io.BytesIO(client.get(f"/v1/videos/{job}/content").content)) as archive:
+        served = [np.asarray(PIL.Image.open(archive.open(n))) for n in sorted(archive.namelist())]
+    image = PIL.Image.open(io.BytesIO(base64.b64decode(png_b64())))
+    direct = tiny_pipe(image, height=32, width=32, num_frames=2, sigmas=[5.0, 1.5, 0.0],
+                       generator=torch.Generator().manual_seed(2), output_type="pil").frames[0]
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, direct))
+    r = client.post("/v1/videos", json={"image": png_b64(), **REQUEST, "colour": "red"})
+    assert r.status_code == 400 and "this model's other keywords: sigmas" in r.json()["error"]
+    bad = wait_final(client, submit(client, sigmas=[5.0, 0.0, 0.0]))
+    assert bad["status"] == "failed" and "all above 0 but the last" in bad["error"], bad
+
+
 def test_bodies_that_are_not_requests(server):
     client, _ = server()
     for content, expect in ((b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object")):
