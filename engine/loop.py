@@ -199,6 +199,7 @@ def denoise(
     guidance_per_step: list[float] | None = None,
     control: RequestControl = NO_CONTROL,
     guidance_rescale: float = 0.0,
+    on_step=None,
 ) -> torch.Tensor:
     """Runs every sampler step; returns the denoised latents ([V, F, C, h, w]).
 
@@ -223,6 +224,9 @@ def denoise(
             step, checked before each (vidrt.Cancelled stops the loop there).
         guidance_rescale: the fraction by which the guided prediction is rescaled to the
             conditional one's standard deviation (0: off; LTX-Video's guidance_rescale).
+        on_step: ``on_step(i, latents)`` after step i (outside its timing), handed the
+            loop's latents; what it returns, if not None, replaces them (diffusers'
+            callback_on_step_end, through BasePipeline.step_callback).
     """
     from tqdm.auto import tqdm
 
@@ -302,6 +306,10 @@ def denoise(
                 with timer.span(step_times):
                     _step_body(unet, sampler, b, b.latents, b.cond, b.guidance, videos, channels, guidance_rescale)
             control.report("denoise", i + 1)
+            if on_step is not None:
+                replaced = on_step(i, b.latents)
+                if replaced is not None and replaced is not b.latents:
+                    b.latents.copy_(replaced)
     timer.collect(step_times)
     control.report("decode", sampler.num_steps)
     return b.latents.clone()  # the buffer belongs to the next request of this shape

@@ -325,6 +325,41 @@ class BasePipeline(abc.ABC):
         samples = torch.cat(samples)
         return samples if len(samples) == videos else samples.repeat_interleave(videos // len(samples), dim=0)
 
+    def step_callback(self, callback, tensor_inputs, sampler, public=None, private=None):
+        """diffusers' ``callback_on_step_end`` as the loop's ``on_step`` (None without one).
+
+        ``callback(pipe, i, t, {"latents": ...})`` runs after each step with the latents in
+        diffusers' layout for the family (``public`` makes that view of the loop's; LTX
+        packs them), as diffusers calls it; ``latents`` in the dict it returns replace the
+        loop's (``private`` brings them back). A diffusers PipelineCallback's own
+        ``tensor_inputs`` are used, as diffusers does.
+
+        Raises:
+            VidrtError: a callback that is not callable, or tensor inputs other than latents.
+        """
+        if callback is None:
+            return None
+        if not callable(callback):
+            raise VidrtError(f"callback_on_step_end must be callable, not {type(callback).__name__}")
+        names = list(getattr(callback, "tensor_inputs", None) or tensor_inputs or ["latents"])
+        if any(n != "latents" for n in names):
+            raise VidrtError(f"callback_on_step_end_tensor_inputs={names}: vidrt hands the callback 'latents' only")
+        timesteps = sampler.timesteps
+
+        def on_step(i: int, latents: torch.Tensor):
+            seen = public(latents) if public else latents
+            returned = (callback(self, i, timesteps[i], {"latents": seen}) or {}).get("latents")
+            if returned is None or returned is seen:
+                return None
+            if not isinstance(returned, torch.Tensor) or returned.shape != seen.shape:
+                got = list(returned.shape) if hasattr(returned, "shape") else type(returned).__name__
+                raise VidrtError(f"callback_on_step_end returned latents of shape {got}; the loop's are "
+                                 f"{list(seen.shape)}")
+            returned = returned.to(latents.device, torch.float32)
+            return private(returned) if private else returned
+
+        return on_step
+
     def _now(self) -> float:
         """Stage clock: on a GPU, waits for the stream first (stage boundaries only,
         never inside the denoising loop, which times itself with CUDA events)."""

@@ -13,7 +13,7 @@ from .errors import VidrtError
 from .options import RequestOptions
 
 # Pipeline keywords set by generate's own flags (and a server request's own fields), and
-# those whose values are tensors (Python API only): --pipeline-arg takes the others.
+# those whose values are tensors or functions (Python API only): --pipeline-arg takes the others.
 FLAG_KEYWORDS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "height": "--height",
                  "width": "--width", "num_frames": "--num-frames", "num_inference_steps": "--steps",
                  "guidance_scale": "--guidance-scale", "guidance_scale_2": "--guidance-scale-2",
@@ -22,8 +22,8 @@ FLAG_KEYWORDS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "
                  "decode_chunk_size": "--decode-chunk-size", "num_videos_per_prompt": "--batch-size",
                  "image": "--image", "generator": "--seed", "output_type": "--format", "return_dict": None,
                  "progress": None}
-TENSOR_KEYWORDS = ("latents", "prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask",
-                   "negative_prompt_attention_mask")
+PYTHON_ONLY = ("latents", "prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask",
+               "negative_prompt_attention_mask", "callback_on_step_end", "callback_on_step_end_tensor_inputs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ def pipeline_extras(model) -> tuple[str, ...]:
     from .families import family_pipeline
 
     params = inspect.signature(family_pipeline(model.kind).__call__).parameters
-    return tuple(n for n in params if n != "self" and n not in FLAG_KEYWORDS and n not in TENSOR_KEYWORDS)
+    return tuple(n for n in params if n != "self" and n not in FLAG_KEYWORDS and n not in PYTHON_ONLY)
 
 
 def check_pipeline_args(args: dict, model) -> None:
@@ -74,7 +74,7 @@ def check_pipeline_args(args: dict, model) -> None:
     flag of their own."""
     allowed = pipeline_extras(model)
     for name in args:
-        if name in FLAG_KEYWORDS or name in TENSOR_KEYWORDS:
+        if name in FLAG_KEYWORDS or name in PYTHON_ONLY:
             how = FLAG_KEYWORDS.get(name)
             fix = f"set it with {how}" if how else "only the Python API takes it (vidrt.VideoPipeline)"
             raise VidrtError(f"--pipeline-arg {name}: not an extra keyword; {fix}")

@@ -171,3 +171,28 @@ class ScriptedProbe:
         self.events.append("probe")
         self.rates.append(float(len(self.rates) + 1))
         return self.rates[-1]
+
+
+class StepRecorder:
+    """A callback_on_step_end for vidrt and diffusers at once: records each side's (step,
+    timestep, latents) and scales the latents at step ``scale_at`` (0.9), as a user's
+    callback returning {"latents": ...} would."""
+
+    def __init__(self, vidrt_pipe, scale_at: int = 1):
+        self.vidrt_pipe, self.scale_at = vidrt_pipe, scale_at
+        self.seen = {"vidrt": [], "diffusers": []}
+
+    def __call__(self, pipe, step, timestep, kwargs):
+        side = "vidrt" if pipe is self.vidrt_pipe else "diffusers"
+        self.seen[side].append((step, float(timestep), kwargs["latents"].detach().clone()))
+        return {"latents": kwargs["latents"] * 0.9} if step == self.scale_at else {}
+
+    def check_sides_agree(self, tol: float = 1e-4) -> None:
+        """Both sides called at the same steps and timesteps with the same latents (within
+        ``tol`` of the latents' largest magnitude: SVD's start at sigma ~700; both sides are
+        fp32 and differ in summation order only)."""
+        ours, theirs = self.seen["vidrt"], self.seen["diffusers"]
+        assert len(ours) == len(theirs) > self.scale_at
+        for (i, t, a), (j, u, b) in zip(ours, theirs):
+            assert i == j and abs(t - u) <= 1e-3 * max(1.0, abs(u)), (i, t, u)
+            assert a.shape == b.shape and (a - b).abs().max() <= tol * max(1.0, float(b.abs().max())), i

@@ -155,6 +155,18 @@ def test_prompt_embeds_match_diffusers(cog):
         pipe(**dict(kw, negative_prompt_embeds=negative_states[:1]))
 
 
+@pytest.mark.parametrize("sampler", [None, "cogvideox-dpm"])
+def test_callback_on_step_end_as_in_diffusers(cog, sampler):
+    from conftest import StepRecorder
+
+    pipe, ref = cog
+    recorder = StepRecorder(pipe)
+    kw = dict(KW, guidance_scale=6.0, callback_on_step_end=recorder)
+    got, want = run_both(pipe, ref, sampler, seed=4, **kw)
+    recorder.check_sides_agree()
+    assert np.abs(got - want).max() <= ATOL
+
+
 def test_latents_in_and_out_match_diffusers(cog):
     """``latents`` and output_type="latent" use diffusers' [V, F, C, h, w] layout."""
     pipe, ref = cog

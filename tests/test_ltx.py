@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fake_trt_build_calls
+from conftest import StepRecorder, fake_trt_build_calls
 from vidrt.errors import VidrtError
 
 ATOL = 2e-3
@@ -151,6 +151,20 @@ def test_prompt_embeds_and_masks_match_diffusers(ltx):
         pipe(**dict(kw, prompt_attention_mask=None))
     with pytest.raises(VidrtError, match="pass prompt or prompt_embeds, not both"):
         pipe(**dict(kw, prompt=prompts))
+
+
+def test_callback_on_step_end_sees_packed_latents_as_in_diffusers(ltx):
+    """The callback gets and returns diffusers' packed [V, F*h*w, C] latents after each step."""
+    pipe, ref = ltx
+    recorder = StepRecorder(pipe)
+    kw = dict(KW, num_frames=5, guidance_scale=3.0, callback_on_step_end=recorder)
+    got, want = run_both(pipe, ref, seed=8, **kw)
+    plain, _ = run_both(pipe, ref, seed=8, **dict(kw, callback_on_step_end=None))
+    recorder.check_sides_agree()
+    assert recorder.seen["vidrt"][0][2].shape == (1, 2 * 4 * 8, 8)
+    assert np.abs(got - want).max() <= ATOL and np.abs(got - plain).max() > 1e-3
+    with pytest.raises(VidrtError, match="returned latents of shape \\[1, 8\\]"):
+        pipe(**dict(kw, callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros(1, 8)}))
 
 
 def test_packed_latents_in_and_out_match_diffusers(ltx):

@@ -12,7 +12,7 @@ import torch
 from vidrt.benchmarks.reference_schedulers import AnimateLCMReferenceScheduler
 from vidrt.errors import VidrtError
 
-from conftest import make_image
+from conftest import StepRecorder, make_image
 
 TOL = 2e-3
 
@@ -72,6 +72,18 @@ def test_custom_sigmas_match_diffusers(tiny_pipe, reference, sigmas):
     assert len(tiny_pipe.timings.unet_steps) == len(sigmas) - 1  # the sigmas, not num_inference_steps, set the steps
     plain = run_vidrt(tiny_pipe, "euler", image, 7, **dict(kw, sigmas=None, num_inference_steps=len(sigmas) - 1))
     assert np.abs(ours - plain).max() > 1e-3  # another schedule than the default of as many steps
+
+
+def test_callback_on_step_end_as_in_diffusers(tiny_pipe, reference):
+    recorder = StepRecorder(tiny_pipe)
+    kw = dict(height=32, width=32, num_frames=3, num_inference_steps=3, callback_on_step_end=recorder)
+    image = make_image(seed=2)
+    ours = run_vidrt(tiny_pipe, "euler", image, 5, **kw)
+    ref = run_reference(reference, "euler", image, 5, **kw)
+    recorder.check_sides_agree()
+    assert np.abs(ours - ref).max() <= TOL
+    with pytest.raises(VidrtError, match="callback_on_step_end must be callable"):
+        tiny_pipe(image, **dict(kw, callback_on_step_end="print"))
 
 
 def test_batch_of_images_is_one_unet_batch(tiny_pipe, reference):

@@ -107,6 +107,22 @@ def test_prompt_embeds_match_diffusers(t2v):
         pipe(**dict(kw, prompt_embeds=states[..., :5]))
 
 
+def test_callback_on_step_end_as_in_animatediff(t2v):
+    """AnimateDiffPipeline's callback_on_step_end (ModelScope's diffusers pipeline has none)."""
+    from conftest import StepRecorder
+
+    pipe, model, ref = t2v
+    if model.kind != "animatediff":
+        pytest.skip("TextToVideoSDPipeline has the older callback/callback_steps, no callback_on_step_end")
+    pipe.sampler_name = None
+    recorder = StepRecorder(pipe)
+    kw = dict(KW, prompt="waves", negative_prompt="blurry", guidance_scale=5.0, callback_on_step_end=recorder)
+    got = pipe(**kw, generator=torch.Generator().manual_seed(2), output_type="np").frames
+    want = reference(ref, None, **kw, generator=torch.Generator().manual_seed(2))
+    recorder.check_sides_agree()
+    assert np.abs(got - want).max() <= ATOL
+
+
 def test_output_types_and_layouts(t2v):
     pipe, model, _ = t2v
     pipe.sampler_name = None

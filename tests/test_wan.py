@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import INT8_SATURATES, fake_trt_build_calls
+from conftest import INT8_SATURATES, StepRecorder, fake_trt_build_calls
 
 from vidrt.errors import VidrtError
 
@@ -103,6 +103,21 @@ def test_prompt_embeds_match_diffusers(wan):
     assert np.abs(got - want).max() <= ATOL
     with pytest.raises(VidrtError, match="differ in length \\(negative 32, positive 16 tokens\\)"):
         pipe(**dict(kw, prompt_embeds=states[:, :16]))
+
+
+def test_callback_on_step_end_as_in_diffusers(wan):
+    """Called after each step with the latents diffusers holds there; the latents it
+    returns replace the loop's (here scaled at step 1)."""
+    pipe, ref = wan
+    recorder = StepRecorder(pipe)
+    kw = dict(KW, guidance_scale=5.0, callback_on_step_end=recorder)
+    got, want = run_both(pipe, ref, None, seed=3, **kw)
+    plain, _ = run_both(pipe, ref, None, seed=3, **dict(kw, callback_on_step_end=None))
+    recorder.check_sides_agree()
+    assert np.abs(got - want).max() <= ATOL
+    assert np.abs(got - plain).max() > 1e-3  # the returned latents were used
+    with pytest.raises(VidrtError, match="hands the callback 'latents' only"):
+        pipe(**dict(kw, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]))
 
 
 def test_both_experts_run_and_match_diffusers(wan):

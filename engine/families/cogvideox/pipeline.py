@@ -64,6 +64,8 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int | None = None,
         progress: bool = False,
     ):
@@ -76,7 +78,8 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         changes nothing under CogVideoX's own DDIM and DPM schedulers (their ``step``
         takes it and ignores it) and must be 0 under any other. ``prompt_embeds`` /
         ``negative_prompt_embeds`` ([prompts, L, D], as CogVideoXPipeline's encode_prompt
-        returns them) stand in for ``prompt`` / ``negative_prompt``. Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
+        returns them) stand in for ``prompt`` / ``negative_prompt``. ``callback_on_step_end``
+        runs after each step as in diffusers. Latents are [videos, (num_frames - 1) / 4 + 1, C, h, w].
 
         Returns:
             VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
@@ -90,7 +93,8 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
                   use_dynamic_cfg, num_videos_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-                  output_type, return_dict, max_sequence_length, progress, image=None):
+                  output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                  max_sequence_length, progress, image=None):
         start = self._now()
         m = self.model
         height = m.default_size[0] if height is None else height
@@ -127,7 +131,8 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         schedule = _dynamic_guidance(guidance_scale, sampler, num_inference_steps) if do_cfg and use_dynamic_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, Conditioning(inputs, channel_axis=2), guidance,
                           generator, self.timings.unet_steps, progress=progress, state=self.loop_state,
-                          guidance_per_step=schedule, control=self._control)
+                          guidance_per_step=schedule, control=self._control,
+                          on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler))
         if output_type == "latent":
             frames = latents
         else:
@@ -203,8 +208,9 @@ class CogVideoXImageToVideoPipeline(CogVideoXTextToVideoPipeline):
                  height: int | None = None, width: int | None = None, num_frames: int = 49,
                  num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
                  num_videos_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None,
-                 prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True, max_sequence_length: int | None = None,
-                 progress: bool = False):
+                 prompt_embeds=None, negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
+                 max_sequence_length: int | None = None, progress: bool = False):
         """Generates videos from an image and text, as diffusers' CogVideoXImageToVideoPipeline does.
 
         Args mirror CogVideoXImageToVideoPipeline.__call__ and CogVideoXTextToVideoPipeline's;

@@ -64,6 +64,8 @@ class LTXTextToVideoPipeline(BasePipeline):
         decode_noise_scale: float | list[float] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 128,
         progress: bool = False,
     ):
@@ -77,7 +79,8 @@ class LTXTextToVideoPipeline(BasePipeline):
         one value or one per video. ``prompt_embeds`` / ``negative_prompt_embeds`` ([prompts,
         L, D], with their [prompts, L] attention masks, as LTXPipeline's encode_prompt
         returns them) stand in for ``prompt`` / ``negative_prompt``; both halves then need
-        one length L (they run in one batch, as in diffusers).
+        one length L (they run in one batch, as in diffusers). ``callback_on_step_end`` runs
+        after each step as in diffusers, on the packed [videos, F*h*w, C] latents.
 
         Returns:
             VideoPipelineOutput: frames as lists of PIL images (pil), [B, F, H, W, 3] (np),
@@ -92,7 +95,8 @@ class LTXTextToVideoPipeline(BasePipeline):
     def _generate(self, prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps,
                   guidance_scale, guidance_rescale, num_videos_per_prompt, generator, latents, prompt_embeds,
                   prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, decode_timestep,
-                  decode_noise_scale, output_type, return_dict, max_sequence_length, progress, image=None):
+                  decode_noise_scale, output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                  max_sequence_length, progress, image=None):
         start = self._now()
         m = self.model
         text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim,
@@ -135,9 +139,11 @@ class LTXTextToVideoPipeline(BasePipeline):
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["transformer"], sampler, latents, cond, guidance, generator,
                           self.timings.unet_steps, progress=progress, state=self.loop_state, control=self._control,
-                          guidance_rescale=float(guidance_rescale) if do_cfg and guidance_rescale > 0 else 0.0)
+                          guidance_rescale=float(guidance_rescale) if do_cfg and guidance_rescale > 0 else 0.0,
+                          on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+                                                     public=_packed, private=lambda x: _unpacked(x, shape)))
         if output_type == "latent":
-            frames = latents.flatten(2).transpose(1, 2)  # diffusers' packed layout
+            frames = _packed(latents)
         else:
             frames = self.video_processor.postprocess_video(video=self._decode(latents, generator, decode_t, decode_scale),
                                                             output_type=output_type)
@@ -192,6 +198,11 @@ def _decode_values(decode_timestep, decode_noise_scale, videos: int) -> tuple[li
     return timesteps, timesteps if decode_noise_scale is None else per_video(decode_noise_scale, "decode_noise_scale")
 
 
+def _packed(latents: torch.Tensor) -> torch.Tensor:
+    """[V, C, F, h, w] latents as diffusers' packed [V, F*h*w, C] (a view)."""
+    return latents.flatten(2).transpose(1, 2)
+
+
 def _unpacked(latents, shape):
     """User latents in diffusers' packed layout [V, F*h*w, C] as [V, C, F, h, w]."""
     if latents is None:
@@ -218,6 +229,7 @@ class LTXImageToVideoPipeline(LTXTextToVideoPipeline):
                  num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
                  prompt_attention_mask=None, negative_prompt_embeds=None, negative_prompt_attention_mask=None,
                  decode_timestep=0.0, decode_noise_scale=None, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] | None = None,
                  max_sequence_length: int = 128, progress: bool = False):
         """Generates videos from an image and text, as diffusers' LTXImageToVideoPipeline does.
 

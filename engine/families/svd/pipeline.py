@@ -53,13 +53,17 @@ class VideoPipeline(BasePipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         progress: bool = False,
     ):
         """Generates videos from conditioning image(s), as diffusers' pipeline does.
 
         Args mirror StableVideoDiffusionPipeline.__call__. ``image`` is a PIL image,
         a list of them, or a [B, 3, H, W] tensor in [0, 1]. Each image times
-        ``num_videos_per_prompt`` becomes one video; all are one UNet batch. ``sigmas``
+        ``num_videos_per_prompt`` becomes one video; all are one UNet batch.
+        ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` runs after each
+        step as in diffusers; latents in the dict it returns replace the loop's. ``sigmas``
         (the euler sampler's) replace the schedule of ``num_inference_steps``: one per
         step, then the final one, as diffusers' EulerDiscreteScheduler takes them.
 
@@ -73,7 +77,8 @@ class VideoPipeline(BasePipeline):
 
     def _generate(self, image, height, width, num_frames, num_inference_steps, sigmas, min_guidance_scale,
                   max_guidance_scale, fps, motion_bucket_id, noise_aug_strength, decode_chunk_size,
-                  num_videos_per_prompt, generator, latents, output_type, return_dict, progress):
+                  num_videos_per_prompt, generator, latents, output_type, return_dict, callback_on_step_end,
+                  callback_on_step_end_tensor_inputs, progress):
         start = self._now()
         num_frames = num_frames if num_frames is not None else self.model.default_num_frames
         if decode_chunk_size is None:  # all frames at once, or as many as the decoder engine takes
@@ -106,6 +111,7 @@ class VideoPipeline(BasePipeline):
         latents = denoise(
             self.engines["unet"], sampler, latents, cond, guidance if do_cfg else None, generator,
             self.timings.unet_steps, progress=progress, state=self.loop_state, control=self._control,
+            on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler),
         )
         if output_type == "latent":
             frames = latents

@@ -55,6 +55,8 @@ class TextToVideoPipeline(BasePipeline):
         output_type: str | None = None,
         decode_chunk_size: int = 16,
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         progress: bool = False,
     ):
         """Generates videos from text, as diffusers' pipeline of the model's kind does.
@@ -64,7 +66,9 @@ class TextToVideoPipeline(BasePipeline):
         for AnimateDiff, output "np" resp. "pil"). ``guidance_scale`` <= 1 turns
         guidance off. Latents are [videos, C, F, h, w]. ``prompt_embeds`` /
         ``negative_prompt_embeds`` ([prompts, 77, D], as the pipeline's encode_prompt
-        returns them) stand in for ``prompt`` / ``negative_prompt``.
+        returns them) stand in for ``prompt`` / ``negative_prompt``. ``callback_on_step_end``
+        runs after each step as in AnimateDiffPipeline (ModelScope's diffusers pipeline has
+        only the older ``callback``).
 
         Returns:
             VideoPipelineOutput: frames as [B, F, H, W, 3] (np), [B, F, 3, H, W] (pt),
@@ -77,7 +81,7 @@ class TextToVideoPipeline(BasePipeline):
 
     def _generate(self, prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
                   num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds, output_type,
-                  decode_chunk_size, return_dict, progress):
+                  decode_chunk_size, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, progress):
         start = self._now()
         m = self.model
         dh, dw = m.default_size
@@ -111,7 +115,8 @@ class TextToVideoPipeline(BasePipeline):
         latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
         guidance = torch.full((1, 1, 1, 1, 1), float(guidance_scale), device=self.device) if do_cfg else None
         latents = denoise(self.engines["unet"], sampler, latents, cond, guidance, generator, self.timings.unet_steps,
-                          progress=progress, state=self.loop_state, control=self._control)
+                          progress=progress, state=self.loop_state, control=self._control,
+                          on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler))
         if output_type == "latent":
             frames = latents
         else:

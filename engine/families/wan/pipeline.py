@@ -56,6 +56,8 @@ class WanTextToVideoPipeline(BasePipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int = 512,
         progress: bool = False,
     ):
@@ -67,6 +69,7 @@ class WanTextToVideoPipeline(BasePipeline):
         ``prompt_embeds`` / ``negative_prompt_embeds`` ([prompts, L, D], as WanPipeline's
         encode_prompt returns them) stand in for ``prompt`` / ``negative_prompt``; both
         halves must then have one length L (vidrt runs them in one batch).
+        ``callback_on_step_end`` runs after each step as in diffusers.
 
         Returns:
             VideoPipelineOutput: frames as [B, F, H, W, 3] (np), [B, F, 3, H, W] (pt),
@@ -80,7 +83,8 @@ class WanTextToVideoPipeline(BasePipeline):
 
     def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
                   guidance_scale_2, num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds,
-                  output_type, return_dict, max_sequence_length, progress):
+                  output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                  max_sequence_length, progress):
         start = self._now()
         m = self.model
         text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
@@ -107,7 +111,8 @@ class WanTextToVideoPipeline(BasePipeline):
         guidance = self._guidance(guidance_scale) if do_cfg else None
         first, switch = self._experts(sampler, guidance_scale_2 if do_cfg else None)
         latents = denoise(first, sampler, latents, cond, guidance, generator, self.timings.unet_steps,
-                          progress=progress, state=self.loop_state, switch=switch, control=self._control)
+                          progress=progress, state=self.loop_state, switch=switch, control=self._control,
+                          on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler))
         if output_type == "latent":
             frames = latents
         else:
