@@ -88,7 +88,11 @@ class BenchConfig(RequestOptions):
         return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
 
     def request(self, model) -> dict:
-        """The pipeline keywords (vidrt's and diffusers' alike) besides inputs and generator."""
+        """The pipeline keywords (vidrt's and diffusers' alike) besides inputs and generator,
+        --pipeline-arg's last."""
+        return self._flag_request(model) | self.pipeline_args()
+
+    def _flag_request(self, model) -> dict:
         common = dict(height=self.height, width=self.width, num_frames=self.frames(model),
                       num_inference_steps=self.steps)
         if model.kind == "image-to-video":

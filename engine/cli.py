@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = BenchConfig()
     r.add_argument("--runs", type=int, default=bench.runs, help=f"timed runs per side (default: {bench.runs})")
     r.add_argument("--warmup", type=int, default=bench.warmup, help=f"untimed warm-up runs per side (default: {bench.warmup})")
+    _pipeline_arg_flag(r)
     r.add_argument("--baseline-precision", help="diffusers baseline precision: fp32, bf16 (weights), bf16-autocast, fp16 (GPU), or none to skip "
                    "(default: same as --precision; fp32 for int8/fp8)")
     r.add_argument("--one-side-at-a-time", action="store_true",

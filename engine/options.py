@@ -134,6 +134,27 @@ class RequestOptions(EngineOptions):
     guidance_scale: float | None = None  # text to video; None: the pipeline's default
     guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert; None: guidance_scale
     on_demand: str | None = None  # comma-separated components loaded for each call, freed after it
+    pipeline_arg: list[str] | None = None  # NAME=VALUE: the pipeline's other keywords (frame_rate, sigmas, ...)
+
+    def pipeline_args(self) -> dict:
+        """--pipeline-arg NAME=VALUE items as {name: value}, each value read as JSON
+        (numbers, true/false, null, lists), else as text.
+
+        Raises:
+            VidrtError: an item that is not NAME=VALUE.
+        """
+        import json
+
+        out = {}
+        for item in self.pipeline_arg or ():
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip().isidentifier():
+                raise VidrtError(f"--pipeline-arg {item!r}: write NAME=VALUE, e.g. --pipeline-arg frame_rate=24")
+            try:
+                out[name.strip()] = json.loads(text)
+            except ValueError:
+                out[name.strip()] = text
+        return out
 
     def on_demand_components(self) -> tuple[str, ...]:
         """--on-demand 'text_encoder' as a tuple of component names."""

@@ -7,7 +7,6 @@ same one-line messages.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from .errors import VidrtError
 from .options import RequestOptions
@@ -37,25 +36,6 @@ class GenerateConfig(RequestOptions):
     noise_aug_strength: float = 0.02
     decode_chunk_size: int | None = None
     format: str | None = None
-    pipeline_arg: list[str] | None = None  # NAME=VALUE: the pipeline's other keywords (frame_rate, sigmas, ...)
-
-    def pipeline_args(self) -> dict:
-        """--pipeline-arg NAME=VALUE items as {name: value}, each value read as JSON
-        (numbers, true/false, null, lists), else as text.
-
-        Raises:
-            VidrtError: an item that is not NAME=VALUE.
-        """
-        out = {}
-        for item in self.pipeline_arg or ():
-            name, sep, text = item.partition("=")
-            if not sep or not name.strip().isidentifier():
-                raise VidrtError(f"--pipeline-arg {item!r}: write NAME=VALUE, e.g. --pipeline-arg frame_rate=24")
-            try:
-                out[name.strip()] = json.loads(text)
-            except ValueError:
-                out[name.strip()] = text
-        return out
 
 
 def pipeline_extras(model) -> tuple[str, ...]:
@@ -118,8 +98,7 @@ def check_values(cfg) -> None:
 def check_on_model(cfg, model) -> None:
     """Fails on request arguments ``model``'s engines cannot serve (shape ranges, frames,
     guidance, --pipeline-arg's keywords), with the model's own rules."""
-    if isinstance(cfg, GenerateConfig):
-        check_pipeline_args(cfg.pipeline_args(), model)
+    check_pipeline_args(cfg.pipeline_args(), model)
     model = cfg.model_for_build(model)  # a step cache asks for a transformer model
     height, width = cfg.size(model)
     model.check_ranges(cfg.batch_size, cfg.guided(model), cfg.frames(model), height, width,

@@ -110,6 +110,20 @@ def test_run_bench_without_baseline_and_with_animatelcm(capsys, tiny_engine_dir,
     assert "baseline skipped" in out
 
 
+def test_run_bench_hands_pipeline_args_to_both_sides(capsys, tiny_engine_dir, tmp_path):
+    """--pipeline-arg reaches vidrt and diffusers alike: custom sigmas set both sides' steps,
+    the frames agree, and the JSON records the argument."""
+    out = tmp_path / "b.json"
+    code, stdout, err = run(capsys, "run-bench", *common(tiny_engine_dir), "--height", "32", "--width", "32",
+                            "--num-frames", "2", "--steps", "9", "--runs", "1", "--warmup", "0",
+                            "--pipeline-arg", "sigmas=[5, 1.5, 0]", "--output", str(out))
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["config"]["pipeline_arg"] == ["sigmas=[5, 1.5, 0]"]
+    assert len(result["engine"]["stages_ms"]["unet_step"]["samples"]) == 2  # 2 steps, not --steps 9
+    assert result["parity"]["max_abs_err"] <= 2e-3
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
