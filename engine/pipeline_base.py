@@ -344,11 +344,10 @@ class BasePipeline(abc.ABC):
         names = list(getattr(callback, "tensor_inputs", None) or tensor_inputs or ["latents"])
         if any(n != "latents" for n in names):
             raise VidrtError(f"callback_on_step_end_tensor_inputs={names}: vidrt hands the callback 'latents' only")
-        timesteps = sampler.timesteps
 
         def on_step(i: int, latents: torch.Tensor):
             seen = public(latents) if public else latents
-            returned = (callback(self, i, timesteps[i], {"latents": seen}) or {}).get("latents")
+            returned = (callback(self, i, sampler.timesteps[i], {"latents": seen}) or {}).get("latents")
             if returned is None or returned is seen:
                 return None
             if not isinstance(returned, torch.Tensor) or returned.shape != seen.shape:
