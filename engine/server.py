@@ -345,7 +345,7 @@ async def _read_body(request) -> tuple[dict, bytes | None]:
                     raise VidrtError(f"file field {name!r}: the only file a request takes is 'image'")
                 image = await value.read()
             else:
-                fields[name] = _form_value(value)
+                fields[name] = _form_value(name, value)
         return fields, image
     try:
         fields = json.loads(await request.body() or b"{}")
@@ -356,11 +356,17 @@ async def _read_body(request) -> tuple[dict, bytes | None]:
     return fields, None
 
 
-def _form_value(text: str):
+def _form_value(name: str, text: str):
+    """A form field's text as the JSON body would carry it: text fields as text, the API's
+    numeric fields as numbers, the pipeline's other keywords as JSON (lists, true/false)."""
+    if TYPES.get(name) is str:
+        return text
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         return text
+    if name not in REQUEST_FIELDS and name not in JOB_FIELDS:
+        return value
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
 
 

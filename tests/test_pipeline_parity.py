@@ -86,6 +86,21 @@ def test_callback_on_step_end_as_in_diffusers(tiny_pipe, reference):
         tiny_pipe(image, **dict(kw, callback_on_step_end="print"))
 
 
+def test_images_of_different_sizes_in_one_request(tiny_pipe, reference):
+    """diffusers stacks a list of images before resizing them, so it takes one size only;
+    vidrt resizes each: every video is what that image alone gives with that video's
+    generator, and the one-image request is checked against diffusers."""
+    kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)
+    small, large = make_image(seed=1).resize((40, 24)), make_image(seed=2).resize((64, 48))
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    both = tiny_pipe([small, large], generator=gens, output_type="np", **kw).frames
+    for i, image in enumerate((small, large)):
+        alone = tiny_pipe(image, generator=[torch.Generator().manual_seed(3 + i)], output_type="np", **kw).frames
+        assert np.abs(both[i] - alone[0]).max() <= 1e-5
+    want = run_reference(reference, "euler", large, 4, **kw)
+    assert np.abs(run_vidrt(tiny_pipe, "euler", large, 4, **kw) - want).max() <= TOL
+
+
 def test_batch_of_images_is_one_unet_batch(tiny_pipe, reference):
     images = [make_image(seed=1), make_image(seed=2)]
     kw = dict(height=32, width=32, num_frames=2, num_inference_steps=2)

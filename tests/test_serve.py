@@ -141,6 +141,11 @@ def test_extra_fields_are_the_pipelines_other_keywords(server, tiny_pipe):
     direct = tiny_pipe(image, height=32, width=32, num_frames=2, sigmas=[5.0, 1.5, 0.0],
                        generator=torch.Generator().manual_seed(2), output_type="pil").frames[0]
     assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, direct))
+    files = {"image": ("in.png", base64.b64decode(png_b64()), "image/png")}
+    form = {k: str(v) for k, v in REQUEST.items()} | {"seed": "2", "format": "png", "sigmas": "[5.0, 1.5, 0.0]"}
+    r = client.post("/v1/videos", files=files, data=form)  # a form field carries the list as JSON text
+    assert r.status_code == 202, r.text
+    assert wait_final(client, r.json()["id"])["progress"]["steps"] == 2
     r = client.post("/v1/videos", json={"image": png_b64(), **REQUEST, "colour": "red"})
     assert r.status_code == 400 and "this model's other keywords: sigmas" in r.json()["error"]
     bad = wait_final(client, submit(client, sigmas=[5.0, 0.0, 0.0]))

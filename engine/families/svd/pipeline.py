@@ -141,11 +141,15 @@ class VideoPipeline(BasePipeline):
     def _condition(self, images, height, width, fps, motion_bucket_id, aug, per_prompt, do_cfg, generator) -> Conditioning:
         """CLIP embedding, VAE latent (of the noise-augmented image) and time ids, once per request."""
         m = self.model
+        mean, std = m.feature_extractor["image_mean"], m.feature_extractor["image_std"]
         if isinstance(images, list):
-            pixels01 = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(images))
-            clip_in = clip_pixel_values(pixels01, m.clip_image_size, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
+            # Image by image, so images of different sizes work (diffusers stacks them before
+            # resizing, and takes one size only); every step is per image, so the numbers are the same.
+            vp = self.video_processor
+            clip_in = torch.cat([clip_pixel_values(vp.numpy_to_pt(vp.pil_to_numpy([im])), m.clip_image_size, mean, std)
+                                 for im in images])
         else:
-            clip_in = clip_pixel_values(images, None, m.feature_extractor["image_mean"], m.feature_extractor["image_std"])
+            clip_in = clip_pixel_values(images, None, mean, std)
         t0 = self._now()
         embeds = self.engines["image_encoder"](pixel_values=clip_in.to(self.device))["image_embeds"]
         embeds = embeds.repeat_interleave(per_prompt, dim=0).unsqueeze(1)
