@@ -410,23 +410,36 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str, probe=None) 
     return result
 
 
+def denoiser_flops(model, cfg, frames: int) -> tuple[int | None, int | None]:
+    """FLOPs of one denoiser call of this request: vidrt's graph and diffusers' forward, at
+    the request's text length (``max_sequence_length``, else the pipeline's default), or
+    (None, None) where the denoiser is assembled at load time."""
+    from .roofline import unet_flops
+
+    unet_batch = cfg.batch_size * (2 if cfg.guided(model) else 1)
+    text_length = cfg.request(model).get("max_sequence_length", getattr(model, "default_text_length", None))
+    shape = (model, unet_batch, frames, cfg.height, cfg.width)
+    flops = unet_flops(*shape, text_length=text_length)
+    if flops is None:
+        return None, None
+    return flops, unet_flops(*shape, diffusers_graph=True, text_length=text_length)
+
+
 def roofline(model, device: str, cfg, engine: dict, frames: int, runs: Runs | None = None,
              probe=None) -> dict | None:
     """UNet FLOPs per step, achieved TFLOP/s, and this machine's matmul ceilings (best over
     the libraries that run a GEMM here, each library's rate kept); with ``probe``, each
     side's timed runs against the ceiling probed around each of them."""
-    from .roofline import matmul_ceilings, unet_flops
+    from .roofline import matmul_ceilings
 
     if device != "cpu":
         return None  # the ceilings measured here are CPU matmuls
     if cfg.cache is not None:
         return None  # skipped steps do a fraction of a step's FLOPs: no one rate per step
-    unet_batch = cfg.batch_size * (2 if cfg.guided(model) else 1)
     denoiser = model.denoiser
-    flops = unet_flops(model, unet_batch, frames, cfg.height, cfg.width)
+    flops, diffusers_flops = denoiser_flops(model, cfg, frames)
     if flops is None:
         return None
-    diffusers_flops = unet_flops(model, unet_batch, frames, cfg.height, cfg.width, diffusers_graph=True)
     by_library = {p: matmul_ceilings(p) for p in ("fp32", "bf16", "int8")}
     ceilings = {p: max(rates.values()) for p, rates in by_library.items() if rates}
     step_s = engine["stages_ms"][f"{denoiser}_step"]["median"] / 1000

@@ -238,3 +238,34 @@ def test_interleaved_run_bench_warms_the_engine_up_before_the_baseline_loads(t2v
     assert len(result["engine"]["warmup_s"]) == 1 and len(result["baseline"]["warmup_s"]) == 1
     assert result["parity"]["max_abs_err"] <= 2e-3  # tests/test_wan.py's bar against diffusers' WanPipeline
     assert result["peak_memory_both_mb"] >= result["baseline"]["peak_memory_mb"]  # the baseline sampled too
+
+
+@pytest.mark.parametrize("name", ["tiny-ltx", "tiny-wan"])
+def test_denoiser_flops_at_the_requests_text_length(vidrt_cache, name):
+    """The roofline counts the denoiser call diffusers' own pipeline makes for run-bench's
+    request: counted here inside diffusers' transformer forwards (torch's counter), LTX-Video
+    at its pipeline's 128 prompt tokens, not the 512 its engines take."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vidrt.benchmarks import harness
+    from vidrt.benchmarks.roofline import CPU_ATTENTION_FLOPS
+    from vidrt.sources import load_torch_components, resolve_model
+
+    model = resolve_model(name, progress=False)
+    cfg = harness.BenchConfig(model=name, height=32, width=32, steps=2)  # LTX: diffusers fails one step
+    ref = load_torch_components(model)
+    ref.set_progress_bar_config(disable=True)
+    counted, forward = [], ref.transformer.forward
+
+    def counting_forward(*args, **kwargs):
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            out = forward(*args, **kwargs)
+        counted.append(counter.get_total_flops())
+        return out
+
+    ref.transformer.forward = counting_forward
+    with torch.no_grad():
+        ref(**cfg.inputs(model), **cfg.request(model), generator=torch.Generator().manual_seed(0), output_type="latent")
+    flops, diffusers_flops = harness.denoiser_flops(model, cfg, cfg.frames(model))
+    # per step: LTX-Video's one batched call for both guidance halves, Wan's two calls
+    assert sum(counted) == cfg.steps * diffusers_flops > 0 and flops > 0
