@@ -268,4 +268,5 @@ def test_denoiser_flops_at_the_requests_text_length(vidrt_cache, name):
         ref(**cfg.inputs(model), **cfg.request(model), generator=torch.Generator().manual_seed(0), output_type="latent")
     flops, diffusers_flops = harness.denoiser_flops(model, cfg, cfg.frames(model))
     # per step: LTX-Video's one batched call for both guidance halves, Wan's two calls
-    assert sum(counted) == cfg.steps * diffusers_flops > 0 and flops > 0
+    assert sum(counted) == cfg.steps * diffusers_flops > 0
+    assert 0 < flops <= diffusers_flops  # export only drops dead work
