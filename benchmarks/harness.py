@@ -417,7 +417,7 @@ def denoiser_flops(model, cfg, frames: int) -> tuple[int | None, int | None]:
     from .roofline import unet_flops
 
     unet_batch = cfg.batch_size * (2 if cfg.guided(model) else 1)
-    text_length = cfg.request(model).get("max_sequence_length", getattr(model, "default_text_length", None))
+    text_length = cfg.request(model).get("max_sequence_length")  # None: the pipeline's default
     shape = (model, unet_batch, frames, cfg.height, cfg.width)
     flops = unet_flops(*shape, text_length=text_length)
     if flops is None:

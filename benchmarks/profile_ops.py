@@ -71,7 +71,8 @@ def _print_rows(result: dict) -> None:
         print(f"  {row['type']:<28}{row['ms']:9.1f} ms {100 * row['share']:5.1f}%  ({row['nodes']} nodes)")
 
 
-def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, width: int, ceiling: float) -> dict:
+def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, width: int, ceiling: float,
+                   text_length: int | None = None) -> dict:
     """The denoiser's FLOP rate per call against ``ceiling`` (this machine's matmul rate,
     TFLOP/s), whole and per class of node: convolutions, linear layers and attention as
     torch's counter splits the FLOPs, timed by the OpenVINO nodes that run them (fused
@@ -79,8 +80,8 @@ def denoiser_rates(model, result: dict, batch: int, frames: int, height: int, wi
     fused elementwise work)."""
     from vidrt.benchmarks.roofline import unet_flops
 
-    flops = unet_flops(model, batch, frames, height, width)
-    split = unet_flops(model, batch, frames, height, width, by_op=True)
+    flops = unet_flops(model, batch, frames, height, width, text_length=text_length)
+    split = unet_flops(model, batch, frames, height, width, by_op=True, text_length=text_length)
     out = {"unet_tflop": flops / 1e12, "ceiling_tflops": ceiling, "tflops_whole": flops / result["wall_s"] / 1e12,
            "tflops_gemm_only": flops / result["gemm_s"] / 1e12, "rates": {}}
     seconds = result["seconds_by_type"]
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=14, help="video frames (the latent frames follow the model's VAE)")
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--text-length", type=int, help="prompt tokens, for models with text (default: the pipeline's, "
+                   "as run-bench runs it)")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--output", help="write the profile as JSON")
     args = p.parse_args(argv)
@@ -126,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     s = model.vae_scale_factor
     dims = {"B": args.batch, "F": model.latent_frames(args.frames), "N": args.frames, "h": args.height // s,
             "w": args.width // s, "H": args.height, "W": args.width}
+    text_length = args.text_length or model.default_text_length
     if "L" in spec.ranges:
-        dims["L"] = model.max_text_length
+        dims["L"] = text_length
     dims = {k: v for k, v in dims.items() if k in spec.ranges}
     # The machine's rate drifts within minutes: the ceiling is probed just before and after the profile.
     probe = CeilingProbe(args.precision)
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = (before + probe()) / 2
     result |= {"model": model.label, "component": component, "dims": dims, "precision": args.precision}
     if component in model.denoisers:
-        result |= denoiser_rates(model, result, args.batch, args.frames, args.height, args.width, ceiling)
+        result |= denoiser_rates(model, result, args.batch, args.frames, args.height, args.width, ceiling,
+                                 text_length)
         print(f"{model.label}: {component} {dims} {args.precision}: {result['wall_s']:.2f} s/call, "
               f"{result['tflops_whole']:.3f} TFLOP/s whole = {100 * result['tflops_whole'] / ceiling:.0f}% of the "
               f"{ceiling:.3f} TFLOP/s ceiling; GEMM-class nodes {100 * result['gemm_share']:.0f}% of the time")

@@ -28,8 +28,8 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     as torch counts), or None when the folder's UNet is assembled at load time (a 2D UNet
     plus a motion adapter). With ``diffusers_graph``, of diffusers' own forward instead
     (what the baseline runs; export drops dead work such as one-token attention scores).
-    ``text_length``: the prompt tokens the denoiser attends to (default: the model's longest;
-    LTX-Video's requests run 128 of 512). With ``by_op``, a dict of FLOPs per aten op name
+    ``text_length``: the prompt tokens the denoiser attends to (default: the pipeline's,
+    ``model.default_text_length``; LTX-Video's requests run 128 of 512). With ``by_op``, a dict of FLOPs per aten op name
     ("convolution", "mm", "addmm", ...)."""
     import diffusers
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -46,7 +46,7 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     spec = model.specs()[denoiser]
     dims = {"B": unet_batch, "F": model.latent_frames(frames), "h": height // s, "w": width // s}
     if "L" in spec.ranges:
-        dims["L"] = text_length or model.max_text_length
+        dims["L"] = text_length or model.default_text_length
     with torch.device("meta"):
         unet = cls(**config)
     with FakeTensorMode(allow_non_fake_inputs=True):

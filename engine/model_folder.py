@@ -28,6 +28,9 @@ class ModelFolderMixin:
     denoiser = "unet"  # the component the denoising loop calls (its stage name in timings)
     temporal_factor = 1  # video frames per latent frame (the Wan VAE packs 4 after the first)
     takes_image = False  # the pipeline's request starts from an image (SVD, LTX image to video)
+    # The text tokens a request runs at unless it passes max_sequence_length (the diffusers
+    # pipeline's default); None for a family without a text encoder.
+    default_text_length: int | None = None
 
     quantizable = ("unet", "vae_decoder", "image_encoder")  # what the quantization stage calibrates of it
     keep_fp32: tuple[str, ...] = ()  # components kept at fp32 when the rest runs bf16/fp16

@@ -270,3 +270,18 @@ def test_denoiser_flops_at_the_requests_text_length(vidrt_cache, name):
     # per step: LTX-Video's one batched call for both guidance halves, Wan's two calls
     assert sum(counted) == cfg.steps * diffusers_flops > 0
     assert 0 < flops <= diffusers_flops  # export only drops dead work
+
+
+@pytest.mark.parametrize("name, pipeline", [("tiny-wan", "WanPipeline"), ("tiny-ltx", "LTXPipeline"),
+                                            ("tiny-ltx-i2v", "LTXImageToVideoPipeline")])
+def test_default_text_length_is_the_diffusers_pipelines(vidrt_cache, name, pipeline):
+    """The text length the roofline and profile_ops count and profile at by default is the
+    one diffusers' pipeline runs a request at: its __call__'s max_sequence_length default."""
+    import inspect
+
+    import diffusers
+
+    from vidrt.sources import resolve_model
+
+    call = inspect.signature(getattr(diffusers, pipeline).__call__)
+    assert resolve_model(name, progress=False).default_text_length == call.parameters["max_sequence_length"].default
