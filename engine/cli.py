@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -427,6 +429,18 @@ COMMANDS = {"build-engines": cmd_build_engines, "run-bench": cmd_run_bench, "gen
             "serve": cmd_serve, "prune": cmd_prune} | cli_track.COMMANDS
 
 
+def no_space_message(error: OSError) -> str:
+    """The one line a full disk gets: where, how much is left, and what to do. Engine and
+    preset writes go through temporary folders, so nothing half-written is left behind."""
+    from .settings import cache_dir
+
+    where = Path(error.filename) if error.filename else cache_dir()
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free / 2**30
+    return (f"no space left on the disk of {where} ({free:.1f} GB free now): free some space (`vidrt prune` lists "
+            f"engine variants and presets by last use and size) or set VIDRT_CACHE to a folder on a larger disk")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vidrt``; returns the exit code."""
     parser = build_parser()
@@ -437,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except VidrtError as e:
         print(f"vidrt: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"vidrt: error: {no_space_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vidrt: interrupted", file=sys.stderr)

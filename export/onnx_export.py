@@ -102,10 +102,11 @@ def export_component(
             model = postprocess(model) if postprocess else model
         else:
             if postprocess:
+                # Rewritten in memory, then streamed from memory: the trace's copy of the
+                # weights is freed first, so a 5 GB graph needs 5 GB free on disk, not 15.
                 onnx.load_external_data_for_model(model, str(trace_dir))
+                shutil.rmtree(trace_dir)
                 model = postprocess(model)
-                onnx.save_model(model, str(trace_dir / GRAPH_FILE), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location="weights.bin")
             data_path = out_dir / DATA_FILE
             _drop_initializer_identities(model)
             _gather_external_data(model, trace_dir, data_path)

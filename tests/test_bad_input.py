@@ -79,6 +79,37 @@ def test_a_full_disk_is_a_one_line_error(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_disk_filling_up_during_a_build_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+    """An export that runs out of disk (the real Wan transformer's Q/DQ graph once did, 5 min
+    into its calibration) ends in one line saying where and what to do, and leaves no
+    half-written export behind; other OS errors are not dressed up as a full disk."""
+    import errno
+
+    from vidrt.export import onnx_export
+
+    monkeypatch.setenv("VIDRT_CACHE", str(tmp_path / "cache"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "export_component", full)
+    code, _, err = run(capsys, "build-engines", "--model", "tiny-svd", "--backend", "onnxruntime")
+    assert code == 2
+    last = err.strip().splitlines()[-1]  # after the preset's and export's progress bars
+    assert "Traceback" not in err and last.startswith(f"vidrt: error: no space left on the disk of {tmp_path / 'cache'}")
+    assert "vidrt prune" in last and "VIDRT_CACHE" in last
+    engines = tmp_path / "cache" / "engines"
+    assert not [p for p in engines.rglob("*") if p.name.endswith(".tmp")]
+    assert not list(engines.rglob("model.onnx"))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(onnx_export, "export_component", denied)
+    with pytest.raises(PermissionError):
+        main(["build-engines", "--model", "tiny-svd", "--backend", "onnxruntime"])
+
+
 @pytest.mark.parametrize("name", ["a.mp4", "a.gif"])
 def test_video_files_follow_the_umask(tmp_path, name):
     old = os.umask(0o022)

@@ -132,6 +132,33 @@ def test_external_data_goes_to_one_file_and_runs(tiny_model, modules, tmp_path):
     assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
 
 
+def test_rewritten_large_graph_is_streamed_from_memory(tiny_model, modules, tmp_path):
+    """A graph past the external-data threshold that is rewritten after tracing (the
+    quantization stage's Q/DQ graphs) keeps one copy of its weights on disk at a time: the
+    exporter's files are gone before the rewrite's weights are written, and the rewrite is
+    what runs."""
+    spec = tiny_model.specs()["unet"]
+    graph = component_graph("unet", modules["unet"])
+    seen = {}
+
+    def rewrite(model):
+        seen["trace files left"] = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+        model.graph.doc_string = "rewritten"
+        return model
+
+    result = export_component(graph, spec, tmp_path, external_data_threshold=1024, postprocess=rewrite)
+    assert seen["trace files left"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", DATA_FILE]
+    assert onnx.load(str(result.onnx_path), load_external_data=False).graph.doc_string == "rewritten"
+    feeds = sample_inputs(spec, check_point(spec), seed=7)
+    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    with torch.no_grad():
+        want = graph(*feeds.values()).numpy()
+    # fp32 both sides, different kernels: same bound as the export-time check.
+    assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
+
+
 def test_external_constants_are_gathered_too(tmp_path):
     """A >2 GB export keeps large Constant values in external files beside the graph (the
     real Wan transformer's rotary tables): they go into the one data file with the
