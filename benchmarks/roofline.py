@@ -29,8 +29,8 @@ def unet_flops(model, unet_batch: int, frames: int, height: int, width: int, by_
     plus a motion adapter). With ``diffusers_graph``, of diffusers' own forward instead
     (what the baseline runs; export drops dead work such as one-token attention scores).
     ``text_length``: the prompt tokens the denoiser attends to (default: the pipeline's,
-    ``model.default_text_length``; LTX-Video's requests run 128 of 512). With ``by_op``, a dict of FLOPs per aten op name
-    ("convolution", "mm", "addmm", ...)."""
+    ``model.default_text_length``; LTX-Video's requests run 128 of 512). With ``by_op``, a
+    dict of FLOPs per aten op name ("convolution", "mm", "addmm", ...)."""
     import diffusers
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
