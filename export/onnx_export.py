@@ -6,6 +6,7 @@ Graphs over 2 GB keep their weights in one external-data file beside the graph
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import shutil
 import time
@@ -104,12 +105,13 @@ def export_component(
             if postprocess:
                 # Rewritten in memory, then streamed from memory: the trace's copy of the
                 # weights is freed first, so a 5 GB graph needs 5 GB free on disk, not 15.
+                # (Otherwise the trace's files are deleted as they are gathered.)
                 onnx.load_external_data_for_model(model, str(trace_dir))
                 shutil.rmtree(trace_dir)
                 model = postprocess(model)
             data_path = out_dir / DATA_FILE
             _drop_initializer_identities(model)
-            _gather_external_data(model, trace_dir, data_path)
+            _gather_external_data(model, trace_dir, data_path, consume=True)
         onnx.save_model(model, str(onnx_path))
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
@@ -214,9 +216,12 @@ def _stored_tensors(model: onnx.ModelProto):
                 yield a.t
 
 
-def _gather_external_data(model: onnx.ModelProto, base: Path, data_path: Path, align: int = 4096) -> None:
+def _gather_external_data(model: onnx.ModelProto, base: Path, data_path: Path, align: int = 4096,
+                          consume: bool = False) -> None:
     """Streams every initializer (and every external constant) into one external-data file,
-    one tensor in memory at a time."""
+    one tensor in memory at a time. With ``consume``, each of ``base``'s files is deleted once
+    its last tensor is copied, so the weights are on disk about once, not twice."""
+    readers = collections.Counter(_external_info(t)["location"] for t in _stored_tensors(model) if _is_external(t))
     with open(data_path, "wb") as out:
         for t in _stored_tensors(model):
             if _is_external(t):
@@ -224,6 +229,9 @@ def _gather_external_data(model: onnx.ModelProto, base: Path, data_path: Path, a
                 with open(base / info["location"], "rb") as f:
                     f.seek(int(info.get("offset", 0)))
                     blob = f.read(int(info["length"])) if "length" in info else f.read()
+                readers[info["location"]] -= 1
+                if consume and not readers[info["location"]]:
+                    (base / info["location"]).unlink()
             elif t.HasField("raw_data"):
                 blob = t.raw_data
             else:

@@ -193,6 +193,36 @@ def test_external_constants_are_gathered_too(tmp_path):
     np.testing.assert_allclose(got, (x + const) @ weight, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("one_file", [False, True])
+def test_gathering_consumes_the_exporters_files(tmp_path, one_file):
+    """Gathering a large export deletes each of the exporter's files once its last tensor is
+    copied (the weights sit on disk once, not twice), never before: tensors sharing one
+    file are all read first."""
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    from vidrt.export.onnx_export import _gather_external_data
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 8)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y"]), helper.make_node("MatMul", ["y", "w2"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    trace, out = tmp_path / "trace", tmp_path / "out"
+    trace.mkdir(), out.mkdir()
+    external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=one_file, size_threshold=0,
+                                                         location="shared.bin" if one_file else None)
+    external_data_helper.write_external_data_tensors(model, str(trace))
+    assert len(list(trace.iterdir())) == (1 if one_file else 2)
+    _gather_external_data(model, trace, out / DATA_FILE, consume=True)
+    assert not list(trace.iterdir())
+    onnx.save_model(model, str(out / "model.onnx"))
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ w1 @ w2, rtol=1e-5, atol=1e-5)
+
+
 def test_opcheck_flags_ops_tensorrt_cannot_parse():
     from onnx import helper, TensorProto
 
