@@ -144,7 +144,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     sides = Sides(cfg, baseline_precision, progress)
     try:
         sides.load_engines()
-        probe = _ceiling_probe(cfg, sides.device)
+        probe = _ceiling_probe(sides.model, cfg, sides.device)
         runs = (_one_side_at_a_time if cfg.one_side_at_a_time else _interleaved)(cfg, sides, progress, probe)
         return _result(cfg, sides, runs, baseline_precision, probe)
     finally:
@@ -219,21 +219,23 @@ def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def ceiling_precision(precision: str) -> str:
-    """The matmul ceiling a denoiser at ``precision`` is put against: its own (an int8
-    denoiser: the int8 GEMM rate its quantized layers could reach), else bf16 (fp8)."""
+def ceiling_precision(model, cfg) -> str:
+    """The matmul ceiling the denoiser is put against: its own precision's (--precision, or
+    its --component-precision; an int8 denoiser: the int8 GEMM rate its quantized layers
+    could reach), else bf16 (fp8)."""
     from .roofline import matmul_ceilings
 
+    precision = cfg.component_precisions().get(model.denoiser, cfg.precision)
     return precision if precision in ("fp32", "bf16", "int8") and matmul_ceilings(precision) else "bf16"
 
 
-def _ceiling_probe(cfg, device: str):
+def _ceiling_probe(model, cfg, device: str):
     """A CeilingProbe where the result has a roofline (a CPU run without step caching)."""
     from .roofline import CeilingProbe
 
     if device != "cpu" or cfg.cache is not None:
         return None
-    return CeilingProbe(ceiling_precision(cfg.precision))
+    return CeilingProbe(ceiling_precision(model, cfg))
 
 
 def _unmetered(probe, meter: PeakRss):
@@ -443,7 +445,7 @@ def roofline(model, device: str, cfg, engine: dict, frames: int, runs: Runs | No
     by_library = {p: matmul_ceilings(p) for p in ("fp32", "bf16", "int8")}
     ceilings = {p: max(rates.values()) for p, rates in by_library.items() if rates}
     step_s = engine["stages_ms"][f"{denoiser}_step"]["median"] / 1000
-    used = ceiling_precision(cfg.precision)
+    used = ceiling_precision(model, cfg)
     out = {
         "denoiser": denoiser,  # the component the unet_* figures describe (unet, or Wan's transformer)
         "unet_tflop_per_step": flops / 1e12,

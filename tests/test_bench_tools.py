@@ -195,6 +195,22 @@ def test_wan_layers_folder_is_the_real_transformer_cut_short(tmp_path):
         main(["--layers", "31", "--output", str(tmp_path / "x")])
 
 
+def test_the_denoisers_own_precision_picks_its_ceiling(vidrt_cache, monkeypatch):
+    """An INT8 transformer in a bf16 run (--component-precision transformer=int8) is put
+    against the int8 GEMM ceiling, not the run's bf16 one (it once printed 154% of bf16)."""
+    import dataclasses
+
+    from vidrt.benchmarks import harness, roofline
+    from vidrt.sources import resolve_model
+
+    monkeypatch.setattr(roofline, "matmul_ceilings", lambda precision, *args, **kwargs: {"openvino": 1.0})
+    model = resolve_model("tiny-wan", progress=False)
+    cfg = harness.BenchConfig(model="tiny-wan", precision="bf16", component_precision="transformer=int8")
+    assert harness.ceiling_precision(model, cfg) == "int8"
+    assert harness.ceiling_precision(model, dataclasses.replace(cfg, component_precision="vae_decoder=fp32")) == "bf16"
+    assert harness.ceiling_precision(model, dataclasses.replace(cfg, precision="fp8", component_precision=None)) == "bf16"
+
+
 def test_ceiling_probe_measures_again_each_call():
     from vidrt.benchmarks.roofline import CeilingProbe, matmul_ceilings
 
@@ -220,7 +236,7 @@ def test_interleaved_run_bench_warms_the_engine_up_before_the_baseline_loads(t2v
     monkeypatch.setattr(harness, "_engine_run", lambda *a: events.append("engine") or engine_run(*a))
     monkeypatch.setattr(harness.Sides, "load_baseline", lambda self: events.append("baseline load") or load_baseline(self))
     monkeypatch.setattr(BaselineWorker, "run", lambda self, *a: events.append("baseline") or baseline_run(self, *a))
-    monkeypatch.setattr(harness, "_ceiling_probe", lambda cfg, device: ScriptedProbe(events))
+    monkeypatch.setattr(harness, "_ceiling_probe", lambda model, cfg, device: ScriptedProbe(events))
     cfg = harness.BenchConfig(model="tiny-wan", engine_dir=str(t2v_engine_dir("tiny-wan")), backend="onnxruntime",
                               height=32, width=32, num_frames=5, steps=2, runs=2, warmup=1)
     result = harness.run_bench(cfg, progress=False)

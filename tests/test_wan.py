@@ -377,7 +377,7 @@ def test_run_bench_one_side_at_a_time(t2v_engine_dir, monkeypatch):
 
     from conftest import ScriptedProbe
 
-    monkeypatch.setattr(harness, "_ceiling_probe", lambda cfg, device: ScriptedProbe([]))
+    monkeypatch.setattr(harness, "_ceiling_probe", lambda model, cfg, device: ScriptedProbe([]))
     cfg = BenchConfig(model="tiny-wan", engine_dir=str(t2v_engine_dir("tiny-wan")), backend="onnxruntime",
                       height=32, width=32, num_frames=5, steps=2, runs=2, warmup=1, one_side_at_a_time=True)
     result = run_bench(cfg, progress=False)
