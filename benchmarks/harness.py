@@ -141,12 +141,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         from .baseline import check_baseline_precision
 
         check_baseline_precision(baseline_precision, "cuda" if _gpu() else "cpu")
+    env = environment()  # now: a commit made while a long run runs is not the code it ran
     sides = Sides(cfg, baseline_precision, progress)
     try:
         sides.load_engines()
         probe = _ceiling_probe(sides.model, cfg, sides.device)
         runs = (_one_side_at_a_time if cfg.one_side_at_a_time else _interleaved)(cfg, sides, progress, probe)
-        return _result(cfg, sides, runs, baseline_precision, probe)
+        return _result(cfg, sides, runs, baseline_precision, env, probe)
     finally:
         sides.close()
 
@@ -347,10 +348,11 @@ def _one_side_at_a_time(cfg, sides: Sides, progress: bool, probe=None) -> Runs:
     return runs
 
 
-def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str, probe=None) -> dict:
-    """The result dict. Each side's peak memory is its process's peak RSS over the whole
-    benchmark, warm-ups and loads included (the first run is where a backend packs its
-    weights; the engine's first load counts its build too)."""
+def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str, env: dict, probe=None) -> dict:
+    """The result dict, ``env`` its environment as the run started. Each side's peak memory
+    is its process's peak RSS over the whole benchmark, warm-ups and loads included (the
+    first run is where a backend packs its weights; the engine's first load counts its
+    build too)."""
     model = sides.model
     kwargs = cfg.request(model)
     videos = cfg.batch_size
@@ -387,7 +389,7 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str, probe=None) 
         "config": config,
         "model": {"label": model.label, "random_weights": bool(model.preset), "folder": str(model.folder),
                   "kind": model.kind},
-        "environment": environment(),
+        "environment": env,
         "engine": engine,
         # RSS of the engine process and the baseline worker sampled together: what the
         # machine held at once (each side's own peak is in its peak_memory_mb).

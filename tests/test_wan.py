@@ -371,16 +371,25 @@ def test_an_on_demand_transformer_loads_once_per_request_and_matches_diffusers(w
 def test_run_bench_one_side_at_a_time(t2v_engine_dir, monkeypatch):
     """--one-side-at-a-time: each timed run loads its side, warms it up, runs and frees it,
     engine then diffusers; the figures and parity come out as in the interleaved schedule,
-    and each timed run has its own matmul-ceiling probes just before and after it."""
+    and each timed run has its own matmul-ceiling probes just before and after it. The
+    result's git sha is the one checked out when the 45-minute run started."""
     from vidrt.benchmarks import harness
     from vidrt.benchmarks.harness import BenchConfig, run_bench
 
     from conftest import ScriptedProbe
 
-    monkeypatch.setattr(harness, "_ceiling_probe", lambda model, cfg, device: ScriptedProbe([]))
+    checkout = {"git": "the run's"}
+
+    def probe(model, cfg, device):  # made once the engines are loaded, before the timed runs
+        checkout["git"] = "committed while it ran"
+        return ScriptedProbe([])
+
+    monkeypatch.setattr(harness, "_ceiling_probe", probe)
+    monkeypatch.setattr(harness, "environment", lambda: dict(checkout))
     cfg = BenchConfig(model="tiny-wan", engine_dir=str(t2v_engine_dir("tiny-wan")), backend="onnxruntime",
                       height=32, width=32, num_frames=5, steps=2, runs=2, warmup=1, one_side_at_a_time=True)
     result = run_bench(cfg, progress=False)
+    assert result["environment"] == {"git": "the run's"}  # taken as the run starts
     engine, baseline = result["engine"], result["baseline"]
     assert result["config"]["schedule"] == "one side at a time"
     assert len(engine["reload_s"]) == 1 and len(baseline["reload_s"]) == 1  # a load per timed run and side
