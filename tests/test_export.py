@@ -114,6 +114,16 @@ def test_unknown_graph_variant_is_refused(modules):
         component_graph("image_encoder", modules["image_encoder"], "video-layout")
 
 
+def _assert_runs_like_torch(onnx_path, graph, spec):
+    feeds = sample_inputs(spec, check_point(spec), seed=7)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    with torch.no_grad():
+        want = graph(*feeds.values()).numpy()
+    # fp32 both sides, different kernels: same bound as the export-time check.
+    assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
+
+
 def test_external_data_goes_to_one_file_and_runs(tiny_model, modules, tmp_path):
     spec = tiny_model.specs()["unet"]
     graph = component_graph("unet", modules["unet"])
@@ -123,13 +133,7 @@ def test_external_data_goes_to_one_file_and_runs(tiny_model, modules, tmp_path):
     model = onnx.load(str(result.onnx_path), load_external_data=False)
     locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {DATA_FILE}
-    feeds = sample_inputs(spec, check_point(spec), seed=7)
-    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
-    with torch.no_grad():
-        want = graph(*feeds.values()).numpy()
-    # fp32 both sides, different kernels: same bound as the export-time check.
-    assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
+    _assert_runs_like_torch(result.onnx_path, graph, spec)
 
 
 def test_rewritten_large_graph_is_streamed_from_memory(tiny_model, modules, tmp_path):
@@ -150,13 +154,7 @@ def test_rewritten_large_graph_is_streamed_from_memory(tiny_model, modules, tmp_
     assert seen["trace files left"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", DATA_FILE]
     assert onnx.load(str(result.onnx_path), load_external_data=False).graph.doc_string == "rewritten"
-    feeds = sample_inputs(spec, check_point(spec), seed=7)
-    sess = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
-    with torch.no_grad():
-        want = graph(*feeds.values()).numpy()
-    # fp32 both sides, different kernels: same bound as the export-time check.
-    assert np.abs(got - want).max() <= ATOL + RTOL * np.abs(want).max()
+    _assert_runs_like_torch(result.onnx_path, graph, spec)
 
 
 def test_external_constants_are_gathered_too(tmp_path):
