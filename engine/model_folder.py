@@ -28,9 +28,7 @@ class ModelFolderMixin:
     denoiser = "unet"  # the component the denoising loop calls (its stage name in timings)
     temporal_factor = 1  # video frames per latent frame (the Wan VAE packs 4 after the first)
     takes_image = False  # the pipeline's request starts from an image (SVD, LTX image to video)
-    # The text tokens a request runs at unless it passes max_sequence_length (the diffusers
-    # pipeline's default); None for a family without a text encoder.
-    default_text_length: int | None = None
+    max_text_length: int | None = None  # the longest prompt the denoiser takes; None without text
 
     quantizable = ("unet", "vae_decoder", "image_encoder")  # what the quantization stage calibrates of it
     keep_fp32: tuple[str, ...] = ()  # components kept at fp32 when the rest runs bf16/fp16
@@ -49,6 +47,13 @@ class ModelFolderMixin:
     def latent_frames(self, num_frames: int) -> int:
         """Latent frames of a video of ``num_frames`` (one each, unless the VAE compresses time)."""
         return num_frames
+
+    @property
+    def default_text_length(self) -> int | None:
+        """The text tokens a request runs at unless it passes max_sequence_length (the
+        diffusers pipeline's default): the longest, where the pipeline pads every prompt to
+        it (LTX-Video's is shorter); None without text."""
+        return self.max_text_length
 
     @property
     def label(self) -> str:

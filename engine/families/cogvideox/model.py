@@ -157,11 +157,6 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         return int(self.transformer.get("max_text_seq_length", 226))
 
     @property
-    def default_text_length(self) -> int:
-        """The pipelines' max_sequence_length: the transformer's text length."""
-        return self.max_text_length
-
-    @property
     def rotary(self) -> bool:
         return bool(self.transformer.get("use_rotary_positional_embeddings", False))
 

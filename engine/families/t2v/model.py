@@ -134,11 +134,6 @@ class T2vModel(ModelFolderMixin):
         return int(self.tokenizer.get("model_max_length") or self.text_encoder.get("max_position_embeddings", 77))
 
     @property
-    def default_text_length(self) -> int:
-        """The pipeline pads every prompt to the longest text length."""
-        return self.max_text_length
-
-    @property
     def text_dim(self) -> int:
         return int(self.text_encoder["hidden_size"])
 

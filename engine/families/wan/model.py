@@ -184,11 +184,6 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         return 512  # WanPipeline's default max_sequence_length; UMT5 itself has no limit
 
     @property
-    def default_text_length(self) -> int:
-        """The pipeline pads every prompt to the longest text length."""
-        return self.max_text_length
-
-    @property
     def text_dim(self) -> int:
         return int(self.text_encoder.get("d_model", 4096))
 
