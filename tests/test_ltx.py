@@ -153,6 +153,46 @@ def test_prompt_embeds_and_masks_match_diffusers(ltx):
         pipe(**dict(kw, prompt=prompts))
 
 
+class TextLengths:
+    """Wraps an engine and records the text length of every transformer call."""
+
+    def __init__(self, engine):
+        self.engine, self.seen = engine, []
+
+    def __call__(self, **feeds):
+        self.seen.append(feeds["encoder_hidden_states"].shape[1])
+        return self.engine(**feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_the_transformer_gets_text_up_to_the_last_attended_token(ltx, monkeypatch):
+    """LTXPipeline pads prompts to max_sequence_length and masks the padding in the
+    transformer's cross-attention only (-10000 on its logits: weight exactly 0), so vidrt
+    hands the transformer the tokens up to the last one any row attends, rounded up to 8:
+    the frames equal diffusers' that attends all 128 (LTXVideoTransformer3DModel.forward
+    in diffusers' transformer_ltx.py builds that mask). A row that attends nothing is
+    softmaxed over every token: then all are kept."""
+    pipe, ref = ltx
+    spy = TextLengths(pipe.engines["transformer"])
+    monkeypatch.setitem(pipe.engines, "transformer", spy)
+    kw = dict(KW, max_sequence_length=128, num_frames=5, guidance_scale=3.0)
+    got, want = run_both(pipe, ref, seed=2, **kw)
+    assert np.abs(got - want).max() <= ATOL
+    tokens = max(len(ref.tokenizer(t).input_ids) for t in (KW["prompt"], KW["negative_prompt"]))
+    assert tokens < 16 and set(spy.seen) == {-(-tokens // 8) * 8}
+
+    states, mask, negative_states, negative_mask = ref.encode_prompt(KW["prompt"], KW["negative_prompt"],
+                                                                     max_sequence_length=40)
+    spy.seen.clear()
+    kw = dict(kw, prompt=None, negative_prompt=None, prompt_embeds=states, prompt_attention_mask=mask,
+              negative_prompt_embeds=negative_states, negative_prompt_attention_mask=torch.zeros_like(negative_mask))
+    got, want = run_both(pipe, ref, seed=2, **kw)
+    assert np.abs(got - want).max() <= ATOL
+    assert set(spy.seen) == {40}
+
+
 def test_callback_on_step_end_sees_packed_latents_as_in_diffusers(ltx):
     """The callback gets and returns diffusers' packed [V, F*h*w, C] latents after each step."""
     pipe, ref = ltx

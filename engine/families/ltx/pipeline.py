@@ -2,7 +2,8 @@
 
 As diffusers does: prompts are tokenized to ``max_sequence_length`` and encoded with the
 padding attended (LTXPipeline passes T5 no mask), the mask reaching the transformer's
-cross-attention only; latents are drawn [V, C, F, h, w] from the request's generator;
+cross-attention only (which therefore gets only the tokens up to the last one attended:
+``drop_unattended_tokens``); latents are drawn [V, C, F, h, w] from the request's generator;
 the flow schedule is the folder's FlowMatchEuler on ``linspace(1, 1/n, n)`` shifted by
 ``mu`` from the latent token count; after the loop the latents are denormalised and,
 for a timestep-conditioned VAE, blended with fresh noise at ``decode_noise_scale`` and
@@ -121,6 +122,7 @@ class LTXTextToVideoPipeline(BasePipeline):
 
         embeds, mask = text.states(lambda texts: self._encode_unmasked(texts, max_sequence_length), do_cfg,
                                    num_videos_per_prompt, self.device)
+        embeds, mask = drop_unattended_tokens(embeds, mask)
         scale = torch.tensor([k / frame_rate, s, s], dtype=torch.float32, device=self.device)
         shape = (videos, m.latent_channels, *grid)
         latents = _unpacked(latents, shape)
@@ -181,6 +183,25 @@ class LTXTextToVideoPipeline(BasePipeline):
             out[i] = frames[0]  # copied at once: the engine reuses its output buffer on the next call
         self.timings.vae_decoder = self._now() - t0
         return out
+
+
+def drop_unattended_tokens(states: torch.Tensor, mask: torch.Tensor, multiple: int = 8):
+    """Text states [N, L, D] and masks [N, L] cut after the last token any row attends,
+    rounded up to a multiple of ``multiple`` (fewer distinct shapes for the engines).
+
+    The cut changes no number diffusers computes: LTX's cross-attention adds -10000 to a
+    masked token's logit, so its softmax weight is exactly 0 in fp32 and bf16 (exp
+    underflows) and a token no row attends adds nothing. A row that attends nothing is
+    softmaxed over every token (all shifted alike); then nothing is cut. Short prompts
+    padded to max_sequence_length (LTXPipeline's 128) thus skip most of the transformer's
+    cross-attention work.
+    """
+    attended = mask.bool()
+    if not bool(attended.any(dim=1).all()):
+        return states, mask
+    last = int(attended.any(dim=0).nonzero().max()) + 1
+    length = min(-(-last // multiple) * multiple, mask.shape[1])
+    return states[:, :length].contiguous(), mask[:, :length].contiguous()
 
 
 def _decode_values(decode_timestep, decode_noise_scale, videos: int) -> tuple[list[float], list[float]]:
