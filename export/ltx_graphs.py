@@ -161,24 +161,55 @@ class LTXVaeDecoderGraph(torch.nn.Module):
     """LTXPipeline's decode of a whole latent clip [B, C, F, h, w]: denormalised with the
     VAE's latents_mean/latents_std buffers and scaling_factor, then, for a
     timestep-conditioned decoder, blended with ``noise`` at the [B] ``noise_scale`` and
-    decoded at the [B] decode ``timestep``; frames clamped to [-1, 1]."""
+    decoded at the [B] decode ``timestep``; frames clamped to [-1, 1].
+
+    Inputs in the order of vidrt.families.ltx.model.vae_decoder_spec: latents, then
+    (timestep-conditioned) timestep, noise, noise_scale, then (a decoder that injects
+    noise, LTX-Video 0.9.1) ``injected_noise``: every [H, W] map the decoder's resnets
+    draw with torch.randn, flattened and concatenated in draw order; each draw takes the
+    next H*W values."""
 
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
         self.timestep_conditioning = bool(vae.config.timestep_conditioning)
+        self.injects_noise = any(vae.config.decoder_inject_noise)
         self.scaling_factor = float(vae.config.scaling_factor)
 
-    def forward(self, latents, timestep=None, noise=None, noise_scale=None):
+    def forward(self, latents, *conditioning):
+        given = iter(conditioning)
+        timestep = noise = noise_scale = None
+        if self.timestep_conditioning:
+            timestep, noise, noise_scale = next(given), next(given), next(given)
         mean = self.vae.latents_mean.view(1, -1, 1, 1, 1)
         std = self.vae.latents_std.view(1, -1, 1, 1, 1)
         z = latents * std / self.scaling_factor + mean
         if self.timestep_conditioning:
             scale = noise_scale[:, None, None, None, None]
             z = (1 - scale) * z + scale * noise
-        with _positive_movedim():
-            frames = self.vae.decoder(z, timestep if self.timestep_conditioning else None)
+        draws = _drawn_from(next(given)) if self.injects_noise else contextlib.nullcontext()
+        with _positive_movedim(), draws:
+            frames = self.vae.decoder(z, timestep)
         return frames.clamp(-1.0, 1.0)
+
+
+@contextlib.contextmanager
+def _drawn_from(flat):
+    """``torch.randn(shape, ...)`` returning the next prod(shape) values of ``flat`` in
+    that shape (the decoder's injected noise, given as an input instead of drawn)."""
+    randn, taken = torch.randn, [0]
+
+    def next_values(shape, *args, generator=None, device=None, dtype=None, **kwargs):
+        count = shape[0] * shape[1]
+        values = flat[taken[0] : taken[0] + count]
+        taken[0] = taken[0] + count
+        return values.reshape(shape[0], shape[1]).to(dtype or flat.dtype)
+
+    torch.randn = next_values
+    try:
+        yield
+    finally:
+        torch.randn = randn
 
 
 # (component, torch module class) -> graph; the T5 text encoder's is Wan's (export/wan_graphs.py

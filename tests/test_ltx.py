@@ -297,20 +297,55 @@ def test_long_prompt_is_truncated_with_a_warning_at_the_caller(ltx):
     assert truncated.filename == __file__  # pointed at this call, not inside vidrt
 
 
-def test_folders_vidrt_cannot_serve_are_refused(tmp_path):
-    """An LTX 0.9.1 decoder (noise injected from torch's global generator) is refused with
-    the reason, before any export."""
-    import json
+def _noise_injecting_folder(tmp_path):
+    """tiny-ltx with LTX-Video 0.9.1's decoder layout: noise injected by the mid block's and
+    the first up block's resnets, their per-channel noise scales random (diffusers starts
+    them at 0, which would hide the noise)."""
     import shutil
+
+    from diffusers import AutoencoderKLLTXVideo
 
     from vidrt.sources import resolve_model
 
-    src = resolve_model("tiny-ltx", progress=False).folder
-    folder = shutil.copytree(src, tmp_path / "ltx091")
-    cfg = json.loads((folder / "vae" / "config.json").read_text())
-    (folder / "vae" / "config.json").write_text(json.dumps(cfg | {"decoder_inject_noise": [False, True, True, False, False]}))
-    with pytest.raises(VidrtError, match="injects noise"):
-        resolve_model(str(folder), progress=False)
+    folder = shutil.copytree(resolve_model("tiny-ltx", progress=False).folder, tmp_path / "ltx091")
+    old = AutoencoderKLLTXVideo.from_pretrained(folder / "vae")
+    vae = AutoencoderKLLTXVideo.from_config({**old.config, "decoder_inject_noise": (True, True, False, False, False)})
+    vae.load_state_dict(old.state_dict(), strict=False)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        for name, p in vae.named_parameters():
+            if "per_channel_scale" in name:
+                p.copy_(torch.rand_like(p) + 0.5)
+    vae.save_pretrained(folder / "vae")
+    return folder
+
+
+def test_a_decoder_that_injects_noise_matches_diffusers(tmp_path):
+    """LTX-Video 0.9.1's decoder adds a noise map after each conv of its resnets, drawn
+    from torch's global generator (diffusers' decode takes no generator). vidrt draws the
+    same maps in the same order (LTXModel.decoder_noise_upscales) and feeds them to the
+    exported decoder: with the global seed set alike, the frames equal diffusers' at
+    several sizes; another global seed changes them."""
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components, resolve_model
+
+    folder = _noise_injecting_folder(tmp_path)
+    pipe = VideoPipeline.from_pretrained(str(folder), engine_dir=tmp_path / "engines", backend="onnxruntime",
+                                         progress=False)
+    ref = load_torch_components(resolve_model(str(folder), progress=False))
+    ref.set_progress_bar_config(disable=True)
+    assert pipe.model.decoder_noise_upscales  # the last two up blocks' resnets inject noise
+
+    def frames(side, global_seed, **kw):
+        torch.manual_seed(global_seed)
+        return np.asarray(side(**dict(KW, guidance_scale=3.0, **kw), generator=torch.Generator().manual_seed(1),
+                               output_type="np").frames)
+
+    for size in (dict(num_frames=9, height=32, width=64), dict(num_frames=5, height=64, width=32)):
+        got, want = frames(pipe, 0, **size), frames(ref, 0, **size)
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= ATOL
+    assert np.abs(frames(pipe, 1, **size) - got).max() > 1e-3
 
 
 def test_generate_writes_an_mp4_and_run_bench_compares_with_diffusers(tmp_path, capsys, t2v_engine_dir):

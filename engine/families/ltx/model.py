@@ -9,7 +9,8 @@ inside the graph, as diffusers packs them before the call; a per-frame mask mark
 image's latent frame in image to video), ``vae_encoder`` (image to video: the image's
 latent distribution) and ``vae_decoder``, the whole latent clip in one call (diffusers
 decodes it so; the decoder is not causal), at a per-video decode timestep when the VAE
-is timestep-conditioned (LTX-Video 0.9.1+).
+is timestep-conditioned (LTX-Video 0.9.1+), with the noise maps LTX-Video 0.9.1's decoder
+injects as an input (drawn by the pipeline from torch's global generator, as diffusers).
 """
 
 from __future__ import annotations
@@ -71,10 +72,6 @@ class LTXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         index = index or _read_json(folder / "model_index.json", folder)
         transformer = _read_json(folder / "transformer" / "config.json", folder)
         vae = _read_json(folder / "vae" / "config.json", folder)
-        if any(vae.get("decoder_inject_noise") or ()):
-            raise VidrtError(f"{folder}: this LTX VAE decoder injects noise (decoder_inject_noise, LTX-Video 0.9.1), "
-                             "which diffusers draws from torch's global generator; vidrt serves decoders without it "
-                             "(LTX-Video 0.9.0's) for now")
         if transformer.get("patch_size", 1) != 1 or transformer.get("patch_size_t", 1) != 1:
             raise VidrtError(f"{folder}: an LTX transformer with patch sizes other than 1; every released LTX-Video "
                              "has 1 and vidrt exports only those")
@@ -146,6 +143,35 @@ class LTXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     @property
     def timestep_conditioning(self) -> bool:
         return bool(self.vae.get("timestep_conditioning", False))
+
+    @property
+    def decoder_noise_upscales(self) -> tuple[int, ...]:
+        """How many times the latent grid's height and width each noise map the decoder
+        injects is, in the order diffusers draws them (LTX-Video 0.9.1's decoder; empty
+        for decoders without injected noise).
+
+        diffusers' LTXVideoDecoder3d (autoencoder_kl_ltx.py) reverses its per-block
+        configs, runs the mid block at the latent grid, then each up block: its upsampler
+        (x2) where it scales, its resnets. A resnet of a block that injects noise draws one
+        [H, W] normal map after each of its two convs, from torch's global generator
+        (decode takes no generator). (An up block whose channels change starts with one
+        more resnet; with injected noise diffusers cannot run it: its noise scale has the
+        input's channels, added after the conv to the output's.)
+        """
+        cfg = self.vae
+        inject = tuple(reversed(cfg.get("decoder_inject_noise", (False,) * 5)))
+        if not any(inject):
+            return ()
+        layers = tuple(reversed(cfg.get("decoder_layers_per_block", (4, 3, 3, 3, 4))))
+        scaling = tuple(reversed(cfg.get("decoder_spatio_temporal_scaling", (True, True, True, False))))
+        draws, upscale = [], 1
+        if inject[0]:
+            draws += [upscale] * 2 * layers[0]  # the mid block's resnets
+        for i in range(len(scaling)):
+            upscale *= 2 if scaling[i] else 1
+            if inject[i + 1]:
+                draws += [upscale] * 2 * layers[i + 1]
+        return tuple(draws)
 
     @property
     def unet_up_factor(self) -> int:
@@ -280,6 +306,8 @@ def vae_decoder_spec(m: LTXModel) -> ComponentSpec:
     if m.timestep_conditioning:
         inputs += (TensorSpec("timestep", ("B",), value=0.05), TensorSpec("noise", latent),
                    TensorSpec("noise_scale", ("B",), value=0.025))
+    if m.decoder_noise_upscales:  # every injected noise map, flattened in draw order
+        inputs += (TensorSpec("injected_noise", (f"h*w*{sum(u * u for u in m.decoder_noise_upscales)}",)),)
     return ComponentSpec(
         name="vae_decoder",
         inputs=inputs,

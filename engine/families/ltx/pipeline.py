@@ -174,15 +174,27 @@ class LTXTextToVideoPipeline(BasePipeline):
             feeds |= {"noise": draw_noise(latents.shape, generator).to(self.device),
                       "timestep": torch.tensor(decode_t, dtype=torch.float32, device=self.device),
                       "noise_scale": torch.tensor(decode_scale, dtype=torch.float32, device=self.device)}
+        shared = {}
+        if self.model.decoder_noise_upscales:  # after the decode noise, as diffusers draws them
+            shared["injected_noise"] = self._injected_noise(latents.shape[-2:])
         t0 = self._now()
         out = None
         for i in range(len(latents)):
-            frames = vae(**{n: f[i : i + 1].contiguous() for n, f in feeds.items()})["frames"]
+            frames = vae(**{n: f[i : i + 1].contiguous() for n, f in feeds.items()}, **shared)["frames"]
             if out is None:
                 out = torch.empty((len(latents), *frames.shape[1:]), device=self.device)
             out[i] = frames[0]  # copied at once: the engine reuses its output buffer on the next call
         self.timings.vae_decoder = self._now() - t0
         return out
+
+    def _injected_noise(self, grid) -> torch.Tensor:
+        """The noise maps LTX-Video 0.9.1's decoder injects, drawn as diffusers draws them:
+        from torch's global generator (its decode takes none), one [H, W] map per draw in
+        the decoder's order, the same for every video of the batch (diffusers decodes the
+        batch in one call and broadcasts each map). Flattened into one vector."""
+        h, w = grid
+        maps = [torch.randn((h * u, w * u), dtype=torch.float32).flatten() for u in self.model.decoder_noise_upscales]
+        return torch.cat(maps).to(self.device)
 
 
 def drop_unattended_tokens(states: torch.Tensor, mask: torch.Tensor, multiple: int = 8):

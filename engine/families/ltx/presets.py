@@ -8,7 +8,8 @@ denormalisation is, and LTX-Video's own scheduler (FlowMatchEuler with dynamic
 shifting, as diffusers' conversion script saves it). ``ltx-video-2b`` is the real
 LTX-Video 2B 0.9.0 architecture (transformer 28 layers of 2048, the 0.9.0 VAE, T5-XXL's
 4.76 B-parameter encoder, made and saved in bf16: 19 GB at fp32; vidrt exports it in
-parts, model.TEXT_PART_BYTES). 0.9.1's decoder injects noise, which vidrt refuses.
+parts, model.TEXT_PART_BYTES). 0.9.1's noise-injecting decoder is tested with a tiny folder
+(tests/test_ltx.py).
 """
 
 from __future__ import annotations
