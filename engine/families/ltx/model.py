@@ -146,9 +146,9 @@ class LTXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
 
     @property
     def decoder_noise_upscales(self) -> tuple[int, ...]:
-        """How many times the latent grid's height and width each noise map the decoder
-        injects is, in the order diffusers draws them (LTX-Video 0.9.1's decoder; empty
-        for decoders without injected noise).
+        """For each noise map the decoder injects, in the order diffusers draws them, how
+        many times the latent grid's height and width it is (LTX-Video 0.9.1's decoder;
+        empty for decoders without injected noise).
 
         diffusers' LTXVideoDecoder3d (autoencoder_kl_ltx.py) reverses its per-block
         configs, runs the mid block at the latent grid, then each up block: its upsampler
