@@ -23,7 +23,7 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     from transformers import AutoTokenizer
 
     from vidrt.families.t2v.presets import PROMPT_CORPUS
-    from vidrt.families.wan.pipeline import prompt_states
+    from vidrt.families.wan.pipeline import collapse_padding, prompt_states
     sampler = make_sampler(None, model.scheduler)
     sampler.set_timesteps(cfg.calib_steps)
     tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
@@ -34,7 +34,8 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
     return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts),
-                        lambda k: {"encoder_hidden_states": torch.cat([states[:1], states[k + 1 : k + 2]])})
+                        lambda k: dict(zip(("encoder_hidden_states", "text_bias"),
+                                           collapse_padding(torch.cat([states[:1], states[k + 1 : k + 2]])))))
 
 
 def flow_batches(model, cfg, shape, timesteps: list[float], prompts: int, text_inputs) -> list[dict[str, torch.Tensor]]:

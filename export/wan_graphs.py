@@ -10,6 +10,8 @@ diffusers' own modules.
 
 from __future__ import annotations
 
+import contextlib
+
 
 import torch
 import torch.nn.functional as F
@@ -48,13 +50,19 @@ def _rotary(cos, sin, dtype):
 
 class WanAttentionGraph:
     """WanAttnProcessor for text to video (no image context): projections, q/k norms,
-    rotary embedding, scaled-dot-product attention, output projection."""
+    rotary embedding, scaled-dot-product attention (cross-attention with the logit bias
+    ``text_bias`` [B, 1, 1, L] of the call being traced, set by ``cross_attention_bias``:
+    diffusers' blocks pass cross-attention no mask), output projection."""
+
+    text_bias = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
         if attn.add_k_proj is not None:
             raise NotImplementedError("Wan image-to-video attention (add_k_proj) is not exported by vidrt")
+        if encoder_hidden_states is not None and self.text_bias is not None:
+            attention_mask = self.text_bias
         q, k, v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
@@ -63,6 +71,20 @@ class WanAttentionGraph:
             q, k = rotate(q), rotate(k)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attention_mask)
         return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
+
+
+@contextlib.contextmanager
+def cross_attention_bias(transformer: torch.nn.Module, bias):
+    """Hands ``bias`` to every WanAttentionGraph of ``transformer`` for one call (set on
+    the processors at call time: graphs built over the same module share them)."""
+    processors = [m.processor for m in transformer.modules() if isinstance(getattr(m, "processor", None), WanAttentionGraph)]
+    for p in processors:
+        p.text_bias = bias
+    try:
+        yield
+    finally:
+        for p in processors:
+            p.text_bias = None
 
 
 def exportable_transformer(transformer: torch.nn.Module, processor=WanAttentionGraph) -> torch.nn.Module:
@@ -80,15 +102,18 @@ def exportable_transformer(transformer: torch.nn.Module, processor=WanAttentionG
 
 class WanTransformerGraph(torch.nn.Module):
     """WanTransformer3DModel on [B, C, F, h, w] latents, one timestep for the whole
-    batch (expanded here, as WanPipeline does) and [B, L, D] text states."""
+    batch (expanded here, as WanPipeline does), [B, L, D] text states and the [B, L]
+    logit bias of their tokens in every cross-attention (where vidrt collapsed diffusers'
+    identical padding tokens into fewer: families/wan/pipeline.py ``collapse_padding``)."""
 
     def __init__(self, transformer):
         super().__init__()
         self.transformer = exportable_transformer(transformer)
 
-    def forward(self, sample, timestep, encoder_hidden_states):
+    def forward(self, sample, timestep, encoder_hidden_states, text_bias):
         t = timestep.expand(sample.shape[0])
-        return self.transformer(sample, t, encoder_hidden_states, return_dict=False)[0]
+        with cross_attention_bias(self.transformer, text_bias[:, None, None, :]):
+            return self.transformer(sample, t, encoder_hidden_states, return_dict=False)[0]
 
 
 class WanStages(DenoiserStages):
@@ -102,16 +127,17 @@ class WanStages(DenoiserStages):
         self.transformer = exportable_transformer(transformer)
         self.blocks = self.transformer.blocks
 
-    def embed(self, sample, timestep, encoder_hidden_states):
+    def embed(self, sample, timestep, encoder_hidden_states, text_bias):
         t = self.transformer
         cos, sin = t.rope(sample)
         hidden = t.patch_embedding(sample).flatten(2).transpose(1, 2).contiguous()
         temb, proj, text, _ = t.condition_embedder(timestep.expand(sample.shape[0]), encoder_hidden_states, None)
-        return (hidden,), (text, proj.unflatten(1, (6, -1)), cos, sin), (temb,)
+        return (hidden,), (text, proj.unflatten(1, (6, -1)), cos, sin, text_bias[:, None, None, :]), (temb,)
 
     def run_block(self, block, streams, context):
-        text, proj, cos, sin = context
-        return (block(streams[0], text, proj, (cos, sin)),)
+        text, proj, cos, sin, bias = context
+        with cross_attention_bias(block, bias):
+            return (block(streams[0], text, proj, (cos, sin)),)
 
     def finish(self, sample, streams, final):
         t = self.transformer

@@ -188,7 +188,7 @@ def test_wan_layers_folder_is_the_real_transformer_cut_short(tmp_path):
     x, text = torch.randn(1, 16, 2, 4, 6, generator=gen), torch.randn(1, 5, 4096, generator=gen)
     with torch.no_grad():
         want = transformer(x, torch.full((1,), 300.0), text, return_dict=False)[0]
-        got = graph(x, torch.tensor([300.0]), text)
+        got = graph(x, torch.tensor([300.0]), text, torch.zeros(1, 5))
     # fp32, the same operations but RMSNorm written out: rounding-level differences only
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     with pytest.raises(SystemExit):

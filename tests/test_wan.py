@@ -155,10 +155,12 @@ def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir):
 def test_exported_graphs_equal_diffusers_modules():
     """The graph-friendly RMSNorm and attention, and the VAE decoder with its caches as
     inputs and outputs, compute what diffusers' modules do: the transformer at two shapes,
-    the first-frame and chunk graphs chained against diffusers' decode at 1, 2 and 5 latent
-    frames."""
+    and given diffusers' zero-padded text collapsed (collapse_padding: fewer padding
+    tokens, their logits raised by the log of how many each stands for); the first-frame
+    and chunk graphs chained against diffusers' decode at 1, 2 and 5 latent frames."""
     from vidrt.export.graphs import component_graph
     from vidrt.families.wan.model import decoder_caches
+    from vidrt.families.wan.pipeline import collapse_padding
     from vidrt.sources import load_torch_component, resolve_model
 
     model = resolve_model("tiny-wan", progress=False)
@@ -169,7 +171,13 @@ def test_exported_graphs_equal_diffusers_modules():
         for shape, length in (((2, 16, 3, 4, 6), 7), ((1, 16, 5, 6, 2), 16)):
             x, text = torch.randn(shape, generator=gen), torch.randn(shape[0], length, 32, generator=gen)
             want = transformer(x, torch.full((shape[0],), 700.0), text, return_dict=False)[0]
-            assert (graph(x, torch.tensor([700.0]), text) - want).abs().max() <= 1e-5
+            assert (graph(x, torch.tensor([700.0]), text, torch.zeros(shape[0], length)) - want).abs().max() <= 1e-5
+        padded = torch.zeros(2, 40, 32)  # a prompt of 3 tokens and one of 5, zero-padded to 40 as WanPipeline pads
+        padded[0, :3], padded[1, :5] = torch.randn(3, 32, generator=gen), torch.randn(5, 32, generator=gen)
+        want = transformer(x.expand(2, -1, -1, -1, -1), torch.full((2,), 300.0), padded, return_dict=False)[0]
+        short, bias = collapse_padding(padded)
+        assert short.shape == (2, 8, 32) and (bias[:, :3] == 0).all() and (bias[1, 5:] > 0).all()
+        assert (graph(x.expand(2, -1, -1, -1, -1), torch.tensor([300.0]), short, bias) - want).abs().max() <= 1e-5
         vae = load_torch_component(model, "vae_decoder")
         first = component_graph("vae_decoder", copy.deepcopy(vae))
         chunk = component_graph("vae_decoder_chunk", copy.deepcopy(vae))

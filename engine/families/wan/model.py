@@ -225,7 +225,8 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         return StageTensors(
             streams=(TensorSpec("hidden", ("B", TOKENS, d)),),
             context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("timestep_proj", ("B", 6, d)),
-                     TensorSpec("rotary_cos", (1, TOKENS, 1, head_dim)), TensorSpec("rotary_sin", (1, TOKENS, 1, head_dim))),
+                     TensorSpec("rotary_cos", (1, TOKENS, 1, head_dim)), TensorSpec("rotary_sin", (1, TOKENS, 1, head_dim)),
+                     TensorSpec("text_logit_bias", ("B", 1, 1, "L"))),
             final=(TensorSpec("temb", ("B", d)),),
             tokens=f"(F//{pt})*(h//{ph})*(w//{pw})",
         )
@@ -266,8 +267,10 @@ def text_encoder_spec(m: WanModel, name: str = "text_encoder") -> ComponentSpec:
 
 
 def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
-    """One expert: latents, the step's timestep and the text states (both guidance halves
-    stacked in the batch) -> the flow prediction."""
+    """One expert: latents, the step's timestep, the text states (both guidance halves
+    stacked in the batch) and their cross-attention logit bias (the log of how many of
+    diffusers' identical padding tokens a token stands for, 0 for the others:
+    families/wan/pipeline.py ``collapse_padding``) -> the flow prediction."""
     c = m.latent_channels
     pt, ph, pw = m.patch_size
     rope = int(m.transformer.get("rope_max_seq_len", 1024))
@@ -279,6 +282,7 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
             TensorSpec("sample", ("B", c, "F", "h", "w")),
             TensorSpec("timestep", (1,), value=500.0),
             TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
+            TensorSpec("text_bias", ("B", "L")),
         ),
         outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
         ranges={

@@ -104,7 +104,8 @@ class WanTextToVideoPipeline(BasePipeline):
 
         embeds, _ = text.states(lambda texts: (self._encode(texts, max_sequence_length), None), do_cfg,
                                 num_videos_per_prompt, self.device)
-        cond = Conditioning({"encoder_hidden_states": embeds}, channel_axis=1)
+        embeds, bias = collapse_padding(embeds)
+        cond = Conditioning({"encoder_hidden_states": embeds, "text_bias": bias}, channel_axis=1)
         s = m.vae_scale_factor
         shape = (videos, m.latent_channels, m.latent_frames(num_frames), height // s, width // s)
         latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
@@ -202,6 +203,32 @@ def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: 
     embeds = torch.zeros((len(texts), length, states.shape[-1]), device=states.device)
     embeds[:, :used] = states * mask[:, :used, None].to(states)
     return embeds
+
+
+def collapse_padding(states: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text states [N, L, D] with each row's trailing zero states (WanPipeline pads every
+    prompt's to max_sequence_length with zeros) cut to the fewest that keep one in every
+    row, rounded up to ``multiple``, and the [N, L'] logit bias that makes the
+    transformer's cross-attention see what it sees at length L.
+
+    Exact: Wan's cross-attention has no mask, and a zero state gives every padding token
+    of a row the same key and value, so m of them weigh as one whose logit is raised by
+    log(m) (softmax: m·exp(s) = exp(s + log m)). A row with n real tokens keeps L' - n
+    padding tokens, each biased by log((L - n) / (L' - n)); its real tokens get 0. At
+    256x256 and 17 frames that is 7% of Wan 2.1 1.3B's transformer FLOPs for a short
+    prompt (torch's FLOP counter, 512 against 32 text tokens).
+    """
+    n, length = states.shape[0], states.shape[1]
+    nonzero = states.ne(0).any(dim=-1)  # [N, L]
+    real = torch.where(nonzero.any(dim=1), nonzero.int().cumsum(dim=1).argmax(dim=1) + 1, 0)  # after the last non-zero
+    keep = min(-(-(int(real.max()) + 1) // multiple) * multiple, length)
+    bias = torch.zeros((n, keep), dtype=torch.float32, device=states.device)
+    if keep == length:
+        return states, bias
+    pads = torch.arange(keep, device=states.device)[None] >= real[:, None]
+    weight = ((length - real) / (keep - real)).log().to(torch.float32)[:, None]
+    bias = torch.where(pads, weight, bias)
+    return states[:, :keep].contiguous(), bias
 
 
 def _second_guidance(model, guidance_scale, guidance_scale_2):
