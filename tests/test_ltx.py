@@ -298,9 +298,10 @@ def test_long_prompt_is_truncated_with_a_warning_at_the_caller(ltx):
 
 
 def _noise_injecting_folder(tmp_path):
-    """tiny-ltx with LTX-Video 0.9.1's decoder layout: noise injected by the mid block's and
-    the first up block's resnets, their per-channel noise scales random (diffusers starts
-    them at 0, which would hide the noise)."""
+    """tiny-ltx with noise injected as LTX-Video 0.9.1's decoder injects it, here by the
+    resnets of the decoder's last two up blocks (the config lists blocks encoder-side
+    first), their per-channel noise scales random (diffusers starts them at 0, which would
+    hide the noise)."""
     import shutil
 
     from diffusers import AutoencoderKLLTXVideo
