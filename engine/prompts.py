@@ -139,6 +139,18 @@ def _mask(value, name: str, states: torch.Tensor, masked: bool) -> torch.Tensor 
     return value.detach().to(torch.int64)
 
 
+# Text lengths a denoiser runs at after vidrt cuts the padding diffusers attends for
+# nothing (LTX-Video's masked tokens, Wan's repeated zeros) are rounded up to this, so
+# requests of similar prompts share engine shapes (OpenVINO's per-shape kernels, TensorRT's
+# profiles, the loop's step buffers).
+TEXT_LENGTH_MULTIPLE = 8
+
+
+def cut_text_length(tokens: int, limit: int) -> int:
+    """``tokens`` rounded up to TEXT_LENGTH_MULTIPLE, at most ``limit``."""
+    return min(-(-tokens // TEXT_LENGTH_MULTIPLE) * TEXT_LENGTH_MULTIPLE, limit)
+
+
 def as_prompts(prompt, what: str) -> list[str]:
     """``prompt`` as a non-empty list of strings, else a VidrtError naming ``what``."""
     if isinstance(prompt, str):

@@ -30,7 +30,7 @@ from ...pipeline_base import (
     initial_latents,
     load_tokenizer,
 )
-from ...prompts import PromptRequest
+from ...prompts import PromptRequest, cut_text_length
 from ...samplers import draw_noise, make_sampler
 
 
@@ -197,9 +197,9 @@ class LTXTextToVideoPipeline(BasePipeline):
         return torch.cat(maps).to(self.device)
 
 
-def drop_unattended_tokens(states: torch.Tensor, mask: torch.Tensor, multiple: int = 8):
-    """Text states [N, L, D] and masks [N, L] cut after the last token any row attends,
-    rounded up to a multiple of ``multiple`` (fewer distinct shapes for the engines).
+def drop_unattended_tokens(states: torch.Tensor, mask: torch.Tensor):
+    """Text states [N, L, D] and masks [N, L] cut after the last token any row attends
+    (rounded up: vidrt.prompts.cut_text_length).
 
     The cut changes no number diffusers computes: LTX's cross-attention adds -10000 to a
     masked token's logit, so its softmax weight is exactly 0 in fp32 and bf16 (exp
@@ -212,7 +212,7 @@ def drop_unattended_tokens(states: torch.Tensor, mask: torch.Tensor, multiple: i
     if not bool(attended.any(dim=1).all()):
         return states, mask
     last = int(attended.any(dim=0).nonzero().max()) + 1
-    length = min(-(-last // multiple) * multiple, mask.shape[1])
+    length = cut_text_length(last, mask.shape[1])
     return states[:, :length].contiguous(), mask[:, :length].contiguous()
 
 

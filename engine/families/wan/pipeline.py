@@ -26,7 +26,7 @@ from ...pipeline_base import (
     load_tokenizer,
     warn_truncated,
 )
-from ...prompts import PromptRequest
+from ...prompts import PromptRequest, cut_text_length
 from ...samplers import make_sampler
 
 
@@ -205,11 +205,11 @@ def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: 
     return embeds
 
 
-def collapse_padding(states: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def collapse_padding(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Text states [N, L, D] with each row's trailing zero states (WanPipeline pads every
     prompt's to max_sequence_length with zeros) cut to the fewest that keep one in every
-    row, rounded up to ``multiple``, and the [N, L'] logit bias that makes the
-    transformer's cross-attention see what it sees at length L.
+    row (rounded up: vidrt.prompts.cut_text_length), and the [N, L'] logit bias that makes
+    the transformer's cross-attention see what it sees at length L.
 
     Exact: Wan's cross-attention has no mask, and a zero state gives every padding token
     of a row the same key and value, so m of them weigh as one whose logit is raised by
@@ -221,7 +221,7 @@ def collapse_padding(states: torch.Tensor, multiple: int = 8) -> tuple[torch.Ten
     n, length = states.shape[0], states.shape[1]
     nonzero = states.ne(0).any(dim=-1)  # [N, L]
     real = torch.where(nonzero.any(dim=1), nonzero.int().cumsum(dim=1).argmax(dim=1) + 1, 0)  # after the last non-zero
-    keep = min(-(-(int(real.max()) + 1) // multiple) * multiple, length)
+    keep = cut_text_length(int(real.max()) + 1, length)
     bias = torch.zeros((n, keep), dtype=torch.float32, device=states.device)
     if keep == length:
         return states, bias
