@@ -98,8 +98,8 @@ class BenchConfig(RequestOptions):
         if model.kind == "image-to-video":
             return common | dict(min_guidance_scale=self.min_guidance, max_guidance_scale=self.max_guidance)
         scale = self.guidance_scale if self.guidance_scale is not None else model.default_guidance_scale
-        if model.kind in ("cogvideox", "cogvideox-i2v"):  # diffusers' default (226) is the real models' text length
-            common["max_sequence_length"] = model.max_text_length
+        if model.kind in ("cogvideox", "cogvideox-i2v"):  # diffusers' 226, or what a position table holds
+            common["max_sequence_length"] = model.default_text_length
         return common | dict(guidance_scale=scale)
 
 

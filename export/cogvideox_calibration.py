@@ -16,7 +16,7 @@ import torch
 from vidrt.samplers import make_sampler
 
 CALIB_PROMPTS = 4
-CALIB_LATENT_FRAMES = 3  # 9 video frames
+CALIB_FRAMES = 9  # 3 latent frames (CogVideoX 1.5 denoises 4: its frames go in pairs)
 
 # --keep-high-precision's default: the patch embedding (video and text projections), the
 # time embedding and the output projection, as for Wan and LTX-Video.
@@ -37,7 +37,7 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     alphas = sampler.scheduler.alphas_cumprod.double()
     tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
     prompts = [PROMPT_CORPUS[(cfg.seed + i) % len(PROMPT_CORPUS)] for i in range(CALIB_PROMPTS)]
-    tok = tokenizer(["", *prompts], padding="max_length", max_length=model.max_text_length, truncation=True,
+    tok = tokenizer(["", *prompts], padding="max_length", max_length=model.default_text_length, truncation=True,
                     add_special_tokens=True, return_tensors="pt")
     with torch.no_grad():  # no mask: CogVideoX's T5 attends the padding
         states = encode_text(model, tok.input_ids, None)
@@ -45,7 +45,7 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     if model.learned_positions:  # the table's size and frames only
         frames, height, width = model.latent_frames(model.sample_size[0]), *model.sample_size[1:]
     else:
-        frames, height = CALIB_LATENT_FRAMES, cfg.calib_size or 2 * model.pixel_multiple
+        frames, height = model.loop_frames(CALIB_FRAMES), cfg.calib_size or 2 * model.pixel_multiple
         width = height
     shape = (1, frames, model.latent_channels, height // s, width // s)
     extra = dict(zip(("rotary_cos", "rotary_sin"), rotary_tables(model, height, width, frames))) if model.rotary else {}

@@ -74,8 +74,6 @@ class CogVideoXTransformerGraph(DenoiserStages):
     def __init__(self, transformer):
         super().__init__()
         cfg = transformer.config
-        if cfg.patch_size_t is not None or transformer.ofs_embedding is not None:
-            raise NotImplementedError("vidrt exports CogVideoX 1.0 transformers (no patch_size_t, no ofs)")
         self.transformer = transformer
         self.blocks = transformer.transformer_blocks
         for module in transformer.modules():
@@ -95,6 +93,8 @@ class CogVideoXTransformerGraph(DenoiserStages):
             pad = torch.zeros_like(sample[:, 1:])
             x = torch.cat([sample, torch.cat([image[:, None], pad], dim=1)], dim=2)
         emb = t.time_embedding(t.time_proj(timestep.expand(b)).to(x.dtype), None)
+        if t.ofs_embedding is not None:  # CogVideoX 1.5 image to video: diffusers' pipeline feeds ofs 2.0
+            emb = emb + t.ofs_embedding(t.ofs_proj(torch.full((1,), 2.0, device=x.device)).to(x.dtype))
         hidden, text = self._embed(encoder_hidden_states, x)
         return (hidden, text), (emb, *rotary), (emb,)
 
@@ -107,15 +107,22 @@ class CogVideoXTransformerGraph(DenoiserStages):
         t = self.transformer
         b, frames, _, height, width = sample.shape
         hidden = t.proj_out(t.norm_out(t.norm_final(streams[0]), temb=final[0]))
-        p = t.config.patch_size
-        out = hidden.reshape(b, frames, height // p, width // p, -1, p, p)
-        return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+        p, pt = t.config.patch_size, t.config.patch_size_t
+        if pt is None:
+            out = hidden.reshape(b, frames, height // p, width // p, -1, p, p)
+            return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+        out = hidden.reshape(b, frames // pt, height // p, width // p, -1, pt, p, p)
+        return out.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
 
     def _embed(self, encoder_hidden_states, x):
         """CogVideoXPatchEmbed, split back into (video tokens, text tokens): the position
         table (learned, at the configured size only; else sin-cos of the input's grid) adds
         to both, its text rows being zeros in the sin-cos one."""
         pe = self.transformer.patch_embed
+        if pe.patch_size_t is not None:  # CogVideoX 1.5: a linear over pairs of frames, rotary positions only
+            joint = pe(encoder_hidden_states, x)
+            length = encoder_hidden_states.shape[1]
+            return joint[:, length:], joint[:, :length]
         b, frames, c, height, width = x.shape
         text = pe.text_proj(encoder_hidden_states)
         video = pe.proj(x.reshape(-1, c, height, width))
@@ -132,15 +139,15 @@ class CogVideoXTransformerGraph(DenoiserStages):
 
 class CogVideoXVaeEncoderGraph(torch.nn.Module):
     """AutoencoderKLCogVideoX.encode of images [B, 3, H, W] in [-1, 1] as one-frame clips ->
-    the latent distribution's mean and std, both times scaling_factor, so
+    the latent distribution's mean and std, both scaled as the pipeline scales its sample, so
     ``mean + std * noise`` is the scaled sample CogVideoXImageToVideoPipeline draws."""
 
     def __init__(self, vae):
         super().__init__()
-        if vae.config.invert_scale_latents:
-            raise NotImplementedError("vidrt exports CogVideoX 1.0 VAEs (invert_scale_latents is CogVideoX 1.5's)")
         self.vae = vae
-        self.scaling_factor = float(vae.config.scaling_factor)
+        factor = float(vae.config.scaling_factor)
+        # CogVideoX 1.5 was trained on latents divided by the factor (diffusers' pipeline says so)
+        self.scaling_factor = 1 / factor if vae.config.invert_scale_latents else factor
 
     def forward(self, image):
         dist = self.vae.encode(image.unsqueeze(2)).latent_dist

@@ -265,18 +265,22 @@ def trace_point(spec: ComponentSpec) -> dict[str, int]:
         point[name] = max(rng.min, (want // rng.multiple) * rng.multiple)
     if "B" in point:
         point["B"] = min(2, spec.ranges["B"].max)
-    if "F" in point:
-        point["F"] = min(3, spec.ranges["F"].max)
-    if "N" in point:
-        point["N"] = min(3, spec.ranges["N"].max)
+    for frames in ("F", "N"):
+        if frames in point:
+            point[frames] = _frames(spec.ranges[frames], 3)
     return point
+
+
+def _frames(rng, count: int) -> int:
+    """``count`` frames (in units of the range's multiple: CogVideoX 1.5 takes pairs) within the range."""
+    return max(rng.min, min(count * rng.multiple, rng.max) // rng.multiple * rng.multiple)
 
 
 def check_point(spec: ComponentSpec) -> dict[str, int]:
     """A second shape, unlike the trace shape, to prove the axes are really dynamic."""
     point = {}
     for name, rng in spec.ranges.items():
-        point[name] = rng.min if name not in ("F", "N") else min(5, rng.max)
+        point[name] = rng.min if name not in ("F", "N") else _frames(rng, 5)
     if "h" in point and "w" in point:
         rng = spec.ranges["w"]
         point["w"] = min(rng.max, max(rng.min, 3 * rng.multiple, 3))

@@ -17,6 +17,11 @@ returns them updated; for an even count (13 frames: 4) the first pair is a
 reading caches, and its frames are upsampled in time like every pair's, so a request for
 4k+1 frames with an even latent count gets 4k+4 (13 -> 16), as from diffusers. Requests
 are 4k+1 frames, k >= 1 (one frame alone would be a third kind of chunk).
+
+CogVideoX 1.5 (``patch_size_t``: the transformer patches pairs of latent frames) denoises
+the latent frames padded to a multiple of the pair, the padding in front, and drops the
+padding before decoding, as diffusers does; its image-to-video transformer adds the
+"ofs" embedding, which diffusers' pipeline always feeds 2.0 (a constant in the graph).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..ltx.model import text_encoder_spec
 MAX_LATENT_FRAMES = 25  # 97 video frames (CogVideoX makes 49)
 FIRST_CHUNK = 3  # latent frames diffusers' first decode chunk holds for an odd count (2 + the remainder)
 TEXT_PART_BYTES = 4 << 30  # T5-XXL's encoder (19 GB at fp32) in parts, as LTX-Video's
+TEXT_LENGTH = 226  # diffusers' CogVideoX pipelines' max_sequence_length default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +76,11 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         folder = Path(folder)
         index = index or _read_json(folder / "model_index.json", folder)
         transformer = _read_json(folder / "transformer" / "config.json", folder)
-        if transformer.get("patch_size_t") is not None or transformer.get("ofs_embed_dim") is not None:
-            raise VidrtError(f"{folder}: a CogVideoX 1.5 transformer (patch_size_t, ofs embedding); vidrt serves "
-                             "CogVideoX 1.0 (2b, 5b, 5b-I2V) for now")
+        if transformer.get("patch_size_t") is not None and (transformer.get("use_learned_positional_embeddings")
+                                                            or not transformer.get("use_rotary_positional_embeddings")):
+            # diffusers lays a position table out per latent frame, not per pair: its shapes do not add up
+            raise VidrtError(f"{folder}: a CogVideoX transformer with patch_size_t and a position table, which "
+                             "diffusers cannot run either; CogVideoX 1.5 uses rotary positions")
         preset_file = folder / PRESET_MARKER
         return cls(
             folder=folder,
@@ -139,6 +147,11 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         return int(self.transformer.get("patch_size", 2))
 
     @property
+    def patch_size_t(self) -> int:
+        """Latent frames per token in time: 1, or CogVideoX 1.5's 2."""
+        return int(self.transformer.get("patch_size_t") or 1)
+
+    @property
     def unet_up_factor(self) -> int:
         return self.patch_size
 
@@ -154,7 +167,16 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
 
     @property
     def max_text_length(self) -> int:
-        return int(self.transformer.get("max_text_seq_length", 226))
+        """The longest text the transformer takes: its position table's, else (rotary
+        positions cover the video only) any up to the pipelines' default or the config's."""
+        configured = int(self.transformer.get("max_text_seq_length", TEXT_LENGTH))
+        return configured if self.position_table else max(TEXT_LENGTH, configured)
+
+    @property
+    def default_text_length(self) -> int:
+        """diffusers' default, 226 tokens, which a transformer with a position table takes
+        only if that table holds 226 (vidrt then runs the table's length)."""
+        return self.max_text_length if self.position_table else TEXT_LENGTH
 
     @property
     def rotary(self) -> bool:
@@ -185,7 +207,14 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         return self.temporal_factor * (MAX_LATENT_FRAMES - 1) + 1
 
     def latent_frames(self, num_frames: int) -> int:
+        """Latent frames decoded into ``num_frames``."""
         return (num_frames - 1) // self.temporal_factor + 1
+
+    def loop_frames(self, num_frames: int) -> int:
+        """Latent frames the loop denoises: latent_frames, padded up to a multiple of
+        patch_size_t (CogVideoX 1.5; the padding is dropped before decoding)."""
+        n, p = self.latent_frames(num_frames), self.patch_size_t
+        return -(-n // p) * p
 
     def check_frames(self, num_frames: int) -> None:
         """Raises VidrtError unless num_frames is 4k+1 with k >= 1 (see the module's
@@ -210,6 +239,19 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         if height % m or width % m or height < m or width < m:
             raise VidrtError(f"height and width must be positive multiples of {m} for CogVideoX, got "
                              f"{height}x{width}; try {max(m, height // m * m)}x{max(m, width // m * m)}")
+        largest = self.largest_size
+        if largest and (height > largest[0] or width > largest[1]):
+            raise VidrtError(f"{height}x{width}: CogVideoX 1.5's rotary positions reach {largest[0]}x{largest[1]} "
+                             f"(the transformer's sample size); pass a size within it")
+
+    @property
+    def largest_size(self) -> tuple[int, int] | None:
+        """CogVideoX 1.5's largest (height, width): diffusers slices its rotary grid out of
+        the sample grid; None where the size is unbounded."""
+        if self.patch_size_t == 1:
+            return None
+        t, s = self.transformer, self.vae_scale_factor
+        return int(t.get("sample_height", 60)) * s, int(t.get("sample_width", 90)) * s
 
     def check_ranges(self, videos, do_cfg, frames, height, width, chunk=None, text_length=None) -> None:
         """Raises VidrtError naming the first size outside a component's declared range."""
@@ -217,15 +259,15 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         self.check_size(height, width)
         s = self.vae_scale_factor
         rows = videos * (2 if do_cfg else 1)
-        length = self.max_text_length if text_length is None else text_length
+        length = self.default_text_length if text_length is None else text_length
         if self.position_table and length != self.max_text_length:
             raise VidrtError(f"max_sequence_length={length}: this CogVideoX transformer's position table holds "
                              f"{self.max_text_length} text tokens; pass max_sequence_length={self.max_text_length}")
         specs = self.specs()
         for p in self.text_parts:
             specs[p].check({"B": rows, "L": length})
-        self.denoiser_spec(specs, "transformer").check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s,
-                                    "L": length})
+        self.denoiser_spec(specs, "transformer").check({"B": rows, "F": self.loop_frames(frames), "h": height // s,
+                                                        "w": width // s, "L": length})
         specs["vae_decoder"].check({"B": 1, "h": height // s, "w": width // s})
         if self.image_to_video:
             specs["vae_encoder"].check({"B": 1, "H": height, "W": width})
@@ -242,7 +284,6 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         t = self.transformer
         d = int(t.get("num_attention_heads", 30)) * int(t.get("attention_head_dim", 64))
         emb = int(t.get("time_embed_dim", 512))
-        p = self.patch_size
         rotary = ()
         if self.rotary:
             head = int(t.get("attention_head_dim", 64))
@@ -251,8 +292,14 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
             streams=(TensorSpec("hidden", ("B", TOKENS, d)), TensorSpec("text", ("B", "L", d))),
             context=(TensorSpec("temb", ("B", emb)), *rotary),
             final=(TensorSpec("temb_final", ("B", emb)),),
-            tokens=f"F*(h//{p})*(w//{p})",
+            tokens=self.tokens,
         )
+
+    @property
+    def tokens(self) -> str:
+        """The video tokens of a [B, F, C, h, w] latent, as a dimension expression."""
+        p, pt = self.patch_size, self.patch_size_t
+        return f"{'F' if pt == 1 else f'F//{pt}'}*(h//{p})*(w//{p})"
 
 
 def read_folder(folder: Path, index: dict, motion_adapter=None) -> CogVideoXModel:
@@ -267,38 +314,40 @@ def transformer_spec(m: CogVideoXModel) -> ComponentSpec:
     halves stacked in the batch); for image to video the image's latent [B, C, h, w] (the
     graph appends it as frame 0 of the extra channels, zeros after, as diffusers pads it);
     for rotary models the pipeline's [tokens, head_dim] cos and sin tables -> the
-    prediction [B, F, C, h, w]."""
-    c, s, p = m.latent_channels, m.vae_scale_factor, m.patch_size
+    prediction [B, F, C, h, w]. CogVideoX 1.5 takes F in pairs (``loop_frames``)."""
+    c, s, p, pt = m.latent_channels, m.vae_scale_factor, m.patch_size, m.patch_size_t
     inputs = [TensorSpec("sample", ("B", "F", c, "h", "w")), TensorSpec("timestep", (1,), value=500.0),
               TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim))]
     if m.image_to_video:
         inputs.append(TensorSpec("image_latents", ("B", c, "h", "w")))
     if m.rotary:
         head = int(m.transformer.get("attention_head_dim", 64))
-        tokens = f"F*(h//{p})*(w//{p})"
-        inputs += [TensorSpec("rotary_cos", (tokens, head)), TensorSpec("rotary_sin", (tokens, head))]
+        inputs += [TensorSpec("rotary_cos", (m.tokens, head)), TensorSpec("rotary_sin", (m.tokens, head))]
     frames, height, width = m.sample_size
     if m.learned_positions:  # one size and frame count: the table's
         fixed = {"F": m.latent_frames(frames), "h": height // s, "w": width // s}
         ranges = {k: DimRange(v, v) for k, v in fixed.items()}
     else:
-        ranges = {"F": DimRange(1, MAX_LATENT_FRAMES), "h": DimRange(p, MAX_PIXELS // s, p),
-                  "w": DimRange(p, MAX_PIXELS // s, p)}
+        largest = (m.largest_size or (MAX_PIXELS, MAX_PIXELS))
+        ranges = {"F": DimRange(pt, m.loop_frames(m.max_frames), pt),
+                  **{d: DimRange(p, min(MAX_PIXELS, side) // s // p * p, p) for d, side in zip("hw", largest)}}
     length = DimRange(m.max_text_length, m.max_text_length) if m.position_table else DimRange(1, m.max_text_length)
+    # tuned for the model's own request: its frames at the transformer's size (within the ranges)
+    opt = {"B": 2, "F": min(m.loop_frames(frames), ranges["F"].max),
+           **{d: min(side // s, ranges[d].max) for d, side in zip("hw", (height, width))}, "L": m.default_text_length}
     return ComponentSpec(
         name="transformer",
         inputs=tuple(inputs),
         outputs=(TensorSpec("noise_pred", ("B", "F", c, "h", "w")),),
         ranges={"B": DimRange(1, 2 * MAX_BATCH), **ranges, "L": length},
-        # tuned for CogVideoX's own request, 49 frames at the transformer's size
-        opt={"B": 2, "F": min(m.latent_frames(frames), MAX_LATENT_FRAMES), "h": height // s, "w": width // s,
-             "L": m.max_text_length},
+        opt=opt,
     )
 
 
 def vae_encoder_spec(m: CogVideoXModel) -> ComponentSpec:
     """Images [B, 3, H, W] in [-1, 1] -> the mean and std of their one-frame latents, both
-    times the VAE's scaling_factor (as CogVideoXImageToVideoPipeline scales its sample)."""
+    scaled as CogVideoXImageToVideoPipeline scales its sample: times the VAE's
+    scaling_factor, or divided by it where the VAE says invert_scale_latents (CogVideoX 1.5)."""
     s = m.vae_scale_factor
     latent = ("B", int(m.vae.get("latent_channels", 16)), 1, f"H//{s}", f"W//{s}")
     return ComponentSpec(

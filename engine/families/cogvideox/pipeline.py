@@ -99,7 +99,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         m = self.model
         height = m.default_size[0] if height is None else height
         width = m.default_size[1] if width is None else width
-        length = m.max_text_length if max_sequence_length is None else max_sequence_length
+        length = m.default_text_length if max_sequence_length is None else max_sequence_length
         text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale, eta=eta)
@@ -119,7 +119,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         embeds, _ = text.states(lambda texts: (self._encode_unmasked(texts, length)[0], None), do_cfg,
                                 num_videos_per_prompt, self.device)
         s = m.vae_scale_factor
-        shape = (videos, m.latent_frames(num_frames), m.latent_channels, height // s, width // s)
+        shape = (videos, m.loop_frames(num_frames), m.latent_channels, height // s, width // s)
         inputs = {"encoder_hidden_states": embeds}
         if image is not None:
             first = self._image_latents(image, shape, generator, height, width, num_videos_per_prompt)
@@ -134,9 +134,11 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
                           guidance_per_step=schedule, control=self._control,
                           on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler))
         if output_type == "latent":
-            frames = latents
+            frames = latents  # CogVideoX 1.5's padding frames included, as from diffusers
         else:
-            frames = self.video_processor.postprocess_video(video=self._decode(latents), output_type=output_type)
+            padding = shape[1] - m.latent_frames(num_frames)  # in front (CogVideoX 1.5), dropped as diffusers does
+            frames = self._decode(latents[:, padding:])
+            frames = self.video_processor.postprocess_video(video=frames, output_type=output_type)
         self.timings.end_to_end = self._now() - start
         return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
 
@@ -178,17 +180,24 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
 
 
 def rotary_tables(model, height: int, width: int, frames: int, device="cpu"):
-    """CogVideoXPipeline._prepare_rotary_positional_embeddings for CogVideoX 1.0: the
-    token grid's crop within the transformer's sample grid, then diffusers'
-    get_3d_rotary_pos_embed (cos, sin: [frames*gh*gw, head_dim])."""
+    """CogVideoXPipeline._prepare_rotary_positional_embeddings for ``frames`` latent frames:
+    diffusers' get_3d_rotary_pos_embed over the token grid cropped and resized into the
+    transformer's sample grid (CogVideoX 1.0), or sliced out of it, one position per pair
+    of frames (1.5). Returns cos, sin: [tokens, head_dim]."""
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
     from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
-    t, p, s = model.transformer, model.patch_size, model.vae_scale_factor
+    t, p, s, pt = model.transformer, model.patch_size, model.vae_scale_factor, model.patch_size_t
     grid = (height // (s * p), width // (s * p))
-    crops = get_resize_crop_region_for_grid(grid, int(t.get("sample_width", 90)) // p, int(t.get("sample_height", 60)) // p)
-    cos, sin = get_3d_rotary_pos_embed(embed_dim=int(t.get("attention_head_dim", 64)), crops_coords=crops,
-                                       grid_size=grid, temporal_size=frames, device=device)
+    base = (int(t.get("sample_height", 60)) // p, int(t.get("sample_width", 90)) // p)
+    head = int(t.get("attention_head_dim", 64))
+    if pt == 1:
+        crops = get_resize_crop_region_for_grid(grid, base[1], base[0])
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=head, crops_coords=crops, grid_size=grid, temporal_size=frames,
+                                           device=device)
+    else:
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=head, crops_coords=None, grid_size=grid,
+                                           temporal_size=-(-frames // pt), grid_type="slice", max_size=base, device=device)
     return cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
 
 

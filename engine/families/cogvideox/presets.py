@@ -5,7 +5,12 @@ CogVideoX DDIM schedule) and ``tiny-cogvideox-i2v`` (image to video, CogVideoX-5
 layout: rotary positions plus a learned position table, so one size and frame count, and
 the CogVideoX DPM schedule) have the sizes of diffusers' CogVideoX fast tests (a 1-layer
 transformer of 4x8 heads, an 8-channel VAE with 4 latent channels), larger sample grids
-so the graphs see non-square latents. ``cogvideox-2b`` is the real CogVideoX-2b
+so the graphs see non-square latents. ``tiny-cogvideox1.5`` and ``tiny-cogvideox1.5-i2v``
+have CogVideoX 1.5's layout at those sizes: latent frames patched in pairs, rotary
+positions sliced out of the sample grid (which bounds the size: 64x96 here), no bias on
+the patch embedding; the image-to-video one adds the "ofs" embedding and a VAE whose
+latents are divided by its scaling factor, as CogVideoX1.5-5B-I2V's.
+``cogvideox-2b`` is the real CogVideoX-2b
 architecture (transformer 30 layers of 1920, the CogVideoX VAE, T5-XXL's 4.76 B-parameter
 encoder made and saved in bf16, exported in parts as LTX-Video's).
 """
@@ -22,6 +27,10 @@ COGVIDEOX_5B_SCHEDULER = dict(COGVIDEOX_2B_SCHEDULER, snr_shift_scale=1.0)
 _TINY_TRANSFORMER = {"num_attention_heads": 4, "attention_head_dim": 8, "in_channels": 4, "out_channels": 4,
                      "time_embed_dim": 2, "text_embed_dim": 32, "num_layers": 1, "sample_width": 6, "sample_height": 4,
                      "sample_frames": 9, "patch_size": 2, "temporal_compression_ratio": 4, "max_text_seq_length": 16}
+# CogVideoX 1.5's transformer layout (THUDM/CogVideoX1.5-5B: patch_size_t 2, rotary positions
+# only, patch_bias off, 224 text tokens) at the fast tests' widths; rotary: 16 = 4 + 6 + 6.
+_TINY_1_5 = dict(_TINY_TRANSFORMER, attention_head_dim=16, time_embed_dim=8, patch_size_t=2, patch_bias=False,
+                 use_rotary_positional_embeddings=True, sample_height=8, sample_width=12, max_text_seq_length=14)
 _TINY_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ("CogVideoXDownBlock3D",) * 4,
              "up_block_types": ("CogVideoXUpBlock3D",) * 4, "block_out_channels": (8, 8, 8, 8), "latent_channels": 4,
              "layers_per_block": 1, "norm_num_groups": 2, "temporal_compression_ratio": 4}
@@ -38,6 +47,13 @@ PRESETS = {
                             use_rotary_positional_embeddings=True,
                             use_learned_positional_embeddings=True),
         "vae": _TINY_VAE, "text_encoder": _TINY_T5,
+        "scheduler": ("CogVideoXDPMScheduler", COGVIDEOX_5B_SCHEDULER), "image_to_video": True},
+    "tiny-cogvideox1.5": {
+        "transformer": dict(_TINY_1_5, in_channels=4), "vae": _TINY_VAE, "text_encoder": _TINY_T5,
+        "scheduler": ("CogVideoXDDIMScheduler", COGVIDEOX_5B_SCHEDULER)},
+    "tiny-cogvideox1.5-i2v": {
+        "transformer": dict(_TINY_1_5, in_channels=8, ofs_embed_dim=_TINY_1_5["time_embed_dim"]),
+        "vae": dict(_TINY_VAE, invert_scale_latents=True, scaling_factor=0.7), "text_encoder": _TINY_T5,
         "scheduler": ("CogVideoXDPMScheduler", COGVIDEOX_5B_SCHEDULER), "image_to_video": True},
     "cogvideox-2b": {
         "transformer": {},  # CogVideoXTransformer3DModel's defaults are CogVideoX-2b's (30 layers, 30x64 heads)
