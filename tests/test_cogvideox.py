@@ -43,6 +43,16 @@ def cog_i2v(t2v_engine_dir):
     return _pipes("tiny-cogvideox-i2v", t2v_engine_dir)
 
 
+@pytest.fixture(scope="module")
+def cog15(t2v_engine_dir):
+    return _pipes("tiny-cogvideox1.5", t2v_engine_dir)
+
+
+@pytest.fixture(scope="module")
+def cog15_i2v(t2v_engine_dir):
+    return _pipes("tiny-cogvideox1.5-i2v", t2v_engine_dir)
+
+
 def image(seed=0, size=(40, 56)):
     from PIL import Image
 
@@ -200,17 +210,70 @@ def test_image_to_video_batches_match_diffusers(cog_i2v):
     assert np.abs(got - want).max() <= ATOL
 
 
-def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir):
+# CogVideoX 1.5: (frames, height, width, guidance, sampler). 3 latent frames (denoised as 4,
+# the padding in front dropped before decoding), 4 (no padding; an even count decodes to 16
+# frames) and 5 (denoised as 6); non-square sizes up to the 64x96 the rotary grid reaches.
+CASES_1_5 = [(9, 32, 48, 6.0, None), (13, 64, 32, 1.0, "cogvideox-dpm"), (17, 48, 96, 6.0, "ddim")]
+
+
+def _kw_1_5(frames, height, width, guidance):
+    """The request at diffusers' default text length (226: no position table to fix it)."""
+    kw = dict(KW, num_frames=frames, height=height, width=width, guidance_scale=guidance)
+    del kw["max_sequence_length"]
+    return kw
+
+
+@pytest.mark.parametrize("frames,height,width,guidance,sampler", CASES_1_5)
+def test_cogvideox_1_5_matches_diffusers(cog15, frames, height, width, guidance, sampler):
+    """CogVideoX 1.5's layout (latent frames patched in pairs, rotary positions sliced out
+    of the sample grid) through diffusers' CogVideoXPipeline, which pads the latents to an
+    even count and drops the padding before decoding."""
+    pipe, ref = cog15
+    got, want = run_both(pipe, ref, sampler, seed=1, **_kw_1_5(frames, height, width, guidance))
+    expected = frames if (frames - 1) // 4 % 2 == 0 else frames + 3
+    assert got.shape == want.shape == (1, expected, height, width, 3)
+    assert np.abs(got - want).max() <= ATOL
+    assert want.std() > 0.01
+
+
+@pytest.mark.parametrize("frames,height,width,guidance,sampler", CASES_1_5)
+def test_cogvideox_1_5_image_to_video_matches_diffusers(cog15_i2v, frames, height, width, guidance, sampler):
+    """CogVideoX1.5-5B-I2V's layout: the image's latent divided by the VAE's scaling factor
+    (invert_scale_latents) as frame 0 of the padded latents' extra channels, and the "ofs"
+    embedding at the 2.0 diffusers' pipeline feeds."""
+    pipe, ref = cog15_i2v
+    got, want = run_both(pipe, ref, sampler, seed=2, **dict(_kw_1_5(frames, height, width, guidance), image=image()))
+    expected = frames if (frames - 1) // 4 % 2 == 0 else frames + 3
+    assert got.shape == want.shape == (1, expected, height, width, 3)
+    assert np.abs(got - want).max() <= ATOL
+
+
+def test_cogvideox_1_5_latents_keep_the_padding_as_in_diffusers(cog15):
+    """output_type="latent" returns the denoised latents with CogVideoX 1.5's padding frame,
+    as diffusers does; ``latents`` given in must have it."""
+    pipe, ref = cog15
+    kw = dict(KW, guidance_scale=6.0)  # 9 frames: 3 latent frames, denoised as 4
+    got = pipe(**kw, generator=torch.Generator().manual_seed(3), output_type="latent").frames
+    want = ref(**kw, generator=torch.Generator().manual_seed(3), output_type="latent").frames
+    assert got.shape == want.shape == (1, 4, 4, 4, 6)
+    assert (got - want).abs().max() <= ATOL
+    with pytest.raises(VidrtError, match="this request needs \\[1, 4, 4, 4, 6\\]"):
+        pipe(**kw, latents=torch.zeros(1, 3, 4, 4, 6))
+
+
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-cogvideox1.5-i2v"])
+def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir, name):
     import shutil
 
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components
 
-    engines = shutil.copytree(t2v_engine_dir("tiny-cogvideox"), tmp_path / "tiny-cogvideox")  # its ONNX exports reused
-    pipe = VideoPipeline.from_pretrained("tiny-cogvideox", engine_dir=engines, backend="openvino", progress=False)
+    engines = shutil.copytree(t2v_engine_dir(name), tmp_path / name)  # its ONNX exports reused
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=engines, backend="openvino", progress=False)
     ref = load_torch_components(pipe.model)
     ref.set_progress_bar_config(disable=True)
-    got, want = run_both(pipe, ref, **dict(KW, guidance_scale=6.0, num_frames=13))
+    extra = {"image": image()} if "i2v" in name else {}
+    got, want = run_both(pipe, ref, **dict(KW, guidance_scale=6.0, num_frames=13, **extra))
     assert np.abs(got - want).max() <= ATOL
 
 
@@ -242,6 +305,21 @@ def test_exported_graphs_equal_diffusers_modules():
                            image_rotary_emb=rotary, return_dict=False)[0]
     assert torch.allclose(graph(x, t, text, first, *rotary), want, atol=1e-5, rtol=0)
 
+    for name in ("tiny-cogvideox1.5", "tiny-cogvideox1.5-i2v"):  # pairs of latent frames; the ofs embedding
+        pipe = load_torch_components(resolve_model(name, progress=False))
+        graph = CogVideoXTransformerGraph(copy.deepcopy(pipe.transformer)).eval()
+        for b, f, h, w in ((2, 4, 4, 6), (1, 2, 8, 12), (2, 6, 2, 4)):
+            x, text = torch.randn(b, f, 4, h, w, generator=gen), torch.randn(b, 20, 32, generator=gen)
+            rotary = pipe._prepare_rotary_positional_embeddings(8 * h, 8 * w, f, "cpu")
+            full, extra, ofs = x, (), {}
+            if "i2v" in name:
+                first = torch.randn(b, 4, h, w, generator=gen)
+                full = torch.cat([x, torch.cat([first[:, None], torch.zeros_like(x[:, 1:])], dim=1)], dim=2)
+                extra, ofs = (first,), {"ofs": torch.full((1,), 2.0)}  # what CogVideoXImageToVideoPipeline feeds
+            want = pipe.transformer(hidden_states=full, encoder_hidden_states=text, timestep=t.long().expand(b),
+                                    image_rotary_emb=rotary, return_dict=False, **ofs)[0]
+            assert torch.allclose(graph(x, t, text, *extra, *rotary), want, atol=1e-5, rtol=0), (name, f, h, w)
+
     vae = ref.vae
     head, pair = CogVideoXVaeDecoderGraph(copy.deepcopy(vae)).eval(), CogVideoXVaeChunkGraph(copy.deepcopy(vae)).eval()
     convs = [m for m in vae.decoder.modules() if isinstance(m, CogVideoXCausalConv3d) and m.time_kernel_size > 1]
@@ -263,7 +341,7 @@ def test_exported_graphs_equal_diffusers_modules():
         assert torch.allclose(torch.cat(pieces, dim=2), want, atol=1e-5), frames
 
 
-def test_bad_requests_get_one_line_errors(cog, cog_i2v):
+def test_bad_requests_get_one_line_errors(cog, cog_i2v, cog15):
     pipe, _ = cog
     cases = [
         (dict(num_frames=11), "num_frames=11: vidrt's CogVideoX makes 4k\\+1 frames with k >= 1"),
@@ -284,11 +362,16 @@ def test_bad_requests_get_one_line_errors(cog, cog_i2v):
                             (dict(image=None), "image-to-video needs an image")]:
         with pytest.raises(VidrtError, match=message):
             i2v(**dict(KW, **{"image": image(), **change}))
+    pipe, _ = cog15
+    for change, message in [(dict(height=128), "128x48: CogVideoX 1.5's rotary positions reach 64x96"),
+                            (dict(max_sequence_length=227), "max_sequence_length=227: must be a whole number in 1..226")]:
+        with pytest.raises(VidrtError, match=message):
+            pipe(**dict(KW, **change))
 
 
 def test_folders_vidrt_cannot_serve_are_refused(tmp_path):
-    """A CogVideoX 1.5 transformer (temporal patches, ofs embedding) is refused with the
-    reason, before any export."""
+    """Temporal patches with a position table (laid out per latent frame in diffusers, so
+    its shapes do not add up there either) are refused with the reason, before any export."""
     import json
     import shutil
 
@@ -297,7 +380,7 @@ def test_folders_vidrt_cannot_serve_are_refused(tmp_path):
     folder = shutil.copytree(resolve_model("tiny-cogvideox", progress=False).folder, tmp_path / "cog15")
     cfg = json.loads((folder / "transformer" / "config.json").read_text())
     (folder / "transformer" / "config.json").write_text(json.dumps(cfg | {"patch_size_t": 2}))
-    with pytest.raises(VidrtError, match="CogVideoX 1.5"):
+    with pytest.raises(VidrtError, match="patch_size_t and a position table, which diffusers cannot run either"):
         resolve_model(str(folder), progress=False)
 
 
@@ -379,7 +462,7 @@ def test_tensorrt_profiles_and_fp16_build_of_the_transformer(tmp_path, monkeypat
     assert not any("to_q" in n or "MatMul" in n for n in fp32)
 
 
-@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-cogvideox-i2v"])
+@pytest.mark.parametrize("name", ["tiny-cogvideox", "tiny-cogvideox-i2v", "tiny-cogvideox1.5-i2v"])
 def test_int8_transformer_through_the_quantization_stage(tmp_path, t2v_engine_dir, name):
     """--precision int8 quantizes the transformer only (calibrated on latents noised along
     CogVideoX's SNR-shifted schedule with real prompt states; the image's latent and rotary
