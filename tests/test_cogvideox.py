@@ -406,6 +406,11 @@ def test_cogvideox_2b_preset_has_the_real_architecture():
     same = lambda a, b, but=(): all(a.config[k] == b.config[k] for k in b.config if not k.startswith("_") and k not in but)  # noqa: E731
     assert same(layers.vae, vae) and same(layers.transformer, transformer, but=("num_layers",))
     assert layers.text_encoder.config.d_model == 4096 and layers.transformer.config.num_layers == 2
+    with torch.device("meta"):  # --version 1.5: CogVideoX1.5-5B's layout, diffusers' own classes
+        layers = cogvideox_layers.build_pipeline(2, version="1.5")
+    t = layers.transformer.config
+    assert (t.num_attention_heads * t.attention_head_dim, t.patch_size_t, t.max_text_seq_length) == (3072, 2, 224)
+    assert layers.vae.config.invert_scale_latents and type(layers.scheduler).__name__ == "CogVideoXDPMScheduler"
 
 
 def test_generate_writes_an_mp4_and_run_bench_compares_with_diffusers(tmp_path, capsys, t2v_engine_dir):

@@ -69,6 +69,21 @@ PRESETS = {
 }
 
 
+# THUDM/CogVideoX1.5-5B's transformer (42 layers of 48 heads of 64, 5.6 B parameters) and VAE
+# (CogVideoX's, latents scaled by 0.7 and divided by it for the image): the layout
+# benchmarks/cogvideox_layers --version 1.5 builds, cut to N layers; no preset (its transformer
+# alone is 22 GB at fp32).
+COGVIDEOX_1_5_5B = {
+    "transformer": {"num_attention_heads": 48, "attention_head_dim": 64, "in_channels": 16, "out_channels": 16,
+                    "time_embed_dim": 512, "text_embed_dim": 4096, "num_layers": 42, "sample_width": 300,
+                    "sample_height": 300, "sample_frames": 81, "patch_size": 2, "patch_size_t": 2, "patch_bias": False,
+                    "max_text_seq_length": 224, "use_rotary_positional_embeddings": True,
+                    "use_learned_positional_embeddings": False},
+    "vae": {"scaling_factor": 0.7, "invert_scale_latents": True},
+    "scheduler": ("CogVideoXDPMScheduler", COGVIDEOX_5B_SCHEDULER),
+}
+
+
 def build_random_pipeline(name: str, seed: int):
     """Builds a diffusers CogVideoXPipeline (or CogVideoXImageToVideoPipeline) with seeded
     random weights."""
