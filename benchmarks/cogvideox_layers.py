@@ -13,8 +13,6 @@ in pairs, rotary positions; the VAE with its 0.7 scale and the DPM scheduler).
 
 from __future__ import annotations
 
-import sys
-
 from . import layer_folders
 
 LAYERS = 30
@@ -43,21 +41,11 @@ def build_pipeline(layers: int, seed: int = 0, version: str = "1.0"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    version = "1.0"
-    if "--version" in argv:  # the shared --layers/--seed/--output parser, after this module's one flag
-        i = argv.index("--version")
-        version = argv[i + 1] if i + 1 < len(argv) else ""
-        del argv[i : i + 2]
-        if version not in ("1.0", "1.5"):
-            print(f"--version {version!r}: CogVideoX 1.0 (2b) or 1.5 (5B); pass 1.0 or 1.5", file=sys.stderr)
-            return 2
-    if version == "1.5":
-        return layer_folders.main(argv, "cogvideox_layers", __doc__, lambda n, seed: build_pipeline(n, seed, "1.5"),
-                                  LAYERS_1_5, LAYERS_1_5, "CogVideoX1.5-5B transformer, {layers} of {real} layers, "
-                                  "CogVideoX VAE (scale 0.7), one-block T5")
+    version_1_5 = (lambda layers, seed: build_pipeline(layers, seed, "1.5"), LAYERS_1_5,
+                   "CogVideoX1.5-5B transformer, {layers} of {real} layers, CogVideoX VAE (scale 0.7), one-block T5")
     return layer_folders.main(argv, "cogvideox_layers", __doc__, build_pipeline, LAYERS, LAYERS,
-                              "CogVideoX-2b transformer, {layers} of {real} layers, CogVideoX VAE, one-block T5")
+                              "CogVideoX-2b transformer, {layers} of {real} layers, CogVideoX VAE, one-block T5",
+                              versions={"1.5": version_1_5})
 
 
 if __name__ == "__main__":

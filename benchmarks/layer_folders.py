@@ -18,17 +18,26 @@ def one_block_encoder(model_cls, config_cls, d_model: int, vocab_size: int):
     return model_cls(config).eval()
 
 
-def main(argv, module: str, doc: str, build, real_layers: int, default_layers: int, what: str) -> int:
+def main(argv, module: str, doc: str, build, real_layers: int, default_layers: int, what: str,
+         versions: dict | None = None) -> int:
     """``python -m vidrt.benchmarks.<module> --layers N --output DIR``: saves ``build(N, seed)``
     (a diffusers pipeline) with save_pretrained and says what it wrote (``what``: the
-    transformer's and the other components' description)."""
+    transformer's and the other components' description). ``versions``: other layouts of
+    the model, chosen by ``--version NAME``, each (build, real_layers, what) with
+    --layers defaulting to all of them."""
     p = argparse.ArgumentParser(prog=f"python -m vidrt.benchmarks.{module}", description=doc.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=default_layers, help=f"transformer blocks, 1..{real_layers}")
+    p.add_argument("--layers", type=int, default=None, help=f"transformer blocks, 1..{real_layers} (default {default_layers})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="folder to write (save_pretrained)")
+    if versions:
+        p.add_argument("--version", choices=list(versions), default=None, help="another layout than the default")
     args = p.parse_args(argv)
-    if not 1 <= args.layers <= real_layers:
-        p.error(f"--layers {args.layers}: the real transformer has {real_layers} blocks; choose 1..{real_layers}")
-    build(args.layers, args.seed).save_pretrained(args.output)
-    print(f"wrote {args.output}: {what.format(layers=args.layers, real=real_layers)} (RANDOM weights)")
+    if getattr(args, "version", None):
+        build, real_layers, what = versions[args.version]
+        default_layers = real_layers
+    layers = default_layers if args.layers is None else args.layers
+    if not 1 <= layers <= real_layers:
+        p.error(f"--layers {layers}: the real transformer has {real_layers} blocks; choose 1..{real_layers}")
+    build(layers, args.seed).save_pretrained(args.output)
+    print(f"wrote {args.output}: {what.format(layers=layers, real=real_layers)} (RANDOM weights)")
     return 0
