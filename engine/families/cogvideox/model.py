@@ -328,7 +328,7 @@ def transformer_spec(m: CogVideoXModel) -> ComponentSpec:
         fixed = {"F": m.latent_frames(frames), "h": height // s, "w": width // s}
         ranges = {k: DimRange(v, v) for k, v in fixed.items()}
     else:
-        largest = (m.largest_size or (MAX_PIXELS, MAX_PIXELS))
+        largest = m.largest_size or (MAX_PIXELS, MAX_PIXELS)
         ranges = {"F": DimRange(pt, m.loop_frames(m.max_frames), pt),
                   **{d: DimRange(p, min(MAX_PIXELS, side) // s // p * p, p) for d, side in zip("hw", largest)}}
     length = DimRange(m.max_text_length, m.max_text_length) if m.position_table else DimRange(1, m.max_text_length)
