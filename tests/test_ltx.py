@@ -297,19 +297,27 @@ def test_long_prompt_is_truncated_with_a_warning_at_the_caller(ltx):
     assert truncated.filename == __file__  # pointed at this call, not inside vidrt
 
 
+def _with_vae(tmp_path, preset: str, vae):
+    """A copy of ``preset``'s folder with ``vae`` (an AutoencoderKLLTXVideo) saved in it."""
+    import shutil
+
+    from vidrt.sources import resolve_model
+
+    folder = shutil.copytree(resolve_model(preset, progress=False).folder, tmp_path / "model")
+    vae.save_pretrained(folder / "vae")
+    return folder
+
+
 def _noise_injecting_folder(tmp_path):
     """tiny-ltx with noise injected as LTX-Video 0.9.1's decoder injects it, here by the
     resnets of the decoder's last two up blocks (the config lists blocks encoder-side
     first), their per-channel noise scales random (diffusers starts them at 0, which would
     hide the noise)."""
-    import shutil
-
     from diffusers import AutoencoderKLLTXVideo
 
     from vidrt.sources import resolve_model
 
-    folder = shutil.copytree(resolve_model("tiny-ltx", progress=False).folder, tmp_path / "ltx091")
-    old = AutoencoderKLLTXVideo.from_pretrained(folder / "vae")
+    old = AutoencoderKLLTXVideo.from_pretrained(resolve_model("tiny-ltx", progress=False).folder / "vae")
     vae = AutoencoderKLLTXVideo.from_config({**old.config, "decoder_inject_noise": (True, True, False, False, False)})
     vae.load_state_dict(old.state_dict(), strict=False)
     with torch.random.fork_rng(), torch.no_grad():
@@ -317,8 +325,7 @@ def _noise_injecting_folder(tmp_path):
         for name, p in vae.named_parameters():
             if "per_channel_scale" in name:
                 p.copy_(torch.rand_like(p) + 0.5)
-    vae.save_pretrained(folder / "vae")
-    return folder
+    return _with_vae(tmp_path, "tiny-ltx", vae)
 
 
 def test_a_decoder_that_injects_noise_matches_diffusers(tmp_path):
@@ -347,6 +354,47 @@ def test_a_decoder_that_injects_noise_matches_diffusers(tmp_path):
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= ATOL
     assert np.abs(frames(pipe, 1, **size) - got).max() > 1e-3
+
+
+def test_a_0_9_5_vae_matches_diffusers(tmp_path):
+    """LTX-Video 0.9.5+'s VAE layout (diffusers scripts/convert_ltx_to_diffusers.py, its
+    0.9.5 config): LTXVideo095DownBlock3D encoder blocks with spatial, temporal and
+    spatio-temporal downsampling, a decoder whose residual upsamplers halve the channels
+    (upsample_factor 2), timestep conditioning. Here scaled down to 8-32 channels, its
+    timestep tables random (diffusers starts some at 0), through the image-to-video
+    pipeline so the encoder runs too: frames equal diffusers' at 1 and 17 frames."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components, resolve_model
+
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        vae = AutoencoderKLLTXVideo(
+            latent_channels=8, block_out_channels=(8, 8, 16, 16, 16), down_block_types=("LTXVideo095DownBlock3D",) * 4,
+            decoder_block_out_channels=(8, 16, 32), layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1), spatio_temporal_scaling=(True, True, True, True),
+            decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
+            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=True,
+            patch_size=2, patch_size_t=1, encoder_causal=True, decoder_causal=False, spatial_compression_ratio=16,
+            temporal_compression_ratio=8).eval()
+        vae.latents_mean.copy_(0.1 * torch.randn(8))
+        vae.latents_std.copy_(0.5 + torch.rand(8))
+        for name, p in vae.named_parameters():
+            if "scale_shift_table" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    folder = _with_vae(tmp_path, "tiny-ltx-i2v", vae)
+    pipe = VideoPipeline.from_pretrained(str(folder), engine_dir=tmp_path / "engines", backend="onnxruntime",
+                                         progress=False)
+    ref = load_torch_components(resolve_model(str(folder), progress=False))
+    ref.set_progress_bar_config(disable=True)
+    assert (pipe.model.vae_scale_factor, pipe.model.temporal_factor) == (16, 8)
+    for frames, height, width in ((17, 32, 64), (1, 64, 32)):
+        kw = dict(KW, image=an_image(), num_frames=frames, height=height, width=width, guidance_scale=3.0)
+        got, want = run_both(pipe, ref, **kw)
+        assert got.shape == want.shape == (1, frames, height, width, 3)
+        assert np.abs(got - want).max() <= ATOL
 
 
 def test_generate_writes_an_mp4_and_run_bench_compares_with_diffusers(tmp_path, capsys, t2v_engine_dir):
