@@ -79,8 +79,9 @@ class ModelFolderMixin:
 
 class FirstFrameVaeMixin:
     """A video VAE that keeps the first frame and packs ``temporal_factor`` frames into each
-    later latent frame (Wan's packs 4, LTX-Video's 8): videos of (temporal_factor)k+1
-    frames, sizes multiples of ``pixel_multiple``. ``family_name`` names the model in errors."""
+    later latent frame (Wan's and CogVideoX's pack 4, LTX-Video's 8): videos of
+    (temporal_factor)k+1 frames, sizes multiples of ``pixel_multiple``. ``family_name``
+    names the model in errors."""
 
     family_name = ""
 

@@ -16,7 +16,8 @@ returns them updated; for an even count (13 frames: 4) the first pair is a
 ``vae_decoder_chunk`` call too, told (``first``) to pad as a clip's start instead of
 reading caches, and its frames are upsampled in time like every pair's, so a request for
 4k+1 frames with an even latent count gets 4k+4 (13 -> 16), as from diffusers. Requests
-are 4k+1 frames, k >= 1 (one frame alone would be a third kind of chunk).
+are 4k+1 frames; one frame (one latent frame, a third kind of chunk in diffusers) is
+decoded as a pair of copies of it (see the pipeline's ``_decode``).
 
 CogVideoX 1.5 (``patch_size_t``: the transformer patches pairs of latent frames) denoises
 the latent frames padded to a multiple of the pair, the padding in front, and drops the
@@ -33,7 +34,8 @@ from pathlib import Path
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
 from ...split import TOKENS, SplitDenoiserMixin, StageTensors
-from ...model_folder import MAX_BATCH, MAX_PIXELS, PRESET_MARKER, ModelFolderMixin, SplitTextEncoderMixin
+from ...model_folder import (MAX_BATCH, MAX_PIXELS, PRESET_MARKER, FirstFrameVaeMixin, ModelFolderMixin,
+                             SplitTextEncoderMixin)
 from ...model_folder import read_json as _read_json
 from ..ltx.model import text_encoder_spec
 
@@ -44,7 +46,7 @@ TEXT_LENGTH = 226  # diffusers' CogVideoX pipelines' max_sequence_length default
 
 
 @dataclasses.dataclass(frozen=True)
-class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin):
+class CogVideoXModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, ModelFolderMixin):
     """Configs of a CogVideoXPipeline folder (model_index.json layout)."""
 
     folder: Path
@@ -206,10 +208,6 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
     def max_frames(self) -> int:
         return self.temporal_factor * (MAX_LATENT_FRAMES - 1) + 1
 
-    def latent_frames(self, num_frames: int) -> int:
-        """Latent frames decoded into ``num_frames``."""
-        return (num_frames - 1) // self.temporal_factor + 1
-
     def loop_frames(self, num_frames: int) -> int:
         """Latent frames the loop denoises: latent_frames, padded up to a multiple of
         patch_size_t (CogVideoX 1.5; the padding is dropped before decoding)."""
@@ -217,16 +215,12 @@ class CogVideoXModel(SplitDenoiserMixin, SplitTextEncoderMixin, ModelFolderMixin
         return -(-n // p) * p
 
     def check_frames(self, num_frames: int) -> None:
-        """Raises VidrtError unless num_frames is 4k+1 with k >= 1 (see the module's
-        docstring), within range; a learned position table fixes it."""
-        k = self.temporal_factor
+        """Raises VidrtError unless num_frames is 4k+1 within range; a learned position
+        table fixes it."""
         if self.learned_positions and num_frames != self.sample_size[0]:
             raise VidrtError(f"num_frames={num_frames}: this CogVideoX transformer's learned position table "
                              f"(CogVideoX-5b-I2V's) is for {self.sample_size[0]} frames; pass that")
-        if num_frames < k + 1 or (num_frames - 1) % k or num_frames > self.max_frames:
-            near = min(self.max_frames, max(k + 1, (num_frames - 1) // k * k + 1))
-            raise VidrtError(f"num_frames={num_frames}: vidrt's CogVideoX makes {k}k+1 frames with k >= 1 ({k + 1}, "
-                             f"{2 * k + 1}, ... {self.max_frames}; 49 is CogVideoX's own); try {near}")
+        super().check_frames(num_frames)
 
     def check_size(self, height: int, width: int) -> None:
         """Raises VidrtError unless the size is a positive multiple of pixel_multiple (and,

@@ -146,11 +146,18 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
         """The VAE decoder in diffusers' chunks, video by video: an odd latent count starts
         with latent frames 0..2 (2k+1 frames and the caches), an even one with a pair
         flagged ``first``; each next pair gives 2k frames from the caches (so an even count
-        F gives k*F frames, not k*(F-1)+1: 16 for 13 requested, as in diffusers). Returns
-        [V, 3, T, H, W] in [-1, 1]."""
+        F gives k*F frames, not k*(F-1)+1: 16 for 13 requested, as in diffusers). One latent
+        frame (diffusers decodes it alone, to one frame) is decoded as a first pair of two
+        copies of it, which gives 2k copies of that frame: each convolution's window holds
+        copies only, GroupNorm's statistics over copies are the frame's own, and the
+        upsampling is nearest-neighbour (2k frames' work for one; no engine of its own to
+        build for such a rare request). Returns [V, 3, T, H, W] in [-1, 1]."""
         t0 = self._now()
         head, chunk = self.engines["vae_decoder"], self.engines["vae_decoder_chunk"]
         s, k = self.model.vae_scale_factor, self.model.temporal_factor
+        single = latents.shape[1] == 1
+        if single:
+            latents = latents.expand(-1, 2, -1, -1, -1)
         v, t, _, h, w = latents.shape
         start = FIRST_CHUNK if t % 2 else 0  # latent frames the 3-frame chunk decodes
         out = torch.empty((v, 3, k * (t - 1) + 1 if start else k * t, h * s, w * s), device=self.device)
@@ -176,7 +183,7 @@ class CogVideoXTextToVideoPipeline(BasePipeline):
                 done += 2 * k
                 caches = written
         self.timings.vae_decoder = self._now() - t0
-        return out
+        return out[:, :, :1] if single else out
 
 
 def rotary_tables(model, height: int, width: int, frames: int, device="cpu"):
