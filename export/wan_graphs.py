@@ -196,8 +196,9 @@ class UMT5PartGraph(torch.nn.Module):
 
 class _VaeChunkBase(torch.nn.Module):
     """The Wan VAE decoder on one latent frame through diffusers' own cached code path
-    (``feat_cache``/``feat_idx``), latents un-normalised with the config's
-    latents_mean/latents_std as WanPipeline does, frames clamped to [-1, 1]."""
+    (``feat_cache``/``feat_idx``; ``first_chunk``, which Wan 2.2's residual upsampling
+    shortcuts read), latents un-normalised with the config's latents_mean/latents_std as
+    WanPipeline does, Wan 2.2's pixel patches unpacked, frames clamped to [-1, 1]."""
 
     def __init__(self, vae):
         super().__init__()
@@ -213,8 +214,12 @@ class _VaeChunkBase(torch.nn.Module):
                 m.resample[0] = torch.nn.Upsample(scale_factor=2.0, mode="nearest")  # nearest-exact at 2x is nearest
 
     def _decode(self, latents, caches: list, first: bool):
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
         x = self.vae.post_quant_conv(latents * self.std + self.mean)
         frames = self.vae.decoder(x, feat_cache=caches, feat_idx=[0], first_chunk=first)
+        if self.vae.config.patch_size is not None:  # Wan 2.2's VAE: 2x2 pixel patches as channels
+            frames = unpatchify(frames, patch_size=self.vae.config.patch_size)
         return frames.clamp(-1.0, 1.0)
 
 

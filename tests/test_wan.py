@@ -1,5 +1,5 @@
-"""Wan 2.1 / 2.2 (diffusers WanPipeline): tiny-wan and tiny-wan22 against diffusers on the
-same components, and each exported graph against diffusers' own modules.
+"""Wan 2.1 / 2.2 (diffusers WanPipeline): tiny-wan, tiny-wan22 and tiny-wan22-ti2v against
+diffusers on the same components, and each exported graph against diffusers' own modules.
 
 Tolerance: frames within 2e-3 max abs of diffusers at fp32 (the issue's bar); both sides
 are fp32 and differ in kernel summation order, the batched guidance halves and the text
@@ -156,10 +156,9 @@ def test_exported_graphs_equal_diffusers_modules():
     """The graph-friendly RMSNorm and attention, and the VAE decoder with its caches as
     inputs and outputs, compute what diffusers' modules do: the transformer at two shapes,
     and given diffusers' zero-padded text collapsed (collapse_padding: fewer padding
-    tokens, their logits raised by the log of how many each stands for); the first-frame
-    and chunk graphs chained against diffusers' decode at 1, 2 and 5 latent frames."""
+    tokens, their logits raised by the log of how many each stands for); the VAE's
+    first-frame and chunk graphs (check_vae_chunks)."""
     from vidrt.export.graphs import component_graph
-    from vidrt.families.wan.model import decoder_caches
     from vidrt.families.wan.pipeline import collapse_padding
     from vidrt.sources import load_torch_component, resolve_model
 
@@ -178,14 +177,25 @@ def test_exported_graphs_equal_diffusers_modules():
         short, bias = collapse_padding(padded)
         assert short.shape == (2, 8, 32) and (bias[:, :3] == 0).all() and (bias[1, 5:] > 0).all()
         assert (graph(x.expand(2, -1, -1, -1, -1), torch.tensor([300.0]), short, bias) - want).abs().max() <= 1e-5
-        vae = load_torch_component(model, "vae_decoder")
-        first = component_graph("vae_decoder", copy.deepcopy(vae))
-        chunk = component_graph("vae_decoder_chunk", copy.deepcopy(vae))
-        cfg = vae.config
-        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+    check_vae_chunks(model, gen)
+
+
+def check_vae_chunks(model, gen):
+    """The first-frame and chunk graphs chained against diffusers' decode at 1, 2 and 5
+    latent frames, and the caches they pass the layout decoder_caches declares."""
+    from vidrt.export.graphs import component_graph
+    from vidrt.families.wan.model import decoder_caches
+    from vidrt.sources import load_torch_component
+
+    vae = load_torch_component(model, "vae_decoder")
+    first = component_graph("vae_decoder", copy.deepcopy(vae))
+    chunk = component_graph("vae_decoder_chunk", copy.deepcopy(vae))
+    cfg, s = vae.config, model.vae_scale_factor
+    mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
         for t in (1, 2, 5):
-            z = torch.randn(1, 16, t, 3, 5, generator=gen)
+            z = torch.randn(1, cfg.z_dim, t, 3, 5, generator=gen)
             want = vae.decode(z * std + mean).sample
             frames, *caches = first(z[:, :, :1])
             # the cache layout the specs declare is the one diffusers' decoder fills
@@ -195,8 +205,63 @@ def test_exported_graphs_equal_diffusers_modules():
                 frames, *caches = chunk(z[:, :, j : j + 1], *caches)
                 got.append(frames)
             got = torch.cat(got, 2)
-            assert got.shape == want.shape and want.shape[2] == 4 * t - 3
+            assert got.shape == want.shape == (1, 3, 4 * t - 3, 3 * s, 5 * s)
             assert (got - want).abs().max() <= 1e-5
+
+# Wan 2.2 TI2V-5B's layout (tiny-wan22-ti2v): 48 latent channels, expand_timesteps, the Wan
+# 2.2 VAE (residual blocks, 2x2 pixel patches, spatial factor 16: sizes in multiples of 32).
+@pytest.fixture(scope="module")
+def ti2v(t2v_engine_dir):
+    """(vidrt pipeline on ONNX Runtime, diffusers' WanPipeline from the same folder)."""
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components, resolve_model
+
+    pipe = VideoPipeline.from_pretrained("tiny-wan22-ti2v", engine_dir=t2v_engine_dir("tiny-wan22-ti2v"),
+                                         backend="onnxruntime", progress=False)
+    ref = load_torch_components(resolve_model("tiny-wan22-ti2v", progress=False))
+    ref.set_progress_bar_config(disable=True)
+    ref.folder_scheduler = ref.scheduler
+    assert ref.config.expand_timesteps  # diffusers runs its per-token timestep path
+    return pipe, ref
+
+
+@pytest.mark.parametrize("frames,height,width,guidance,sampler", [
+    (9, 32, 64, 5.0, None), (1, 32, 32, 5.0, "flow-euler"), (5, 64, 32, 1.0, None), (13, 32, 32, 5.0, None)])
+def test_wan22_ti2v_matches_diffusers(ti2v, frames, height, width, guidance, sampler):
+    """Text to video on TI2V-5B's layout: frame 0 alone and later latent frames through the
+    Wan 2.2 VAE's residual upsampling, guidance on and off, both samplers."""
+    pipe, ref = ti2v
+    kw = dict(KW, num_frames=frames, height=height, width=width, guidance_scale=guidance)
+    got, want = run_both(pipe, ref, sampler, seed=4, **kw)
+    assert got.shape == want.shape == (1, frames, height, width, 3)
+    assert np.abs(got - want).max() <= ATOL
+    assert want.std() > 0.01
+
+
+def test_wan22_ti2v_graphs_equal_diffusers_modules():
+    """The transformer graph (one timestep per video) against diffusers' transformer given
+    WanPipeline's expand_timesteps input (the step's timestep for every token, [B, tokens]);
+    the Wan 2.2 VAE's first-frame and chunk graphs against its decode."""
+    from vidrt.export.graphs import component_graph
+    from vidrt.sources import load_torch_component, resolve_model
+
+    model = resolve_model("tiny-wan22-ti2v", progress=False)
+    transformer = load_torch_component(model, "transformer")
+    graph = component_graph("transformer", copy.deepcopy(transformer))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x, text = torch.randn(2, 48, 3, 4, 6, generator=gen), torch.randn(2, 7, 32, generator=gen)
+        per_token = torch.full((2, 3 * 2 * 3), 700.0)
+        want = transformer(x, per_token, text, return_dict=False)[0]
+        assert (graph(x, torch.tensor([700.0]), text, torch.zeros(2, 7)) - want).abs().max() <= 1e-5
+    check_vae_chunks(model, gen)
+
+
+def test_wan22_ti2v_sizes_are_multiples_of_32(ti2v):
+    pipe, _ = ti2v
+    with pytest.raises(VidrtError, match=re.escape("multiples of 32 for Wan, got 48x64; try 32x64")):
+        pipe(**dict(KW, height=48, width=64))
+
 
 def test_text_states_are_zero_past_each_prompt(wan):
     pipe, ref = wan

@@ -1,6 +1,7 @@
 """What vidrt needs to know about a Wan 2.1 / 2.2 text-to-video folder (diffusers'
-WanPipeline: UMT5 text encoder, one or two WanTransformer3DModel experts, the Wan VAE),
-and its component descriptions. JSON configs only; no torch model is built.
+WanPipeline: UMT5 text encoder, one or two WanTransformer3DModel experts, the Wan VAE; or
+Wan 2.2 TI2V-5B's one expert and Wan 2.2 VAE), and its component descriptions. JSON
+configs only; no torch model is built.
 
 The components: ``text_encoder`` (token ids and mask -> hidden states), ``transformer``
 (and ``transformer_2``, Wan 2.2's low-noise expert) on latents [B, C, F, h, w], and the
@@ -82,12 +83,10 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         if experts["transformer"] is None:
             raise VidrtError(f"{folder}: model_index.json lists no transformer; vidrt needs the high-noise expert "
                              "(a folder saved by WanPipeline.save_pretrained has it)")
-        if index.get("expand_timesteps"):
-            raise VidrtError(f"{folder} is a Wan 2.2 TI2V folder (expand_timesteps); vidrt serves Wan 2.1 and 2.2 T2V")
+        # Wan 2.2 TI2V-5B's folder says expand_timesteps: WanPipeline then hands the transformer
+        # one timestep per token, for text to video the step's own for every token, which
+        # computes what one timestep per video does (the same time-embedding row repeated).
         vae = _read_json(folder / "vae" / "config.json", folder)
-        if vae.get("is_residual") or vae.get("patch_size"):
-            raise VidrtError(f"{folder}: the Wan 2.2 TI2V VAE (is_residual, patch_size) is not supported yet; "
-                             "vidrt serves the Wan 2.1 VAE that Wan 2.1 and Wan 2.2 T2V use")
         boundary = index.get("boundary_ratio")
         if experts["transformer_2"] is not None and boundary is None:
             raise VidrtError(f"{folder}: a transformer_2 without boundary_ratio in model_index.json; "
@@ -160,7 +159,8 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
 
     @property
     def pixel_multiple(self) -> int:
-        """Wan's height and width must be multiples of 16 (VAE 8 x patch 2)."""
+        """Height and width: multiples of the VAE's factor times the patch (Wan 2.1: 8 x 2;
+        Wan 2.2 TI2V-5B: 16 x 2)."""
         return self.vae_scale_factor * self.patch_size[1]
 
     @property
@@ -299,11 +299,12 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
 
 
 def decoder_caches(vae: dict) -> list[tuple[int, int]]:
-    """(channels, spatial scale over the latent) of each cache of the Wan 2.1 VAE decoder, in
+    """(channels, spatial scale over the latent) of each cache of the Wan VAE decoder, in
     the order diffusers' ``feat_idx`` walks them: every causal 3x3x3 convolution keeps its
     last two input frames (conv_in; each residual block's two convolutions; the temporal
-    convolution of each 'upsample3d'; conv_out). Written from WanDecoder3d's constructor;
-    tests compare it with the caches diffusers' decoder really fills."""
+    convolution of each 'upsample3d'; conv_out). The Wan 2.1 decoder's upsamplers halve the
+    channels; Wan 2.2's (``is_residual``) keep them. Written from WanDecoder3d's
+    constructor; tests compare it with the caches diffusers' decoder really fills."""
     base = int(vae.get("decoder_base_dim") or vae.get("base_dim", 96))
     mult = list(vae.get("dim_mult", [1, 2, 4, 4]))
     res_blocks = int(vae.get("num_res_blocks", 2))
@@ -312,7 +313,7 @@ def decoder_caches(vae: dict) -> list[tuple[int, int]]:
     caches, scale = [(int(vae.get("z_dim", 16)), 1)], 1
     caches += [(dims[0], 1)] * 4  # the middle block's two residual blocks
     for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-        in_dim = in_dim // 2 if i > 0 else in_dim
+        in_dim = in_dim // 2 if i > 0 and not vae.get("is_residual") else in_dim
         caches += [(in_dim, scale), (out_dim, scale)] + [(out_dim, scale), (out_dim, scale)] * res_blocks
         if i != len(mult) - 1:  # an upsampler: temporal ones keep a cache, every one doubles the size
             if upsample_time[i]:

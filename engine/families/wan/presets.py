@@ -1,8 +1,10 @@
 """Offline Wan presets: seeded random weights and a T5-style tokenizer trained here.
 
-``tiny-wan`` (Wan 2.1) and ``tiny-wan22`` (Wan 2.2, two experts switched at
-``boundary_ratio``) have diffusers' WanPipeline fast-test sizes, with a tiny UMT5 text
-encoder. ``wan2.1-t2v-1.3b`` is the real Wan2.1-T2V-1.3B architecture (transformer dim
+``tiny-wan`` (Wan 2.1), ``tiny-wan22`` (Wan 2.2, two experts switched at
+``boundary_ratio``) and ``tiny-wan22-ti2v`` (Wan 2.2 TI2V-5B's layout: one expert on 48
+latent channels, ``expand_timesteps``, the Wan 2.2 VAE with its residual blocks and 2x2
+pixel patches, spatial factor 16) have diffusers' WanPipeline fast-test sizes, with a tiny
+UMT5 text encoder. ``wan2.1-t2v-1.3b`` is the real Wan2.1-T2V-1.3B architecture (transformer dim
 1536, 30 layers; the Wan 2.1 VAE; UMT5-XXL's 5.7B-parameter encoder). Its text encoder
 is created and saved in bf16, as Wan itself ships it: at fp32 it would take 22.7 GB of
 this 24 GB machine; vidrt exports it in parts (model.text_encoder_blocks).
@@ -26,6 +28,15 @@ _TINY_TRANSFORMER = {
 }
 _TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
              "temperal_downsample": [False, True, True]}
+# Wan 2.2's VAE as diffusers' Wan 2.2 5B fast tests size it, its latents_mean/latents_std
+# varied (deterministically) so the denormalisation is exercised.
+_TINY_VAE_22 = {"base_dim": 3, "z_dim": 48, "in_channels": 12, "out_channels": 12, "is_residual": True,
+                "patch_size": 2, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1, "scale_factor_spatial": 16,
+                "scale_factor_temporal": 4, "temperal_downsample": [False, True, True],
+                "latents_mean": [round(0.1 * ((7 * i) % 11 - 5), 2) for i in range(48)],
+                "latents_std": [round(0.5 + (5 * i) % 9 / 10, 2) for i in range(48)]}
+# As Wan2.2-TI2V-5B-Diffusers ships it: UniPC on flow sigmas, shift 5.
+WAN22_TI2V_SCHEDULER = dict(WAN_SCHEDULER, flow_shift=5.0)
 _TINY_UMT5 = {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 4,
               "relative_attention_num_buckets": 8, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
 
@@ -34,6 +45,8 @@ PRESETS = {
                  "scheduler": WAN_SCHEDULER},
     "tiny-wan22": {"transformer": _TINY_TRANSFORMER, "transformer_2": _TINY_TRANSFORMER, "boundary_ratio": 0.875,
                    "vae": _TINY_VAE, "text_encoder": _TINY_UMT5, "scheduler": WAN_SCHEDULER},
+    "tiny-wan22-ti2v": {"transformer": dict(_TINY_TRANSFORMER, in_channels=48, out_channels=48), "vae": _TINY_VAE_22,
+                        "text_encoder": _TINY_UMT5, "scheduler": WAN22_TI2V_SCHEDULER, "expand_timesteps": True},
     "wan2.1-t2v-1.3b": {
         "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
                         "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
@@ -94,7 +107,7 @@ def build_random_pipeline(name: str, seed: int):
         transformer_2 = WanTransformer3DModel(**cfg["transformer_2"]).eval() if "transformer_2" in cfg else None
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
-                       boundary_ratio=cfg.get("boundary_ratio"))
+                       boundary_ratio=cfg.get("boundary_ratio"), expand_timesteps=cfg.get("expand_timesteps", False))
 
 
 def _text_encoder(cls, config, dtype):
