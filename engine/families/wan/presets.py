@@ -63,6 +63,21 @@ PRESETS = {
     },
 }
 
+# Wan2.2-TI2V-5B-Diffusers' transformer and VAE configs (its VAE's latents_mean/latents_std
+# left at 0 and 1: with random weights they only shift and scale). No preset: the
+# transformer alone is 20 GB at fp32; benchmarks/wan_layers --version 2.2-ti2v cuts it.
+WAN22_TI2V_5B = {
+    "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 24, "attention_head_dim": 128,
+                    "in_channels": 48, "out_channels": 48, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 14336,
+                    "num_layers": 30, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
+                    "rope_max_seq_len": 1024},
+    "vae": {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "in_channels": 12, "out_channels": 12,
+            "is_residual": True, "patch_size": 2, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+            "scale_factor_spatial": 16, "scale_factor_temporal": 4, "temperal_downsample": [False, True, True],
+            "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48},
+    "scheduler": WAN22_TI2V_SCHEDULER,
+}
+
 
 def train_tokenizer(vocab_size: int = 400, max_length: int = 512):
     """A T5-format Unigram tokenizer trained on the built-in corpus: ``<pad>`` 0, ``</s>`` 1,
