@@ -33,6 +33,7 @@ STAGES = {
     "text-to-video-sd": ("text_encoder", "unet", "vae_decoder"),
     "animatediff": ("text_encoder", "unet", "vae_decoder"),
     "wan": ("text_encoder", "transformer", "vae_decoder"),
+    "wan-i2v": ("text_encoder", "vae_encoder", "transformer", "vae_decoder"),
     "ltx": ("text_encoder", "transformer", "vae_decoder"),
     "ltx-i2v": ("text_encoder", "vae_encoder", "transformer", "vae_decoder"),
     "cogvideox": ("text_encoder", "transformer", "vae_decoder"),
@@ -83,7 +84,7 @@ class BenchConfig(RequestOptions):
             return {"image": [image] * self.batch_size if self.batch_size > 1 else image}
         prompt = DEFAULT_PROMPT if self.prompt is None else self.prompt
         out = {"prompt": [prompt] * self.batch_size if self.batch_size > 1 else prompt}
-        if model.takes_image:  # LTX image to video: one image, every video starts from it
+        if model.takes_image:  # a DiT's image to video: one image, every video starts from it
             out["image"] = bench_image(self)
         return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
 

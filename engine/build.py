@@ -128,7 +128,7 @@ def prepare_engines(
     for p in set(precisions.values()):
         backend.check_precision(p)
     quantized = [c for c, p in precisions.items() if p in QUANTIZED]
-    if quantized and model.kind not in ("image-to-video", "wan", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):
+    if quantized and model.kind not in ("image-to-video", "wan", "wan-i2v", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):
         raise VidrtError(
             f"--precision {precisions[quantized[0]]}: the quantization stage calibrates SVD-family and diffusion "
             "transformer models only so far; build ModelScope and AnimateDiff engines with fp32 or bf16"

@@ -297,6 +297,19 @@ class BasePipeline(abc.ABC):
         self.timings.text_encoder = self._now() - t0
         return states["last_hidden_state"], tok.attention_mask.to(torch.int64).to(self.device)
 
+    def _image_pixels(self, image, videos: int, per_prompt: int, height: int, width: int) -> torch.Tensor:
+        """``image`` (one image, or one per prompt) resized to height x width as diffusers'
+        video processor does: [images, 3, H, W] in [-1, 1].
+
+        Raises:
+            VidrtError: the number of images fits neither one nor one per prompt.
+        """
+        images = image if isinstance(image, list) else [image]
+        prompts = videos // per_prompt
+        if len(images) not in (1, prompts):
+            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
+        return self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
+
     def _sample_image_latents(self, image, videos: int, per_prompt: int, generator, height: int, width: int):
         """Each image encoded by the ``vae_encoder`` engine (mean and std of its latent) and
         its latent sampled from the request's generator, image by image, as diffusers'
@@ -307,11 +320,7 @@ class BasePipeline(abc.ABC):
         Raises:
             VidrtError: the number of images fits neither one nor one per prompt.
         """
-        images = image if isinstance(image, list) else [image]
-        prompts = videos // per_prompt
-        if len(images) not in (1, prompts):
-            raise VidrtError(f"{len(images)} images for {prompts} prompts; pass one image, or one per prompt")
-        pixels = self.video_processor.preprocess(images, height=height, width=width).to(torch.float32)
+        pixels = self._image_pixels(image, videos, per_prompt, height, width)
         if isinstance(generator, list):
             pixels = pixels.repeat_interleave(videos // len(images), dim=0)
         t0 = self._now()

@@ -134,17 +134,18 @@ def _flag_kwargs(cfg: GenerateConfig, model, image) -> dict:
             decode_chunk_size=cfg.decode_chunk_size,
         )
     text = dict(prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, num_videos_per_prompt=cfg.batch_size)
-    if cfg.guidance_scale_2 is not None and model.kind != "wan":
+    if cfg.guidance_scale_2 is not None and model.kind not in ("wan", "wan-i2v"):
         raise VidrtError("--guidance-scale-2 is for Wan 2.2's second expert; this model has none")
-    if model.kind in ("wan", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):  # the diffusion transformers
+    if model.kind in ("wan", "wan-i2v", "ltx", "ltx-i2v", "cogvideox", "cogvideox-i2v"):  # the diffusion transformers
         if cfg.decode_chunk_size is not None:
             how = {"wan": "decodes one latent frame (4 frames) per call",
+                   "wan-i2v": "decodes one latent frame (4 frames) per call",
                    "cogvideox": "decodes the latent frames in diffusers' chunks (3, then pairs)",
                    "cogvideox-i2v": "decodes the latent frames in diffusers' chunks (3, then pairs)"}.get(
                 model.kind, "decodes the whole latent clip in one call")
             raise VidrtError(f"--decode-chunk-size: this model's VAE {how}, as diffusers does; drop the flag")
         scale = cfg.guidance_scale if cfg.guidance_scale is not None else model.default_guidance_scale
-        extra = dict(guidance_scale_2=cfg.guidance_scale_2) if model.kind == "wan" else {}
+        extra = dict(guidance_scale_2=cfg.guidance_scale_2) if model.kind in ("wan", "wan-i2v") else {}
         extra |= dict(image=image) if image is not None else {}
         return common | text | dict(num_frames=cfg.frames(model), guidance_scale=scale) | extra
     return common | text | dict(guidance_scale=cfg.guidance_scale, decode_chunk_size=cfg.decode_chunk_size or 16)

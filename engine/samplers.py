@@ -23,7 +23,8 @@ SAMPLERS = ("euler", "animatelcm", "ddim", "lcm", "dpm++", "scheduler", "flow-eu
 # Flow-matching models (Wan) predict a velocity: the folder's scheduler (UniPC on flow
 # sigmas) or flow-matching Euler.
 SAMPLERS_FOR = {"image-to-video": ("euler", "animatelcm"), "text-to-video": ("ddim", "lcm", "dpm++", "euler", "scheduler"),
-                "wan": ("scheduler", "flow-euler"), "ltx": ("flow-euler", "scheduler"),
+                "wan": ("scheduler", "flow-euler"), "wan-i2v": ("scheduler", "flow-euler"),
+                "ltx": ("flow-euler", "scheduler"),
                 "ltx-i2v": ("flow-euler", "scheduler"), "cogvideox": ("ddim", "cogvideox-dpm", "scheduler"),
                 "cogvideox-i2v": ("ddim", "cogvideox-dpm", "scheduler")}
 # A model folder's scheduler class -> the sampler that steps as it does.
@@ -470,8 +471,8 @@ def check_sampler(name: str | None, kind: str) -> None:
     """Raises VidrtError when sampler ``name`` does not fit a model of ``kind``."""
     allowed = SAMPLERS_FOR.get(kind, SAMPLERS_FOR["text-to-video"])
     if name is not None and name not in allowed:
-        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan", "ltx": "LTX-Video", "ltx-i2v": "LTX-Video",
-                "cogvideox": "CogVideoX", "cogvideox-i2v": "CogVideoX"}.get(kind, "text-to-video")
+        what = {"image-to-video": "image-to-video (SVD)", "wan": "Wan", "wan-i2v": "Wan", "ltx": "LTX-Video",
+                "ltx-i2v": "LTX-Video", "cogvideox": "CogVideoX", "cogvideox-i2v": "CogVideoX"}.get(kind, "text-to-video")
         raise VidrtError(f"--sampler {name} is not for {what} models; choose one of {', '.join(allowed)}")
 
 

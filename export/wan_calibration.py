@@ -35,13 +35,16 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
     return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts),
                         lambda k: dict(zip(("encoder_hidden_states", "text_bias"),
-                                           collapse_padding(torch.cat([states[:1], states[k + 1 : k + 2]])))))
+                                           collapse_padding(torch.cat([states[:1], states[k + 1 : k + 2]])))),
+                        image=model.image_to_video)
 
 
-def flow_batches(model, cfg, shape, timesteps: list[float], prompts: int, text_inputs) -> list[dict[str, torch.Tensor]]:
+def flow_batches(model, cfg, shape, timesteps: list[float], prompts: int, text_inputs,
+                 image: bool = False) -> list[dict[str, torch.Tensor]]:
     """Per prompt k (a fresh x0) and timestep t: the guidance pair of flow latents
     ``(1 - sigma)·x0 + sigma·noise`` (sigma = t / num_train_timesteps), the timestep, and
-    ``text_inputs(k)``: the prompt's states stacked after the empty negative's."""
+    ``text_inputs(k)``: the prompt's states stacked after the empty negative's; with
+    ``image`` (Wan TI2V-5B's image to video) x0's clean frame 0 as ``image_latents``."""
     gen = torch.Generator().manual_seed(cfg.seed)
     train = int(model.scheduler.get("num_train_timesteps", 1000))
     batches = []
@@ -50,7 +53,10 @@ def flow_batches(model, cfg, shape, timesteps: list[float], prompts: int, text_i
         for t in timesteps:
             sigma = t / train
             x = (1 - sigma) * x0 + sigma * torch.randn(shape, generator=gen)
-            batches.append({"sample": torch.cat([x, x]), "timestep": torch.tensor([float(t)]), **text_inputs(k)})
+            batch = {"sample": torch.cat([x, x]), "timestep": torch.tensor([float(t)]), **text_inputs(k)}
+            if image:
+                batch["image_latents"] = torch.cat([x0[:, :, 0], x0[:, :, 0]])
+            batches.append(batch)
     return batches
 
 

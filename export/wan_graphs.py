@@ -103,35 +103,56 @@ class WanTransformerGraph(torch.nn.Module):
     """WanTransformer3DModel on [B, C, F, h, w] latents, one timestep for the whole
     batch (expanded here, as WanPipeline does), [B, L, D] text states and the [B, L]
     logit bias of their tokens in every cross-attention (where vidrt collapsed diffusers'
-    identical padding tokens into fewer: families/wan/pipeline.py ``collapse_padding``)."""
+    identical padding tokens into fewer: families/wan/pipeline.py ``collapse_padding``);
+    for TI2V-5B's image to video also the image's latent [B, C, h, w] (WanStages)."""
 
     def __init__(self, transformer):
         super().__init__()
         self.transformer = exportable_transformer(transformer)
+        self.stages = WanStages(transformer)
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_bias):
+    def forward(self, sample, timestep, encoder_hidden_states, text_bias, image_latents=None):
+        if image_latents is not None:
+            return self.stages(sample, timestep, encoder_hidden_states, text_bias, image_latents)
         t = timestep.expand(sample.shape[0])
         with cross_attention_bias(self.transformer, text_bias[:, None, None, :]):
             return self.transformer(sample, t, encoder_hidden_states, return_dict=False)[0]
 
 
 class WanStages(DenoiserStages):
-    """WanTransformer3DModel.forward (text to video) in the three parts step caching cuts
-    it into (export/split_graphs.py), each diffusers' own code: streams (video tokens),
-    context (projected text states, the [B, 6, D] timestep projection, rotary cos and
-    sin), final (the time embedding for the output norm's shift and scale)."""
+    """WanTransformer3DModel.forward in the three parts step caching cuts it into
+    (export/split_graphs.py), each diffusers' own code: streams (video tokens), context
+    (projected text states, the [B, 6, D] timestep projection, rotary cos and sin), final
+    (the time embedding for the output norm's shift and scale).
+
+    Given ``image_latents`` (TI2V-5B's image to video), as WanImageToVideoPipeline with
+    expand_timesteps calls the transformer: the image's latent in place of frame 0, and
+    the timestep per token, 0 for frame 0's tokens, the step's for the others; the
+    projection and embedding are then [1, tokens, 6, D] and [1, tokens, D] (the same
+    rows for every video), which diffusers' blocks and output norm take as its per-token
+    [B, tokens, ...] ones."""
 
     def __init__(self, transformer):
         super().__init__()
         self.transformer = exportable_transformer(transformer)
         self.blocks = self.transformer.blocks
 
-    def embed(self, sample, timestep, encoder_hidden_states, text_bias):
+    def embed(self, sample, timestep, encoder_hidden_states, text_bias, image_latents=None):
         t = self.transformer
+        if image_latents is not None:
+            sample = torch.cat([image_latents[:, :, None], sample[:, :, 1:]], dim=2)
         cos, sin = t.rope(sample)
         hidden = t.patch_embedding(sample).flatten(2).transpose(1, 2).contiguous()
-        temb, proj, text, _ = t.condition_embedder(timestep.expand(sample.shape[0]), encoder_hidden_states, None)
-        return (hidden,), (text, proj.unflatten(1, (6, -1)), cos, sin, text_bias[:, None, None, :]), (temb,)
+        bias = text_bias[:, None, None, :]
+        if image_latents is None:
+            temb, proj, text, _ = t.condition_embedder(timestep.expand(sample.shape[0]), encoder_hidden_states, None)
+            return (hidden,), (text, proj.unflatten(1, (6, -1)), cos, sin, bias), (temb,)
+        temb, proj, text, _ = t.condition_embedder(torch.cat([torch.zeros_like(timestep), timestep]),
+                                                   encoder_hidden_states, None)
+        _, ph, pw = t.config.patch_size
+        per_frame = (sample.shape[3] // ph) * (sample.shape[4] // pw)
+        later = (torch.arange(hidden.shape[1], device=hidden.device) >= per_frame).long()  # 0: frame 0's tokens
+        return (hidden,), (text, proj.unflatten(1, (6, -1))[later][None], cos, sin, bias), (temb[later][None],)
 
     def run_block(self, block, streams, context):
         text, proj, cos, sin, bias = context
@@ -142,7 +163,12 @@ class WanStages(DenoiserStages):
         t = self.transformer
         b, _, frames, height, width = sample.shape
         pt, ph, pw = t.config.patch_size
-        shift, scale = (t.scale_shift_table + final[0].unsqueeze(1)).chunk(2, dim=1)
+        temb = final[0]
+        if temb.ndim == 3:  # per token (image to video), as diffusers' forward handles it
+            shift, scale = (t.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (t.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
         hidden = (t.norm_out(streams[0].float()) * (1 + scale) + shift).type_as(streams[0])
         hidden = t.proj_out(hidden).reshape(b, frames // pt, height // ph, width // pw, pt, ph, pw, -1)
         return hidden.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
@@ -192,6 +218,23 @@ class UMT5PartGraph(torch.nn.Module):
             for block in self.blocks:
                 hidden = block(hidden, attention_mask=mask, position_bias=bias)[0]
         return self.norm(hidden) if self.norm is not None else hidden
+
+
+class WanVaeEncoderGraph(torch.nn.Module):
+    """Images [B, 3, H, W] in [-1, 1] -> the mean of their one-frame latent, normalised as
+    WanImageToVideoPipeline normalises it: (mean - latents_mean) * (1 / latents_std),
+    [B, C, h, w]. diffusers' own encode (Wan 2.2's pixel patches, the encoder's first chunk)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        z = vae.config.z_dim
+        self.register_buffer("mean", torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1))
+
+    def forward(self, image):
+        latent = self.vae.encode(image[:, :, None]).latent_dist.mode()[:, :, 0]
+        return (latent - self.mean) * self.inv_std
 
 
 class _VaeChunkBase(torch.nn.Module):
@@ -269,6 +312,7 @@ WAN_GRAPHS = {
     ("transformer_2", "WanTransformer3DModel"): WanTransformerGraph,
     **{(f"{e}_{stage}", "WanTransformer3DModel"): (lambda m, stage=stage: stage_graph(stage, WanStages(m), 1))
        for e in ("transformer", "transformer_2") for stage in ALL_STAGES},
+    ("vae_encoder", "AutoencoderKLWan"): WanVaeEncoderGraph,
     ("vae_decoder", "AutoencoderKLWan"): WanVaeFirstChunkGraph,
     ("vae_decoder_chunk", "AutoencoderKLWan"): WanVaeChunkGraph,
 }

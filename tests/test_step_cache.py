@@ -19,6 +19,7 @@ import re
 import shutil
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -27,13 +28,16 @@ from vidrt.errors import VidrtError
 ATOL = 2e-3
 STEPS = 8
 BASE = dict(prompt="a cat playing the piano", negative_prompt="blurry", num_frames=9, num_inference_steps=STEPS)
+IMAGE = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
 REQUEST = {
     "tiny-wan": dict(BASE, height=32, width=48, max_sequence_length=32),
     "tiny-wan22": dict(BASE, height=32, width=48, max_sequence_length=32),
+    # Wan 2.2 TI2V-5B's image to video: a time embedding per token (frame 0's at timestep 0)
+    "tiny-wan22-ti2v-i2v": dict(BASE, height=32, width=64, max_sequence_length=32, image=IMAGE),
     "tiny-ltx": dict(BASE, height=32, width=64),
     "cog-2": dict(BASE, height=32, width=48, max_sequence_length=16),
 }
-GUIDED = {"tiny-wan": 5.0, "tiny-wan22": 5.0, "tiny-ltx": 3.0, "cog-2": 6.0}
+GUIDED = {"tiny-wan": 5.0, "tiny-wan22": 5.0, "tiny-wan22-ti2v-i2v": 5.0, "tiny-ltx": 3.0, "cog-2": 6.0}
 THRESHOLDS = {"first-block": (0.1, 0.5), "mag": (0.02, 0.2)}
 # MagCache's per-step ratio table is an input, measured once per model (its calibration is
 # tested apart): a fixed table here, near 1 as measured ones are, so both thresholds skip.

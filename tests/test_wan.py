@@ -1,5 +1,6 @@
-"""Wan 2.1 / 2.2 (diffusers WanPipeline): tiny-wan, tiny-wan22 and tiny-wan22-ti2v against
-diffusers on the same components, and each exported graph against diffusers' own modules.
+"""Wan 2.1 / 2.2 (diffusers WanPipeline, and WanImageToVideoPipeline for TI2V-5B): tiny-wan,
+tiny-wan22, tiny-wan22-ti2v and tiny-wan22-ti2v-i2v against diffusers on the same components,
+and each exported graph against diffusers' own modules.
 
 Tolerance: frames within 2e-3 max abs of diffusers at fp32 (the issue's bar); both sides
 are fp32 and differ in kernel summation order, the batched guidance halves and the text
@@ -261,6 +262,108 @@ def test_wan22_ti2v_sizes_are_multiples_of_32(ti2v):
     pipe, _ = ti2v
     with pytest.raises(VidrtError, match=re.escape("multiples of 32 for Wan, got 48x64; try 32x64")):
         pipe(**dict(KW, height=48, width=64))
+
+
+@pytest.fixture(scope="module")
+def ti2v_i2v(t2v_engine_dir):
+    """(vidrt's WanImageToVideoPipeline on ONNX Runtime, diffusers' from the same folder)."""
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components, resolve_model
+
+    pipe = VideoPipeline.from_pretrained("tiny-wan22-ti2v-i2v", engine_dir=t2v_engine_dir("tiny-wan22-ti2v-i2v"),
+                                         backend="onnxruntime", progress=False)
+    ref = load_torch_components(resolve_model("tiny-wan22-ti2v-i2v", progress=False))
+    ref.set_progress_bar_config(disable=True)
+    ref.folder_scheduler = ref.scheduler
+    assert ref.config.expand_timesteps and type(ref).__name__ == "WanImageToVideoPipeline"
+    return pipe, ref
+
+
+def an_image(height=40, width=56, seed=0):
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("frames,height,width,guidance,sampler", [
+    (9, 32, 64, 5.0, None), (1, 32, 32, 5.0, "flow-euler"), (13, 64, 32, 1.0, None)])
+def test_wan22_ti2v_image_to_video_matches_diffusers(ti2v_i2v, frames, height, width, guidance, sampler):
+    """TI2V-5B's image to video: the image (of another size, resized by both) encoded to
+    its latent's mean in place of frame 0 at timestep 0 in every call and in the result;
+    guidance on and off, both samplers, one frame (the image's alone) and several."""
+    pipe, ref = ti2v_i2v
+    assert pipe.model.kind == "wan-i2v" and "vae_encoder" in pipe.engines
+    kw = dict(KW, image=an_image(), num_frames=frames, height=height, width=width, guidance_scale=guidance)
+    got, want = run_both(pipe, ref, sampler, seed=5, **kw)
+    assert got.shape == want.shape == (1, frames, height, width, 3)
+    assert np.abs(got - want).max() <= ATOL
+    assert want.std() > 0.01
+
+
+def test_wan22_ti2v_image_to_video_batches_and_latents_match_diffusers(ti2v_i2v):
+    """Two prompts with negatives, two videos each, one image for all (diffusers repeats
+    its latent); latents out have the image's latent as frame 0, as diffusers returns them."""
+    pipe, ref = ti2v_i2v
+    kw = dict(KW, image=an_image(seed=1), prompt=["a cat", "a dog running on the beach"], width=64,
+              negative_prompt=["blurry", "dark"], num_videos_per_prompt=2, guidance_scale=5.0)
+    got, want = run_both(pipe, ref, None, seed=6, **kw)
+    assert got.shape == want.shape == (4, 9, 32, 64, 3)
+    assert np.abs(got - want).max() <= ATOL
+    kw = dict(KW, image=an_image(seed=2), width=64, guidance_scale=5.0)
+    got = pipe(**kw, generator=torch.Generator().manual_seed(7), output_type="latent").frames
+    want = ref(**kw, generator=torch.Generator().manual_seed(7), output_type="latent").frames
+    assert got.shape == want.shape == (1, 48, 3, 2, 4)
+    assert (got - want).abs().max() <= ATOL
+
+
+def test_wan22_ti2v_image_to_video_graphs_equal_diffusers_modules():
+    """The transformer graph given the image's latent against diffusers' transformer called
+    as WanImageToVideoPipeline calls it (frame 0 replaced, timestep 0 for its tokens, the
+    step's for the others); the VAE encoder graph against diffusers' encode (argmax),
+    normalised as the pipeline does."""
+    from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+
+    from vidrt.export.graphs import component_graph
+    from vidrt.sources import load_torch_component, resolve_model
+
+    model = resolve_model("tiny-wan22-ti2v-i2v", progress=False)
+    transformer = load_torch_component(model, "transformer")
+    graph = component_graph("transformer", copy.deepcopy(transformer))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x, image = torch.randn(2, 48, 3, 4, 6, generator=gen), torch.randn(2, 48, 4, 6, generator=gen)
+        text = torch.randn(2, 7, 32, generator=gen)
+        mask = torch.ones(1, 1, 3, 4, 6)
+        mask[:, :, 0] = 0
+        given = (1 - mask) * image[:, :, None] + mask * x
+        per_token = (mask[0][0][:, ::2, ::2] * 700.0).flatten()[None].expand(2, -1)
+        want = transformer(given, per_token, text, return_dict=False)[0]
+        got = graph(x, torch.tensor([700.0]), text, torch.zeros(2, 7), image)
+        assert (got - want).abs().max() <= 1e-5
+        vae = load_torch_component(model, "vae_encoder")
+        encoder = component_graph("vae_encoder", copy.deepcopy(vae))
+        pixels = torch.rand(2, 3, 64, 96, generator=gen) * 2 - 1
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        want = (retrieve_latents(vae.encode(pixels[:, :, None]), sample_mode="argmax") - mean) * inv_std
+        assert (encoder(pixels) - want[:, :, 0]).abs().max() <= 1e-5
+
+
+def test_wan_image_to_video_folders_vidrt_cannot_serve_are_refused(tmp_path, ti2v_i2v):
+    import json
+    import shutil
+
+    from vidrt.sources import resolve_model
+
+    pipe, _ = ti2v_i2v
+    with pytest.raises(VidrtError, match="image-to-video needs an image"):
+        pipe(**KW, image=None)
+    folder = shutil.copytree(pipe.model.folder, tmp_path / "wan-i2v")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"expand_timesteps": False}))
+    with pytest.raises(VidrtError, match="Wan 2.1 I2V .* are not served yet"):
+        resolve_model(str(folder), progress=False)
 
 
 def test_text_states_are_zero_past_each_prompt(wan):
@@ -591,6 +694,29 @@ def test_int8_transformers_through_the_quantization_stage(tmp_path, t2v_engine_d
     ref = load_torch_components(pipe.model)
     ref.set_progress_bar_config(disable=True)
     kw = dict(KW, num_inference_steps=4, guidance_scale=5.0)
+    got = pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames
+    want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames)
+    assert np.abs(got - want).mean() <= 0.05
+
+
+def test_int8_transformer_of_ti2v_image_to_video(tmp_path, t2v_engine_dir):
+    """TI2V-5B's image to video through the quantization stage: calibrated with a clean
+    image latent beside the flow latents (wan_calibration.flow_batches), the Q/DQ graph
+    within 5% relative L2 of fp32, the VAE encoder kept fp32, frames near diffusers'."""
+    import json
+
+    from vidrt import VideoPipeline
+    from vidrt.sources import load_torch_components
+
+    engines = copy_of(t2v_engine_dir("tiny-wan22-ti2v-i2v"), tmp_path)  # the fp32 exports reused
+    pipe = VideoPipeline.from_pretrained("tiny-wan22-ti2v-i2v", engine_dir=engines, backend="onnxruntime",
+                                         precision="int8", progress=False)
+    report = json.loads((engines / "transformer" / "onnx-int8" / "export.json").read_text())["quantization"]
+    assert report["error_vs_fp32"]["rel_l2"] <= (0.12 if INT8_SATURATES else 0.05)
+    assert not (engines / "vae_encoder" / "onnx-int8").exists()
+    ref = load_torch_components(pipe.model)
+    ref.set_progress_bar_config(disable=True)
+    kw = dict(KW, image=an_image(), width=64, num_inference_steps=4, guidance_scale=5.0)
     got = pipe(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames
     want = np.asarray(ref(**kw, generator=torch.Generator().manual_seed(0), output_type="np").frames)
     assert np.abs(got - want).mean() <= 0.05

@@ -20,6 +20,7 @@ PIPELINE_CLASSES = {
     "AnimateDiffPipeline": "t2v",
     "StableDiffusionPipeline": "t2v",  # with a motion adapter: AnimateDiff
     "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
     "LTXPipeline": "ltx",
     "LTXImageToVideoPipeline": "ltx",
     "CogVideoXPipeline": "cogvideox",
@@ -32,6 +33,7 @@ KINDS = {
     "text-to-video-sd": ("t2v", "TextToVideoPipeline"),
     "animatediff": ("t2v", "TextToVideoPipeline"),
     "wan": ("wan", "WanTextToVideoPipeline"),
+    "wan-i2v": ("wan", "WanImageToVideoPipeline"),
     "ltx": ("ltx", "LTXTextToVideoPipeline"),
     "ltx-i2v": ("ltx", "LTXImageToVideoPipeline"),
     "cogvideox": ("cogvideox", "CogVideoXTextToVideoPipeline"),

@@ -1,7 +1,13 @@
-"""What vidrt needs to know about a Wan 2.1 / 2.2 text-to-video folder (diffusers'
-WanPipeline: UMT5 text encoder, one or two WanTransformer3DModel experts, the Wan VAE; or
-Wan 2.2 TI2V-5B's one expert and Wan 2.2 VAE), and its component descriptions. JSON
-configs only; no torch model is built.
+"""What vidrt needs to know about a Wan 2.1 / 2.2 folder (diffusers' WanPipeline: UMT5
+text encoder, one or two WanTransformer3DModel experts, the Wan VAE; or Wan 2.2
+TI2V-5B's one expert and Wan 2.2 VAE, as a WanPipeline or, for its image to video, a
+WanImageToVideoPipeline folder), and its component descriptions. JSON configs only; no
+torch model is built.
+
+TI2V-5B's image to video (``expand_timesteps``) encodes the image into latent frame 0
+(``vae_encoder``: the mean of its latent, normalised); the transformer takes it as an
+input, puts it in place of frame 0 and gives frame 0's tokens timestep 0, as
+WanImageToVideoPipeline does before every call.
 
 The components: ``text_encoder`` (token ids and mask -> hidden states), ``transformer``
 (and ``transformer_2``, Wan 2.2's low-noise expert) on latents [B, C, F, h, w], and the
@@ -53,10 +59,9 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     scheduler: dict
     boundary_ratio: float | None
     preset: dict | None
+    image_to_video: bool = False  # a WanImageToVideoPipeline folder (TI2V-5B's image to video)
     split_denoisers: str | None = None  # each expert in three engines, cut as vidrt.split.HEADS[this] (step caching)
 
-    kind = "wan"
-    pipeline_class = "WanPipeline"
     denoiser = "transformer"
     family_name = "Wan"
     # TensorRT fp16: every normalisation (the transformer's RMS/layer norms, UMT5's, the
@@ -67,7 +72,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     cache_contexts = "per-half"
     # The VAE in fp32, as diffusers' Wan documentation advises for decoding quality: in bf16
     # (OpenVINO) the tiny presets' decoder is off by up to 0.45 on [-1, 1] frames.
-    keep_fp32 = ("vae_decoder", "vae_decoder_chunk")
+    keep_fp32 = ("vae_encoder", "vae_decoder", "vae_decoder_chunk")
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict | None = None) -> "WanModel":
@@ -86,6 +91,11 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         # Wan 2.2 TI2V-5B's folder says expand_timesteps: WanPipeline then hands the transformer
         # one timestep per token, for text to video the step's own for every token, which
         # computes what one timestep per video does (the same time-embedding row repeated).
+        image_to_video = index.get("_class_name") == "WanImageToVideoPipeline"
+        if image_to_video and (not index.get("expand_timesteps") or _listed(index, "image_encoder")):
+            raise VidrtError(f"{folder}: of WanImageToVideoPipeline folders vidrt serves Wan 2.2 TI2V-5B's "
+                             "(expand_timesteps, no image encoder); Wan 2.1 I2V (CLIP image encoder) and Wan 2.2 "
+                             "I2V-A14B (the image's latents as extra channels) are not served yet")
         vae = _read_json(folder / "vae" / "config.json", folder)
         boundary = index.get("boundary_ratio")
         if experts["transformer_2"] is not None and boundary is None:
@@ -102,11 +112,25 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
             scheduler=_read_json(folder / "scheduler" / "scheduler_config.json", folder),
             boundary_ratio=float(boundary) if boundary is not None else None,
             preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
+            image_to_video=image_to_video,
         )
 
     @property
+    def takes_image(self) -> bool:
+        return self.image_to_video
+
+    @property
+    def kind(self) -> str:
+        return "wan-i2v" if self.image_to_video else "wan"
+
+    @property
+    def pipeline_class(self) -> str:
+        return "WanImageToVideoPipeline" if self.image_to_video else "WanPipeline"
+
+    @property
     def components(self) -> tuple[str, ...]:
-        return self.split_components((*self.text_parts, *self.experts, "vae_decoder", "vae_decoder_chunk"))
+        encoder = ("vae_encoder",) if self.image_to_video else ()
+        return self.split_components((*self.text_parts, *encoder, *self.experts, "vae_decoder", "vae_decoder_chunk"))
 
     @property
     def text_encoder_blocks(self) -> list[tuple[int, int]]:
@@ -122,7 +146,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     @property
     def weights_folder(self) -> dict[str, str]:
         return {**{p: "text_encoder" for p in self.text_parts}, **self.per_stage({e: e for e in EXPERTS}),
-                "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
+                "vae_encoder": "vae", "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
@@ -132,8 +156,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         return {
             **{p: encoder for p in self.text_parts},
             **self.per_stage({e: ("diffusers", "WanTransformer3DModel", e) for e in EXPERTS}),
-            "vae_decoder": ("diffusers", "AutoencoderKLWan", "vae"),
-            "vae_decoder_chunk": ("diffusers", "AutoencoderKLWan", "vae"),
+            **{c: ("diffusers", "AutoencoderKLWan", "vae") for c in ("vae_encoder", "vae_decoder", "vae_decoder_chunk")},
         }
 
     @property
@@ -207,6 +230,8 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
             self.denoiser_spec(specs, e).check({"B": rows, "F": self.latent_frames(frames), "h": height // s, "w": width // s, "L": length})
         for c in ("vae_decoder", "vae_decoder_chunk"):
             specs[c].check({"B": 1, "h": height // s, "w": width // s})  # one video at a time
+        if self.image_to_video:
+            specs["vae_encoder"].check({"B": 1, "H": height, "W": width})
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {p: text_encoder_spec(self, p) for p in self.text_parts}
@@ -214,20 +239,22 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
             out |= self.denoiser_specs(e, transformer_spec(self, e))
         out["vae_decoder"] = vae_decoder_spec(self, first=True)
         out["vae_decoder_chunk"] = vae_decoder_spec(self, first=False)
-        return out
+        return out | ({"vae_encoder": vae_encoder_spec(self)} if self.image_to_video else {})
 
 
     def stage_tensors(self) -> StageTensors:
-        """What Wan's transformer passes between its cached stages (export/wan_graphs.py WanStages)."""
+        """What Wan's transformer passes between its cached stages (export/wan_graphs.py
+        WanStages); for image to video its time embedding is per token (frame 0's at 0)."""
         d = int(self.transformer["num_attention_heads"]) * int(self.transformer["attention_head_dim"])
         head_dim = int(self.transformer["attention_head_dim"])
         pt, ph, pw = self.patch_size
+        per = (1, TOKENS) if self.image_to_video else ("B",)
         return StageTensors(
             streams=(TensorSpec("hidden", ("B", TOKENS, d)),),
-            context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("timestep_proj", ("B", 6, d)),
+            context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("timestep_proj", (*per, 6, d)),
                      TensorSpec("rotary_cos", (1, TOKENS, 1, head_dim)), TensorSpec("rotary_sin", (1, TOKENS, 1, head_dim)),
                      TensorSpec("text_logit_bias", ("B", 1, 1, "L"))),
-            final=(TensorSpec("temb", ("B", d)),),
+            final=(TensorSpec("temb", (*per, d)),),
             tokens=f"(F//{pt})*(h//{ph})*(w//{pw})",
         )
 
@@ -270,7 +297,8 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
     """One expert: latents, the step's timestep, the text states (both guidance halves
     stacked in the batch) and their cross-attention logit bias (the log of how many of
     diffusers' identical padding tokens a token stands for, 0 for the others:
-    families/wan/pipeline.py ``collapse_padding``) -> the flow prediction."""
+    families/wan/pipeline.py ``collapse_padding``), for image to video the image's
+    normalised latent [B, C, h, w] (frame 0) -> the flow prediction."""
     c = m.latent_channels
     pt, ph, pw = m.patch_size
     rope = int(m.transformer.get("rope_max_seq_len", 1024))
@@ -283,6 +311,7 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
             TensorSpec("timestep", (1,), value=500.0),
             TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
             TensorSpec("text_bias", ("B", "L")),
+            *((TensorSpec("image_latents", ("B", c, "h", "w")),) if m.image_to_video else ()),
         ),
         outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
         ranges={
@@ -295,6 +324,21 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
         # tuned for diffusers' default request, 81 frames at 480x832, within the rotary table
         opt={"B": 2, "F": min(m.latent_frames(m.default_num_frames), MAX_LATENT_FRAMES, rope * pt),
              "h": min(480 // s, top) // ph * ph, "w": min(832 // s, top) // pw * pw, "L": m.max_text_length},
+    )
+
+
+def vae_encoder_spec(m: WanModel) -> ComponentSpec:
+    """Images [B, 3, H, W] in [-1, 1] -> the mean of their one-frame latent [B, C, h, w],
+    normalised with latents_mean/latents_std (WanImageToVideoPipeline.prepare_latents:
+    ``sample_mode="argmax"``, no draw)."""
+    s = m.vae_scale_factor
+    return ComponentSpec(
+        name="vae_encoder",
+        inputs=(TensorSpec("image", ("B", 3, "H", "W")),),
+        outputs=(TensorSpec("latent_mean", ("B", int(m.vae.get("z_dim", 16)), f"H//{s}", f"W//{s}")),),
+        ranges={"B": DimRange(1, MAX_BATCH), "H": DimRange(m.pixel_multiple, MAX_PIXELS, m.pixel_multiple),
+                "W": DimRange(m.pixel_multiple, MAX_PIXELS, m.pixel_multiple)},
+        opt={"B": 1, "H": 704, "W": 1280},  # TI2V-5B's own size
     )
 
 

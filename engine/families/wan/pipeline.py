@@ -1,4 +1,5 @@
-"""WanTextToVideoPipeline: diffusers' WanPipeline (Wan 2.1 and 2.2 T2V) on compiled engines.
+"""WanTextToVideoPipeline: diffusers' WanPipeline (Wan 2.1, 2.2 T2V and TI2V-5B) on compiled
+engines; WanImageToVideoPipeline: diffusers' namesake for TI2V-5B's image to video.
 
 As diffusers does: prompts are cleaned and tokenized to ``max_sequence_length`` and their
 states zero-padded past each prompt's end; latents are drawn from the request's
@@ -84,7 +85,7 @@ class WanTextToVideoPipeline(BasePipeline):
     def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
                   guidance_scale_2, num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds,
                   output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                  max_sequence_length, progress):
+                  max_sequence_length, progress, image=None):
         start = self._now()
         m = self.model
         text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
@@ -105,21 +106,40 @@ class WanTextToVideoPipeline(BasePipeline):
         embeds, _ = text.states(lambda texts: (self._encode(texts, max_sequence_length), None), do_cfg,
                                 num_videos_per_prompt, self.device)
         embeds, bias = collapse_padding(embeds)
-        cond = Conditioning({"encoder_hidden_states": embeds, "text_bias": bias}, channel_axis=1)
+        inputs = {"encoder_hidden_states": embeds, "text_bias": bias}
         s = m.vae_scale_factor
         shape = (videos, m.latent_channels, m.latent_frames(num_frames), height // s, width // s)
         latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
+        condition = None
+        if image is not None:
+            condition = self._image_condition(image, videos, num_videos_per_prompt, height, width)
+            inputs["image_latents"] = torch.cat([condition, condition]) if do_cfg else condition
+        cond = Conditioning(inputs, channel_axis=1)
         guidance = self._guidance(guidance_scale) if do_cfg else None
         first, switch = self._experts(sampler, guidance_scale_2 if do_cfg else None)
         latents = denoise(first, sampler, latents, cond, guidance, generator, self.timings.unet_steps,
                           progress=progress, state=self.loop_state, switch=switch, control=self._control,
                           on_step=self.step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, sampler))
+        if condition is not None:  # frame 0 is the image's, as diffusers puts it back after the loop
+            latents[:, :, 0] = condition
         if output_type == "latent":
             frames = latents
         else:
             frames = self.video_processor.postprocess_video(video=self._decode(latents), output_type=output_type)
         self.timings.end_to_end = self._now() - start
         return VideoPipelineOutput(frames=frames, timings=self.timings) if return_dict else frames
+
+    def _image_condition(self, image, videos: int, per_prompt: int, height: int, width: int) -> torch.Tensor:
+        """WanImageToVideoPipeline.prepare_latents with expand_timesteps: each image encoded
+        by the ``vae_encoder`` engine into its latent's mean (no draw), normalised.
+        ``image``: one image, or one per prompt. Returns [videos, C, h, w], each prompt's
+        videos adjacent."""
+        pixels = self._image_pixels(image, videos, per_prompt, height, width)
+        t0 = self._now()
+        latents = torch.cat([self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))["latent_mean"].clone()
+                             for i in range(len(pixels))])  # each copied before the next call reuses the output
+        self.timings.vae_encoder = self._now() - t0
+        return latents.repeat_interleave(videos // len(latents), dim=0)
 
     def _guidance(self, scale: float) -> torch.Tensor:
         return torch.full((1, 1, 1, 1, 1), float(scale), device=self.device)
@@ -183,6 +203,34 @@ class WanTextToVideoPipeline(BasePipeline):
                 caches = written
         self.timings.vae_decoder = self._now() - t0
         return out
+
+
+class WanImageToVideoPipeline(WanTextToVideoPipeline):
+    """Wan 2.2 TI2V-5B image-to-video generation on compiled engines (diffusers'
+    WanImageToVideoPipeline with expand_timesteps): the image's latent is frame 0 of every
+    transformer call, its tokens at timestep 0, and frame 0 of the result."""
+
+    @torch.no_grad()
+    def __call__(self, image, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
+                 height: int = 480, width: int = 832, num_frames: int = 81, num_inference_steps: int = 50,
+                 guidance_scale: float = 5.0, guidance_scale_2: float | None = None, num_videos_per_prompt: int = 1,
+                 generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None,
+                 output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] | None = None, max_sequence_length: int = 512,
+                 progress: bool = False):
+        """Generates videos from an image and text, as diffusers' WanImageToVideoPipeline
+        does for Wan 2.2 TI2V-5B.
+
+        Args mirror WanImageToVideoPipeline.__call__ and WanTextToVideoPipeline's; ``image``
+        is one image (every video starts from it) or one per prompt (PIL, NumPy or a
+        [3, H, W] tensor in [0, 1]), resized to height x width as diffusers does.
+
+        Raises:
+            VidrtError: as WanTextToVideoPipeline, or a missing image.
+        """
+        if image is None:
+            raise VidrtError("image-to-video needs an image: pass image=PIL.Image (or --image PATH)")
+        return self._serve({k: v for k, v in locals().items() if k != "self"})
 
 
 def prompt_states(encode, tokenizer, texts: list[str], length: int, min_tokens: int = 1) -> torch.Tensor:

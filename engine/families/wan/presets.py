@@ -4,10 +4,12 @@
 ``boundary_ratio``) and ``tiny-wan22-ti2v`` (Wan 2.2 TI2V-5B's layout: one expert on 48
 latent channels, ``expand_timesteps``, the Wan 2.2 VAE with its residual blocks and 2x2
 pixel patches, spatial factor 16) have diffusers' WanPipeline fast-test sizes, with a tiny
-UMT5 text encoder. ``wan2.1-t2v-1.3b`` is the real Wan2.1-T2V-1.3B architecture (transformer dim
-1536, 30 layers; the Wan 2.1 VAE; UMT5-XXL's 5.7B-parameter encoder). Its text encoder
-is created and saved in bf16, as Wan itself ships it: at fp32 it would take 22.7 GB of
-this 24 GB machine; vidrt exports it in parts (model.text_encoder_blocks).
+UMT5 text encoder; ``tiny-wan22-ti2v-i2v`` is the last one's components as a
+WanImageToVideoPipeline folder (TI2V-5B's image to video). ``wan2.1-t2v-1.3b`` is the
+real Wan2.1-T2V-1.3B architecture (transformer dim 1536, 30 layers; the Wan 2.1 VAE;
+UMT5-XXL's 5.7B-parameter encoder). Its text encoder is created and saved in bf16, as Wan
+itself ships it: at fp32 it would take 22.7 GB of this 24 GB machine; vidrt exports it in
+parts (model.text_encoder_blocks).
 
 Without the hub there is no UMT5 vocabulary: each preset trains a small
 SentencePiece-style Unigram tokenizer with the ``tokenizers`` library on a built-in
@@ -47,6 +49,9 @@ PRESETS = {
                    "vae": _TINY_VAE, "text_encoder": _TINY_UMT5, "scheduler": WAN_SCHEDULER},
     "tiny-wan22-ti2v": {"transformer": dict(_TINY_TRANSFORMER, in_channels=48, out_channels=48), "vae": _TINY_VAE_22,
                         "text_encoder": _TINY_UMT5, "scheduler": WAN22_TI2V_SCHEDULER, "expand_timesteps": True},
+    "tiny-wan22-ti2v-i2v": {"transformer": dict(_TINY_TRANSFORMER, in_channels=48, out_channels=48),
+                            "vae": _TINY_VAE_22, "text_encoder": _TINY_UMT5, "scheduler": WAN22_TI2V_SCHEDULER,
+                            "expand_timesteps": True, "image_to_video": True},
     "wan2.1-t2v-1.3b": {
         "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
                         "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
@@ -105,9 +110,15 @@ def train_tokenizer(vocab_size: int = 400, max_length: int = 512):
 
 
 def build_random_pipeline(name: str, seed: int):
-    """Builds a diffusers WanPipeline with seeded random weights."""
+    """Builds a diffusers WanPipeline (or WanImageToVideoPipeline) with seeded random weights."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     cfg = PRESETS[name]
@@ -120,9 +131,10 @@ def build_random_pipeline(name: str, seed: int):
         vae = AutoencoderKLWan(**cfg["vae"]).eval()
         transformer = WanTransformer3DModel(**cfg["transformer"]).eval()
         transformer_2 = WanTransformer3DModel(**cfg["transformer_2"]).eval() if "transformer_2" in cfg else None
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
-                       boundary_ratio=cfg.get("boundary_ratio"), expand_timesteps=cfg.get("expand_timesteps", False))
+    cls = WanImageToVideoPipeline if cfg.get("image_to_video") else WanPipeline
+    return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+               transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
+               boundary_ratio=cfg.get("boundary_ratio"), expand_timesteps=cfg.get("expand_timesteps", False))
 
 
 def _text_encoder(cls, config, dtype):
