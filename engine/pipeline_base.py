@@ -322,7 +322,7 @@ class BasePipeline(abc.ABC):
         """
         pixels = self._image_pixels(image, videos, per_prompt, height, width)
         if isinstance(generator, list):
-            pixels = pixels.repeat_interleave(videos // len(images), dim=0)
+            pixels = pixels.repeat_interleave(videos // len(pixels), dim=0)
         t0 = self._now()
         samples = []
         for i in range(len(pixels)):  # each sample taken before the next call reuses the engine's outputs

@@ -25,19 +25,21 @@ KW = dict(prompt="a cat playing the piano", negative_prompt="blurry", height=32,
           num_inference_steps=3, max_sequence_length=32)
 
 
-@pytest.fixture(scope="module", params=("tiny-wan", "tiny-wan22"))
-def wan(request, t2v_engine_dir):
-    """(vidrt pipeline on ONNX Runtime, diffusers' WanPipeline from the same folder)."""
+def pipes(name, t2v_engine_dir):
+    """(vidrt pipeline on ONNX Runtime, diffusers' pipeline from the same folder)."""
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components, resolve_model
 
-    model = resolve_model(request.param, progress=False)
-    engines = t2v_engine_dir(request.param)
-    pipe = VideoPipeline.from_pretrained(request.param, engine_dir=engines, backend="onnxruntime", progress=False)
-    ref = load_torch_components(model)
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=t2v_engine_dir(name), backend="onnxruntime", progress=False)
+    ref = load_torch_components(resolve_model(name, progress=False))
     ref.set_progress_bar_config(disable=True)
     ref.folder_scheduler = ref.scheduler
     return pipe, ref
+
+
+@pytest.fixture(scope="module", params=("tiny-wan", "tiny-wan22"))
+def wan(request, t2v_engine_dir):
+    return pipes(request.param, t2v_engine_dir)
 
 
 def copy_of(engines, root):
@@ -209,19 +211,12 @@ def check_vae_chunks(model, gen):
             assert got.shape == want.shape == (1, 3, 4 * t - 3, 3 * s, 5 * s)
             assert (got - want).abs().max() <= 1e-5
 
+
 # Wan 2.2 TI2V-5B's layout (tiny-wan22-ti2v): 48 latent channels, expand_timesteps, the Wan
 # 2.2 VAE (residual blocks, 2x2 pixel patches, spatial factor 16: sizes in multiples of 32).
 @pytest.fixture(scope="module")
 def ti2v(t2v_engine_dir):
-    """(vidrt pipeline on ONNX Runtime, diffusers' WanPipeline from the same folder)."""
-    from vidrt import VideoPipeline
-    from vidrt.sources import load_torch_components, resolve_model
-
-    pipe = VideoPipeline.from_pretrained("tiny-wan22-ti2v", engine_dir=t2v_engine_dir("tiny-wan22-ti2v"),
-                                         backend="onnxruntime", progress=False)
-    ref = load_torch_components(resolve_model("tiny-wan22-ti2v", progress=False))
-    ref.set_progress_bar_config(disable=True)
-    ref.folder_scheduler = ref.scheduler
+    pipe, ref = pipes("tiny-wan22-ti2v", t2v_engine_dir)
     assert ref.config.expand_timesteps  # diffusers runs its per-token timestep path
     return pipe, ref
 
@@ -266,15 +261,7 @@ def test_wan22_ti2v_sizes_are_multiples_of_32(ti2v):
 
 @pytest.fixture(scope="module")
 def ti2v_i2v(t2v_engine_dir):
-    """(vidrt's WanImageToVideoPipeline on ONNX Runtime, diffusers' from the same folder)."""
-    from vidrt import VideoPipeline
-    from vidrt.sources import load_torch_components, resolve_model
-
-    pipe = VideoPipeline.from_pretrained("tiny-wan22-ti2v-i2v", engine_dir=t2v_engine_dir("tiny-wan22-ti2v-i2v"),
-                                         backend="onnxruntime", progress=False)
-    ref = load_torch_components(resolve_model("tiny-wan22-ti2v-i2v", progress=False))
-    ref.set_progress_bar_config(disable=True)
-    ref.folder_scheduler = ref.scheduler
+    pipe, ref = pipes("tiny-wan22-ti2v-i2v", t2v_engine_dir)
     assert ref.config.expand_timesteps and type(ref).__name__ == "WanImageToVideoPipeline"
     return pipe, ref
 
