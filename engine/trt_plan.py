@@ -75,7 +75,7 @@ def _dim_sources(component: str, vae_scale: int, temporal: int = 1) -> dict[str,
     latent = {"h": ("height", vae_scale, 1, 1), "w": ("width", vae_scale, 1, 1)}
     if component in ("image_encoder", "text_encoder"):
         return {"B": ("batch", 1, 1, 1)}
-    if component == "vae_encoder":
+    if component in ("vae_encoder", "vae_encoder_first", "vae_encoder_chunk"):  # Wan I2V: a clip's chunks
         return {"B": ("batch", 1, 1, 1), "H": ("height", 1, 1, 1), "W": ("width", 1, 1, 1)}
     if component in ("unet", "transformer", "transformer_2"):
         return {"B": ("batch", 1, 1, 1), "F": ("frames", 1, 1, temporal), **latent}

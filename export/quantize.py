@@ -88,7 +88,7 @@ def synthetic_images(n: int, size: int, seed: int) -> list:
     return images
 
 
-def _calibration_images(model: SvdModel, cfg: QuantConfig) -> tuple[list, int]:
+def calibration_images(model, cfg: QuantConfig) -> tuple[list, int]:
     """The calibration images (--calib-images, else the synthetic set) and their size."""
     from vidrt.video_io import load_image
 
@@ -114,7 +114,7 @@ def _encoded_images(model: SvdModel, cfg: QuantConfig, with_clip: bool) -> list[
 
     from vidrt.sources import load_torch_component
 
-    images, size = _calibration_images(model, cfg)
+    images, size = calibration_images(model, cfg)
     clip = load_torch_component(model, "image_encoder") if with_clip else None
     vae = load_torch_component(model, "vae_encoder")
     vp = VideoProcessor(do_resize=True, vae_scale_factor=model.vae_scale_factor)
@@ -173,7 +173,7 @@ def decoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[
 
 def image_encoder_calibration_batches(model: SvdModel, cfg: QuantConfig) -> list[dict[str, torch.Tensor]]:
     """CLIP vision inputs: each calibration image preprocessed as the pipeline does."""
-    return [{"pixel_values": _clip_input(model, image)} for image in _calibration_images(model, cfg)[0]]
+    return [{"pixel_values": _clip_input(model, image)} for image in calibration_images(model, cfg)[0]]
 
 
 # What the stage calibrates, and on what: component (or (model kind, component), which

@@ -5,7 +5,11 @@ at each of the sampler's calibrated timesteps, and text states of real prompts (
 built-in prompt corpus through the folder's own text encoder and tokenizer, made as the
 pipeline makes them) with guidance's unconditional half, the empty negative prompt,
 stacked in the batch. Latents of a Wan VAE are normalised (latents_mean/std), so x0 is
-unit-variance noise: a random-weight model has no clean latents of its own.
+unit-variance noise: a random-weight model has no clean latents of its own. Image to
+video adds the image inputs the pipeline makes from the calibration images (the
+synthetic set, or --calib-images): TI2V-5B's clean frame 0; Wan 2.1 I2V's and Wan 2.2
+I2V-A14B's condition (the image and zero frames through the folder's VAE encoder, after
+the frame mask) and Wan 2.1 I2V's CLIP states.
 """
 
 from __future__ import annotations
@@ -33,10 +37,54 @@ def transformer_calibration_batches(model, cfg) -> list[dict[str, torch.Tensor]]
                                model.max_text_length)
     side = (cfg.calib_size or 2 * model.pixel_multiple) // model.vae_scale_factor
     shape = (1, model.latent_channels, CALIB_LATENT_FRAMES, side, side)
-    return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts),
-                        lambda k: dict(zip(("encoder_hidden_states", "text_bias"),
-                                           collapse_padding(torch.cat([states[:1], states[k + 1 : k + 2]])))),
-                        image=model.image_to_video)
+    images = image_conditions(model, cfg, CALIB_LATENT_FRAMES) if model.image_condition == "channels" else None
+
+    def inputs(k):
+        text = dict(zip(("encoder_hidden_states", "text_bias"),
+                        collapse_padding(torch.cat([states[:1], states[k + 1 : k + 2]]))))
+        image = {name: torch.cat([t, t]) for name, t in images[k % len(images)].items()} if images else {}
+        return text | image
+
+    return flow_batches(model, cfg, shape, sampler.timesteps.tolist(), len(prompts), inputs,
+                        image=model.image_condition == "first-frame")
+
+
+def image_conditions(model, cfg, latent_frames: int) -> list[dict[str, torch.Tensor]]:
+    """For each calibration image, the transformer's image inputs as WanImageToVideoPipeline
+    makes them without expand_timesteps: ``condition`` (the frame mask, then the image and
+    zero frames through the VAE encoder, normalised) and, with an image encoder, the CLIP
+    states ``image_embeds``; in torch, from the folder's own modules."""
+    from diffusers.video_processor import VideoProcessor
+
+    from vidrt.sources import load_torch_component
+
+    from .graphs import component_graph
+    from .quantize import calibration_images
+
+    images, size = calibration_images(model, cfg)
+    frames = model.temporal_factor * (latent_frames - 1) + 1
+    vae = load_torch_component(model, "vae_encoder_first")
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    clip = processor = None
+    if model.image_encoder is not None:
+        from transformers import CLIPImageProcessor
+
+        clip = component_graph("image_encoder", load_torch_component(model, "image_encoder"))
+        processor = CLIPImageProcessor.from_pretrained(model.folder / "image_processor")
+    out = []
+    with torch.no_grad():
+        for image in images:
+            pixels = VideoProcessor(vae_scale_factor=model.vae_scale_factor).preprocess([image], height=size, width=size)
+            clip_frames = torch.cat([pixels[:, :, None], pixels.new_zeros(1, 3, frames - 1, size, size)], dim=2)
+            latents = (vae.encode(clip_frames.float()).latent_dist.mode() - mean) * inv_std
+            mask = torch.zeros((1, model.temporal_factor, *latents.shape[2:]))
+            mask[:, :, 0] = 1.0
+            inputs = {"condition": torch.cat([mask, latents], dim=1)}
+            if clip is not None:
+                inputs["image_embeds"] = clip(processor(images=[image], return_tensors="pt").pixel_values)
+            out.append(inputs)
+    return out
 
 
 def flow_batches(model, cfg, shape, timesteps: list[float], prompts: int, text_inputs,

@@ -48,42 +48,59 @@ def _rotary(cos, sin, dtype):
 
 
 class WanAttentionGraph:
-    """WanAttnProcessor for text to video (no image context): projections, q/k norms,
-    rotary embedding, scaled-dot-product attention (cross-attention with the logit bias
-    ``text_bias`` [B, 1, 1, L] of the call being traced, set by ``cross_attention_bias``:
-    diffusers' blocks pass cross-attention no mask), output projection."""
+    """WanAttnProcessor: projections, q/k norms, rotary embedding, scaled-dot-product
+    attention (cross-attention with the logit bias ``text_bias`` [B, 1, 1, L] of the call
+    being traced, set by ``cross_attention_bias``: diffusers' blocks pass cross-attention
+    no mask), output projection. Wan 2.1 I2V's cross-attention (``add_k_proj``) also
+    attends the image states, the first ``image_tokens`` of the context, with their own
+    keys and values (``added_kv_proj_dim``; without them, with the text's), and adds the
+    two results, as diffusers does; diffusers finds them as
+    all but the last 512 tokens (WanImageToVideoPipeline's default text length), vidrt by
+    their count, so the text may be shorter."""
 
     text_bias = None
+    image_tokens = 0
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+        from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
 
-        if attn.add_k_proj is not None:
-            raise NotImplementedError("Wan image-to-video attention (add_k_proj) is not exported by vidrt")
+        image = None
         if encoder_hidden_states is not None and self.text_bias is not None:
             attention_mask = self.text_bias
+        if attn.add_k_proj is not None:
+            image = encoder_hidden_states[:, : self.image_tokens]
+            encoder_hidden_states = encoder_hidden_states[:, self.image_tokens :]
+        elif self.image_tokens and attention_mask is not None:  # no added projections: the image states are
+            attention_mask = F.pad(attention_mask, (self.image_tokens, 0))  # attended as more text, unbiased
         q, k, v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
         if rotary_emb is not None:
             rotate = _rotary(*rotary_emb, q.dtype)
             q, k = rotate(q), rotate(k)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attention_mask)
+        q = q.transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=attention_mask)
+        if image is not None:
+            k_img, v_img = _get_added_kv_projections(attn, image)
+            k_img = attn.norm_added_k(k_img)
+            k_img, v_img = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (k_img, v_img))
+            out = out + F.scaled_dot_product_attention(q, k_img, v_img)
         return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2, 3)))
 
 
 @contextlib.contextmanager
-def cross_attention_bias(transformer: torch.nn.Module, bias):
-    """Hands ``bias`` to every WanAttentionGraph of ``transformer`` for one call (set on
-    the processors at call time: graphs built over the same module share them)."""
+def cross_attention_bias(transformer: torch.nn.Module, bias, image_tokens: int = 0):
+    """Hands ``bias`` (and the image states' token count, Wan 2.1 I2V) to every
+    WanAttentionGraph of ``transformer`` for one call (set on the processors at call
+    time: graphs built over the same module share them)."""
     processors = [m.processor for m in transformer.modules() if isinstance(getattr(m, "processor", None), WanAttentionGraph)]
     for p in processors:
-        p.text_bias = bias
+        p.text_bias, p.image_tokens = bias, image_tokens
     try:
         yield
     finally:
         for p in processors:
-            p.text_bias = None
+            p.text_bias, p.image_tokens = None, 0
 
 
 def exportable_transformer(transformer: torch.nn.Module, processor=WanAttentionGraph) -> torch.nn.Module:
@@ -104,16 +121,17 @@ class WanTransformerGraph(torch.nn.Module):
     batch (expanded here, as WanPipeline does), [B, L, D] text states and the [B, L]
     logit bias of their tokens in every cross-attention (where vidrt collapsed diffusers'
     identical padding tokens into fewer: families/wan/pipeline.py ``collapse_padding``);
-    for TI2V-5B's image to video also the image's latent [B, C, h, w] (WanStages)."""
+    for image to video also the image inputs (families/wan/model.py ``image_inputs``;
+    WanStages)."""
 
     def __init__(self, transformer):
         super().__init__()
         self.transformer = exportable_transformer(transformer)
         self.stages = WanStages(transformer)
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_bias, image_latents=None):
-        if image_latents is not None:
-            return self.stages(sample, timestep, encoder_hidden_states, text_bias, image_latents)
+    def forward(self, sample, timestep, encoder_hidden_states, text_bias, *image):
+        if image:
+            return self.stages(sample, timestep, encoder_hidden_states, text_bias, *image)
         t = timestep.expand(sample.shape[0])
         with cross_attention_bias(self.transformer, text_bias[:, None, None, :]):
             return self.transformer(sample, t, encoder_hidden_states, return_dict=False)[0]
@@ -125,28 +143,40 @@ class WanStages(DenoiserStages):
     (projected text states, the [B, 6, D] timestep projection, rotary cos and sin), final
     (the time embedding for the output norm's shift and scale).
 
-    Given ``image_latents`` (TI2V-5B's image to video), as WanImageToVideoPipeline with
-    expand_timesteps calls the transformer: the image's latent in place of frame 0, and
-    the timestep per token, 0 for frame 0's tokens, the step's for the others; the
-    projection and embedding are then [1, tokens, 6, D] and [1, tokens, D] (the same
-    rows for every video), which diffusers' blocks and output norm take as its per-token
-    [B, tokens, ...] ones."""
+    Image to video, as WanImageToVideoPipeline calls the transformer:
+    - a transformer with more input than output channels (Wan 2.1 I2V, Wan 2.2 I2V-A14B)
+      takes ``condition`` [B, C', F, h, w], concatenated after the latents' channels, and,
+      if it has an image embedder (Wan 2.1 I2V), the CLIP states ``image_embeds``, whose
+      embedding every block's cross-attention reads before the text (context
+      ``image_states``);
+    - otherwise (TI2V-5B, expand_timesteps) ``image_latents`` [B, C, h, w]: the image's
+      latent in place of frame 0, and the timestep per token, 0 for frame 0's tokens, the
+      step's for the others; the projection and embedding are then [1, tokens, 6, D] and
+      [1, tokens, D] (the same rows for every video), which diffusers' blocks and output
+      norm take as its per-token [B, tokens, ...] ones."""
 
     def __init__(self, transformer):
         super().__init__()
         self.transformer = exportable_transformer(transformer)
         self.blocks = self.transformer.blocks
+        cfg = self.transformer.config
+        self.channels_condition = cfg.in_channels > (cfg.out_channels or cfg.in_channels)
 
-    def embed(self, sample, timestep, encoder_hidden_states, text_bias, image_latents=None):
+    def embed(self, sample, timestep, encoder_hidden_states, text_bias, *image):
         t = self.transformer
+        image_latents = image[0] if image and not self.channels_condition else None
         if image_latents is not None:
             sample = torch.cat([image_latents[:, :, None], sample[:, :, 1:]], dim=2)
+        elif image:
+            sample = torch.cat([sample, image[0]], dim=1)
         cos, sin = t.rope(sample)
         hidden = t.patch_embedding(sample).flatten(2).transpose(1, 2).contiguous()
         bias = text_bias[:, None, None, :]
         if image_latents is None:
-            temb, proj, text, _ = t.condition_embedder(timestep.expand(sample.shape[0]), encoder_hidden_states, None)
-            return (hidden,), (text, proj.unflatten(1, (6, -1)), cos, sin, bias), (temb,)
+            clip = image[1] if len(image) > 1 else None
+            temb, proj, text, states = t.condition_embedder(timestep.expand(sample.shape[0]), encoder_hidden_states, clip)
+            context = (text, proj.unflatten(1, (6, -1)), cos, sin, bias, *(() if states is None else (states,)))
+            return (hidden,), context, (temb,)
         temb, proj, text, _ = t.condition_embedder(torch.cat([torch.zeros_like(timestep), timestep]),
                                                    encoder_hidden_states, None)
         _, ph, pw = t.config.patch_size
@@ -155,8 +185,10 @@ class WanStages(DenoiserStages):
         return (hidden,), (text, proj.unflatten(1, (6, -1))[later][None], cos, sin, bias), (temb[later][None],)
 
     def run_block(self, block, streams, context):
-        text, proj, cos, sin, bias = context
-        with cross_attention_bias(block, bias):
+        text, proj, cos, sin, bias, *image = context
+        if image:  # diffusers' forward puts the image states before the text
+            text = torch.cat([image[0], text], dim=1)
+        with cross_attention_bias(block, bias, image[0].shape[1] if image else 0):
             return (block(streams[0], text, proj, (cos, sin)),)
 
     def finish(self, sample, streams, final):
@@ -237,6 +269,69 @@ class WanVaeEncoderGraph(torch.nn.Module):
         return (latent - self.mean) * self.inv_std
 
 
+class _VaeEncoderChunkBase(torch.nn.Module):
+    """The Wan VAE encoder on one chunk of a clip through diffusers' own cached code path
+    (``feat_cache``/``feat_idx``, as AutoencoderKLWan._encode runs it), the latent's mean
+    normalised as WanImageToVideoPipeline does; the caches as graph inputs and outputs in
+    the layout of families/wan/vae.py ``encoder_caches``."""
+
+    def __init__(self, vae):
+        super().__init__()
+        from vidrt.families.wan.vae import encoder_caches
+
+        self.vae = vae
+        z = vae.config.z_dim
+        self.register_buffer("mean", torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1))
+        self.frames = [f for _, _, f in encoder_caches(dict(vae.config))]
+
+    def _encode(self, x, caches: list):
+        from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
+        if self.vae.config.patch_size is not None:
+            x = patchify(x, patch_size=self.vae.config.patch_size)
+        out = self.vae.quant_conv(self.vae.encoder(x, feat_cache=caches, feat_idx=[0]))
+        latent = (out[:, : self.vae.config.z_dim, 0] - self.mean) * self.inv_std
+        # a cache left shorter than its layout (the first chunk's single frame) gets zeros in
+        # front, which the next chunk's causal convolutions read as the padding they add
+        kept = [c if c.shape[2] == f else torch.cat([torch.zeros_like(c[:, :, :1]).expand(-1, -1, f - c.shape[2], -1, -1), c], 2)
+                for c, f in zip(caches, self.frames)]
+        return (latent, *kept)
+
+
+class WanVaeEncoderFirstChunkGraph(_VaeEncoderChunkBase):
+    """The image [B, 3, H, W] (the clip's frame 0) -> (its latent mean, every cache)."""
+
+    def forward(self, image):
+        return self._encode(image[:, :, None], [None] * self.vae._cached_conv_counts["encoder"])
+
+
+class WanVaeEncoderChunkGraph(_VaeEncoderChunkBase):
+    """The clip's next 4 frames [B, 3, 4, H, W] and the caches -> (their latent mean, the
+    caches updated)."""
+
+    def forward(self, frames, *caches):
+        return self._encode(frames, list(caches) + [None] * (self.vae._cached_conv_counts["encoder"] - len(caches)))
+
+
+class WanImageEncoderGraph(torch.nn.Module):
+    """Wan 2.1 I2V's CLIPVisionModel -> the states before its last layer
+    (``hidden_states[-2]``, what WanImageToVideoPipeline.encode_image takes): the last
+    layer is left out rather than computed and dropped."""
+
+    def __init__(self, image_encoder):
+        super().__init__()
+        self.vision = getattr(image_encoder, "vision_model", image_encoder)  # transformers < 5 nests it
+        self.layers = self.vision.encoder.layers[:-1]
+
+    def forward(self, pixel_values):
+        hidden = self.vision.pre_layrnorm(self.vision.embeddings(pixel_values))
+        for layer in self.layers:
+            hidden = layer(hidden, None)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden
+
+
 class _VaeChunkBase(torch.nn.Module):
     """The Wan VAE decoder on one latent frame through diffusers' own cached code path
     (``feat_cache``/``feat_idx``; ``first_chunk``, which Wan 2.2's residual upsampling
@@ -313,6 +408,9 @@ WAN_GRAPHS = {
     **{(f"{e}_{stage}", "WanTransformer3DModel"): (lambda m, stage=stage: stage_graph(stage, WanStages(m), 1))
        for e in ("transformer", "transformer_2") for stage in ALL_STAGES},
     ("vae_encoder", "AutoencoderKLWan"): WanVaeEncoderGraph,
+    ("vae_encoder_first", "AutoencoderKLWan"): WanVaeEncoderFirstChunkGraph,
+    ("vae_encoder_chunk", "AutoencoderKLWan"): WanVaeEncoderChunkGraph,
+    ("image_encoder", "CLIPVisionModel"): WanImageEncoderGraph,
     ("vae_decoder", "AutoencoderKLWan"): WanVaeFirstChunkGraph,
     ("vae_decoder_chunk", "AutoencoderKLWan"): WanVaeChunkGraph,
 }

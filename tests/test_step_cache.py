@@ -34,10 +34,13 @@ REQUEST = {
     "tiny-wan22": dict(BASE, height=32, width=48, max_sequence_length=32),
     # Wan 2.2 TI2V-5B's image to video: a time embedding per token (frame 0's at timestep 0)
     "tiny-wan22-ti2v-i2v": dict(BASE, height=32, width=64, max_sequence_length=32, image=IMAGE),
+    # Wan 2.1 I2V: the condition's channels, CLIP states beside the text (diffusers finds them
+    # as all but the last 512 context tokens)
+    "tiny-wan21-i2v": dict(BASE, height=32, width=48, max_sequence_length=512, image=IMAGE),
     "tiny-ltx": dict(BASE, height=32, width=64),
     "cog-2": dict(BASE, height=32, width=48, max_sequence_length=16),
 }
-GUIDED = {"tiny-wan": 5.0, "tiny-wan22": 5.0, "tiny-wan22-ti2v-i2v": 5.0, "tiny-ltx": 3.0, "cog-2": 6.0}
+GUIDED = {"tiny-wan": 5.0, "tiny-wan22": 5.0, "tiny-wan22-ti2v-i2v": 5.0, "tiny-wan21-i2v": 5.0, "tiny-ltx": 3.0, "cog-2": 6.0}
 THRESHOLDS = {"first-block": (0.1, 0.5), "mag": (0.02, 0.2)}
 # MagCache's per-step ratio table is an input, measured once per model (its calibration is
 # tested apart): a fixed table here, near 1 as measured ones are, so both thresholds skip.

@@ -349,7 +349,7 @@ def test_wan_image_to_video_folders_vidrt_cannot_serve_are_refused(tmp_path, ti2
     folder = shutil.copytree(pipe.model.folder, tmp_path / "wan-i2v")
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps(index | {"expand_timesteps": False}))
-    with pytest.raises(VidrtError, match="Wan 2.1 I2V .* are not served yet"):
+    with pytest.raises(VidrtError, match="takes the image condition as extra input channels, this one has in_channels=48"):
         resolve_model(str(folder), progress=False)
 
 

@@ -1,13 +1,17 @@
 """What vidrt needs to know about a Wan 2.1 / 2.2 folder (diffusers' WanPipeline: UMT5
 text encoder, one or two WanTransformer3DModel experts, the Wan VAE; or Wan 2.2
-TI2V-5B's one expert and Wan 2.2 VAE, as a WanPipeline or, for its image to video, a
-WanImageToVideoPipeline folder), and its component descriptions. JSON configs only; no
-torch model is built.
+TI2V-5B's one expert and Wan 2.2 VAE; or a WanImageToVideoPipeline folder of either),
+and its component descriptions. JSON configs only; no torch model is built.
 
-TI2V-5B's image to video (``expand_timesteps``) encodes the image into latent frame 0
-(``vae_encoder``: the mean of its latent, normalised); the transformer takes it as an
-input, puts it in place of frame 0 and gives frame 0's tokens timestep 0, as
-WanImageToVideoPipeline does before every call.
+Image to video comes in two forms, as in WanImageToVideoPipeline:
+- ``"first-frame"`` (TI2V-5B, ``expand_timesteps``): the image is encoded into latent
+  frame 0 (``vae_encoder``: the mean of its latent, normalised); the transformer takes it
+  as an input, puts it in place of frame 0 and gives frame 0's tokens timestep 0.
+- ``"channels"`` (Wan 2.1 I2V, Wan 2.2 I2V-A14B): the clip of the image followed by zero
+  frames is encoded chunk by chunk (``vae_encoder_first``, ``vae_encoder_chunk``) and, after a
+  mask of the image's frame, concatenated to the latents' channels in every call
+  (``condition``); Wan 2.1 I2V also gives every block the CLIP image encoder's
+  penultimate states (``image_encoder``; ``image_embeds``), attended beside the text.
 
 The components: ``text_encoder`` (token ids and mask -> hidden states), ``transformer``
 (and ``transformer_2``, Wan 2.2's low-noise expert) on latents [B, C, F, h, w], and the
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
+from .vae import vae_decoder_spec, vae_encoder_chunk_specs, vae_encoder_spec
 from ...split import TOKENS, SplitDenoiserMixin, StageTensors
 from ...model_folder import (
     MAX_BATCH,
@@ -38,6 +43,7 @@ from ...model_folder import (
 from ...model_folder import read_json as _read_json
 
 EXPERTS = ("transformer", "transformer_2")
+VAE_COMPONENTS = ("vae_encoder", "vae_encoder_first", "vae_encoder_chunk", "vae_decoder", "vae_decoder_chunk")
 MAX_LATENT_FRAMES = 32  # 125 video frames
 # fp32 weight bytes per text-encoder part. UMT5-XXL (Wan's encoder: 5.7 B parameters,
 # 22.7 GB in fp32) cannot be exported in one piece on a 24 GB machine, so it is exported
@@ -59,7 +65,9 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     scheduler: dict
     boundary_ratio: float | None
     preset: dict | None
-    image_to_video: bool = False  # a WanImageToVideoPipeline folder (TI2V-5B's image to video)
+    image_to_video: bool = False  # a WanImageToVideoPipeline folder
+    expand_timesteps: bool = False  # TI2V-5B: a timestep per token; its image to video is "first-frame"
+    image_encoder: dict | None = None  # Wan 2.1 I2V's CLIP vision config
     split_denoisers: str | None = None  # each expert in three engines, cut as vidrt.split.HEADS[this] (step caching)
 
     denoiser = "transformer"
@@ -72,7 +80,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     cache_contexts = "per-half"
     # The VAE in fp32, as diffusers' Wan documentation advises for decoding quality: in bf16
     # (OpenVINO) the tiny presets' decoder is off by up to 0.45 on [-1, 1] frames.
-    keep_fp32 = ("vae_encoder", "vae_decoder", "vae_decoder_chunk")
+    keep_fp32 = VAE_COMPONENTS
 
     @classmethod
     def from_folder(cls, folder: str | Path, index: dict | None = None) -> "WanModel":
@@ -92,10 +100,12 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         # one timestep per token, for text to video the step's own for every token, which
         # computes what one timestep per video does (the same time-embedding row repeated).
         image_to_video = index.get("_class_name") == "WanImageToVideoPipeline"
-        if image_to_video and (not index.get("expand_timesteps") or _listed(index, "image_encoder")):
-            raise VidrtError(f"{folder}: of WanImageToVideoPipeline folders vidrt serves Wan 2.2 TI2V-5B's "
-                             "(expand_timesteps, no image encoder); Wan 2.1 I2V (CLIP image encoder) and Wan 2.2 "
-                             "I2V-A14B (the image's latents as extra channels) are not served yet")
+        expand = bool(index.get("expand_timesteps"))
+        image_encoder = None
+        if image_to_video and not expand:
+            _check_channels_image_to_video(folder, index, experts)
+            if experts["transformer"].get("image_dim") is not None:
+                image_encoder = _read_json(folder / "image_encoder" / "config.json", folder)
         vae = _read_json(folder / "vae" / "config.json", folder)
         boundary = index.get("boundary_ratio")
         if experts["transformer_2"] is not None and boundary is None:
@@ -113,6 +123,8 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
             boundary_ratio=float(boundary) if boundary is not None else None,
             preset=json.loads(preset_file.read_text()) if preset_file.exists() else None,
             image_to_video=image_to_video,
+            expand_timesteps=expand,
+            image_encoder=image_encoder,
         )
 
     @property
@@ -128,9 +140,24 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         return "WanImageToVideoPipeline" if self.image_to_video else "WanPipeline"
 
     @property
+    def image_condition(self) -> str | None:
+        """How the image conditions the video: None (text to video), ``"first-frame"``
+        (TI2V-5B) or ``"channels"`` (Wan 2.1 I2V, Wan 2.2 I2V-A14B); see the module's doc."""
+        if not self.image_to_video:
+            return None
+        return "first-frame" if self.expand_timesteps else "channels"
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens of the CLIP image encoder's states: a class token and one per patch."""
+        return (int(self.image_encoder["image_size"]) // int(self.image_encoder["patch_size"])) ** 2 + 1
+
+    @property
     def components(self) -> tuple[str, ...]:
-        encoder = ("vae_encoder",) if self.image_to_video else ()
-        return self.split_components((*self.text_parts, *encoder, *self.experts, "vae_decoder", "vae_decoder_chunk"))
+        encoders = {None: (), "first-frame": ("vae_encoder",), "channels": ("vae_encoder_first", "vae_encoder_chunk")}
+        image = ("image_encoder",) if self.image_encoder is not None else ()
+        return self.split_components((*self.text_parts, *image, *encoders[self.image_condition], *self.experts,
+                                      "vae_decoder", "vae_decoder_chunk"))
 
     @property
     def text_encoder_blocks(self) -> list[tuple[int, int]]:
@@ -146,7 +173,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
     @property
     def weights_folder(self) -> dict[str, str]:
         return {**{p: "text_encoder" for p in self.text_parts}, **self.per_stage({e: e for e in EXPERTS}),
-                "vae_encoder": "vae", "vae_decoder": "vae", "vae_decoder_chunk": "vae"}
+                "image_encoder": "image_encoder", **{c: "vae" for c in VAE_COMPONENTS}}
 
     @property
     def torch_classes(self) -> dict[str, tuple[str, str, str]]:
@@ -156,7 +183,9 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         return {
             **{p: encoder for p in self.text_parts},
             **self.per_stage({e: ("diffusers", "WanTransformer3DModel", e) for e in EXPERTS}),
-            **{c: ("diffusers", "AutoencoderKLWan", "vae") for c in ("vae_encoder", "vae_decoder", "vae_decoder_chunk")},
+            "image_encoder": ("transformers", (self.image_encoder or {}).get("architectures", ["CLIPVisionModel"])[0],
+                              "image_encoder"),
+            **{c: ("diffusers", "AutoencoderKLWan", "vae") for c in VAE_COMPONENTS},
         }
 
     @property
@@ -188,7 +217,15 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
 
     @property
     def latent_channels(self) -> int:
-        return int(self.transformer.get("in_channels", 16))
+        """The latents' channels (the transformer's output: Wan I2V's input also holds the
+        image condition's)."""
+        return int(self.transformer.get("out_channels") or self.transformer.get("in_channels", 16))
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the ``"channels"`` image condition: the frame mask's and the image
+        clip's latents (20 for Wan 2.1 I2V and Wan 2.2 I2V-A14B)."""
+        return int(self.transformer.get("in_channels", 16)) - self.latent_channels
 
     @property
     def default_num_frames(self) -> int:
@@ -231,7 +268,7 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         for c in ("vae_decoder", "vae_decoder_chunk"):
             specs[c].check({"B": 1, "h": height // s, "w": width // s})  # one video at a time
         if self.image_to_video:
-            specs["vae_encoder"].check({"B": 1, "H": height, "W": width})
+            specs["vae_encoder" if self.expand_timesteps else "vae_encoder_first"].check({"B": 1, "H": height, "W": width})
 
     def specs(self) -> dict[str, ComponentSpec]:
         out = {p: text_encoder_spec(self, p) for p in self.text_parts}
@@ -239,7 +276,13 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
             out |= self.denoiser_specs(e, transformer_spec(self, e))
         out["vae_decoder"] = vae_decoder_spec(self, first=True)
         out["vae_decoder_chunk"] = vae_decoder_spec(self, first=False)
-        return out | ({"vae_encoder": vae_encoder_spec(self)} if self.image_to_video else {})
+        if self.image_condition == "first-frame":
+            out["vae_encoder"] = vae_encoder_spec(self)
+        elif self.image_condition == "channels":
+            out |= vae_encoder_chunk_specs(self)
+        if self.image_encoder is not None:
+            out["image_encoder"] = image_encoder_spec(self)
+        return out
 
 
     def stage_tensors(self) -> StageTensors:
@@ -248,15 +291,32 @@ class WanModel(SplitDenoiserMixin, FirstFrameVaeMixin, SplitTextEncoderMixin, Mo
         d = int(self.transformer["num_attention_heads"]) * int(self.transformer["attention_head_dim"])
         head_dim = int(self.transformer["attention_head_dim"])
         pt, ph, pw = self.patch_size
-        per = (1, TOKENS) if self.image_to_video else ("B",)
+        per = (1, TOKENS) if self.image_condition == "first-frame" else ("B",)
         return StageTensors(
             streams=(TensorSpec("hidden", ("B", TOKENS, d)),),
             context=(TensorSpec("text_states", ("B", "L", d)), TensorSpec("timestep_proj", (*per, 6, d)),
                      TensorSpec("rotary_cos", (1, TOKENS, 1, head_dim)), TensorSpec("rotary_sin", (1, TOKENS, 1, head_dim)),
-                     TensorSpec("text_logit_bias", ("B", 1, 1, "L"))),
+                     TensorSpec("text_logit_bias", ("B", 1, 1, "L")),
+                     *((TensorSpec("image_states", ("B", self.image_tokens, d)),) if self.image_encoder else ())),
             final=(TensorSpec("temb", (*per, d)),),
             tokens=f"(F//{pt})*(h//{ph})*(w//{pw})",
         )
+
+
+def _check_channels_image_to_video(folder: Path, index: dict, experts: dict) -> None:
+    """Raises VidrtError for a WanImageToVideoPipeline folder without expand_timesteps that
+    is not Wan 2.1 I2V's or Wan 2.2 I2V-A14B's layout (a CLIP image encoder exactly when
+    the transformer takes image states; no first-last-frame image embedder)."""
+    config = experts["transformer"]
+    if int(config.get("in_channels", 16)) <= int(config.get("out_channels") or 16):
+        raise VidrtError(f"{folder}: a WanImageToVideoPipeline transformer takes the image condition as extra "
+                         f"input channels, this one has in_channels={config.get('in_channels')}; check the folder")
+    if (config.get("image_dim") is not None) != _listed(index, "image_encoder"):
+        raise VidrtError(f"{folder}: the transformer's image_dim and model_index.json's image_encoder must come "
+                         "together (Wan 2.1 I2V has both, Wan 2.2 I2V-A14B neither); check the folder")
+    if config.get("pos_embed_seq_len") is not None:
+        raise VidrtError(f"{folder}: a first-last-frame model (pos_embed_seq_len, Wan2.1-FLF2V) is not served yet; "
+                         "vidrt serves Wan image to video from the first frame")
 
 
 def _listed(index: dict, component: str) -> bool:
@@ -269,6 +329,34 @@ def read_folder(folder: Path, index: dict, motion_adapter=None) -> WanModel:
     if motion_adapter is not None:
         raise VidrtError("--motion-adapter goes with a Stable Diffusion or AnimateDiff folder, not a WanPipeline")
     return WanModel.from_folder(folder, index)
+
+
+def image_inputs(m: WanModel) -> tuple[TensorSpec, ...]:
+    """The transformer's image inputs: TI2V-5B's image latent [B, C, h, w] (frame 0), or
+    the channels condition [B, C', F, h, w] and, for Wan 2.1 I2V, the CLIP states."""
+    if m.image_condition == "first-frame":
+        return (TensorSpec("image_latents", ("B", m.latent_channels, "h", "w")),)
+    if m.image_condition != "channels":
+        return ()
+    condition = TensorSpec("condition", ("B", m.condition_channels, "F", "h", "w"))
+    if m.image_encoder is None:
+        return (condition,)
+    dim = int(m.transformer["image_dim"])
+    return condition, TensorSpec("image_embeds", ("B", m.image_tokens, dim))
+
+
+def image_encoder_spec(m: WanModel) -> ComponentSpec:
+    """Wan 2.1 I2V's CLIP vision model: pixel values [B, 3, S, S] (the folder's
+    image_processor made them) -> its penultimate layer's states [B, tokens, D], what
+    WanImageToVideoPipeline.encode_image gives the transformer."""
+    size = int(m.image_encoder["image_size"])
+    return ComponentSpec(
+        name="image_encoder",
+        inputs=(TensorSpec("pixel_values", ("B", 3, size, size)),),
+        outputs=(TensorSpec("image_states", ("B", m.image_tokens, int(m.image_encoder["hidden_size"]))),),
+        ranges={"B": DimRange(1, MAX_BATCH)},
+        opt={"B": 1},
+    )
 
 
 def text_encoder_spec(m: WanModel, name: str = "text_encoder") -> ComponentSpec:
@@ -297,8 +385,8 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
     """One expert: latents, the step's timestep, the text states (both guidance halves
     stacked in the batch) and their cross-attention logit bias (the log of how many of
     diffusers' identical padding tokens a token stands for, 0 for the others:
-    families/wan/pipeline.py ``collapse_padding``), for image to video the image's
-    normalised latent [B, C, h, w] (frame 0) -> the flow prediction."""
+    families/wan/pipeline.py ``collapse_padding``), for image to video its image inputs
+    (``image_inputs``) -> the flow prediction."""
     c = m.latent_channels
     pt, ph, pw = m.patch_size
     rope = int(m.transformer.get("rope_max_seq_len", 1024))
@@ -311,7 +399,7 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
             TensorSpec("timestep", (1,), value=500.0),
             TensorSpec("encoder_hidden_states", ("B", "L", m.text_dim)),
             TensorSpec("text_bias", ("B", "L")),
-            *((TensorSpec("image_latents", ("B", c, "h", "w")),) if m.image_to_video else ()),
+            *image_inputs(m),
         ),
         outputs=(TensorSpec("noise_pred", ("B", c, "F", "h", "w")),),
         ranges={
@@ -324,68 +412,4 @@ def transformer_spec(m: WanModel, name: str = "transformer") -> ComponentSpec:
         # tuned for diffusers' default request, 81 frames at 480x832, within the rotary table
         opt={"B": 2, "F": min(m.latent_frames(m.default_num_frames), MAX_LATENT_FRAMES, rope * pt),
              "h": min(480 // s, top) // ph * ph, "w": min(832 // s, top) // pw * pw, "L": m.max_text_length},
-    )
-
-
-def vae_encoder_spec(m: WanModel) -> ComponentSpec:
-    """Images [B, 3, H, W] in [-1, 1] -> the mean of their one-frame latent [B, C, h, w],
-    normalised with latents_mean/latents_std (WanImageToVideoPipeline.prepare_latents:
-    ``sample_mode="argmax"``, no draw)."""
-    s = m.vae_scale_factor
-    return ComponentSpec(
-        name="vae_encoder",
-        inputs=(TensorSpec("image", ("B", 3, "H", "W")),),
-        outputs=(TensorSpec("latent_mean", ("B", int(m.vae.get("z_dim", 16)), f"H//{s}", f"W//{s}")),),
-        ranges={"B": DimRange(1, MAX_BATCH), "H": DimRange(m.pixel_multiple, MAX_PIXELS, m.pixel_multiple),
-                "W": DimRange(m.pixel_multiple, MAX_PIXELS, m.pixel_multiple)},
-        opt={"B": 1, "H": 704, "W": 1280},  # TI2V-5B's own size
-    )
-
-
-def decoder_caches(vae: dict) -> list[tuple[int, int]]:
-    """(channels, spatial scale over the latent) of each cache of the Wan VAE decoder, in
-    the order diffusers' ``feat_idx`` walks them: every causal 3x3x3 convolution keeps its
-    last two input frames (conv_in; each residual block's two convolutions; the temporal
-    convolution of each 'upsample3d'; conv_out). The Wan 2.1 decoder's upsamplers halve the
-    channels; Wan 2.2's (``is_residual``) keep them. Written from WanDecoder3d's
-    constructor; tests compare it with the caches diffusers' decoder really fills."""
-    base = int(vae.get("decoder_base_dim") or vae.get("base_dim", 96))
-    mult = list(vae.get("dim_mult", [1, 2, 4, 4]))
-    res_blocks = int(vae.get("num_res_blocks", 2))
-    upsample_time = list(vae.get("temperal_downsample", [False, True, True]))[::-1]
-    dims = [base * u for u in [mult[-1]] + mult[::-1]]
-    caches, scale = [(int(vae.get("z_dim", 16)), 1)], 1
-    caches += [(dims[0], 1)] * 4  # the middle block's two residual blocks
-    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-        in_dim = in_dim // 2 if i > 0 and not vae.get("is_residual") else in_dim
-        caches += [(in_dim, scale), (out_dim, scale)] + [(out_dim, scale), (out_dim, scale)] * res_blocks
-        if i != len(mult) - 1:  # an upsampler: temporal ones keep a cache, every one doubles the size
-            if upsample_time[i]:
-                caches.append((out_dim, scale))
-            scale *= 2
-    caches.append((dims[-1], scale))
-    return caches
-
-
-def vae_decoder_spec(m: WanModel, first: bool = True) -> ComponentSpec:
-    """One latent frame of the Wan VAE decoder, ``latents_mean``/``latents_std`` folded in:
-    [B, C, 1, h, w] -> frames in [-1, 1] (1 for latent frame 0, 4 for each later one) and
-    the caches [B, c, 2, h*s, w*s] the next latent frame reads (``first``: frame 0, which
-    reads none)."""
-    s, k = m.vae_scale_factor, m.temporal_factor
-    top = MAX_PIXELS // s
-    caches = decoder_caches(m.vae)
-
-    def cache(name, i):
-        c, scale = caches[i]
-        return TensorSpec(f"{name}_{i}", ("B", c, 2, "h" if scale == 1 else f"h*{scale}", "w" if scale == 1 else f"w*{scale}"))
-
-    return ComponentSpec(
-        name="vae_decoder" if first else "vae_decoder_chunk",
-        inputs=(TensorSpec("latents", ("B", int(m.vae.get("z_dim", 16)), 1, "h", "w")),
-                *(() if first else tuple(cache("cache", i) for i in range(len(caches))))),
-        outputs=(TensorSpec("frames", ("B", 3, 1 if first else k, f"h*{s}", f"w*{s}")),
-                 *(cache("next_cache", i) for i in range(len(caches)))),
-        ranges={"B": DimRange(1, MAX_BATCH), "h": DimRange(1, top), "w": DimRange(1, top)},
-        opt={"B": 1, "h": 480 // s, "w": 832 // s},
     )

@@ -1,5 +1,6 @@
 """WanTextToVideoPipeline: diffusers' WanPipeline (Wan 2.1, 2.2 T2V and TI2V-5B) on compiled
-engines; WanImageToVideoPipeline: diffusers' namesake for TI2V-5B's image to video.
+engines; WanImageToVideoPipeline: diffusers' namesake (Wan 2.1 I2V, Wan 2.2 I2V-A14B, and
+TI2V-5B's image to video).
 
 As diffusers does: prompts are cleaned and tokenized to ``max_sequence_length`` and their
 states zero-padded past each prompt's end; latents are drawn from the request's
@@ -38,6 +39,11 @@ class WanTextToVideoPipeline(BasePipeline):
     def __init__(self, model, *args, **kwargs):
         super().__init__(model, *args, **kwargs)
         self.tokenizer = load_tokenizer(model.folder)
+        self.image_processor = None
+        if model.image_encoder is not None:  # Wan 2.1 I2V's CLIP preprocessing, the folder's own
+            from transformers import CLIPImageProcessor
+
+            self.image_processor = CLIPImageProcessor.from_pretrained(model.folder / "image_processor")
 
     @torch.no_grad()
     def __call__(
@@ -85,13 +91,15 @@ class WanTextToVideoPipeline(BasePipeline):
     def _generate(self, prompt, negative_prompt, height, width, num_frames, num_inference_steps, guidance_scale,
                   guidance_scale_2, num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds,
                   output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                  max_sequence_length, progress, image=None):
+                  max_sequence_length, progress, image=None, image_embeds=None, last_image=None):
         start = self._now()
         m = self.model
         text = PromptRequest.read(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, text_dim=m.text_dim)
         check_request(height, width, num_frames, num_inference_steps, 1, num_videos_per_prompt, output_type, generator)
         check_finite(guidance_scale=guidance_scale)
         guidance_scale_2 = _second_guidance(m, guidance_scale, guidance_scale_2)
+        if image_embeds is not None and m.image_encoder is None:
+            raise VidrtError("image_embeds are the CLIP image states of Wan 2.1 I2V; this model takes none, drop them")
         max_sequence_length = check_text_length(max_sequence_length, m.max_text_length)
         videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
@@ -111,9 +119,13 @@ class WanTextToVideoPipeline(BasePipeline):
         shape = (videos, m.latent_channels, m.latent_frames(num_frames), height // s, width // s)
         latents = initial_latents(shape, latents, generator, sampler.init_noise_sigma).to(self.device)
         condition = None
-        if image is not None:
+        if m.image_condition == "first-frame":
             condition = self._image_condition(image, videos, num_videos_per_prompt, height, width)
             inputs["image_latents"] = torch.cat([condition, condition]) if do_cfg else condition
+        elif m.image_condition == "channels":
+            for name, tensor in self._channels_condition(image, image_embeds, last_image, videos, num_videos_per_prompt,
+                                                         height, width, num_frames).items():
+                inputs[name] = torch.cat([tensor, tensor]) if do_cfg else tensor
         cond = Conditioning(inputs, channel_axis=1)
         guidance = self._guidance(guidance_scale) if do_cfg else None
         first, switch = self._experts(sampler, guidance_scale_2 if do_cfg else None)
@@ -140,6 +152,64 @@ class WanTextToVideoPipeline(BasePipeline):
                              for i in range(len(pixels))])  # each copied before the next call reuses the output
         self.timings.vae_encoder = self._now() - t0
         return latents.repeat_interleave(videos // len(latents), dim=0)
+
+    def _channels_condition(self, image, image_embeds, last_image, videos: int, per_prompt: int, height: int,
+                            width: int, num_frames: int) -> dict[str, torch.Tensor]:
+        """WanImageToVideoPipeline.prepare_latents without expand_timesteps (Wan 2.1 I2V, Wan
+        2.2 I2V-A14B): each image followed by ``num_frames - 1`` zero frames, encoded chunk
+        by chunk (``vae_encoder_first``, then ``vae_encoder_chunk`` per 4 frames with the caches)
+        into its latents' mean, normalised, after a mask that is 1 on latent frame 0;
+        and for Wan 2.1 I2V the CLIP image states (``_clip_states``). Returns the
+        transformer inputs ``condition`` [videos, 4 + C, F, h, w] (and ``image_embeds``),
+        each prompt's videos adjacent."""
+        if last_image is not None:
+            raise VidrtError("last_image (first-last-frame to video) is not served yet; pass the first image only")
+        m = self.model
+        pixels = self._image_pixels(image, videos, per_prompt, height, width)
+        t0 = self._now()
+        latents = torch.stack([self._encode_clip(pixels[i : i + 1], num_frames) for i in range(len(pixels))])
+        self.timings.vae_encoder = self._now() - t0
+        mask = torch.zeros((len(latents), m.temporal_factor, *latents.shape[2:]), device=latents.device)
+        mask[:, :, 0] = 1.0
+        out = {"condition": torch.cat([mask, latents], dim=1).repeat_interleave(videos // len(latents), dim=0)}
+        if m.image_encoder is not None:
+            states = self._clip_states(image, image_embeds, videos // per_prompt)
+            out["image_embeds"] = states.repeat_interleave(videos // len(states), dim=0)
+        return out
+
+    def _encode_clip(self, pixels: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """One image [1, 3, H, W] and ``num_frames - 1`` zero frames after it through the VAE
+        encoder, as AutoencoderKLWan._encode runs that clip: [C, F, h, w]."""
+        first, chunk = self.engines["vae_encoder_first"], self.engines["vae_encoder_chunk"]
+        result = first(image=pixels.to(self.device))
+        names = [n for n in first.spec.output_names if n != "latent_mean"]
+        latents = [result["latent_mean"][0].clone()]
+        caches = {n: result[n].clone() for n in names}  # copied: the next call reuses the engine's outputs
+        zeros = torch.zeros((1, 3, self.model.temporal_factor, *pixels.shape[2:]), device=self.device)
+        for _ in range((num_frames - 1) // self.model.temporal_factor):
+            result = chunk(frames=zeros, **{n.replace("next_", ""): c for n, c in caches.items()})
+            latents.append(result["latent_mean"][0].clone())
+            caches = {n: result[n].clone() for n in names}
+        return torch.stack(latents, dim=1)
+
+    def _clip_states(self, image, image_embeds, prompts: int) -> torch.Tensor:
+        """WanImageToVideoPipeline.encode_image: each image through the folder's CLIP image
+        processor and the ``image_encoder`` engine (the penultimate layer's states), or the
+        given ``image_embeds`` [1 or prompts, tokens, D]. Returns [images, tokens, D]."""
+        if image_embeds is not None:
+            spec = self.engines["image_encoder"].spec.outputs[0]
+            if image_embeds.ndim != 3 or len(image_embeds) not in (1, prompts) or tuple(image_embeds.shape[1:]) != spec.dims[1:]:
+                raise VidrtError(f"image_embeds of shape {tuple(image_embeds.shape)}: pass [1 or {prompts}, "
+                                 f"{spec.dims[1]}, {spec.dims[2]}] (the image encoder's penultimate states), or None")
+            return image_embeds.to(self.device, torch.float32)
+        images = image if isinstance(image, list) else [image]
+        pixels = self.image_processor(images=images, return_tensors="pt").pixel_values
+        t0 = self._now()
+        encoder = self.engines["image_encoder"]
+        states = torch.cat([encoder(pixel_values=pixels[i : i + 1].to(self.device))["image_states"].clone()
+                            for i in range(len(pixels))])
+        self.timings.image_encoder = self._now() - t0
+        return states
 
     def _guidance(self, scale: float) -> torch.Tensor:
         return torch.full((1, 1, 1, 1, 1), float(scale), device=self.device)
@@ -206,9 +276,12 @@ class WanTextToVideoPipeline(BasePipeline):
 
 
 class WanImageToVideoPipeline(WanTextToVideoPipeline):
-    """Wan 2.2 TI2V-5B image-to-video generation on compiled engines (diffusers'
-    WanImageToVideoPipeline with expand_timesteps): the image's latent is frame 0 of every
-    transformer call, its tokens at timestep 0, and frame 0 of the result."""
+    """Wan image-to-video generation on compiled engines (diffusers'
+    WanImageToVideoPipeline). Wan 2.1 I2V and Wan 2.2 I2V-A14B: the clip of the image and
+    zero frames, encoded, is concatenated to the latents' channels in every transformer
+    call (Wan 2.1 I2V: the CLIP image states attended beside the text). TI2V-5B
+    (expand_timesteps): the image's latent is frame 0 of every transformer call, its tokens
+    at timestep 0, and frame 0 of the result."""
 
     @torch.no_grad()
     def __call__(self, image, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
@@ -217,16 +290,19 @@ class WanImageToVideoPipeline(WanTextToVideoPipeline):
                  generator=None, latents=None, prompt_embeds=None, negative_prompt_embeds=None,
                  output_type: str = "np", return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | None = None, max_sequence_length: int = 512,
-                 progress: bool = False):
+                 image_embeds=None, last_image=None, progress: bool = False):
         """Generates videos from an image and text, as diffusers' WanImageToVideoPipeline
-        does for Wan 2.2 TI2V-5B.
+        does.
 
         Args mirror WanImageToVideoPipeline.__call__ and WanTextToVideoPipeline's; ``image``
         is one image (every video starts from it) or one per prompt (PIL, NumPy or a
-        [3, H, W] tensor in [0, 1]), resized to height x width as diffusers does.
+        [3, H, W] tensor in [0, 1]), resized to height x width as diffusers does (and, for
+        Wan 2.1 I2V's CLIP encoder, by the folder's image processor). ``image_embeds``
+        (Wan 2.1 I2V): the CLIP states [1 or prompts, tokens, D] in place of encoding the
+        image. ``last_image`` (first-last-frame to video) is not served yet.
 
         Raises:
-            VidrtError: as WanTextToVideoPipeline, or a missing image.
+            VidrtError: as WanTextToVideoPipeline, a missing image, or ``last_image``.
         """
         if image is None:
             raise VidrtError("image-to-video needs an image: pass image=PIL.Image (or --image PATH)")

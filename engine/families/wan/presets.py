@@ -5,7 +5,11 @@
 latent channels, ``expand_timesteps``, the Wan 2.2 VAE with its residual blocks and 2x2
 pixel patches, spatial factor 16) have diffusers' WanPipeline fast-test sizes, with a tiny
 UMT5 text encoder; ``tiny-wan22-ti2v-i2v`` is the last one's components as a
-WanImageToVideoPipeline folder (TI2V-5B's image to video). ``wan2.1-t2v-1.3b`` is the
+WanImageToVideoPipeline folder (TI2V-5B's image to video). ``tiny-wan21-i2v`` (Wan 2.1
+I2V's layout: the image condition's 20 channels after the latents', a CLIP vision
+encoder whose states every block attends) and ``tiny-wan22-i2v`` (Wan 2.2 I2V-A14B's: two
+experts on the same 36 input channels, no image encoder) are WanImageToVideoPipeline
+folders with diffusers' Wan image-to-video fast-test sizes. ``wan2.1-t2v-1.3b`` is the
 real Wan2.1-T2V-1.3B architecture (transformer dim 1536, 30 layers; the Wan 2.1 VAE;
 UMT5-XXL's 5.7B-parameter encoder). Its text encoder is created and saved in bf16, as Wan
 itself ships it: at fp32 it would take 22.7 GB of this 24 GB machine; vidrt exports it in
@@ -39,6 +43,14 @@ _TINY_VAE_22 = {"base_dim": 3, "z_dim": 48, "in_channels": 12, "out_channels": 1
                 "latents_std": [round(0.5 + (5 * i) % 9 / 10, 2) for i in range(48)]}
 # As Wan2.2-TI2V-5B-Diffusers ships it: UniPC on flow sigmas, shift 5.
 WAN22_TI2V_SCHEDULER = dict(WAN_SCHEDULER, flow_shift=5.0)
+# As Wan2.1-I2V-14B-480P-Diffusers and Wan2.2-I2V-A14B-Diffusers ship it: shift 5 (the A14B
+# folder switches experts at boundary_ratio 0.9).
+WAN_I2V_SCHEDULER = dict(WAN_SCHEDULER, flow_shift=5.0)
+_TINY_I2V_TRANSFORMER = dict(_TINY_TRANSFORMER, in_channels=36)
+# A CLIP vision encoder of 65 states (8x8 patches and a class token); its processor resizes
+# and crops to 32x32 as Wan's does to 224x224.
+_TINY_CLIP = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 4, "projection_dim": 16}
 _TINY_UMT5 = {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 4,
               "relative_attention_num_buckets": 8, "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0}
 
@@ -52,6 +64,12 @@ PRESETS = {
     "tiny-wan22-ti2v-i2v": {"transformer": dict(_TINY_TRANSFORMER, in_channels=48, out_channels=48),
                             "vae": _TINY_VAE_22, "text_encoder": _TINY_UMT5, "scheduler": WAN22_TI2V_SCHEDULER,
                             "expand_timesteps": True, "image_to_video": True},
+    "tiny-wan21-i2v": {"transformer": dict(_TINY_I2V_TRANSFORMER, image_dim=16, added_kv_proj_dim=24), "image_encoder": _TINY_CLIP,
+                       "vae": _TINY_VAE, "text_encoder": _TINY_UMT5, "scheduler": WAN_I2V_SCHEDULER,
+                       "image_to_video": True},
+    "tiny-wan22-i2v": {"transformer": _TINY_I2V_TRANSFORMER, "transformer_2": _TINY_I2V_TRANSFORMER,
+                       "boundary_ratio": 0.9, "vae": _TINY_VAE, "text_encoder": _TINY_UMT5,
+                       "scheduler": WAN_I2V_SCHEDULER, "image_to_video": True},
     "wan2.1-t2v-1.3b": {
         "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
                         "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
@@ -131,10 +149,23 @@ def build_random_pipeline(name: str, seed: int):
         vae = AutoencoderKLWan(**cfg["vae"]).eval()
         transformer = WanTransformer3DModel(**cfg["transformer"]).eval()
         transformer_2 = WanTransformer3DModel(**cfg["transformer_2"]).eval() if "transformer_2" in cfg else None
+        image = _image_encoder(cfg["image_encoder"]) if "image_encoder" in cfg else {}
     cls = WanImageToVideoPipeline if cfg.get("image_to_video") else WanPipeline
     return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
-               boundary_ratio=cfg.get("boundary_ratio"), expand_timesteps=cfg.get("expand_timesteps", False))
+               boundary_ratio=cfg.get("boundary_ratio"), expand_timesteps=cfg.get("expand_timesteps", False),
+               **image)
+
+
+def _image_encoder(config: dict) -> dict:
+    """Wan 2.1 I2V's image encoder and processor at ``config``'s size: a CLIPVisionModel
+    (Wan's is open-clip's ViT-H/14, 1280 wide, 224x224) and a CLIPImageProcessor that
+    resizes and centre-crops to its image size, as Wan's does."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    size = config["image_size"]
+    return {"image_encoder": CLIPVisionModel(CLIPVisionConfig(**config)).eval(),
+            "image_processor": CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})}
 
 
 def _text_encoder(cls, config, dtype):
