@@ -21,7 +21,7 @@ from pathlib import Path
 from vidrt import settings
 from vidrt.errors import VidrtError
 
-from .harness import STAGES, BenchConfig, _side, parity
+from .harness import BenchConfig, _side, parity, stages_of
 from .results import case_key
 
 WORKER = Path(__file__).with_name("ab_worker.py")
@@ -233,7 +233,7 @@ def _result(cfg: ABConfig, model, source: Source, runs: list[dict]) -> dict:
 
     backend = get_backend(cfg.backend, precision=cfg.precision).name
     frames = cfg.request(model)["num_frames"] or model.default_num_frames
-    engine = _side(runs, cfg.batch_size, frames, max(r["peak_rss_mb"] for r in runs), STAGES[model.kind], model.denoiser)
+    engine = _side(runs, cfg.batch_size, frames, max(r["peak_rss_mb"] for r in runs), stages_of(model), model.denoiser)
     config = dataclasses.asdict(cfg) | {"baseline_precision": "none", "num_frames_used": frames,
                                         "sampler_used": make_sampler(cfg.sampler, model.scheduler).name,
                                         "guidance_used": cfg.request(model).get("guidance_scale",

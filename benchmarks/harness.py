@@ -39,6 +39,16 @@ STAGES = {
     "cogvideox": ("text_encoder", "transformer", "vae_decoder"),
     "cogvideox-i2v": ("text_encoder", "vae_encoder", "transformer", "vae_decoder"),
 }
+
+
+def stages_of(model) -> tuple[str, ...]:
+    """The stages a run reports for ``model``: its kind's, with Wan 2.1 I2V's CLIP image
+    encoder in front (the other Wan image-to-video models have none)."""
+    if model.kind == "wan-i2v" and model.image_encoder is not None:
+        return ("image_encoder", *STAGES[model.kind])
+    return STAGES[model.kind]
+
+
 SCHEMA = 2  # 2: every timed run's value ("samples"), "case", "machine"; readers take 1 too (benchmarks/results.py)
 BENCH_FRAMES = 14  # the main job's frames: svd-xt's 25 would not fit the time limit on a 2-core CPU
 DEFAULT_PROMPT = "a panda playing a guitar on a mountain top, cinematic, high quality"
@@ -359,7 +369,7 @@ def _result(cfg, sides: Sides, runs: Runs, baseline_precision: str, env: dict, p
     videos = cfg.batch_size
     builds = sides.builds
     frames = kwargs["num_frames"] or model.default_num_frames
-    stages = STAGES[model.kind]
+    stages = stages_of(model)
     engine_peak = max([x["peak_rss_mb"] for x in sides.engine_loads] + [r["peak_rss_mb"] for r in runs.engine]
                       + runs.warmup_peaks["engine"])
     engine = _side(runs.engine, videos, frames, engine_peak, stages, model.denoiser)

@@ -10,7 +10,10 @@ transformer's rate against diffusers and the matmul ceiling needs.
 
 ``--version 2.2-ti2v`` writes Wan2.2-TI2V-5B's layout instead (30 layers of 3072, 48 latent
 channels, ``expand_timesteps``) with its real Wan 2.2 VAE (residual blocks, 2x2 patches,
-16x spatial; 0/1 latent statistics) and UniPC at shift 5.
+16x spatial; 0/1 latent statistics) and UniPC at shift 5. ``--version 2.1-i2v`` writes a
+WanImageToVideoPipeline folder of Wan2.1-I2V-14B's layout (40 layers of 5120, the image
+condition's channels, CLIP states through added key/value projections) with its real-size
+CLIP ViT-H/14 image encoder and the real Wan 2.1 VAE, UniPC at shift 5.
 """
 
 from __future__ import annotations
@@ -19,30 +22,38 @@ from . import layer_folders
 
 
 def build_pipeline(layers: int, seed: int = 0, version: str = "2.1"):
-    """The diffusers WanPipeline described above (Wan2.1-T2V-1.3B's, or Wan2.2-TI2V-5B's), seeded."""
+    """The diffusers pipeline described above (Wan2.1-T2V-1.3B's WanPipeline, Wan2.2-TI2V-5B's,
+    or Wan2.1-I2V-14B's WanImageToVideoPipeline), seeded."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline,
+                           WanTransformer3DModel)
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from vidrt.families.wan.presets import _TINY_VAE, PRESETS, WAN22_TI2V_5B, WAN_SCHEDULER, train_tokenizer
+    from vidrt.families.wan.presets import (_TINY_VAE, PRESETS, WAN21_I2V_14B, WAN22_TI2V_5B, WAN_SCHEDULER,
+                                            image_encoder, train_tokenizer)
 
-    ti2v = version == "2.2-ti2v"
-    real = WAN22_TI2V_5B if ti2v else {**PRESETS["wan2.1-t2v-1.3b"], "vae": _TINY_VAE, "scheduler": WAN_SCHEDULER}
+    real = {"2.2-ti2v": WAN22_TI2V_5B, "2.1-i2v": WAN21_I2V_14B}.get(version) or {
+        **PRESETS["wan2.1-t2v-1.3b"], "vae": _TINY_VAE, "scheduler": WAN_SCHEDULER}
     tokenizer = train_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         text = layer_folders.one_block_encoder(UMT5EncoderModel, UMT5Config, 4096, len(tokenizer))  # UMT5-XXL's width
-        return WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=AutoencoderKLWan(**real["vae"]).eval(),
-                           transformer=WanTransformer3DModel(**{**real["transformer"], "num_layers": layers}).eval(),
-                           scheduler=UniPCMultistepScheduler(**real["scheduler"]), expand_timesteps=ti2v)
+        parts = dict(tokenizer=tokenizer, text_encoder=text, vae=AutoencoderKLWan(**real["vae"]).eval(),
+                     transformer=WanTransformer3DModel(**{**real["transformer"], "num_layers": layers}).eval(),
+                     scheduler=UniPCMultistepScheduler(**real["scheduler"]))
+        if version == "2.1-i2v":
+            return WanImageToVideoPipeline(**parts, **image_encoder(real["image_encoder"]))
+        return WanPipeline(**parts, expand_timesteps=version == "2.2-ti2v")
 
 
 def main(argv: list[str] | None = None) -> int:
     ti2v = (lambda layers, seed: build_pipeline(layers, seed, "2.2-ti2v"), 30,
             "Wan2.2-TI2V-5B transformer, first {layers} of {real} layers, Wan 2.2 VAE, one-block UMT5")
+    i2v = (lambda layers, seed: build_pipeline(layers, seed, "2.1-i2v"), 40,
+           "Wan2.1-I2V-14B transformer, first {layers} of {real} layers, CLIP ViT-H/14, Wan 2.1 VAE, one-block UMT5")
     return layer_folders.main(argv, "wan_layers", __doc__, build_pipeline, 30, 3,
                               "Wan2.1-T2V-1.3B transformer, first {layers} of {real} layers",
-                              versions={"2.2-ti2v": ti2v})
+                              versions={"2.2-ti2v": ti2v, "2.1-i2v": i2v})
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from .samplers import SAMPLERS
 
 EPILOG_MODELS = (
     "models: a preset with RANDOM weights (image to video: tiny-svd, svd, svd-xt, tiny-ltx-i2v, tiny-cogvideox-i2v, "
-    "tiny-cogvideox1.5-i2v, tiny-wan22-ti2v-i2v; "
+    "tiny-cogvideox1.5-i2v, tiny-wan21-i2v, tiny-wan22-i2v, tiny-wan22-ti2v-i2v; "
     "text to video: tiny-t2v, modelscope-t2v, tiny-animatediff, animatediff, tiny-wan, tiny-wan22, tiny-wan22-ti2v, "
     "wan2.1-t2v-1.3b, tiny-ltx, ltx-video-2b, tiny-cogvideox, tiny-cogvideox1.5, cogvideox-2b), a local diffusers "
-    "StableVideoDiffusionPipeline, TextToVideoSDPipeline, AnimateDiffPipeline, WanPipeline, WanImageToVideoPipeline "
-    "(TI2V-5B), LTXPipeline, LTXImageToVideoPipeline, CogVideoXPipeline or CogVideoXImageToVideoPipeline folder, or a "
+    "StableVideoDiffusionPipeline, TextToVideoSDPipeline, AnimateDiffPipeline, WanPipeline, WanImageToVideoPipeline, "
+    "LTXPipeline, LTXImageToVideoPipeline, CogVideoXPipeline or CogVideoXImageToVideoPipeline folder, or a "
     "hub id (needs network)."
 )
 

@@ -187,7 +187,7 @@ def check_vae_chunks(model, gen):
     """The first-frame and chunk graphs chained against diffusers' decode at 1, 2 and 5
     latent frames, and the caches they pass the layout decoder_caches declares."""
     from vidrt.export.graphs import component_graph
-    from vidrt.families.wan.model import decoder_caches
+    from vidrt.families.wan.vae import decoder_caches
     from vidrt.sources import load_torch_component
 
     vae = load_torch_component(model, "vae_decoder")

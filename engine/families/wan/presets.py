@@ -43,8 +43,8 @@ _TINY_VAE_22 = {"base_dim": 3, "z_dim": 48, "in_channels": 12, "out_channels": 1
                 "latents_std": [round(0.5 + (5 * i) % 9 / 10, 2) for i in range(48)]}
 # As Wan2.2-TI2V-5B-Diffusers ships it: UniPC on flow sigmas, shift 5.
 WAN22_TI2V_SCHEDULER = dict(WAN_SCHEDULER, flow_shift=5.0)
-# As Wan2.1-I2V-14B-480P-Diffusers and Wan2.2-I2V-A14B-Diffusers ship it: shift 5 (the A14B
-# folder switches experts at boundary_ratio 0.9).
+# Wan's image-to-video shift, 5 (Wan 2.2 I2V-A14B's config samples at shift 5 and switches
+# experts at boundary 0.9).
 WAN_I2V_SCHEDULER = dict(WAN_SCHEDULER, flow_shift=5.0)
 _TINY_I2V_TRANSFORMER = dict(_TINY_TRANSFORMER, in_channels=36)
 # A CLIP vision encoder of 65 states (8x8 patches and a class token); its processor resizes
@@ -102,6 +102,25 @@ WAN22_TI2V_5B = {
 }
 
 
+# Wan2.1-I2V-14B's transformer (40 layers of 5120, 40 heads of 128, FFN 13824; the image
+# condition's 20 channels after the latents' 16; CLIP states of 1280 attended through added
+# key and value projections) and its image encoder, open-clip's XLM-RoBERTa-large ViT-H/14
+# vision tower as a CLIPVisionModel (32 layers of 1280, 16 heads, 224x224 in 14x14 patches).
+# No preset: the transformer alone is 66 GB at fp32; benchmarks/wan_layers --version
+# 2.1-i2v cuts it.
+WAN21_I2V_14B = {
+    "transformer": {"patch_size": [1, 2, 2], "num_attention_heads": 40, "attention_head_dim": 128,
+                    "in_channels": 36, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824,
+                    "num_layers": 40, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
+                    "image_dim": 1280, "added_kv_proj_dim": 5120, "rope_max_seq_len": 1024},
+    "image_encoder": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                      "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 1024,
+                      "hidden_act": "gelu", "layer_norm_eps": 1e-5},
+    "vae": {},  # the Wan 2.1 VAE
+    "scheduler": WAN_I2V_SCHEDULER,
+}
+
+
 def train_tokenizer(vocab_size: int = 400, max_length: int = 512):
     """A T5-format Unigram tokenizer trained on the built-in corpus: ``<pad>`` 0, ``</s>`` 1,
     ``<unk>`` 2, SentencePiece's word-start marker, ``</s>`` after every text; printable
@@ -149,7 +168,7 @@ def build_random_pipeline(name: str, seed: int):
         vae = AutoencoderKLWan(**cfg["vae"]).eval()
         transformer = WanTransformer3DModel(**cfg["transformer"]).eval()
         transformer_2 = WanTransformer3DModel(**cfg["transformer_2"]).eval() if "transformer_2" in cfg else None
-        image = _image_encoder(cfg["image_encoder"]) if "image_encoder" in cfg else {}
+        image = image_encoder(cfg["image_encoder"]) if "image_encoder" in cfg else {}
     cls = WanImageToVideoPipeline if cfg.get("image_to_video") else WanPipeline
     return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                transformer_2=transformer_2, scheduler=UniPCMultistepScheduler(**cfg["scheduler"]),
@@ -157,7 +176,7 @@ def build_random_pipeline(name: str, seed: int):
                **image)
 
 
-def _image_encoder(config: dict) -> dict:
+def image_encoder(config: dict) -> dict:
     """Wan 2.1 I2V's image encoder and processor at ``config``'s size: a CLIPVisionModel
     (Wan's is open-clip's ViT-H/14, 1280 wide, 224x224) and a CLIPImageProcessor that
     resizes and centre-crops to its image size, as Wan's does."""
