@@ -83,7 +83,7 @@ def _create_preset(name: str, seed: int, folder: Path, progress: bool) -> Path:
     marker = {"name": name, "seed": seed, "random_weights": True}
     if "differs" in presets.PRESETS[name]:  # what else differs from the real model
         marker["differs"] = presets.PRESETS[name]["differs"]
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp, _quiet_loading():  # transformers' per-shard bars too
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / PRESET_MARKER).write_text(json.dumps(marker) + "\n")
     return folder
@@ -195,7 +195,8 @@ def load_torch_component(model, component: str, unet_weights: str | Path | None 
             adapter = load_motion_adapter(model.motion_adapter_path, model.unet["block_out_channels"])
             module = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(model.folder / sub), adapter)
         else:
-            module = getattr(importlib.import_module(lib), name).from_pretrained(model.folder / sub)
+            with _quiet_loading():
+                module = getattr(importlib.import_module(lib), name).from_pretrained(model.folder / sub)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VidrtError(f"cannot load {sub} from {model.folder}: {str(e).splitlines()[0]}") from None
     if component == "unet" and unet_weights is not None:

@@ -269,20 +269,16 @@ class WanVaeEncoderGraph(torch.nn.Module):
         return (latent - self.mean) * self.inv_std
 
 
-class _VaeEncoderChunkBase(torch.nn.Module):
+class _VaeEncoderChunkBase(WanVaeEncoderGraph):
     """The Wan VAE encoder on one chunk of a clip through diffusers' own cached code path
     (``feat_cache``/``feat_idx``, as AutoencoderKLWan._encode runs it), the latent's mean
     normalised as WanImageToVideoPipeline does; the caches as graph inputs and outputs in
     the layout of families/wan/vae.py ``encoder_caches``."""
 
     def __init__(self, vae):
-        super().__init__()
+        super().__init__(vae)
         from vidrt.families.wan.vae import encoder_caches
 
-        self.vae = vae
-        z = vae.config.z_dim
-        self.register_buffer("mean", torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1))
-        self.register_buffer("inv_std", 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1))
         self.frames = [f for _, _, f in encoder_caches(dict(vae.config))]
 
     def _encode(self, x, caches: list):

@@ -142,15 +142,21 @@ def test_both_experts_run_and_match_diffusers(wan):
     assert np.abs(other - got).max() > 1e-4  # guidance_scale_2 reaches the second expert
 
 
-def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir):
+def openvino_pipes(name, t2v_engine_dir, root):
+    """pipes() on OpenVINO, its engines built from a private copy of the session's ONNX exports."""
     from vidrt import VideoPipeline
     from vidrt.sources import load_torch_components
 
-    engines = copy_of(t2v_engine_dir("tiny-wan22"), tmp_path)  # its ONNX exports reused
-    pipe = VideoPipeline.from_pretrained("tiny-wan22", engine_dir=engines, backend="openvino", progress=False)
+    engines = copy_of(t2v_engine_dir(name), root)
+    pipe = VideoPipeline.from_pretrained(name, engine_dir=engines, backend="openvino", progress=False)
     ref = load_torch_components(pipe.model)
     ref.set_progress_bar_config(disable=True)
     ref.folder_scheduler = ref.scheduler
+    return pipe, ref
+
+
+def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir):
+    pipe, ref = openvino_pipes("tiny-wan22", t2v_engine_dir, tmp_path)
     got, want = run_both(pipe, ref, None, **dict(KW, guidance_scale=5.0))
     assert np.abs(got - want).max() <= ATOL
 

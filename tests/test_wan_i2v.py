@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import INT8_SATURATES
-from test_wan import ATOL, KW, an_image, copy_of, pipes, run_both
+from test_wan import ATOL, KW, an_image, copy_of, openvino_pipes, pipes, run_both
 
 from vidrt.errors import VidrtError
 
@@ -104,6 +104,20 @@ def test_both_a14b_experts_run_and_match_diffusers(t2v_engine_dir):
     assert np.abs(other - got).max() > 1e-4
 
 
+@pytest.mark.parametrize("frames", [5, 13])
+def test_a14b_first_and_last_frame_match_diffusers(t2v_engine_dir, frames):
+    """Wan 2.2 I2V-A14B's first-last-frame to video: the clip's last frame is ``last_image``
+    (of another size, resized by both), the mask 1 on it too; the last image changes the
+    frames."""
+    pipe, ref = pipes("tiny-wan22-i2v", t2v_engine_dir)
+    kw = dict(KW_I2V, image=an_image(), last_image=an_image(48, 40, seed=9), num_frames=frames, guidance_scale=5.0)
+    got, want = run_both(pipe, ref, None, seed=2, **kw)
+    assert got.shape == want.shape == (1, frames, 32, 48, 3)
+    assert np.abs(got - want).max() <= ATOL
+    first_only = pipe(**dict(kw, last_image=None), generator=gen(2), output_type="np").frames
+    assert np.abs(first_only - got).max() > 1e-3
+
+
 def test_given_clip_states_match_diffusers_and_reach_every_block(t2v_engine_dir):
     """``image_embeds`` (Wan 2.1 I2V) stand in for the CLIP encoder's states: equal to
     diffusers' run whose encode_image gives them (diffusers' own ``image_embeds`` refuses
@@ -171,14 +185,7 @@ def test_graphs_equal_diffusers_modules():
 
 
 def test_openvino_matches_diffusers(tmp_path, t2v_engine_dir):
-    from vidrt import VideoPipeline
-    from vidrt.sources import load_torch_components
-
-    engines = copy_of(t2v_engine_dir("tiny-wan21-i2v"), tmp_path)  # its ONNX exports reused
-    pipe = VideoPipeline.from_pretrained("tiny-wan21-i2v", engine_dir=engines, backend="openvino", progress=False)
-    ref = load_torch_components(pipe.model)
-    ref.set_progress_bar_config(disable=True)
-    ref.folder_scheduler = ref.scheduler
+    pipe, ref = openvino_pipes("tiny-wan21-i2v", t2v_engine_dir, tmp_path)
     got, want = run_both(pipe, ref, None, **dict(KW_I2V, image=an_image(), guidance_scale=5.0))
     assert np.abs(got - want).max() <= ATOL
 
@@ -226,8 +233,11 @@ def test_bad_requests_and_folders_are_refused(tmp_path, t2v_engine_dir):
     from vidrt.sources import resolve_model
 
     pipe, _ = pipes("tiny-wan21-i2v", t2v_engine_dir)
-    with pytest.raises(VidrtError, match="last_image .* is not served yet"):
+    with pytest.raises(VidrtError, match="last_image: Wan 2.1 I2V needs .*Wan2.1-FLF2V.* does not serve yet; drop it"):
         pipe(**KW_I2V, image=an_image(), last_image=an_image())
+    ti2v, _ = pipes("tiny-wan22-ti2v-i2v", t2v_engine_dir)
+    with pytest.raises(VidrtError, match="last_image: TI2V-5B's image to video starts from one image"):
+        ti2v(**dict(KW, width=64), image=an_image(), last_image=an_image())
     with pytest.raises(VidrtError, match=re.escape("image_embeds of shape (1, 64, 16): pass [1 or 1, 65, 16]")):
         pipe(**KW_I2V, image=an_image(), image_embeds=torch.zeros(1, 64, 16))
     with pytest.raises(VidrtError, match="image-to-video needs an image"):
@@ -235,6 +245,8 @@ def test_bad_requests_and_folders_are_refused(tmp_path, t2v_engine_dir):
     a14b, _ = pipes("tiny-wan22-i2v", t2v_engine_dir)
     with pytest.raises(VidrtError, match="image_embeds are the CLIP image states of Wan 2.1 I2V"):
         a14b(**KW_I2V, image=an_image(), image_embeds=torch.zeros(1, 65, 16))
+    with pytest.raises(VidrtError, match="last_image needs num_frames >= 5 .*, got 1"):
+        a14b(**dict(KW_I2V, num_frames=1), image=an_image(), last_image=an_image())
 
     def edited(name, index=None, transformer=None):
         folder = shutil.copytree(resolve_model(name, progress=False).folder, tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}")

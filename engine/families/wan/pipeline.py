@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ...backends.base import held
 from ...errors import VidrtError
 from ...loop import Conditioning, ExpertSwitch, denoise
 from ...pipeline_base import (
@@ -100,6 +101,8 @@ class WanTextToVideoPipeline(BasePipeline):
         guidance_scale_2 = _second_guidance(m, guidance_scale, guidance_scale_2)
         if image_embeds is not None and m.image_encoder is None:
             raise VidrtError("image_embeds are the CLIP image states of Wan 2.1 I2V; this model takes none, drop them")
+        if last_image is not None:
+            _check_last_image(m, num_frames)
         max_sequence_length = check_text_length(max_sequence_length, m.max_text_length)
         videos = text.count * num_videos_per_prompt
         if isinstance(generator, list) and len(generator) != videos:
@@ -148,8 +151,9 @@ class WanTextToVideoPipeline(BasePipeline):
         videos adjacent."""
         pixels = self._image_pixels(image, videos, per_prompt, height, width)
         t0 = self._now()
-        latents = torch.cat([self.engines["vae_encoder"](image=pixels[i : i + 1].to(self.device))["latent_mean"].clone()
-                             for i in range(len(pixels))])  # each copied before the next call reuses the output
+        with held(self.engines["vae_encoder"]) as encoder:  # copied before the next call reuses the output
+            latents = torch.cat([encoder(image=pixels[i : i + 1].to(self.device))["latent_mean"].clone()
+                                 for i in range(len(pixels))])
         self.timings.vae_encoder = self._now() - t0
         return latents.repeat_interleave(videos // len(latents), dim=0)
 
@@ -159,38 +163,58 @@ class WanTextToVideoPipeline(BasePipeline):
         2.2 I2V-A14B): each image followed by ``num_frames - 1`` zero frames, encoded chunk
         by chunk (``vae_encoder_first``, then ``vae_encoder_chunk`` per 4 frames with the caches)
         into its latents' mean, normalised, after a mask that is 1 on latent frame 0;
-        and for Wan 2.1 I2V the CLIP image states (``_clip_states``). Returns the
-        transformer inputs ``condition`` [videos, 4 + C, F, h, w] (and ``image_embeds``),
-        each prompt's videos adjacent."""
-        if last_image is not None:
-            raise VidrtError("last_image (first-last-frame to video) is not served yet; pass the first image only")
+        and for Wan 2.1 I2V the CLIP image states (``_clip_states``). With ``last_image``
+        (Wan 2.2 I2V-A14B's first-last-frame to video) the clip's last frame is that image and
+        the mask is 1 on it too. Returns the transformer inputs ``condition`` [videos, 4 + C,
+        F, h, w] (and ``image_embeds``), each prompt's videos adjacent."""
         m = self.model
-        pixels = self._image_pixels(image, videos, per_prompt, height, width)
+        firsts = self._image_pixels(image, videos, per_prompt, height, width)
+        lasts = self._image_pixels(last_image, videos, per_prompt, height, width) if last_image is not None else None
+        pairs = max(len(firsts), len(lasts) if lasts is not None else 1)  # one image, or one per prompt, of each
         t0 = self._now()
-        latents = torch.stack([self._encode_clip(pixels[i : i + 1], num_frames) for i in range(len(pixels))])
+        # each encoder's working memory given back once the clips are encoded, before the next stage's
+        with held(self.engines["vae_encoder_first"]), held(self.engines["vae_encoder_chunk"]):
+            latents = torch.stack([self._encode_clip(firsts[i % len(firsts)][None], num_frames,
+                                                     lasts[i % len(lasts)][None] if lasts is not None else None)
+                                   for i in range(pairs)])
         self.timings.vae_encoder = self._now() - t0
         mask = torch.zeros((len(latents), m.temporal_factor, *latents.shape[2:]), device=latents.device)
         mask[:, :, 0] = 1.0
+        if lasts is not None:  # the clip's last frame: the last of the last latent frame's four
+            mask[:, -1, -1] = 1.0
         out = {"condition": torch.cat([mask, latents], dim=1).repeat_interleave(videos // len(latents), dim=0)}
         if m.image_encoder is not None:
             states = self._clip_states(image, image_embeds, videos // per_prompt)
             out["image_embeds"] = states.repeat_interleave(videos // len(states), dim=0)
         return out
 
-    def _encode_clip(self, pixels: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """One image [1, 3, H, W] and ``num_frames - 1`` zero frames after it through the VAE
-        encoder, as AutoencoderKLWan._encode runs that clip: [C, F, h, w]."""
+    def _encode_clip(self, pixels: torch.Tensor, num_frames: int, last: torch.Tensor | None = None) -> torch.Tensor:
+        """One image [1, 3, H, W] and ``num_frames - 1`` zero frames after it (the last one
+        ``last``'s, if given) through the VAE encoder, as AutoencoderKLWan._encode runs that
+        clip: [C, F, h, w]."""
         first, chunk = self.engines["vae_encoder_first"], self.engines["vae_encoder_chunk"]
+        k = self.model.temporal_factor
+        height, width = pixels.shape[2:]
+        chunks = (num_frames - 1) // k
+        shapes = first.spec.output_shapes({"B": 1, "H": height, "W": width})
         result = first(image=pixels.to(self.device))
+        out = torch.empty((shapes["latent_mean"][1], 1 + chunks, *shapes["latent_mean"][2:]), device=self.device)
+        out[:, 0] = result["latent_mean"][0]
         names = [n for n in first.spec.output_names if n != "latent_mean"]
-        latents = [result["latent_mean"][0].clone()]
-        caches = {n: result[n].clone() for n in names}  # copied: the next call reuses the engine's outputs
-        zeros = torch.zeros((1, 3, self.model.temporal_factor, *pixels.shape[2:]), device=self.device)
-        for _ in range((num_frames - 1) // self.model.temporal_factor):
-            result = chunk(frames=zeros, **{n.replace("next_", ""): c for n, c in caches.items()})
-            latents.append(result["latent_mean"][0].clone())
-            caches = {n: result[n].clone() for n in names}
-        return torch.stack(latents, dim=1)
+        caches = {n: result[n] for n in names}
+        # Two sets of caches, read by one call while the next is written (as _decode's)
+        sets = [{n: torch.empty(shapes[n], device=self.device) for n in names} for _ in range(2)]
+        latent = torch.empty(shapes["latent_mean"], device=self.device)
+        frames = torch.zeros((1, 3, k, height, width), device=self.device)
+        for j in range(chunks):
+            if last is not None and j == chunks - 1:
+                frames[:, :, -1] = last.to(self.device)
+            written = sets[j % 2]
+            chunk(frames=frames, **{n.replace("next_", ""): c for n, c in caches.items()},
+                  out={"latent_mean": latent, **written})
+            out[:, 1 + j] = latent[0]
+            caches = written
+        return out
 
     def _clip_states(self, image, image_embeds, prompts: int) -> torch.Tensor:
         """WanImageToVideoPipeline.encode_image: each image through the folder's CLIP image
@@ -205,9 +229,9 @@ class WanTextToVideoPipeline(BasePipeline):
         images = image if isinstance(image, list) else [image]
         pixels = self.image_processor(images=images, return_tensors="pt").pixel_values
         t0 = self._now()
-        encoder = self.engines["image_encoder"]
-        states = torch.cat([encoder(pixel_values=pixels[i : i + 1].to(self.device))["image_states"].clone()
-                            for i in range(len(pixels))])
+        with held(self.engines["image_encoder"]) as encoder:
+            states = torch.cat([encoder(pixel_values=pixels[i : i + 1].to(self.device))["image_states"].clone()
+                                for i in range(len(pixels))])
         self.timings.image_encoder = self._now() - t0
         return states
 
@@ -260,17 +284,21 @@ class WanTextToVideoPipeline(BasePipeline):
         shapes = first.spec.output_shapes({"B": 1, "h": h, "w": w})
         sets = [{n: torch.empty(shapes[n], device=self.device) for n in names} for _ in range(2)]
         frames = torch.empty((1, 3, k, h * s, w * s), device=self.device)
-        for i in range(v):
-            result = first(latents=latents[i : i + 1, :, :1].contiguous())
-            out[i, :, :1] = result["frames"][0]
-            caches = {n: result[n] for n in names}
-            for j in range(1, t):
-                written = sets[j % 2]
-                chunk(latents=latents[i : i + 1, :, j : j + 1].contiguous(),
-                      **{n.replace("next_", ""): c for n, c in caches.items()},
-                      out={"frames": frames, **written})
-                out[i, :, 1 + k * (j - 1) : 1 + k * j] = frames[0]
-                caches = written
+        # Each engine's working memory is given back after its calls: the first frame's before
+        # the chunks' is taken (on OpenVINO at 256x256 2.2 and 3.4 GB for Wan 2.1's decoder).
+        with held(chunk):
+            for i in range(v):
+                with held(first):
+                    result = first(latents=latents[i : i + 1, :, :1].contiguous())
+                out[i, :, :1] = result["frames"][0]
+                caches = {n: result[n] for n in names}
+                for j in range(1, t):
+                    written = sets[j % 2]
+                    chunk(latents=latents[i : i + 1, :, j : j + 1].contiguous(),
+                          **{n.replace("next_", ""): c for n, c in caches.items()},
+                          out={"frames": frames, **written})
+                    out[i, :, 1 + k * (j - 1) : 1 + k * j] = frames[0]
+                    caches = written
         self.timings.vae_decoder = self._now() - t0
         return out
 
@@ -299,10 +327,12 @@ class WanImageToVideoPipeline(WanTextToVideoPipeline):
         [3, H, W] tensor in [0, 1]), resized to height x width as diffusers does (and, for
         Wan 2.1 I2V's CLIP encoder, by the folder's image processor). ``image_embeds``
         (Wan 2.1 I2V): the CLIP states [1 or prompts, tokens, D] in place of encoding the
-        image. ``last_image`` (first-last-frame to video) is not served yet.
+        image. ``last_image`` (Wan 2.2 I2V-A14B's first-last-frame to video): the last frame's
+        image, one or one per prompt, encoded as the clip's last frame as diffusers does.
 
         Raises:
-            VidrtError: as WanTextToVideoPipeline, a missing image, or ``last_image``.
+            VidrtError: as WanTextToVideoPipeline, a missing image, or ``last_image`` on a
+                model that takes none.
         """
         if image is None:
             raise VidrtError("image-to-video needs an image: pass image=PIL.Image (or --image PATH)")
@@ -353,6 +383,17 @@ def collapse_padding(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     weight = ((length - real) / (keep - real)).log().to(torch.float32)[:, None]
     bias = torch.where(pads, weight, bias)
     return states[:, :keep].contiguous(), bias
+
+
+def _check_last_image(model, num_frames: int) -> None:
+    """Raises VidrtError unless ``model`` takes a last image (Wan 2.2 I2V-A14B's layout) and
+    the clip has frames between the two."""
+    if model.image_condition != "channels" or model.image_encoder is not None:
+        what = {"first-frame": "TI2V-5B's image to video starts from one image (diffusers ignores last_image there)",
+                "channels": "Wan 2.1 I2V needs its first-last-frame model (Wan2.1-FLF2V), which vidrt does not serve yet"}
+        raise VidrtError(f"last_image: {what.get(model.image_condition, 'this model takes no image')}; drop it")
+    if num_frames < 5:
+        raise VidrtError(f"last_image needs num_frames >= 5 (the last frame after the first), got {num_frames}")
 
 
 def _second_guidance(model, guidance_scale, guidance_scale_2):
