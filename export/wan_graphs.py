@@ -54,9 +54,9 @@ class WanAttentionGraph:
     no mask), output projection. Wan 2.1 I2V's cross-attention (``add_k_proj``) also
     attends the image states, the first ``image_tokens`` of the context, with their own
     keys and values (``added_kv_proj_dim``; without them, with the text's), and adds the
-    two results, as diffusers does; diffusers finds them as
-    all but the last 512 tokens (WanImageToVideoPipeline's default text length), vidrt by
-    their count, so the text may be shorter."""
+    two results, as diffusers does. diffusers finds the image states as all but the last
+    512 tokens (WanImageToVideoPipeline's default text length), vidrt by their count, so
+    the text may be shorter."""
 
     text_bias = None
     image_tokens = 0

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from ...components import ComponentSpec, DimRange, TensorSpec
 from ...errors import VidrtError
-from .vae import vae_decoder_spec, vae_encoder_chunk_specs, vae_encoder_spec
 from ...split import TOKENS, SplitDenoiserMixin, StageTensors
 from ...model_folder import (
     MAX_BATCH,
@@ -41,6 +40,7 @@ from ...model_folder import (
     SplitTextEncoderMixin,
 )
 from ...model_folder import read_json as _read_json
+from .vae import vae_decoder_spec, vae_encoder_chunk_specs, vae_encoder_spec
 
 EXPERTS = ("transformer", "transformer_2")
 VAE_COMPONENTS = ("vae_encoder", "vae_encoder_first", "vae_encoder_chunk", "vae_decoder", "vae_decoder_chunk")
