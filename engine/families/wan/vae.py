@@ -27,6 +27,7 @@ def vae_encoder_spec(m) -> ComponentSpec:
         opt={"B": 1, "H": 704, "W": 1280},  # TI2V-5B's own size
     )
 
+
 def encoder_caches(vae: dict) -> list[tuple[int, int, int]]:
     """(channels, spatial divisor over the pixels, frames) of each cache of the Wan VAE
     encoder, in the order diffusers' ``feat_idx`` walks them: every causal 3x3x3
@@ -55,8 +56,8 @@ def vae_encoder_chunk_specs(m) -> dict[str, ComponentSpec]:
     """Wan 2.1 I2V's and Wan 2.2 I2V-A14B's VAE encoder, one chunk per call as diffusers
     encodes WanImageToVideoPipeline's clip (the image, then zero frames):
     ``vae_encoder_first`` takes the image [B, 3, H, W], ``vae_encoder_chunk`` 4 frames
-    [B, 3, 4, H, W] and the caches; each gives that chunk's latent mean [B, C, h, w], normalised as diffusers
-    normalises it, and the caches the next chunk reads."""
+    [B, 3, 4, H, W] and the caches; each gives that chunk's latent mean [B, C, h, w],
+    normalised as diffusers normalises it, and the caches the next chunk reads."""
     s, z = m.vae_scale_factor, int(m.vae.get("z_dim", 16))
     caches = encoder_caches(m.vae)
 
